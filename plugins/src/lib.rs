@@ -1,1 +1,29 @@
-//! placeholder
+//! The plugins' shared machinery (namespaces, netlink, sysctl, firewall, locks) and the plugins.
+
+pub mod host_local;
+pub mod lock;
+pub mod loopback;
+pub mod netlink;
+pub mod ns;
+
+/// Sets up logging to stderr (stdout is the protocol). `CNI_LOG` (or the plugin-specific
+/// `<PLUGIN>_LOG`, e.g. `BRIDGE_LOG`) takes `error`, `warn`, `info`, `debug`; `CNI_LOG_FILE`
+/// appends to a file instead, useful because runtimes often swallow stderr.
+pub fn init_logging(plugin: &str) {
+    let specific = format!("{}_LOG", plugin.to_ascii_uppercase().replace('-', "_"));
+    let level = std::env::var(&specific)
+        .or_else(|_| std::env::var("CNI_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&level).format_timestamp_millis();
+    if let Ok(path) = std::env::var("CNI_LOG_FILE") {
+        if let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            builder.target(env_logger::Target::Pipe(Box::new(file)));
+        }
+    }
+    let _ = builder.try_init();
+}

@@ -1,0 +1,120 @@
+//! A synchronous rtnetlink handle: the only place netlink messages are built and parsed.
+//!
+//! One socket per namespace: a socket created inside a namespace keeps talking to that
+//! namespace after the thread switches back, so the plugins open one there and drive both
+//! from the host side. Requests wait for their ACK; dumps are retried when the kernel flags
+//! them as interrupted (`NLM_F_DUMP_INTR`, the table changed while it was being read).
+
+mod addr;
+mod link;
+
+pub use addr::Address;
+pub use link::Link;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::io;
+
+/// How often an interrupted dump is read again before giving up.
+const DUMP_RETRIES: usize = 10;
+
+/// A route netlink socket bound to the namespace it was created in.
+pub struct Handle {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Handle {
+    /// Opens a socket in the calling thread's current network namespace.
+    pub fn new() -> io::Result<Handle> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Lets the kernel report the failing attribute; harmless where unsupported.
+        let _ = socket.set_ext_ack(true);
+        Ok(Handle { socket, seq: 0 })
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        Ok(self.seq)
+    }
+
+    /// Reads replies to `seq` until the ACK, `Done` or an error; returns the messages and
+    /// whether the kernel flagged the dump as interrupted.
+    fn receive(&mut self, seq: u32) -> io::Result<(Vec<RouteNetlinkMessage>, bool)> {
+        let mut out = Vec::new();
+        let mut interrupted = false;
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("netlink decode: {e}"))
+                    })?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "netlink message of length 0",
+                    ));
+                }
+                offset += len;
+                if msg.header.sequence_number != seq {
+                    // A reply to an earlier request that gave up; not ours to read.
+                    continue;
+                }
+                interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                    NetlinkPayload::Done(_) => return Ok((out, interrupted)),
+                    NetlinkPayload::Error(e) => match e.code {
+                        None => return Ok((out, interrupted)),
+                        Some(_) => return Err(e.to_io()),
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a request that changes state and waits for its ACK.
+    pub fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_ACK | flags)?;
+        self.receive(seq).map(|_| ())
+    }
+
+    /// Sends a GET for one object and returns the reply (errors such as ENODEV pass through).
+    pub fn get(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_ACK)?;
+        self.receive(seq).map(|(msgs, _)| msgs)
+    }
+
+    /// Dumps a table, reading it again while the kernel reports the dump as interrupted.
+    pub fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        for _ in 0..DUMP_RETRIES {
+            let seq = self.send(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)?;
+            let (msgs, interrupted) = self.receive(seq)?;
+            if !interrupted {
+                return Ok(msgs);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "netlink dump kept being interrupted",
+        ))
+    }
+}
