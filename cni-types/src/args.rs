@@ -49,10 +49,7 @@ pub fn parse(args: &str, known: &[&str]) -> Result<BTreeMap<String, String>, Cni
         }
     }
     if !unknown.is_empty() && !ignore_unknown {
-        return Err(arg_error(format!(
-            "ARGS: unknown args {}",
-            go_quoted_list(&unknown)
-        )));
+        return Err(arg_error(format!("ARGS: unknown args {}", go_quoted_list(&unknown))));
     }
     Ok(values)
 }
@@ -67,42 +64,24 @@ mod tests {
         assert_eq!(v.get("IP").map(String::as_str), Some("10.0.0.5"));
         assert_eq!(v.len(), 1);
         let e = parse("FOO=bar;IP=1.2.3.4", &["IP"]).unwrap_err();
-        assert_eq!(
-            (e.code, e.msg.as_str()),
-            (4, r#"ARGS: unknown args ["FOO=bar"]"#)
-        );
+        assert_eq!((e.code, e.msg.as_str()), (4, r#"ARGS: unknown args ["FOO=bar"]"#));
         assert!(parse("", &[]).unwrap().is_empty());
     }
 
     #[test]
     fn malformed_pairs() {
-        assert_eq!(
-            parse("IP", &["IP"]).unwrap_err().msg,
-            r#"ARGS: invalid pair "IP""#
-        );
-        assert_eq!(
-            parse("IP=a=b", &["IP"]).unwrap_err().msg,
-            r#"ARGS: invalid pair "IP=a=b""#
-        );
-        assert_eq!(
-            parse("IP=1;", &["IP"]).unwrap_err().msg,
-            r#"ARGS: invalid pair """#
-        );
+        assert_eq!(parse("IP", &["IP"]).unwrap_err().msg, r#"ARGS: invalid pair "IP""#);
+        assert_eq!(parse("IP=a=b", &["IP"]).unwrap_err().msg, r#"ARGS: invalid pair "IP=a=b""#);
+        assert_eq!(parse("IP=1;", &["IP"]).unwrap_err().msg, r#"ARGS: invalid pair """#);
     }
 
     #[test]
     fn keys_are_case_sensitive_and_ignore_unknown_is_a_bool() {
         assert!(parse("ip=1.2.3.4", &["IP"]).is_err());
-        assert!(parse("IgnoreUnknown=TRUE;ip=1.2.3.4", &["IP"])
-            .unwrap()
-            .is_empty());
+        assert!(parse("IgnoreUnknown=TRUE;ip=1.2.3.4", &["IP"]).unwrap().is_empty());
         assert!(parse("IgnoreUnknown=0;ip=1.2.3.4", &["IP"]).is_err());
         let e = parse("IgnoreUnknown=yes", &[]).unwrap_err();
-        assert!(
-            e.msg.contains("boolean unmarshal error: invalid input yes"),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.contains("boolean unmarshal error: invalid input yes"), "{}", e.msg);
         // Unknown keys before IgnoreUnknown are forgiven too: the reference decides at the end.
         assert!(parse("FOO=1;IgnoreUnknown=1", &[]).is_ok());
     }

@@ -51,9 +51,7 @@ pub struct NetConf {
 impl NetConf {
     /// The valid attachments for GC, from either key; `None` when the runtime sent neither.
     pub fn gc_valid_attachments(&self) -> Option<&[Attachment]> {
-        self.valid_attachments
-            .as_deref()
-            .or(self.attachments.as_deref())
+        self.valid_attachments.as_deref().or(self.attachments.as_deref())
     }
 }
 
@@ -209,9 +207,7 @@ fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         Value::Bool(b) => Ok(b),
         Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
         Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a boolean, got {other}"
-        ))),
+        other => Err(serde::de::Error::custom(format!("expected a boolean, got {other}"))),
     }
 }
 
@@ -244,17 +240,14 @@ impl NetConfList {
     /// Parses and validates a configuration list; a single-plugin `.conf` becomes a one-element list.
     pub fn parse(bytes: &[u8]) -> Result<NetConfList, CniError> {
         let invalid = |m: String| CniError::new(INVALID_NETWORK_CONFIG, m);
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| invalid(format!("error parsing configuration list: {e}")))?;
-        let has_plugins = value
-            .as_object()
-            .is_some_and(|m| m.keys().any(|k| k.eq_ignore_ascii_case("plugins")));
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("error parsing configuration list: {e}")))?;
+        let has_plugins = value.as_object().is_some_and(|m| m.keys().any(|k| k.eq_ignore_ascii_case("plugins")));
         let mut list: NetConfList = if has_plugins {
-            gojson::from_value(value)
-                .map_err(|e| invalid(format!("error parsing configuration list: {e}")))?
+            gojson::from_value(value).map_err(|e| invalid(format!("error parsing configuration list: {e}")))?
         } else {
-            let single: NetConf = gojson::from_value(value.clone())
-                .map_err(|e| invalid(format!("error parsing configuration: {e}")))?;
+            let single: NetConf =
+                gojson::from_value(value.clone()).map_err(|e| invalid(format!("error parsing configuration: {e}")))?;
             NetConfList {
                 cni_version: single.cni_version,
                 name: single.name,
@@ -306,20 +299,15 @@ mod tests {
         assert_eq!(conf.plugin_type, "bridge");
         assert_eq!(conf.ipam.plugin_type, "host-local");
         assert_eq!(conf.runtime_config.port_mappings[0].host_port, 8080);
-        assert_eq!(
-            conf.runtime_config.mac.as_deref(),
-            Some("c2:11:22:33:44:55")
-        );
+        assert_eq!(conf.runtime_config.mac.as_deref(), Some("c2:11:22:33:44:55"));
         assert_eq!(conf.args.cni.ips, vec!["10.1.0.5"]);
     }
 
     #[test]
     fn gc_attachments_accept_both_keys() {
         let a = json!([{"containerID": "c1", "ifname": "eth0"}]);
-        let new: NetConf =
-            gojson::from_value(json!({"name": "n", "cni.dev/valid-attachments": a})).unwrap();
-        let old: NetConf =
-            gojson::from_value(json!({"name": "n", "cni.dev/attachments": a})).unwrap();
+        let new: NetConf = gojson::from_value(json!({"name": "n", "cni.dev/valid-attachments": a})).unwrap();
+        let old: NetConf = gojson::from_value(json!({"name": "n", "cni.dev/attachments": a})).unwrap();
         assert_eq!(new.gc_valid_attachments(), old.gc_valid_attachments());
         assert_eq!(new.gc_valid_attachments().unwrap()[0].container_id, "c1");
         let none: NetConf = gojson::from_value(json!({"name": "n"})).unwrap();
@@ -331,18 +319,8 @@ mod tests {
         let l = NetConfList::parse(br#"{"cniVersion":"1.0.0","cniVersions":["1.1.0","0.4.0","9.0.0"],"name":"n","disableCheck":"true","plugins":[{"type":"bridge"}]}"#).unwrap();
         assert!(l.disable_check);
         assert_eq!(l.effective_version(), "1.1.0");
-        assert_eq!(
-            NetConfList::parse(br#"{"name":"n","plugins":[]}"#)
-                .unwrap_err()
-                .code,
-            7
-        );
-        assert_eq!(
-            NetConfList::parse(br#"{"name":"bad name","plugins":[{}]}"#)
-                .unwrap_err()
-                .code,
-            7
-        );
+        assert_eq!(NetConfList::parse(br#"{"name":"n","plugins":[]}"#).unwrap_err().code, 7);
+        assert_eq!(NetConfList::parse(br#"{"name":"bad name","plugins":[{}]}"#).unwrap_err().code, 7);
         let single = NetConfList::parse(br#"{"name":"n","type":"loopback"}"#).unwrap();
         assert_eq!(single.plugins.len(), 1);
         assert_eq!(single.cni_version, "0.1.0");

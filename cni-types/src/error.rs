@@ -54,20 +54,12 @@ impl std::fmt::Display for CniError {
 impl CniError {
     /// An error with a code and message and no details.
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        CniError { code, msg: msg.into(), details: String::new() }
     }
 
     /// An error with a code, message and details.
     pub fn with_details(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: details.into(),
-        }
+        CniError { code, msg: msg.into(), details: details.into() }
     }
 
     /// An operational failure (code 999), as the reference reports them.
@@ -107,15 +99,9 @@ mod tests {
 
     #[test]
     fn display_and_json_follow_the_reference() {
-        let e = CniError::with_details(
-            4,
-            "interface name is too long",
-            "interface name should be less than 16 characters",
-        );
-        assert_eq!(
-            e.to_string(),
-            "interface name is too long; interface name should be less than 16 characters"
-        );
+        let e =
+            CniError::with_details(4, "interface name is too long", "interface name should be less than 16 characters");
+        assert_eq!(e.to_string(), "interface name is too long; interface name should be less than 16 characters");
         let j = e.to_json(Some("1.1.0"));
         assert_eq!(j["code"], 4);
         assert_eq!(j["cniVersion"], "1.1.0");
@@ -125,8 +111,7 @@ mod tests {
 
     #[test]
     fn error_objects_parse_from_other_plugins() {
-        let e: CniError =
-            serde_json::from_str(r#"{"code":999,"msg":"boom","cniVersion":"1.0.0"}"#).unwrap();
+        let e: CniError = serde_json::from_str(r#"{"code":999,"msg":"boom","cniVersion":"1.0.0"}"#).unwrap();
         assert_eq!(e, CniError::new(999, "boom"));
     }
 }

@@ -7,9 +7,7 @@
 //! workspace goes through [`from_value`], which rewrites keys to the field names serde expects,
 //! using the field list serde hands to `deserialize_struct`, at every nesting level.
 
-use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// Decodes `value` into `T`, matching struct fields the way Go does. A type error names the
@@ -17,10 +15,7 @@ use serde_json::{Map, Value};
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {
     T::deserialize(Folded(value)).map_err(|e| {
         let text = e.to_string();
-        match text
-            .strip_prefix(PATH_MARK)
-            .and_then(|rest| rest.split_once(PATH_MARK))
-        {
+        match text.strip_prefix(PATH_MARK).and_then(|rest| rest.split_once(PATH_MARK)) {
             Some((path, msg)) => de::Error::custom(format!("{path}: {msg}")),
             None => e,
         }
@@ -33,21 +28,12 @@ const PATH_MARK: char = '\u{1}';
 /// Adds one path segment (`key` or `[3]`) in front of the path an inner error carries.
 fn with_segment(err: serde_json::Error, segment: &str) -> serde_json::Error {
     let text = err.to_string();
-    let (inner_path, msg) = match text
-        .strip_prefix(PATH_MARK)
-        .and_then(|rest| rest.split_once(PATH_MARK))
-    {
+    let (inner_path, msg) = match text.strip_prefix(PATH_MARK).and_then(|rest| rest.split_once(PATH_MARK)) {
         Some((p, m)) => (p.to_string(), m.to_string()),
         None => (String::new(), text),
     };
-    let sep = if inner_path.is_empty() || inner_path.starts_with('[') {
-        ""
-    } else {
-        "."
-    };
-    de::Error::custom(format!(
-        "{PATH_MARK}{segment}{sep}{inner_path}{PATH_MARK}{msg}"
-    ))
+    let sep = if inner_path.is_empty() || inner_path.starts_with('[') { "" } else { "." };
+    de::Error::custom(format!("{PATH_MARK}{segment}{sep}{inner_path}{PATH_MARK}{msg}"))
 }
 
 /// Parses `bytes` as JSON and decodes it into `T`, matching struct fields the way Go does.
@@ -57,8 +43,7 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Er
 
 /// Whether `key` names `field` under Go's rules (exact, else simple case folding).
 fn go_key_matches(key: &str, field: &str) -> bool {
-    key.eq_ignore_ascii_case(field)
-        || (!key.is_ascii() && key.to_lowercase() == field.to_lowercase())
+    key.eq_ignore_ascii_case(field) || (!key.is_ascii() && key.to_lowercase() == field.to_lowercase())
 }
 
 /// Renames the keys of a struct's object to the field names, drops `null`s, keeps the last of
@@ -96,10 +81,7 @@ struct FoldedSeq {
 impl<'de> MapAccess<'de> for FoldedMap {
     type Error = serde_json::Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Self::Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
         match self.iter.next() {
             Some((key, value)) => {
                 self.pending = Some((key.clone(), value));
@@ -109,16 +91,9 @@ impl<'de> MapAccess<'de> for FoldedMap {
         }
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, Self::Error> {
-        let (key, value) = self
-            .pending
-            .take()
-            .ok_or_else(|| de::Error::custom("value requested before key"))?;
-        seed.deserialize(Folded(value))
-            .map_err(|e| with_segment(e, &key))
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+        let (key, value) = self.pending.take().ok_or_else(|| de::Error::custom("value requested before key"))?;
+        seed.deserialize(Folded(value)).map_err(|e| with_segment(e, &key))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -129,18 +104,13 @@ impl<'de> MapAccess<'de> for FoldedMap {
 impl<'de> SeqAccess<'de> for FoldedSeq {
     type Error = serde_json::Error;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Self::Error> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Self::Error> {
         let Some(value) = self.iter.next() else {
             return Ok(None);
         };
         let index = self.index;
         self.index += 1;
-        seed.deserialize(Folded(value))
-            .map(Some)
-            .map_err(|e| with_segment(e, &format!("[{index}]")))
+        seed.deserialize(Folded(value)).map(Some).map_err(|e| with_segment(e, &format!("[{index}]")))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -148,14 +118,8 @@ impl<'de> SeqAccess<'de> for FoldedSeq {
     }
 }
 
-fn visit_map<'de, V: Visitor<'de>>(
-    map: Map<String, Value>,
-    visitor: V,
-) -> Result<V::Value, serde_json::Error> {
-    visitor.visit_map(FoldedMap {
-        iter: map.into_iter(),
-        pending: None,
-    })
+fn visit_map<'de, V: Visitor<'de>>(map: Map<String, Value>, visitor: V) -> Result<V::Value, serde_json::Error> {
+    visitor.visit_map(FoldedMap { iter: map.into_iter(), pending: None })
 }
 
 macro_rules! forward_to_value {
@@ -172,10 +136,7 @@ impl<'de> Deserializer<'de> for Folded {
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
             Value::Object(map) => visit_map(map, visitor),
-            Value::Array(items) => visitor.visit_seq(FoldedSeq {
-                iter: items.into_iter(),
-                index: 0,
-            }),
+            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.into_iter(), index: 0 }),
             other => other.deserialize_any(visitor),
         }
     }
@@ -208,19 +169,12 @@ impl<'de> Deserializer<'de> for Folded {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Array(items) => visitor.visit_seq(FoldedSeq {
-                iter: items.into_iter(),
-                index: 0,
-            }),
+            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.into_iter(), index: 0 }),
             other => other.deserialize_seq(visitor),
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        _len: usize,
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Self::Error> {
         self.deserialize_seq(visitor)
     }
 
@@ -241,11 +195,7 @@ impl<'de> Deserializer<'de> for Folded {
         visitor.visit_newtype_struct(self)
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, Self::Error> {
         self.0.deserialize_unit_struct(name, visitor)
     }
 
@@ -302,12 +252,7 @@ mod tests {
         assert_eq!(o.name, "a");
         assert_eq!(
             o.mappings[0],
-            Mapping {
-                host_port: 80,
-                container_port: 8080,
-                protocol: "tcp".into(),
-                host_ip: "1.2.3.4".into()
-            }
+            Mapping { host_port: 80, container_port: 8080, protocol: "tcp".into(), host_ip: "1.2.3.4".into() }
         );
         assert_eq!(o.inner.unwrap().name, "b");
     }
@@ -321,8 +266,7 @@ mod tests {
 
     #[test]
     fn map_keys_are_not_folded_and_unknown_keys_ignored() {
-        let o: Outer =
-            from_value(json!({"extra": {"Key": 1, "key": 2}, "unknownThing": [1, 2]})).unwrap();
+        let o: Outer = from_value(json!({"extra": {"Key": 1, "key": 2}, "unknownThing": [1, 2]})).unwrap();
         assert_eq!(o.extra.len(), 2);
     }
 
@@ -331,16 +275,8 @@ mod tests {
         let err = from_value::<Outer>(json!({"flag": "true"})).unwrap_err();
         assert!(err.to_string().starts_with("flag: invalid type"), "{err}");
         let err = from_value::<Outer>(json!({"mappings": [{}, {"hostPort": "80"}]})).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("mappings[1].hostPort: invalid type"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("mappings[1].hostPort: invalid type"), "{err}");
         let err = from_value::<Outer>(json!({"inner": {"inner": {"flag": 1}}})).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("inner.inner.flag: invalid type"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("inner.inner.flag: invalid type"), "{err}");
     }
 }

@@ -29,20 +29,12 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
             return Ok(candidate);
         }
     }
-    Err(CniError::internal(format!(
-        "failed to find plugin {plugin:?} in path [{}]",
-        dirs.join(" ")
-    )))
+    Err(CniError::internal(format!("failed to find plugin {plugin:?} in path [{}]", dirs.join(" "))))
 }
 
 /// Runs plugin `plugin_type` for `command` with the caller's `CNI_*` values and `stdin`, and
 /// returns its stdout. A failing plugin's own error object is returned unchanged.
-pub fn exec(
-    plugin_type: &str,
-    command: Command,
-    args: &CmdArgs,
-    stdin: &[u8],
-) -> Result<Vec<u8>, CniError> {
+pub fn exec(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
     let path = find_in_path(plugin_type, &args.path)?;
     let mut child = Process::new(&path)
         .env("CNI_COMMAND", command.as_str())
@@ -60,9 +52,9 @@ pub fn exec(
         // A plugin that exits without reading its stdin closes the pipe; its exit status tells.
         let _ = input.write_all(stdin);
     }
-    let out = child.wait_with_output().map_err(|e| {
-        CniError::internal(format!("failed to wait for plugin {}: {e}", path.display()))
-    })?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::internal(format!("failed to wait for plugin {}: {e}", path.display())))?;
     // The spec wants the delegate's stderr on ours.
     let _ = std::io::stderr().write_all(&out.stderr);
     if out.status.success() {
@@ -109,22 +101,10 @@ mod tests {
         let list = format!("/nonexistent:{}", dir.display());
         assert_eq!(find_in_path("fake", &list).unwrap(), dir.join("fake"));
         let e = find_in_path("other", &list).unwrap_err();
-        assert_eq!(
-            e.msg,
-            format!(
-                "failed to find plugin \"other\" in path [/nonexistent {}]",
-                dir.display()
-            )
-        );
-        assert_eq!(
-            find_in_path("", &list).unwrap_err().msg,
-            "no plugin name provided"
-        );
+        assert_eq!(e.msg, format!("failed to find plugin \"other\" in path [/nonexistent {}]", dir.display()));
+        assert_eq!(find_in_path("", &list).unwrap_err().msg, "no plugin name provided");
         assert_eq!(find_in_path("../fake", &list).unwrap_err().code, 7);
-        assert_eq!(
-            find_in_path("fake", "").unwrap_err().msg,
-            "no paths provided"
-        );
+        assert_eq!(find_in_path("fake", "").unwrap_err().msg, "no paths provided");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -145,11 +125,7 @@ mod tests {
             "ipam-ok",
             r#"in=$(cat); echo "{\"cniVersion\":\"0.4.0\",\"ips\":[{\"version\":\"4\",\"address\":\"10.0.0.2/24\"}],\"dns\":{\"domain\":\"$CNI_COMMAND-$CNI_CONTAINERID-$CNI_IFNAME-${#in}\"}}""#,
         );
-        script(
-            &dir,
-            "ipam-err",
-            r#"echo '{"code":11,"msg":"busy","details":"try later"}'; exit 1"#,
-        );
+        script(&dir, "ipam-err", r#"echo '{"code":11,"msg":"busy","details":"try later"}'; exit 1"#);
         script(&dir, "ipam-silent", "echo oops >&2; exit 3");
         let stdin = br#"{"cniVersion":"0.4.0","name":"n"}"#.to_vec();
         let args = CmdArgs {
@@ -168,12 +144,7 @@ mod tests {
             delegate("ipam-err", Command::Del, &args).unwrap_err(),
             CniError::with_details(11, "busy", "try later")
         );
-        assert_eq!(
-            delegate("ipam-silent", Command::Add, &args)
-                .unwrap_err()
-                .msg,
-            r#"netplugin failed: "oops""#
-        );
+        assert_eq!(delegate("ipam-silent", Command::Add, &args).unwrap_err().msg, r#"netplugin failed: "oops""#);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

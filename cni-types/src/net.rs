@@ -69,25 +69,13 @@ mod tests {
 
     #[test]
     fn cidr_parsing_is_strict() {
-        assert_eq!(
-            parse_cidr("10.1.0.5/24").unwrap().to_string(),
-            "10.1.0.5/24"
-        );
+        assert_eq!(parse_cidr("10.1.0.5/24").unwrap().to_string(), "10.1.0.5/24");
         assert_eq!(parse_cidr("fd00::5/64").unwrap().prefix(), 64);
-        for bad in [
-            "10.1.0.5",
-            "10.1.0.0/33",
-            "10.1.0.0/255.255.255.0",
-            "x/24",
-            "fd00::/129",
-            "10.0.0.0/",
-            "10.0.0.0/+8",
-        ] {
+        for bad in
+            ["10.1.0.5", "10.1.0.0/33", "10.1.0.0/255.255.255.0", "x/24", "fd00::/129", "10.0.0.0/", "10.0.0.0/+8"]
+        {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            network_of(&parse_cidr("10.1.0.5/24").unwrap()).to_string(),
-            "10.1.0.0/24"
-        );
+        assert_eq!(network_of(&parse_cidr("10.1.0.5/24").unwrap()).to_string(), "10.1.0.0/24");
     }
 }

@@ -85,15 +85,7 @@ fn is_none_or_zero(v: &Option<u32>) -> bool {
 impl Route {
     /// A route to `dst`, optionally via `gw`, with no 1.1.0 attributes.
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Route {
-        Route {
-            dst,
-            gw,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -118,10 +110,7 @@ pub struct Dns {
 impl Dns {
     /// Whether no field is set.
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty()
-            && self.domain.is_empty()
-            && self.search.is_empty()
-            && self.options.is_empty()
+        self.nameservers.is_empty() && self.domain.is_empty() && self.search.is_empty() && self.options.is_empty()
     }
 }
 
@@ -182,34 +171,19 @@ impl CniResult {
         }
         let version = value
             .as_object()
-            .and_then(|m| {
-                m.iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("cniVersion"))
-                    .map(|(_, v)| v.clone())
-            })
+            .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("cniVersion")).map(|(_, v)| v.clone()))
             .and_then(|v| v.as_str().map(str::to_string))
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| default_version.to_string());
         if !ALL.contains(&version.as_str()) {
-            return Err(CniError::new(
-                INCOMPATIBLE_CNI_VERSION,
-                format!("unsupported result version {version:?}"),
-            ));
+            return Err(CniError::new(INCOMPATIBLE_CNI_VERSION, format!("unsupported result version {version:?}")));
         }
         let mut result = if is_legacy(&version) {
             let legacy: LegacyResult = gojson::from_value(value).map_err(decode_err)?;
-            let mut r = CniResult {
-                dns: legacy.dns,
-                ..Default::default()
-            };
+            let mut r = CniResult { dns: legacy.dns, ..Default::default() };
             for block in [legacy.ip4, legacy.ip6].into_iter().flatten() {
-                r.ips.push(IpConfig {
-                    interface: None,
-                    address: block.ip,
-                    gateway: block.gateway,
-                });
-                r.routes
-                    .extend(block.routes.into_iter().map(|rt| Route::new(rt.dst, rt.gw)));
+                r.ips.push(IpConfig { interface: None, address: block.ip, gateway: block.gateway });
+                r.routes.extend(block.routes.into_iter().map(|rt| Route::new(rt.dst, rt.gw)));
             }
             r
         } else {
@@ -279,10 +253,7 @@ impl CniResult {
             out.insert("ips".into(), Value::Array(ips));
         }
         if !self.routes.is_empty() {
-            out.insert(
-                "routes".into(),
-                serde_json::to_value(&self.routes).unwrap_or(Value::Null),
-            );
+            out.insert("routes".into(), serde_json::to_value(&self.routes).unwrap_or(Value::Null));
         }
         // The 0.3.x/0.4.0 Go types always print `dns`, the 1.x types omit it when empty.
         if pre_1 || !self.dns.is_empty() {
@@ -296,10 +267,7 @@ impl CniResult {
         let block = |v4: bool| {
             first(v4).map(|ip| {
                 let mut m = Map::new();
-                m.insert(
-                    "ip".into(),
-                    format!("{}/{}", ip.address.ip(), ip.address.prefix()).into(),
-                );
+                m.insert("ip".into(), format!("{}/{}", ip.address.ip(), ip.address.prefix()).into());
                 if let Some(gw) = ip.gateway {
                     m.insert("gateway".into(), gw.to_string().into());
                 }
@@ -341,16 +309,8 @@ mod tests {
         CniResult {
             cni_version: "1.1.0".into(),
             interfaces: vec![
-                Interface {
-                    name: "cni0".into(),
-                    mac: "0a:58:0a:01:00:01".into(),
-                    ..Default::default()
-                },
-                Interface {
-                    name: "veth1234abcd".into(),
-                    mac: "fa:4a:f8:6a:22:d7".into(),
-                    ..Default::default()
-                },
+                Interface { name: "cni0".into(), mac: "0a:58:0a:01:00:01".into(), ..Default::default() },
+                Interface { name: "veth1234abcd".into(), mac: "fa:4a:f8:6a:22:d7".into(), ..Default::default() },
                 Interface {
                     name: "eth0".into(),
                     mac: "aa:b7:3c:ba:54:55".into(),
@@ -370,23 +330,13 @@ mod tests {
                     address: parse_cidr("fd00::5/64").unwrap(),
                     gateway: "fd00::1".parse().ok(),
                 },
-                IpConfig {
-                    interface: Some(2),
-                    address: parse_cidr("10.2.0.5/16").unwrap(),
-                    gateway: None,
-                },
+                IpConfig { interface: Some(2), address: parse_cidr("10.2.0.5/16").unwrap(), gateway: None },
             ],
             routes: vec![
-                Route {
-                    priority: Some(10),
-                    ..Route::new(parse_cidr("0.0.0.0/0").unwrap(), "10.1.0.1".parse().ok())
-                },
+                Route { priority: Some(10), ..Route::new(parse_cidr("0.0.0.0/0").unwrap(), "10.1.0.1".parse().ok()) },
                 Route::new(parse_cidr("::/0").unwrap(), None),
             ],
-            dns: Dns {
-                nameservers: vec!["10.1.0.1".into()],
-                ..Default::default()
-            },
+            dns: Dns { nameservers: vec!["10.1.0.1".into()], ..Default::default() },
         }
     }
 
@@ -412,11 +362,7 @@ mod tests {
                     assert_eq!(again.ips[0].interface, Some(2));
                     let pre_1 = Version::parse(from).unwrap() < Version(1, 0, 0)
                         || Version::parse(to).unwrap() < Version(1, 0, 0);
-                    assert_eq!(
-                        again.interfaces[2].mtu,
-                        if pre_1 { None } else { Some(1500) },
-                        "{from}->{to}"
-                    );
+                    assert_eq!(again.interfaces[2].mtu, if pre_1 { None } else { Some(1500) }, "{from}->{to}");
                 }
             }
         }
@@ -476,10 +422,7 @@ mod tests {
     #[test]
     fn l2_result_cannot_go_below_030() {
         let r = CniResult {
-            interfaces: vec![Interface {
-                name: "eth0".into(),
-                ..Default::default()
-            }],
+            interfaces: vec![Interface { name: "eth0".into(), ..Default::default() }],
             ..Default::default()
         };
         for v in ["0.1.0", "0.2.0"] {
@@ -491,36 +434,18 @@ mod tests {
 
     #[test]
     fn result_without_version_takes_the_config_version_and_keys_fold() {
-        let r = CniResult::parse(
-            serde_json::json!({"IPs": [{"Address": "10.0.0.2/24", "Version": "4"}]}),
-            "0.4.0",
-        )
-        .unwrap();
+        let r = CniResult::parse(serde_json::json!({"IPs": [{"Address": "10.0.0.2/24", "Version": "4"}]}), "0.4.0")
+            .unwrap();
         assert_eq!(r.cni_version, "0.4.0");
         assert_eq!(r.ips.len(), 1);
     }
 
     #[test]
     fn bad_results_are_decoding_failures() {
-        assert_eq!(
-            CniResult::parse_slice(b"nope", "1.0.0").unwrap_err().code,
-            DECODING_FAILURE
-        );
-        let e = CniResult::parse(
-            serde_json::json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2"}]}),
-            "1.0.0",
-        )
-        .unwrap_err();
-        assert!(
-            e.msg.contains("invalid CIDR address: 10.0.0.2"),
-            "{}",
-            e.msg
-        );
-        assert_eq!(
-            CniResult::parse(serde_json::json!({"cniVersion": "9.9.9"}), "1.0.0")
-                .unwrap_err()
-                .code,
-            1
-        );
+        assert_eq!(CniResult::parse_slice(b"nope", "1.0.0").unwrap_err().code, DECODING_FAILURE);
+        let e = CniResult::parse(serde_json::json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2"}]}), "1.0.0")
+            .unwrap_err();
+        assert!(e.msg.contains("invalid CIDR address: 10.0.0.2"), "{}", e.msg);
+        assert_eq!(CniResult::parse(serde_json::json!({"cniVersion": "9.9.9"}), "1.0.0").unwrap_err().code, 1);
     }
 }

@@ -6,8 +6,8 @@
 //! its environment and streams as parameters so every path is testable in-process.
 
 use crate::error::{
-    CniError, DECODING_FAILURE, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES,
-    INVALID_NETNS, INVALID_NETWORK_CONFIG, IO_FAILURE,
+    CniError, DECODING_FAILURE, INCOMPATIBLE_CNI_VERSION, INTERNAL, INVALID_ENVIRONMENT_VARIABLES, INVALID_NETNS,
+    INVALID_NETWORK_CONFIG, IO_FAILURE,
 };
 use crate::result::CniResult;
 use crate::version::{self, Version};
@@ -102,12 +102,7 @@ impl CmdArgs {
             .as_object()
             .and_then(|m| {
                 let exact = m.get("prevResult");
-                exact.or_else(|| {
-                    m.iter()
-                        .rev()
-                        .find(|(k, _)| k.eq_ignore_ascii_case("prevResult"))
-                        .map(|(_, v)| v)
-                })
+                exact.or_else(|| m.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case("prevResult")).map(|(_, v)| v))
             })
             .filter(|v| !v.is_null());
         match prev {
@@ -189,12 +184,7 @@ fn pretty(value: &Value) -> Vec<u8> {
 
 /// Runs one invocation of `plugin`; returns the process exit code.
 pub fn run(plugin: &dyn Plugin, io: Io<'_>) -> i32 {
-    let Io {
-        getenv,
-        stdin,
-        stdout,
-        stderr,
-    } = io;
+    let Io { getenv, stdin, stdout, stderr } = io;
     match dispatch(plugin, getenv, stdin, stderr) {
         Ok(Outcome::Quiet) => 0,
         Ok(Outcome::Print(v)) => match stdout.write_all(&pretty(&v)).and_then(|_| stdout.flush()) {
@@ -221,19 +211,10 @@ pub fn main(plugin: &dyn Plugin) -> i32 {
     let mut empty = std::io::empty();
     // VERSION may be typed at a terminal by a person; never wait for input there.
     let is_version = std::env::var("CNI_COMMAND").is_ok_and(|c| c == "VERSION");
-    let stdin: &mut dyn Read = if is_version && std::io::stdin().is_terminal() {
-        &mut empty
-    } else {
-        &mut stdin_lock
-    };
+    let stdin: &mut dyn Read = if is_version && std::io::stdin().is_terminal() { &mut empty } else { &mut stdin_lock };
     run(
         plugin,
-        Io {
-            getenv: &getenv,
-            stdin,
-            stdout: &mut std::io::stdout().lock(),
-            stderr: &mut std::io::stderr().lock(),
-        },
+        Io { getenv: &getenv, stdin, stdout: &mut std::io::stdout().lock(), stderr: &mut std::io::stderr().lock() },
     )
 }
 
@@ -255,11 +236,7 @@ fn dispatch(
     if cmd_name.is_empty() {
         // The reference prints its about text instead of an error when there is no command.
         let _ = writeln!(stderr, "{}", plugin.about());
-        let _ = writeln!(
-            stderr,
-            "CNI protocol versions supported: {}",
-            supported.join(", ")
-        );
+        let _ = writeln!(stderr, "CNI protocol versions supported: {}", supported.join(", "));
         return Ok(Outcome::Quiet);
     }
 
@@ -293,31 +270,19 @@ fn dispatch(
         // The spec echoes the input's cniVersion; the libcni probe sends one, a person may not.
         let asked = serde_json::from_slice::<Value>(&raw)
             .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
             .filter(|v| Version::parse(v).is_ok())
             .unwrap_or_else(|| version::CURRENT.to_string());
         return Ok(Outcome::Print(version::version_info(&asked, supported)));
     }
-    read.map_err(|e| {
-        (
-            CniError::new(IO_FAILURE, format!("error reading from stdin: {e}")),
-            None,
-        )
-    })?;
+    read.map_err(|e| (CniError::new(IO_FAILURE, format!("error reading from stdin: {e}")), None))?;
 
     let config = validate_config(&raw).map_err(|e| (e, None))?;
     let cni_version = config_version(&config).map_err(|e| (e, None))?;
     let fail = |e: CniError| (e, Some(cni_version.clone()));
 
     let Some(command) = Command::parse(&cmd_name) else {
-        return Err(fail(CniError::new(
-            INVALID_ENVIRONMENT_VARIABLES,
-            format!("unknown CNI_COMMAND: {cmd_name}"),
-        )));
+        return Err(fail(CniError::new(INVALID_ENVIRONMENT_VARIABLES, format!("unknown CNI_COMMAND: {cmd_name}"))));
     };
 
     let args = CmdArgs {
@@ -334,20 +299,14 @@ fn dispatch(
 
     let gate = |min: &str, verb: &str| -> Result<(), CniError> {
         if !Version::at_least(&cni_version, min)? {
-            return Err(CniError::new(
-                INCOMPATIBLE_CNI_VERSION,
-                format!("config version does not allow {verb}"),
-            ));
+            return Err(CniError::new(INCOMPATIBLE_CNI_VERSION, format!("config version does not allow {verb}")));
         }
         let mut any = false;
         for v in supported {
             any |= Version::at_least(v, &cni_version)?;
         }
         if !any {
-            return Err(CniError::new(
-                INCOMPATIBLE_CNI_VERSION,
-                format!("plugin version does not allow {verb}"),
-            ));
+            return Err(CniError::new(INCOMPATIBLE_CNI_VERSION, format!("plugin version does not allow {verb}")));
         }
         Ok(())
     };
@@ -389,21 +348,14 @@ fn dispatch(
             plugin.status(&args).map_err(fail)?;
             Ok(Outcome::Quiet)
         }
-        Command::Version => Err(fail(CniError::new(
-            INTERNAL,
-            "VERSION is answered before dispatch",
-        ))),
+        Command::Version => Err(fail(CniError::new(INTERNAL, "VERSION is answered before dispatch"))),
     }
 }
 
 /// Parses the configuration and checks its name, with the reference's codes.
 fn validate_config(raw: &[u8]) -> Result<Value, CniError> {
-    let value: Value = serde_json::from_slice(raw).map_err(|e| {
-        CniError::new(
-            DECODING_FAILURE,
-            format!("error unmarshall network config: {e}"),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(raw)
+        .map_err(|e| CniError::new(DECODING_FAILURE, format!("error unmarshall network config: {e}")))?;
     let Value::Object(map) = &value else {
         return Err(CniError::new(
             DECODING_FAILURE,
@@ -422,10 +374,7 @@ fn validate_config(raw: &[u8]) -> Result<Value, CniError> {
         }
     };
     if name.is_empty() {
-        return Err(CniError::new(
-            INVALID_NETWORK_CONFIG,
-            "missing network name",
-        ));
+        return Err(CniError::new(INVALID_NETWORK_CONFIG, "missing network name"));
     }
     validate::network_name(name)?;
     Ok(value)
@@ -433,12 +382,7 @@ fn validate_config(raw: &[u8]) -> Result<Value, CniError> {
 
 /// Looks a key up as Go matches struct fields: exact, else the last case-insensitive match.
 fn lookup<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
-    map.get(key).or_else(|| {
-        map.iter()
-            .rev()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
+    map.get(key).or_else(|| map.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 
 /// The configuration's version; `0.1.0` when absent or empty, as the reference decoder assumes.
@@ -450,9 +394,7 @@ fn config_version(config: &Value) -> Result<String, CniError> {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(CniError::new(
             DECODING_FAILURE,
-            format!(
-                "decoding version from network config: cniVersion: expected a string, got {other}"
-            ),
+            format!("decoding version from network config: cniVersion: expected a string, got {other}"),
         )),
     }
 }
@@ -463,10 +405,7 @@ fn is_own_netns(path: &str) -> bool {
     if path.is_empty() {
         return false;
     }
-    match (
-        std::fs::metadata(path),
-        std::fs::metadata("/proc/self/ns/net"),
-    ) {
+    match (std::fs::metadata(path), std::fs::metadata("/proc/self/ns/net")) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         // A missing namespace is the plugin's to report (or to tolerate, for DEL).
         _ => false,

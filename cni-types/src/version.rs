@@ -6,9 +6,7 @@ use crate::error::{CniError, DECODING_FAILURE, INCOMPATIBLE_CNI_VERSION};
 pub const CURRENT: &str = "1.1.0";
 
 /// Every released spec version, oldest first.
-pub const ALL: &[&str] = &[
-    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
-];
+pub const ALL: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// A parsed `major.minor.patch` version, ordered numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,10 +28,7 @@ impl Version {
         }
         for (slot, field) in parts.iter_mut().zip(&fields) {
             *slot = field.parse::<u64>().map_err(|_| {
-                CniError::new(
-                    DECODING_FAILURE,
-                    format!("failed to convert version part {field:?} of {s:?}"),
-                )
+                CniError::new(DECODING_FAILURE, format!("failed to convert version part {field:?} of {s:?}"))
             })?;
         }
         Ok(Version(parts[0], parts[1], parts[2]))
@@ -59,10 +54,7 @@ pub fn reconcile(config_version: &str, supported: &[&str]) -> Result<(), CniErro
     Err(CniError::with_details(
         INCOMPATIBLE_CNI_VERSION,
         "incompatible CNI versions",
-        format!(
-            "config is {config_version:?}, plugin supports {}",
-            go_quoted_list(supported)
-        ),
+        format!("config is {config_version:?}, plugin supports {}", go_quoted_list(supported)),
     ))
 }
 

@@ -1,1 +1,334 @@
-//! c
+//! The runtime side of the conformance suite: fake hosts made of real network namespaces, and
+//! a driver that executes plugin binaries the way libcni does.
+//!
+//! Every test builds its own "host" namespace (plugins run inside it, so bridges, rules and
+//! sysctls never touch the machine's own network) plus container namespaces, all uniquely
+//! named and removed by guards even when the test fails. The directory of plugins under test
+//! is a parameter: [`suites`] yields ours and, when installed, the reference plugins, so the
+//! same assertions prove themselves against the reference first.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
+
+pub mod driver;
+pub use driver::{Attachment, Runtime};
+
+/// Where Debian's `containernetworking-plugins` installs the reference plugins.
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+/// A set of plugin binaries under test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suite {
+    /// `ours` or `reference`.
+    pub name: &'static str,
+    /// Directory holding the binaries.
+    pub dir: PathBuf,
+}
+
+impl Suite {
+    /// Whether this is the reference suite (v1.1.1 on Debian 12: spec ≤ 1.0.0, no GC/STATUS).
+    pub fn is_reference(&self) -> bool {
+        self.name == "reference"
+    }
+
+    /// The path of one plugin.
+    pub fn plugin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Whether the suite ships `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.plugin(name).is_file()
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Our plugins: `$CNI_TEST_PLUGIN_DIR`, else the workspace's debug build, built on first use.
+pub fn ours() -> Suite {
+    static BUILD: Once = Once::new();
+    if let Ok(dir) = std::env::var("CNI_TEST_PLUGIN_DIR") {
+        return Suite { name: "ours", dir: PathBuf::from(dir) };
+    }
+    let root = workspace_root();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status =
+            Command::new(cargo).args(["build", "--quiet", "-p", "cni-plugins", "--bins"]).current_dir(&root).status();
+        assert!(matches!(status, Ok(s) if s.success()), "building the plugins failed: {status:?}");
+    });
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    Suite { name: "ours", dir: target.join("debug") }
+}
+
+/// The reference plugins, when installed.
+pub fn reference() -> Option<Suite> {
+    let dir = PathBuf::from(REFERENCE_DIR);
+    dir.join("loopback").is_file().then_some(Suite { name: "reference", dir })
+}
+
+/// Ours, then the reference if it is installed (a test that needs it says so when it is not).
+pub fn suites() -> Vec<Suite> {
+    let mut v = vec![ours()];
+    match reference() {
+        Some(r) => v.push(r),
+        None => skip("reference plugins are not installed (apt-get install containernetworking-plugins)"),
+    }
+    v
+}
+
+/// Reports a skipped check visibly (CI installs everything, so nothing should be skipped there).
+pub fn skip(why: &str) {
+    eprintln!("SKIP: {why}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") && std::env::var("CNI_TEST_ALLOW_SKIP").is_err() {
+        panic!("skipped under CI: {why}");
+    }
+}
+
+/// Whether the tests can create namespaces (root with CAP_SYS_ADMIN).
+pub fn can_create_netns() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns early from a test (visibly) when namespaces cannot be created.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::can_create_netns() {
+            $crate::skip("needs root to create network namespaces");
+            return;
+        }
+    };
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique short name (`cnit<pid><n><tag>`), fit for namespaces and, truncated, interfaces.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("cnit{}x{n}{tag}", std::process::id())
+}
+
+/// `ip netns add` is not safe to run concurrently on first use of /run/netns (mount races).
+static NETNS_SETUP: Mutex<()> = Mutex::new(());
+
+/// A named network namespace (`/run/netns/<name>`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a fresh namespace with `lo` up.
+    pub fn new(tag: &str) -> Result<Netns> {
+        let name = unique(tag);
+        {
+            let _g = NETNS_SETUP.lock().unwrap_or_else(|e| e.into_inner());
+            run("ip", &["netns", "add", &name])?;
+        }
+        let ns = Netns { name };
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its path, as runtimes pass it in `CNI_NETNS`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside the namespace and returns its stdout; fails on a non-zero exit.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command inside the namespace and reports whether it succeeded.
+    pub fn succeeds(&self, cmd: &str, args: &[&str]) -> bool {
+        self.run(cmd, args).is_ok()
+    }
+
+    /// `ip -j <args>` inside the namespace, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Result<Value> {
+        let mut full = vec!["-n", &self.name, "-j"];
+        full.extend_from_slice(args);
+        let out = run("ip", &full)?;
+        if out.trim().is_empty() {
+            return Ok(json!([]));
+        }
+        serde_json::from_str(&out).with_context(|| format!("parse ip -j output {out:?}"))
+    }
+
+    /// Opens the namespace file, for entering it before exec.
+    pub fn file(&self) -> Result<std::fs::File> {
+        std::fs::File::open(self.path()).with_context(|| format!("open {}", self.path()))
+    }
+
+    /// Deletes the namespace now (e.g. to test DEL after the container is gone).
+    pub fn delete(&mut self) {
+        if !self.name.is_empty() {
+            let _ = run("ip", &["netns", "del", &self.name]);
+            self.name.clear();
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// A fake host: the namespace plugins run in, plus a scratch directory for state (IPAM store,
+/// result cache), both removed on drop.
+#[derive(Debug)]
+pub struct FakeHost {
+    /// The host namespace.
+    pub ns: Netns,
+    /// Scratch directory for this host's state.
+    pub dir: PathBuf,
+}
+
+impl FakeHost {
+    /// Creates the host namespace and its scratch directory.
+    pub fn new() -> Result<FakeHost> {
+        let ns = Netns::new("h")?;
+        let dir = std::env::temp_dir().join(format!("{}-state", ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(FakeHost { ns, dir })
+    }
+
+    /// A fresh container namespace (its guard removes it).
+    pub fn container(&self) -> Result<Netns> {
+        Netns::new("c")
+    }
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a plugin printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Whether it exited 0.
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    /// stdout parsed as JSON.
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("stdout is not JSON: {:?} (stderr {:?})", self.stdout, self.stderr))
+    }
+
+    /// The error object of a failed run: (code, msg, details). Fails when the run succeeded or
+    /// did not print an error object, since a runtime could not read the failure either.
+    pub fn error(&self) -> Result<(u64, String, String)> {
+        if self.ok() {
+            bail!("expected failure, got success: {}", self.stdout);
+        }
+        let j = self.json()?;
+        let code = j["code"].as_u64().context("error without numeric code")?;
+        let msg = j["msg"].as_str().context("error without msg")?.to_string();
+        let details = j.get("details").and_then(Value::as_str).unwrap_or("").to_string();
+        Ok((code, msg, details))
+    }
+}
+
+/// Executes `binary` with exactly `env` (plus `PATH`) and `stdin`, optionally inside the
+/// namespace `netns` (entered in the child before exec, as a runtime on that host would be).
+pub fn exec(binary: &Path, env: &[(&str, &str)], stdin: &[u8], netns: Option<&Netns>) -> Result<Output> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(binary);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Ok(level) = std::env::var("CNI_LOG") {
+        cmd.env("CNI_LOG", level);
+    }
+    if let Some(ns) = netns {
+        let file = ns.file()?;
+        // SAFETY: runs in the forked child before exec; setns is a single async-signal-safe
+        // syscall and `file` stays open in the parent until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = cmd.spawn().with_context(|| format!("spawn {}", binary.display()))?;
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    let out = child.wait_with_output()?;
+    Ok(Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs a host command; returns stdout, or an error with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("run {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Builds a request configuration the way libcni does for one plugin of a list: the plugin
+/// object with the list's `name` and `cniVersion`, `prevResult` when given, and
+/// `runtimeConfig` holding only the capabilities the plugin declares that the runtime supplies.
+pub fn build_config(
+    plugin: &Value,
+    name: &str,
+    version: &str,
+    prev: Option<&Value>,
+    caps: &Map<String, Value>,
+) -> Value {
+    let mut conf = plugin.as_object().cloned().unwrap_or_default();
+    conf.insert("name".into(), name.into());
+    conf.insert("cniVersion".into(), version.into());
+    if let Some(p) = prev {
+        conf.insert("prevResult".into(), p.clone());
+    }
+    let declared = conf.get("capabilities").and_then(Value::as_object).cloned().unwrap_or_default();
+    let rc: Map<String, Value> = caps
+        .iter()
+        .filter(|(k, _)| declared.get(k.as_str()).and_then(Value::as_bool) == Some(true))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !rc.is_empty() {
+        conf.insert("runtimeConfig".into(), Value::Object(rc));
+    }
+    Value::Object(conf)
+}

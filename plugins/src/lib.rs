@@ -11,17 +11,11 @@ pub mod ns;
 /// appends to a file instead, useful because runtimes often swallow stderr.
 pub fn init_logging(plugin: &str) {
     let specific = format!("{}_LOG", plugin.to_ascii_uppercase().replace('-', "_"));
-    let level = std::env::var(&specific)
-        .or_else(|_| std::env::var("CNI_LOG"))
-        .unwrap_or_else(|_| "warn".into());
+    let level = std::env::var(&specific).or_else(|_| std::env::var("CNI_LOG")).unwrap_or_else(|_| "warn".into());
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&level).format_timestamp_millis();
     if let Ok(path) = std::env::var("CNI_LOG_FILE") {
-        if let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             builder.target(env_logger::Target::Pipe(Box::new(file)));
         }
     }

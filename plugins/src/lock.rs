@@ -14,13 +14,7 @@ impl FileLock {
     /// Creates `path` if needed (mode 0600) and blocks until the exclusive lock is held.
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
         use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         file.lock()?;
         Ok(FileLock { file })
     }

@@ -58,19 +58,13 @@ impl NetNs {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => NsError::NotExist(path.clone()),
-            _ => NsError::Io {
-                op: "open",
-                path: path.clone(),
-                source: e,
-            },
+            _ => NsError::Io { op: "open", path: path.clone(), source: e },
         })?;
-        let magic = fstatfs(&file)
-            .map(|s| fs_magic(s.filesystem_type()))
-            .map_err(|e| NsError::Io {
-                op: "statfs",
-                path: path.clone(),
-                source: e.into(),
-            })?;
+        let magic = fstatfs(&file).map(|s| fs_magic(s.filesystem_type())).map_err(|e| NsError::Io {
+            op: "statfs",
+            path: path.clone(),
+            source: e.into(),
+        })?;
         if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
             return Err(NsError::NotNs(path, magic));
         }

@@ -37,11 +37,7 @@ impl Plugin for Fake {
             ..Default::default()
         };
         if !self.l2_only {
-            r.ips.push(IpConfig {
-                interface: Some(0),
-                address: parse_cidr("10.0.0.2/24").unwrap(),
-                gateway: None,
-            });
+            r.ips.push(IpConfig { interface: Some(0), address: parse_cidr("10.0.0.2/24").unwrap(), gateway: None });
         }
         Ok(r)
     }
@@ -67,8 +63,7 @@ struct Outcome {
 
 impl Outcome {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
     }
     fn err(&self) -> (u64, String, String) {
         assert_eq!(self.code, 1, "expected failure, stdout {:?}", self.stdout);
@@ -76,10 +71,7 @@ impl Outcome {
         (
             j["code"].as_u64().unwrap(),
             j["msg"].as_str().unwrap().to_string(),
-            j.get("details")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            j.get("details").and_then(Value::as_str).unwrap_or("").to_string(),
         )
     }
 }
@@ -93,26 +85,11 @@ const ENV_ADD: &[(&str, &str)] = &[
 ];
 
 fn invoke(plugin: &Fake, env: &[(&str, &str)], stdin: &str) -> Outcome {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let getenv = move |k: &str| env.get(k).cloned();
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = run(
-        plugin,
-        Io {
-            getenv: &getenv,
-            stdin: &mut stdin.as_bytes(),
-            stdout: &mut out,
-            stderr: &mut err,
-        },
-    );
-    Outcome {
-        code,
-        stdout: String::from_utf8(out).unwrap(),
-        stderr: String::from_utf8(err).unwrap(),
-    }
+    let code = run(plugin, Io { getenv: &getenv, stdin: &mut stdin.as_bytes(), stdout: &mut out, stderr: &mut err });
+    Outcome { code, stdout: String::from_utf8(out).unwrap(), stderr: String::from_utf8(err).unwrap() }
 }
 
 fn with(
@@ -136,12 +113,7 @@ fn no_command_prints_about_to_stderr_and_succeeds() {
     let o = invoke(&Fake::default(), &[], "");
     assert_eq!(o.code, 0);
     assert!(o.stdout.is_empty());
-    assert!(
-        o.stderr
-            .starts_with("CNI plugin fake\nCNI protocol versions supported: 0.1.0, 0.2.0"),
-        "{}",
-        o.stderr
-    );
+    assert!(o.stderr.starts_with("CNI plugin fake\nCNI protocol versions supported: 0.1.0, 0.2.0"), "{}", o.stderr);
 }
 
 #[test]
@@ -149,17 +121,10 @@ fn missing_variables_are_listed_together() {
     let o = invoke(&Fake::default(), &[("CNI_COMMAND", "ADD")], CONF);
     assert_eq!(
         o.err(),
-        (
-            4,
-            "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH] missing".into(),
-            String::new()
-        )
+        (4, "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH] missing".into(), String::new())
     );
     let o = invoke(&Fake::default(), &[("CNI_COMMAND", "DEL")], CONF);
-    assert_eq!(
-        o.err().1,
-        "required env variables [CNI_CONTAINERID,CNI_IFNAME,CNI_PATH] missing"
-    );
+    assert_eq!(o.err().1, "required env variables [CNI_CONTAINERID,CNI_IFNAME,CNI_PATH] missing");
     let o = invoke(&Fake::default(), &[("CNI_COMMAND", "GC")], CONF);
     assert_eq!(o.err().1, "required env variables [CNI_PATH] missing");
     let o = invoke(&Fake::default(), &without(ENV_ADD, "CNI_NETNS"), CONF);
@@ -168,46 +133,20 @@ fn missing_variables_are_listed_together() {
 
 #[test]
 fn invalid_variables_fail_in_order() {
-    let o = invoke(
-        &Fake::default(),
-        &with(ENV_ADD, "CNI_CONTAINERID", "bad id"),
-        CONF,
-    );
+    let o = invoke(&Fake::default(), &with(ENV_ADD, "CNI_CONTAINERID", "bad id"), CONF);
+    assert_eq!(o.err(), (4, "invalid characters in containerID".into(), "bad id".into()));
+    let o = invoke(&Fake::default(), &with(ENV_ADD, "CNI_IFNAME", "this-name-is-too-long"), CONF);
     assert_eq!(
         o.err(),
-        (
-            4,
-            "invalid characters in containerID".into(),
-            "bad id".into()
-        )
-    );
-    let o = invoke(
-        &Fake::default(),
-        &with(ENV_ADD, "CNI_IFNAME", "this-name-is-too-long"),
-        CONF,
-    );
-    assert_eq!(
-        o.err(),
-        (
-            4,
-            "interface name is too long".into(),
-            "interface name should be less than 16 characters".into()
-        )
+        (4, "interface name is too long".into(), "interface name should be less than 16 characters".into())
     );
     for bad in ["..", "a/b", "a:b", "a b"] {
-        let env = with(
-            ENV_ADD,
-            "CNI_IFNAME",
-            Box::leak(bad.to_string().into_boxed_str()),
-        );
+        let env = with(ENV_ADD, "CNI_IFNAME", Box::leak(bad.to_string().into_boxed_str()));
         assert_eq!(invoke(&Fake::default(), &env, CONF).err().0, 4, "{bad}");
     }
     // An invalid ID is reported before a missing later variable, as the reference does.
     let env = with(&without(ENV_ADD, "CNI_PATH"), "CNI_CONTAINERID", "-x");
-    assert_eq!(
-        invoke(&Fake::default(), &env, CONF).err().1,
-        "invalid characters in containerID"
-    );
+    assert_eq!(invoke(&Fake::default(), &env, CONF).err().1, "invalid characters in containerID");
 }
 
 #[test]
@@ -216,34 +155,20 @@ fn version_answers_with_or_without_input() {
     let o = invoke(&Fake::default(), &env, r#"{"cniVersion":"0.4.0"}"#);
     assert_eq!(o.code, 0);
     assert_eq!(o.json()["cniVersion"], "0.4.0");
-    assert_eq!(
-        o.json()["supportedVersions"],
-        serde_json::json!(crate::version::ALL)
-    );
+    assert_eq!(o.json()["supportedVersions"], serde_json::json!(crate::version::ALL));
     let o = invoke(&Fake::default(), &env, "");
     assert_eq!(o.json()["cniVersion"], "1.1.0");
     // The libcni probe: dummy variables, a 1.1.0 body.
-    let probe = [
-        ("CNI_COMMAND", "VERSION"),
-        ("CNI_NETNS", "dummy"),
-        ("CNI_IFNAME", "dummy"),
-        ("CNI_PATH", "dummy"),
-    ];
+    let probe = [("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy"), ("CNI_IFNAME", "dummy"), ("CNI_PATH", "dummy")];
     let o = invoke(&Fake::default(), &probe, r#"{"cniVersion":"1.1.0"}"#);
-    assert_eq!(
-        (o.code, o.json()["cniVersion"].as_str()),
-        (0, Some("1.1.0"))
-    );
+    assert_eq!((o.code, o.json()["cniVersion"].as_str()), (0, Some("1.1.0")));
 }
 
 #[test]
 fn bad_configs() {
     let f = Fake::default();
     assert_eq!(invoke(&f, ENV_ADD, "{nope").err().0, 6);
-    assert!(invoke(&f, ENV_ADD, "{nope")
-        .err()
-        .1
-        .starts_with("error unmarshall network config:"));
+    assert!(invoke(&f, ENV_ADD, "{nope").err().1.starts_with("error unmarshall network config:"));
     assert_eq!(invoke(&f, ENV_ADD, "[1]").err().0, 6);
     assert_eq!(invoke(&f, ENV_ADD, r#"{"name":5}"#).err().0, 6);
     assert_eq!(
@@ -252,32 +177,17 @@ fn bad_configs() {
     );
     assert_eq!(
         invoke(&f, ENV_ADD, r#"{"name":"a b"}"#).err(),
-        (
-            7,
-            "invalid characters found in network name".into(),
-            "a b".into()
-        )
+        (7, "invalid characters found in network name".into(), "a b".into())
     );
-    assert_eq!(
-        invoke(&f, ENV_ADD, r#"{"name":"n","cniVersion":1}"#)
-            .err()
-            .0,
-        6
-    );
-    assert!(
-        f.calls.borrow().is_empty(),
-        "no handler may run on bad input"
-    );
+    assert_eq!(invoke(&f, ENV_ADD, r#"{"name":"n","cniVersion":1}"#).err().0, 6);
+    assert!(f.calls.borrow().is_empty(), "no handler may run on bad input");
 }
 
 #[test]
 fn unknown_command_is_checked_after_the_config() {
     let env = with(ENV_ADD, "CNI_COMMAND", "FOO");
     assert_eq!(invoke(&Fake::default(), &env, "{}").err().0, 7);
-    assert_eq!(
-        invoke(&Fake::default(), &env, CONF).err(),
-        (4, "unknown CNI_COMMAND: FOO".into(), String::new())
-    );
+    assert_eq!(invoke(&Fake::default(), &env, CONF).err(), (4, "unknown CNI_COMMAND: FOO".into(), String::new()));
 }
 
 #[test]
@@ -286,51 +196,27 @@ fn version_gates() {
     let o = invoke(&f, ENV_ADD, r#"{"name":"n","cniVersion":"0.3.2"}"#);
     let (code, msg, details) = o.err();
     assert_eq!((code, msg.as_str()), (1, "incompatible CNI versions"));
-    assert!(
-        details.starts_with(r#"config is "0.3.2", plugin supports ["0.1.0""#),
-        "{details}"
-    );
+    assert!(details.starts_with(r#"config is "0.3.2", plugin supports ["0.1.0""#), "{details}");
     let check = with(ENV_ADD, "CNI_COMMAND", "CHECK");
     assert_eq!(
-        invoke(&f, &check, r#"{"name":"n","cniVersion":"0.3.1"}"#)
-            .err()
-            .1,
+        invoke(&f, &check, r#"{"name":"n","cniVersion":"0.3.1"}"#).err().1,
         "config version does not allow CHECK"
     );
+    assert_eq!(invoke(&f, &check, r#"{"name":"n"}"#).err().1, "config version does not allow CHECK");
     assert_eq!(
-        invoke(&f, &check, r#"{"name":"n"}"#).err().1,
-        "config version does not allow CHECK"
-    );
-    assert_eq!(
-        invoke(&f, &check, r#"{"name":"n","cniVersion":"2.0.0"}"#)
-            .err()
-            .1,
+        invoke(&f, &check, r#"{"name":"n","cniVersion":"2.0.0"}"#).err().1,
         "plugin version does not allow CHECK"
     );
-    assert_eq!(
-        invoke(&f, &check, r#"{"name":"n","cniVersion":"x"}"#)
-            .err()
-            .0,
-        6
-    );
+    assert_eq!(invoke(&f, &check, r#"{"name":"n","cniVersion":"x"}"#).err().0, 6);
     let gc = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")];
-    assert_eq!(
-        invoke(&f, &gc, CONF).err().1,
-        "config version does not allow GC"
-    );
+    assert_eq!(invoke(&f, &gc, CONF).err().1, "config version does not allow GC");
     let status = [("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/opt/cni/bin")];
-    assert_eq!(
-        invoke(&f, &status, CONF).err().1,
-        "config version does not allow STATUS"
-    );
+    assert_eq!(invoke(&f, &status, CONF).err().1, "config version does not allow STATUS");
     assert!(f.calls.borrow().is_empty());
     let v11 = r#"{"name":"n","cniVersion":"1.1.0"}"#;
     assert_eq!(invoke(&f, &gc, v11).code, 0);
     assert_eq!(invoke(&f, &status, v11).code, 0);
-    assert_eq!(
-        invoke(&f, &check, r#"{"name":"n","cniVersion":"0.4.0"}"#).code,
-        0
-    );
+    assert_eq!(invoke(&f, &check, r#"{"name":"n","cniVersion":"0.4.0"}"#).code, 0);
     let verbs: Vec<_> = f.calls.borrow().iter().map(|(v, _)| *v).collect();
     assert_eq!(verbs, ["GC", "STATUS", "CHECK"]);
 }
@@ -339,8 +225,7 @@ fn version_gates() {
 fn add_prints_the_result_in_the_config_version() {
     for v in crate::version::ALL {
         let f = Fake::default();
-        let conf =
-            format!(r#"{{"cniVersion":"{v}","name":"n","type":"fake","extra":{{"kept":true}}}}"#);
+        let conf = format!(r#"{{"cniVersion":"{v}","name":"n","type":"fake","extra":{{"kept":true}}}}"#);
         let o = invoke(&f, ENV_ADD, &conf);
         assert_eq!(o.code, 0, "{v}: {}", o.stdout);
         let j = o.json();
@@ -354,48 +239,25 @@ fn add_prints_the_result_in_the_config_version() {
         let args = &calls[0].1;
         assert_eq!(args.cni_version, *v);
         assert_eq!(args.stdin, conf.as_bytes());
-        assert_eq!(
-            args.config["extra"]["kept"], true,
-            "unknown keys reach the plugin"
-        );
-        assert_eq!(
-            (args.container_id.as_str(), args.ifname.as_str()),
-            ("ctr1", "eth0")
-        );
+        assert_eq!(args.config["extra"]["kept"], true, "unknown keys reach the plugin");
+        assert_eq!((args.container_id.as_str(), args.ifname.as_str()), ("ctr1", "eth0"));
     }
 }
 
 #[test]
 fn result_that_cannot_be_expressed_is_an_error() {
-    let f = Fake {
-        l2_only: true,
-        ..Default::default()
-    };
+    let f = Fake { l2_only: true, ..Default::default() };
     let o = invoke(&f, ENV_ADD, r#"{"cniVersion":"0.2.0","name":"n"}"#);
-    assert_eq!(
-        o.err(),
-        (
-            999,
-            "cannot convert: no valid IP addresses".into(),
-            String::new()
-        )
-    );
+    assert_eq!(o.err(), (999, "cannot convert: no valid IP addresses".into(), String::new()));
 }
 
 #[test]
 fn plugin_errors_pass_through_with_the_version() {
-    let f = Fake {
-        fail: Some(CniError::with_details(11, "busy", "later")),
-        ..Default::default()
-    };
+    let f = Fake { fail: Some(CniError::with_details(11, "busy", "later")), ..Default::default() };
     let o = invoke(&f, ENV_ADD, CONF);
     assert_eq!(o.err(), (11, "busy".into(), "later".into()));
     assert_eq!(o.json()["cniVersion"], "1.0.0");
-    assert!(
-        o.stdout.contains("\n    \"code\": 11"),
-        "pretty-printed like the reference: {}",
-        o.stdout
-    );
+    assert!(o.stdout.contains("\n    \"code\": 11"), "pretty-printed like the reference: {}", o.stdout);
 }
 
 #[test]
@@ -421,10 +283,7 @@ fn own_netns_is_refused_before_anything_changes() {
 fn prev_result_is_converted_from_any_version() {
     let f = Fake::default();
     let conf = r#"{"cniVersion":"0.4.0","name":"n","prevResult":{"ips":[{"version":"4","address":"10.9.0.3/16"}]}}"#;
-    assert_eq!(
-        invoke(&f, &with(ENV_ADD, "CNI_COMMAND", "CHECK"), conf).code,
-        0
-    );
+    assert_eq!(invoke(&f, &with(ENV_ADD, "CNI_COMMAND", "CHECK"), conf).code, 0);
     let prev = f.calls.borrow()[0].1.prev_result().unwrap().unwrap();
     assert_eq!(prev.cni_version, "0.4.0");
     assert_eq!(prev.ips[0].address.to_string(), "10.9.0.3/16");

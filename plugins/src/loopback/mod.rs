@@ -20,28 +20,20 @@ fn ns_err(e: NsError) -> CniError {
 
 /// Opens a netlink socket inside `ns`, then switches back.
 fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
-    ns.run(Handle::new).map_err(ns_err)?.map_err(|e| {
-        CniError::internal(format!(
-            "open netlink socket in {}: {e}",
-            ns.path().display()
-        ))
-    })
+    ns.run(Handle::new)
+        .map_err(ns_err)?
+        .map_err(|e| CniError::internal(format!("open netlink socket in {}: {e}", ns.path().display())))
 }
 
 fn lo_link(h: &mut Handle, ns: &NetNs) -> Result<crate::netlink::Link, CniError> {
     h.link_by_name(LO)
         .map_err(|e| CniError::internal(format!("look up {LO} in {}: {e}", ns.path().display())))?
-        .ok_or_else(|| {
-            CniError::internal(format!("Link not found: {LO} in {}", ns.path().display()))
-        })
+        .ok_or_else(|| CniError::internal(format!("Link not found: {LO} in {}", ns.path().display())))
 }
 
 impl Plugin for Loopback {
     fn about(&self) -> String {
-        format!(
-            "CNI plugin loopback (cni-plugins-rs {})",
-            env!("CARGO_PKG_VERSION")
-        )
+        format!("CNI plugin loopback (cni-plugins-rs {})", env!("CARGO_PKG_VERSION"))
     }
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
@@ -49,11 +41,8 @@ impl Plugin for Loopback {
         let ns = NetNs::open(&args.netns).map_err(ns_err)?;
         let mut h = handle_in(&ns)?;
         let lo = lo_link(&mut h, &ns)?;
-        h.set_link_up(lo.index, true)
-            .map_err(|e| CniError::internal(format!("set {LO} up: {e}")))?;
-        let addrs = h
-            .addresses(Some(lo.index))
-            .map_err(|e| CniError::internal(format!("list {LO} addresses: {e}")))?;
+        h.set_link_up(lo.index, true).map_err(|e| CniError::internal(format!("set {LO} up: {e}")))?;
+        let addrs = h.addresses(Some(lo.index)).map_err(|e| CniError::internal(format!("list {LO} addresses: {e}")))?;
         if let Some(bad) = addrs.iter().find(|a| !a.net.ip().is_loopback()) {
             return Err(CniError::internal(format!(
                 "loopback interface found with non-loopback address {:?}",
@@ -64,20 +53,11 @@ impl Plugin for Loopback {
             return Ok(prev);
         }
         // The reference reports the first address of each family, IPv4 first.
-        let first = |v4: bool| {
-            addrs
-                .iter()
-                .map(|a| a.net)
-                .find(|n: &IpNetwork| n.is_ipv4() == v4)
-        };
+        let first = |v4: bool| addrs.iter().map(|a| a.net).find(|n: &IpNetwork| n.is_ipv4() == v4);
         let ips = [first(true), first(false)]
             .into_iter()
             .flatten()
-            .map(|address| IpConfig {
-                interface: Some(0),
-                address,
-                gateway: None,
-            })
+            .map(|address| IpConfig { interface: Some(0), address, gateway: None })
             .collect();
         Ok(CniResult {
             cni_version: args.cni_version.clone(),
@@ -104,8 +84,7 @@ impl Plugin for Loopback {
         };
         let mut h = handle_in(&ns)?;
         let lo = lo_link(&mut h, &ns)?;
-        h.set_link_up(lo.index, false)
-            .map_err(|e| CniError::internal(format!("set {LO} down: {e}")))
+        h.set_link_up(lo.index, false).map_err(|e| CniError::internal(format!("set {LO} down: {e}")))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {

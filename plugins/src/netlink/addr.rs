@@ -39,10 +39,7 @@ impl Handle {
             }
             if let Some(ip) = local.or(address) {
                 if let Ok(net) = IpNetwork::new(ip, msg.header.prefix_len) {
-                    out.push(Address {
-                        index: msg.header.index,
-                        net,
-                    });
+                    out.push(Address { index: msg.header.index, net });
                 }
             }
         }

@@ -26,11 +26,8 @@ pub struct Link {
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Link {
-        let mut link = Link {
-            index: msg.header.index,
-            up: msg.header.flags.contains(LinkFlags::Up),
-            ..Default::default()
-        };
+        let mut link =
+            Link { index: msg.header.index, up: msg.header.flags.contains(LinkFlags::Up), ..Default::default() };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
@@ -52,11 +49,7 @@ impl Link {
 
     /// The MAC in the `aa:bb:cc:dd:ee:ff` form results use.
     pub fn mac_string(&self) -> String {
-        self.mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
     }
 }
 
@@ -94,11 +87,7 @@ impl Handle {
     pub fn set_link_up(&mut self, index: u32, up: bool) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        msg.header.flags = if up {
-            LinkFlags::Up
-        } else {
-            LinkFlags::empty()
-        };
+        msg.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
         msg.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }

@@ -12,8 +12,7 @@ pub use addr::Address;
 pub use link::Link;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -62,15 +61,10 @@ impl Handle {
             let mut offset = 0;
             while offset < data.len() {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| {
-                        io::Error::new(io::ErrorKind::InvalidData, format!("netlink decode: {e}"))
-                    })?;
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink decode: {e}")))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "netlink message of length 0",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "netlink message of length 0"));
                 }
                 offset += len;
                 if msg.header.sequence_number != seq {
@@ -112,9 +106,6 @@ impl Handle {
                 return Ok(msgs);
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::Interrupted,
-            "netlink dump kept being interrupted",
-        ))
+        Err(io::Error::new(io::ErrorKind::Interrupted, "netlink dump kept being interrupted"))
     }
 }
