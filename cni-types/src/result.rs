@@ -368,6 +368,32 @@ mod tests {
         }
     }
 
+    /// The spec appendix's bridge and host-local results come back out unchanged at 1.1.0.
+    #[test]
+    fn spec_appendix_results_round_trip() {
+        let bridge = serde_json::json!({
+            "ips": [{"address": "10.1.0.5/16", "gateway": "10.1.0.1", "interface": 2}],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "interfaces": [
+                {"name": "cni0", "mac": "00:11:22:33:44:55"},
+                {"name": "veth3243", "mac": "55:44:33:22:11:11"},
+                {"name": "eth0", "mac": "99:88:77:66:55:44", "sandbox": "/var/run/netns/blue"}
+            ],
+            "dns": {"nameservers": ["10.1.0.1"]}
+        });
+        let ipam = serde_json::json!({
+            "ips": [{"address": "10.1.0.5/16", "gateway": "10.1.0.1"}],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {"nameservers": ["10.1.0.1"]}
+        });
+        for golden in [bridge, ipam] {
+            let r = CniResult::parse(golden.clone(), "1.1.0").unwrap();
+            let mut out = r.to_version_json("1.1.0").unwrap();
+            out.as_object_mut().unwrap().remove("cniVersion");
+            assert_eq!(out, golden);
+        }
+    }
+
     #[test]
     fn golden_040_matches_the_reference_shape() {
         let json = sample().to_version_json("0.4.0").unwrap();
