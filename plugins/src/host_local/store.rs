@@ -1,0 +1,358 @@
+//! The reservation store, byte-compatible with the reference's disk backend.
+//!
+//! `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>` (no trailing newline; older
+//! reference versions wrote only the ID), `last_reserved_ip.<set index>` the last address handed
+//! out from each range set, and `lock` is the `flock` target that serialises every operation
+//! between our plugin and the reference. Names of IPv6 files are the canonical compressed form.
+
+use crate::lock::FileLock;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Prefix of the per-range-set round-robin files.
+pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+/// The lock file inside a network's directory.
+pub const LOCK_FILE: &str = "lock";
+/// The separator between container ID and interface name in a reservation file.
+const LINE_BREAK: &str = "\r\n";
+
+/// Who holds an address, as recorded in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// `<containerID>\r\n<ifname>`.
+    Attachment {
+        /// Container ID.
+        id: String,
+        /// Interface name.
+        ifname: String,
+    },
+    /// Only `<containerID>`, as reference versions before 0.7 wrote it.
+    Legacy(String),
+}
+
+impl Owner {
+    /// Reads a reservation file's content; surrounding whitespace is ignored, as the reference does.
+    pub fn parse(content: &str) -> Owner {
+        let content = content.trim();
+        match content.split_once(LINE_BREAK) {
+            Some((id, ifname)) => Owner::Attachment { id: id.to_string(), ifname: ifname.to_string() },
+            None => Owner::Legacy(content.to_string()),
+        }
+    }
+
+    /// The file content for an attachment.
+    pub fn encode(id: &str, ifname: &str) -> String {
+        format!("{}{LINE_BREAK}{ifname}", id.trim())
+    }
+
+    /// Whether this is exactly the attachment `(id, ifname)`.
+    pub fn is_attachment(&self, id: &str, ifname: &str) -> bool {
+        matches!(self, Owner::Attachment { id: i, ifname: f } if i == id.trim() && f == ifname)
+    }
+
+    /// Whether this is a legacy record of container `id`.
+    pub fn is_legacy_of(&self, id: &str) -> bool {
+        matches!(self, Owner::Legacy(i) if i == id.trim())
+    }
+
+    /// Whether `(id, ifname)` owns the address, counting legacy records of the container.
+    pub fn belongs_to(&self, id: &str, ifname: &str) -> bool {
+        self.is_attachment(id, ifname) || self.is_legacy_of(id)
+    }
+}
+
+/// One reserved address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The address.
+    pub ip: IpAddr,
+    /// The file's name (the address as the writer spelled it).
+    pub name: String,
+    /// Its holder.
+    pub owner: Owner,
+}
+
+/// What the allocator needs from a store; every call happens under the store's lock.
+pub trait Backend {
+    /// Every reservation of the network.
+    fn reservations(&self) -> io::Result<Vec<Reservation>>;
+    /// Reserves `ip` for `(id, ifname)` exclusively; `false` when someone holds it already.
+    fn reserve(&mut self, ip: IpAddr, id: &str, ifname: &str) -> io::Result<bool>;
+    /// Drops the reservation file `name`; a missing file is not an error.
+    fn release(&mut self, name: &str) -> io::Result<()>;
+    /// The last address handed out from range set `set`, if recorded.
+    fn last_reserved(&self, set: usize) -> Option<IpAddr>;
+    /// Records the last address handed out from range set `set`.
+    fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> io::Result<()>;
+}
+
+/// A network's directory, locked for as long as the value lives.
+#[derive(Debug)]
+pub struct DiskStore {
+    dir: PathBuf,
+    _lock: FileLock,
+}
+
+/// Writes `content` to `path` (mode 0600), replacing what was there. Used for scratch files,
+/// whose names are private to this process and the lock holder (a leftover of a crashed run is
+/// simply overwritten), and for the `last_reserved_ip` hint.
+fn write_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(content)
+}
+
+/// Reads a file that is almost always a few dozen bytes. Every ADD, DEL and CHECK reads every
+/// reservation of the network, so this skips what `fs::read` adds per file (a `statx` for the
+/// size hint and a second `read` to see EOF): a short read of a regular file means its end.
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut buf = [0u8; 512];
+    let n = file.read(&mut buf)?;
+    let mut out = buf[..n].to_vec();
+    if n == buf.len() {
+        file.read_to_end(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// A scratch name in the store directory that can never be read as an address or a
+/// `last_reserved_ip` file, and that is unique among concurrent writers (all hold the lock,
+/// the pid is belt and braces against a writer that does not).
+fn scratch_name(what: &str) -> String {
+    format!(".{what}.{}.tmp", std::process::id())
+}
+
+impl DiskStore {
+    /// Opens (creating it, mode 0755 as the reference does) `<data_dir>/<network>` and takes its lock.
+    pub fn open(data_dir: &Path, network: &str) -> io::Result<DiskStore> {
+        let dir = data_dir.join(network);
+        DirBuilder::new().recursive(true).mode(0o755).create(&dir)?;
+        Self::lock(dir)
+    }
+
+    /// Opens an existing network directory and takes its lock; `None` when there is none, so
+    /// that DEL and GC leave no empty directory behind.
+    pub fn open_existing(data_dir: &Path, network: &str) -> io::Result<Option<DiskStore>> {
+        let dir = data_dir.join(network);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        match Self::lock(dir) {
+            Ok(store) => Ok(Some(store)),
+            // Removed between the check and the lock: nothing to do either.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lock(dir: PathBuf) -> io::Result<DiskStore> {
+        let lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
+        Ok(DiskStore { dir, _lock: lock })
+    }
+
+    /// The network's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Proves the directory takes new files (STATUS): writes and removes a scratch file.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        let probe = self.dir.join(scratch_name("status-probe"));
+        let written = write_file(&probe, b"");
+        let removed = fs::remove_file(&probe);
+        written.and(removed)
+    }
+
+    fn last_reserved_path(&self, set: usize) -> PathBuf {
+        self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"))
+    }
+}
+
+impl Backend for DiskStore {
+    fn reservations(&self) -> io::Result<Vec<Reservation>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            // Only address-named files are reservations: never `lock`, `last_reserved_ip.*`
+            // or scratch files, whatever they contain.
+            let Ok(ip) = name.parse::<IpAddr>() else { continue };
+            match read_small(&entry.path()) {
+                Ok(bytes) => out.push(Reservation {
+                    ip: super::range::canonical(ip),
+                    name: name.to_string(),
+                    owner: Owner::parse(&String::from_utf8_lossy(&bytes)),
+                }),
+                // Released by someone who does not take the lock: it is simply gone.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("read {}: {e}", entry.path().display()))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn reserve(&mut self, ip: IpAddr, id: &str, ifname: &str) -> io::Result<bool> {
+        let name = ip.to_string();
+        let path = self.dir.join(&name);
+        let scratch = self.dir.join(scratch_name(&name));
+        // The file appears whole or not at all: written under a scratch name, then hard-linked
+        // into place, which (like O_EXCL) fails when the address is already reserved.
+        write_file(&scratch, Owner::encode(id, ifname).as_bytes())?;
+        let linked = fs::hard_link(&scratch, &path);
+        if let Err(e) = fs::remove_file(&scratch) {
+            // The reservation stands either way; a leftover scratch file is overwritten next time.
+            log::warn!("host-local: failed to remove {}: {e}", scratch.display());
+        }
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            // File systems without hard links: fall back to O_EXCL on the final name.
+            Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::PermissionDenied) => {
+                match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                    Ok(mut file) => match file.write_all(Owner::encode(id, ifname).as_bytes()) {
+                        Ok(()) => Ok(true),
+                        Err(e) => {
+                            let _ = fs::remove_file(&path);
+                            Err(e)
+                        }
+                    },
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn release(&mut self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(name)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn last_reserved(&self, set: usize) -> Option<IpAddr> {
+        let text = fs::read_to_string(self.last_reserved_path(set)).ok()?;
+        text.trim().parse().ok().map(super::range::canonical)
+    }
+
+    fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> io::Result<()> {
+        // Written in place, as the reference does: the file only says where the next search
+        // starts, and a torn write reads as no hint at all, so a rename would buy nothing but
+        // an extra half millisecond per ADD.
+        write_file(&self.last_reserved_path(set), ip.to_string().as_bytes())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "host-local-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn owner_format() {
+        assert_eq!(Owner::encode(" c1 ", "eth0"), "c1\r\neth0");
+        let o = Owner::parse("c1\r\neth0");
+        assert!(o.is_attachment("c1", "eth0") && !o.is_attachment("c1", "eth1") && !o.is_legacy_of("c1"));
+        assert!(o.belongs_to("c1", "eth0") && !o.belongs_to("c2", "eth0"));
+        let legacy = Owner::parse("c1\n");
+        assert_eq!(legacy, Owner::Legacy("c1".into()));
+        assert!(legacy.belongs_to("c1", "anything") && !legacy.is_attachment("c1", "eth0"));
+    }
+
+    #[test]
+    fn files_are_byte_compatible() {
+        let tmp = TempDir::new("store");
+        let mut s = DiskStore::open(&tmp.0, "net").unwrap();
+        let v4: IpAddr = "10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00:254:0::2".parse().unwrap();
+        assert!(s.reserve(v4, "c1", "eth0").unwrap());
+        assert!(!s.reserve(v4, "c2", "eth0").unwrap(), "a held address is not taken twice");
+        assert!(s.reserve(v6, "c1", "eth1").unwrap());
+        s.set_last_reserved(0, v4).unwrap();
+        s.set_last_reserved(1, v6).unwrap();
+        let dir = tmp.0.join("net");
+        assert_eq!(fs::read(dir.join("10.0.0.2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(fs::read(dir.join("fd00:254::2")).unwrap(), b"c1\r\neth1");
+        assert_eq!(fs::read(dir.join("last_reserved_ip.0")).unwrap(), b"10.0.0.2");
+        assert_eq!(fs::read(dir.join("last_reserved_ip.1")).unwrap(), b"fd00:254::2");
+        let mode = fs::metadata(dir.join("10.0.0.2")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut names: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["10.0.0.2", "fd00:254::2", "last_reserved_ip.0", "last_reserved_ip.1", "lock"]);
+        assert_eq!(s.last_reserved(1), Some(v6));
+        assert_eq!(s.last_reserved(7), None);
+    }
+
+    #[test]
+    fn reservations_skip_bookkeeping_files_and_read_legacy_ones() {
+        let tmp = TempDir::new("scan");
+        let mut s = DiskStore::open(&tmp.0, "net").unwrap();
+        let dir = tmp.0.join("net");
+        fs::write(dir.join("10.0.0.9"), "legacy-id").unwrap();
+        // A last_reserved_ip file whose content looks like a container ID is still not a reservation.
+        fs::write(dir.join("last_reserved_ip.0"), "10.0.0.9").unwrap();
+        fs::write(dir.join(".junk.tmp"), "c1\r\neth0").unwrap();
+        assert!(s.reserve("10.0.0.3".parse().unwrap(), "c1", "eth0").unwrap());
+        let mut r = s.reservations().unwrap();
+        r.sort_by_key(|r| r.ip);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].owner, Owner::Attachment { id: "c1".into(), ifname: "eth0".into() });
+        assert_eq!(r[1].owner, Owner::Legacy("legacy-id".into()));
+        s.release("10.0.0.9").unwrap();
+        s.release("10.0.0.9").unwrap();
+        assert_eq!(s.reservations().unwrap().len(), 1);
+        s.probe_writable().unwrap();
+    }
+
+    #[test]
+    fn long_contents_are_read_whole() {
+        let tmp = TempDir::new("long");
+        let path = tmp.0.join("f");
+        let long = format!("{}\r\neth0", "x".repeat(1500));
+        fs::write(&path, &long).unwrap();
+        assert_eq!(read_small(&path).unwrap(), long.as_bytes());
+        fs::write(&path, "x".repeat(512)).unwrap();
+        assert_eq!(read_small(&path).unwrap().len(), 512);
+    }
+
+    #[test]
+    fn open_existing_does_not_create() {
+        let tmp = TempDir::new("existing");
+        assert!(DiskStore::open_existing(&tmp.0, "net").unwrap().is_none());
+        assert!(!tmp.0.join("net").exists());
+        drop(DiskStore::open(&tmp.0, "net").unwrap());
+        assert!(DiskStore::open_existing(&tmp.0, "net").unwrap().is_some());
+    }
+}
