@@ -217,3 +217,38 @@ fn own_namespace_is_refused() {
         assert_eq!(out.error().unwrap().0, 8);
     }
 }
+
+/// `CNI_ARGS` is parsed as the reference's `LoadArgs` does; `host-local` is the probe because it
+/// reads `IP=`. Errors change nothing: the store stays empty.
+#[test]
+fn cni_args_rules() {
+    for suite in suites() {
+        let dir = std::env::temp_dir().join(conformance::unique("args"));
+        let conf = json!({"cniVersion": "1.0.0", "name": "argsnet", "type": "host-local",
+            "ipam": {"type": "host-local", "dataDir": dir.display().to_string(), "ranges": [[{"subnet": "10.90.0.0/24"}]]}});
+        let path = suite.dir.display().to_string();
+        let run = |args: &str| {
+            let env = [
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", path.as_str()),
+                ("CNI_ARGS", args),
+            ];
+            exec(&suite.plugin("host-local"), &env, conf.to_string().as_bytes(), None).unwrap()
+        };
+        for bad in ["FOO=bar", "IP", "IP=10.90.0.9=x", "IgnoreUnknown=maybe;IP=10.90.0.9", "IP=10.90.0.9;"] {
+            let out = run(bad);
+            assert!(out.error().is_ok(), "{} accepted CNI_ARGS {bad:?}: {}", suite.name, out.stdout);
+        }
+        let stored: Vec<_> = std::fs::read_dir(dir.join("argsnet"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(stored.iter().all(|n| n == "lock"), "{}: {stored:?}", suite.name);
+        let out = run("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.90.0.9");
+        assert!(out.ok(), "{}: {out:?}", suite.name);
+        assert_eq!(out.json().unwrap()["ips"][0]["address"], "10.90.0.9/24");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
