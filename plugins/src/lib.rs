@@ -1,10 +1,13 @@
 //! The plugins' shared machinery (namespaces, netlink, sysctl, firewall, locks) and the plugins.
 
+pub mod bridge;
+pub mod firewall;
 pub mod host_local;
 pub mod lock;
 pub mod loopback;
 pub mod netlink;
 pub mod ns;
+pub mod sysctl;
 
 /// Sets up logging to stderr (stdout is the protocol). `CNI_LOG` (or the plugin-specific
 /// `<PLUGIN>_LOG`, e.g. `BRIDGE_LOG`) takes `error`, `warn`, `info`, `debug`; `CNI_LOG_FILE`

@@ -1,10 +1,12 @@
-//! Addresses: list them.
+//! Addresses: list, add, delete.
 
 use super::Handle;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::io;
+use std::net::IpAddr;
 
 /// An address on a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +15,23 @@ pub struct Address {
     pub index: u32,
     /// The address with its prefix length.
     pub net: IpNetwork,
+    /// Still doing duplicate address detection (IPv6).
+    pub tentative: bool,
+}
+
+fn address_message(index: u32, net: &IpNetwork) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.index = index;
+    msg.header.prefix_len = net.prefix();
+    msg.header.family = if net.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.attributes.push(AddressAttribute::Local(net.ip()));
+    msg.attributes.push(AddressAttribute::Address(net.ip()));
+    if let (IpAddr::V4(_), IpNetwork::V4(v4)) = (net.ip(), net) {
+        if net.prefix() < 31 {
+            msg.attributes.push(AddressAttribute::Broadcast(v4.broadcast()));
+        }
+    }
+    msg
 }
 
 impl Handle {
@@ -30,19 +49,34 @@ impl Handle {
             // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS elsewhere.
             let mut local = None;
             let mut address = None;
+            let mut tentative = false;
             for attr in &msg.attributes {
                 match attr {
                     AddressAttribute::Local(ip) => local = Some(*ip),
                     AddressAttribute::Address(ip) => address = Some(*ip),
+                    AddressAttribute::Flags(f) => tentative = f.contains(AddressFlags::Tentative),
                     _ => {}
                 }
             }
             if let Some(ip) = local.or(address) {
                 if let Ok(net) = IpNetwork::new(ip, msg.header.prefix_len) {
-                    out.push(Address { index: msg.header.index, net });
+                    out.push(Address { index: msg.header.index, net, tentative });
                 }
             }
         }
         Ok(out)
+    }
+
+    /// `ip addr add <net> dev <index>`; EEXIST is returned as is.
+    pub fn add_address(&mut self, index: u32, net: &IpNetwork) -> io::Result<()> {
+        self.request(RouteNetlinkMessage::NewAddress(address_message(index, net)), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip addr del <net> dev <index>`; an address that is already gone is not an error.
+    pub fn del_address(&mut self, index: u32, net: &IpNetwork) -> io::Result<()> {
+        match self.request(RouteNetlinkMessage::DelAddress(address_message(index, net)), 0) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL) => Ok(()),
+            other => other,
+        }
     }
 }

@@ -1,9 +1,15 @@
-//! Links: look up, bring up and down.
+//! Links: look up, create bridges and veth pairs, enslave, set flags, MAC, MTU, port options.
 
 use super::Handle;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags};
+use netlink_packet_route::link::{
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// What the plugins need to know about a link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +28,12 @@ pub struct Link {
     pub kind: String,
     /// Index of the controlling device (bridge), if enslaved.
     pub master: Option<u32>,
+    /// `IFF_PROMISC` is set.
+    pub promisc: bool,
+    /// Operational state (`IFLA_OPERSTATE`), e.g. `Up`, `Down`, `LowerLayerDown`.
+    pub oper_state: Option<State>,
+    /// For a veth: the peer's interface index (`IFLA_LINK`), in whichever namespace it lives.
+    pub peer_index: Option<u32>,
 }
 
 impl Link {
@@ -34,6 +46,8 @@ impl Link {
                 LinkAttribute::Address(a) => link.mac = a.clone(),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::OperState(st) => link.oper_state = Some(*st),
+                LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -53,7 +67,36 @@ impl Link {
     }
 }
 
-fn is_absent(e: &io::Error) -> bool {
+/// Parses `aa:bb:cc:dd:ee:ff` (any case) into six bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Options for [`Handle::create_veth`].
+#[derive(Debug, Clone, Default)]
+pub struct VethSpec<'a> {
+    /// Name of the end that stays in the handle's namespace.
+    pub host_name: &'a str,
+    /// Name of the end created in `peer_netns`.
+    pub peer_name: &'a str,
+    /// MTU of both ends (0: kernel default).
+    pub mtu: u32,
+    /// MAC of the peer end, if requested.
+    pub peer_mac: Option<[u8; 6]>,
+    /// Bridge to enslave the host end to at creation.
+    pub master: Option<u32>,
+}
+
+pub(super) fn is_absent(e: &io::Error) -> bool {
     e.raw_os_error() == Some(nix::libc::ENODEV)
 }
 
@@ -81,6 +124,119 @@ impl Handle {
             Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `ip link` dump: every link in the namespace.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let replies = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `ip link add <name> type bridge [mtu M] [vlan_filtering 1]`; EEXIST is returned as is
+    /// so a caller racing another creator can treat it as "already there".
+    pub fn create_bridge(&mut self, name: &str, mtu: u32, vlan_filtering: bool) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if mtu > 0 {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        if vlan_filtering {
+            // Must be sent with RTM_NEWLINK: the kernel ignores it on RTM_SETLINK.
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)])));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(info));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip link add <host> [master B] type veth peer name <peer> netns <fd>`: one request, the
+    /// peer is born in the container namespace (never visible on the host).
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>, peer_netns: BorrowedFd<'_>) -> io::Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes.push(LinkAttribute::IfName(spec.peer_name.to_string()));
+        peer.attributes.push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+        if spec.mtu > 0 {
+            peer.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        }
+        if let Some(mac) = spec.peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(spec.host_name.to_string()));
+        if spec.mtu > 0 {
+            msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        }
+        if let Some(master) = spec.master {
+            msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip link del <index>`; a link that is already gone is not an error.
+    pub fn del_link(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(RouteNetlinkMessage::DelLink(msg), 0) {
+            Err(e) if is_absent(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `ip link set <index> address <mac>`.
+    pub fn set_link_mac(&mut self, index: u32, mac: &[u8]) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set <index> promisc on|off`.
+    pub fn set_link_promisc(&mut self, index: u32, on: bool) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
+        msg.header.change_mask = LinkFlags::Promisc;
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set <index> type bridge_slave hairpin on|off [isolated on]`. Isolation is only
+    /// sent when wanted, so kernels without it (before 4.18) work for everyone else.
+    pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> io::Result<()> {
+        let mut port = vec![InfoBridgePort::HairpinMode(hairpin)];
+        if isolated {
+            port.push(InfoBridgePort::Isolated(true));
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(port)),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), 0)
+    }
+
+    /// `bridge vlan add|del dev <index> vid <vid> [pvid untagged]` on a bridge port.
+    pub fn bridge_port_vlan(&mut self, index: u32, vid: u16, pvid_untagged: bool, add: bool) -> io::Result<()> {
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if pvid_untagged {
+            flags |= BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged;
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::AfSpecBridge(vec![AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid })]));
+        let req = if add { RouteNetlinkMessage::SetLink(msg) } else { RouteNetlinkMessage::DelLink(msg) };
+        self.request(req, 0)
     }
 
     /// `ip link set <index> up|down`.

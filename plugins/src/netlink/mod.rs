@@ -7,9 +7,11 @@
 
 mod addr;
 mod link;
+mod route;
 
 pub use addr::Address;
-pub use link::Link;
+pub use link::{parse_mac, Link, VethSpec};
+pub use route::RouteSpec;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,

@@ -1,0 +1,403 @@
+//! `bridge` (+ `host-local`), driven as runtimes drive it, checked against real kernel state,
+//! real traffic and the reference plugin where behaviours are meant to match.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use conformance::{require_root, suites, Attachment, FakeHost, Netns, Runtime, Suite};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+fn list(host: &FakeHost, version: &str, bridge: Value) -> Value {
+    let mut plugin = json!({"type": "bridge", "bridge": "cnibr0", "isGateway": true, "ipMasq": true,
+        "ipam": {"type": "host-local", "dataDir": host.dir.join("ipam").display().to_string(),
+                 "ranges": [[{"subnet": "10.77.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}});
+    for (k, v) in bridge.as_object().unwrap() {
+        plugin[k] = v.clone();
+    }
+    json!({"cniVersion": version, "name": "brnet", "plugins": [plugin]})
+}
+
+fn links(ns: &Netns) -> Value {
+    ns.ip_json(&["-d", "link", "show"]).unwrap()
+}
+
+fn link<'a>(all: &'a Value, name: &str) -> Option<&'a Value> {
+    all.as_array().unwrap().iter().find(|l| l["ifname"] == name)
+}
+
+fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    let j = ns.ip_json(&["addr", "show", "dev", dev]).unwrap();
+    j[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["scope"] == "global")
+                .map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn nat_rules(host: &FakeHost) -> String {
+    host.ns.run("iptables-save", &["-t", "nat"]).unwrap_or_default()
+}
+
+fn reservations(host: &FakeHost) -> BTreeSet<String> {
+    let dir = host.dir.join("ipam").join("brnet");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn veths(host: &FakeHost) -> usize {
+    links(&host.ns)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["ifname"].as_str().unwrap_or("").starts_with("veth"))
+        .count()
+}
+
+/// Both suites, or just ours with a note when the test covers what the old reference lacks.
+fn each_suite(ours_only: bool, f: impl Fn(&Suite)) {
+    for suite in suites() {
+        if ours_only && suite.is_reference() {
+            continue;
+        }
+        f(&suite);
+    }
+}
+
+#[test]
+fn add_builds_the_reference_topology_and_traffic_flows() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let l = list(&host, "1.0.0", json!({"hairpinMode": true, "mtu": 1400}));
+        let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+        let (a1, a2) = (Attachment::new("ctr-a", &c1), Attachment::new("ctr-b", &c2));
+        let r = rt.add_list(&l, &a1).unwrap();
+        rt.add_list(&l, &a2).unwrap();
+
+        let ifs = r["interfaces"].as_array().unwrap();
+        assert_eq!(ifs.len(), 3, "{}: {r}", suite.name);
+        assert_eq!(ifs[0]["name"], "cnibr0");
+        assert!(ifs[1]["name"].as_str().unwrap().starts_with("veth") && ifs[1].get("sandbox").is_none());
+        assert_eq!(ifs[2]["name"], "eth0");
+        assert_eq!(ifs[2]["sandbox"], c1.path());
+        assert_eq!(
+            r["ips"],
+            json!([{"interface": 2, "address": "10.77.0.2/24", "gateway": "10.77.0.1"}]),
+            "{}",
+            suite.name
+        );
+        assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0"}]));
+
+        let hl = links(&host.ns);
+        let br = link(&hl, "cnibr0").unwrap();
+        assert_eq!(br["linkinfo"]["info_kind"], "bridge");
+        assert_eq!(br["address"], ifs[0]["mac"], "{}: bridge MAC in result", suite.name);
+        let hv = link(&hl, ifs[1]["name"].as_str().unwrap()).unwrap();
+        assert_eq!(hv["master"], "cnibr0");
+        assert_eq!(hv["mtu"], 1400);
+        assert_eq!(hv["linkinfo"]["info_slave_data"]["hairpin"], true, "{}", suite.name);
+        assert_eq!(hv["address"], ifs[1]["mac"]);
+        assert_eq!(addrs(&host.ns, "cnibr0"), vec!["10.77.0.1/24"]);
+        assert_eq!(host.ns.run("sysctl", &["-n", "net.ipv4.ip_forward"]).unwrap().trim(), "1");
+
+        let cl = links(&c1);
+        let eth0 = link(&cl, "eth0").unwrap();
+        assert_eq!(eth0["address"], ifs[2]["mac"]);
+        assert_eq!(eth0["mtu"], 1400);
+        assert_eq!(addrs(&c1, "eth0"), vec!["10.77.0.2/24"]);
+        let routes = c1.ip_json(&["route", "show", "default"]).unwrap();
+        assert_eq!(routes[0]["gateway"], "10.77.0.1");
+        assert_eq!(c1.run("sysctl", &["-n", "net.ipv4.conf.eth0.arp_notify"]).unwrap().trim(), "1");
+
+        let nat = nat_rules(&host);
+        assert!(
+            nat.contains(
+                "-A POSTROUTING -s 10.77.0.2/32 -m comment --comment \"name: \\\"brnet\\\" id: \\\"ctr-a\\\"\" -j CNI-"
+            ),
+            "{}: {nat}",
+            suite.name
+        );
+
+        // Container to gateway, container to container, and out through masquerade.
+        assert!(c1.succeeds("ping", &["-c1", "-W2", "10.77.0.1"]), "{}: ping gateway", suite.name);
+        assert!(c1.succeeds("ping", &["-c1", "-W2", "10.77.0.3"]), "{}: ping neighbour", suite.name);
+        let outside = Netns::new("o").unwrap();
+        host.ns
+            .run("ip", &["link", "add", "upl0", "type", "veth", "peer", "name", "upl1", "netns", outside.name()])
+            .unwrap();
+        host.ns.run("ip", &["addr", "add", "198.51.100.1/24", "dev", "upl0"]).unwrap();
+        host.ns.run("ip", &["link", "set", "upl0", "up"]).unwrap();
+        outside.run("ip", &["addr", "add", "198.51.100.2/24", "dev", "upl1"]).unwrap();
+        outside.run("ip", &["link", "set", "upl1", "up"]).unwrap();
+        // The outside has no route back to 10.77.0.0/24: replies arrive only when masqueraded.
+        assert!(c1.succeeds("ping", &["-c1", "-W2", "198.51.100.2"]), "{}: ping outside via masquerade", suite.name);
+
+        rt.del_list(&l, &a1).unwrap();
+        rt.del_list(&l, &a2).unwrap();
+        assert_eq!(veths(&host), 0, "{}: veths left", suite.name);
+        assert!(reservations(&host).is_empty(), "{}: reservations left", suite.name);
+        assert!(!nat_rules(&host).contains("brnet"), "{}: rules left: {}", suite.name, nat_rules(&host));
+        rt.del_list(&l, &a1).unwrap();
+    });
+}
+
+#[test]
+fn results_in_every_version() {
+    require_root!();
+    each_suite(false, |suite| {
+        for version in ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            if suite.is_reference() && version == "1.1.0" {
+                continue;
+            }
+            let host = FakeHost::new().unwrap();
+            let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+            let c = host.container().unwrap();
+            let att = Attachment::new("ctr-v", &c);
+            let l = list(
+                &host,
+                version,
+                json!({"isDefaultGateway": true, "ipam": {"type": "host-local",
+                "dataDir": host.dir.join("ipam").display().to_string(), "ranges": [[{"subnet": "10.78.0.0/24"}]]}}),
+            );
+            let r = rt.add_list(&l, &att).unwrap_or_else(|e| panic!("{} {version}: {e}", suite.name));
+            assert_eq!(r["cniVersion"], version);
+            if version < "0.3.0" {
+                assert_eq!(r["ip4"]["ip"], "10.78.0.2/24", "{} {version}: {r}", suite.name);
+                assert_eq!(r["ip4"]["gateway"], "10.78.0.1");
+            } else {
+                assert_eq!(r["interfaces"].as_array().unwrap().len(), 3);
+                assert_eq!(r["ips"][0]["interface"], 2);
+                assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.78.0.1"}]), "{} {version}", suite.name);
+                assert_eq!(r["ips"][0].get("version").is_some(), version < "1.0.0", "{} {version}", suite.name);
+            }
+            if version >= "0.4.0" {
+                rt.check_list(&l, &att).unwrap_or_else(|e| panic!("{} {version} CHECK: {e}", suite.name));
+            }
+            rt.del_list(&l, &att).unwrap();
+            assert_eq!(veths(&host), 0);
+        }
+    });
+}
+
+#[test]
+fn failed_add_leaves_nothing_behind() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let c = host.container().unwrap();
+        // The interface name is taken in the container: error before any address is reserved.
+        c.run("ip", &["link", "add", "eth0", "type", "veth", "peer", "name", "eth9"]).unwrap();
+        let l = list(&host, "1.0.0", json!({}));
+        let err = rt.add_list(&l, &Attachment::new("ctr-x", &c)).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{}: {err}", suite.name);
+        assert!(reservations(&host).is_empty(), "{}: reservation leaked", suite.name);
+        assert_eq!(veths(&host), 0, "{}: veth leaked", suite.name);
+
+        // IPAM fails (no such plugin): the veth created before it is removed again.
+        let c2 = host.container().unwrap();
+        let bad = list(&host, "1.0.0", json!({"ipam": {"type": "no-such-ipam"}}));
+        assert!(rt.add_list(&bad, &Attachment::new("ctr-y", &c2)).is_err());
+        if !suite.is_reference() {
+            // The reference leaves its veth for the runtime's DEL after the failed ADD.
+            assert_eq!(veths(&host), 0, "veth leaked after IPAM failure");
+            assert!(link(&links(&c2), "eth0").is_none(), "container eth0 leaked");
+        }
+    });
+}
+
+#[test]
+fn a_failure_after_ipam_releases_the_address() {
+    require_root!();
+    each_suite(true, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        // A non-bridge link holds the gateway-to-be address on the bridge: forceAddress is off,
+        // so ADD fails after IPAM and must give the address back and remove the veth.
+        let c0 = host.container().unwrap();
+        rt.add_list(&list(&host, "1.0.0", json!({})), &Attachment::new("ctr-0", &c0)).unwrap();
+        let c = host.container().unwrap();
+        let other = json!({"cniVersion": "1.0.0", "name": "brnet", "plugins": [{"type": "bridge", "bridge": "cnibr0",
+            "isGateway": true, "ipam": {"type": "host-local", "dataDir": host.dir.join("ipam").display().to_string(),
+            "ranges": [[{"subnet": "10.79.0.0/24"}]]}}]});
+        let err = rt.add_list(&other, &Attachment::new("ctr-1", &c)).unwrap_err().to_string();
+        assert!(err.contains("already has an IP address different from 10.79.0.1/24"), "{err}");
+        assert_eq!(reservations(&host), BTreeSet::from(["10.77.0.2".to_string()]), "only ctr-0 holds an address");
+        assert_eq!(veths(&host), 1, "only ctr-0's veth remains");
+    });
+}
+
+#[test]
+fn del_cleans_up_after_the_namespace_is_gone() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let mut c = host.container().unwrap();
+        let att = Attachment::new("ctr-gone", &c);
+        let l = list(&host, "1.0.0", json!({}));
+        rt.add_list(&l, &att).unwrap();
+        c.delete();
+        rt.del_list(&l, &att).unwrap();
+        assert!(reservations(&host).is_empty(), "{}", suite.name);
+        // The kernel destroys a deleted namespace (and the veth pair with it) asynchronously.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while veths(&host) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(veths(&host), 0, "{}", suite.name);
+        if !suite.is_reference() {
+            // The reference leaks its masquerade rules here (plugins#810); ours must not.
+            assert!(!nat_rules(&host).contains("brnet"), "rules left: {}", nat_rules(&host));
+        }
+        // DEL without CNI_NETNS and without prevResult, twice.
+        let none = Attachment { netns: String::new(), ..att.clone() };
+        rt.del_list(&l, &none).unwrap();
+        rt.del_list(&l, &none).unwrap();
+    });
+}
+
+#[test]
+fn layer2_bridge_and_its_check() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let c = host.container().unwrap();
+        let att = Attachment::new("ctr-l2", &c);
+        let l = json!({"cniVersion": "1.0.0", "name": "l2net", "plugins": [{"type": "bridge", "bridge": "cnil2", "ipam": {}}]});
+        let r = rt.add_list(&l, &att).unwrap();
+        assert!(r.get("ips").is_none(), "{r}");
+        let eth0 = links(&c);
+        assert!(link(&eth0, "eth0").unwrap()["flags"].as_array().unwrap().contains(&json!("UP")));
+        if !suite.is_reference() {
+            // The reference's CHECK tries to run an IPAM plugin named "" and fails.
+            rt.check_list(&l, &att).unwrap();
+        }
+        rt.del_list(&l, &att).unwrap();
+        let l020 = json!({"cniVersion": "0.2.0", "name": "l2net", "plugins": [{"type": "bridge", "bridge": "cnil2", "ipam": {}}]});
+        assert!(rt.add_list(&l020, &att).is_err(), "an L2 result cannot be expressed in 0.2.0");
+        if !suite.is_reference() {
+            assert_eq!(veths(&host), 0, "refused before creating anything");
+        }
+    });
+}
+
+#[test]
+fn check_notices_missing_pieces() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let c = host.container().unwrap();
+        let att = Attachment::new("ctr-chk", &c);
+        let l = list(&host, "1.0.0", json!({}));
+        rt.add_list(&l, &att).unwrap();
+        rt.check_list(&l, &att).unwrap();
+        c.run("ip", &["addr", "flush", "dev", "eth0"]).unwrap();
+        assert!(rt.check_list(&l, &att).is_err(), "{}: CHECK passed without the address", suite.name);
+        rt.del_list(&l, &att).unwrap();
+    });
+}
+
+#[test]
+fn mac_promisc_and_custom_gateway() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let c = host.container().unwrap();
+        let mut att = Attachment::new("ctr-mac", &c);
+        att.caps.insert("mac".into(), json!("02:42:ac:11:00:09"));
+        let mut l = list(&host, "1.0.0", json!({"promiscMode": true, "capabilities": {"mac": true}}));
+        l["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.80.0.0/24", "gateway": "10.80.0.254"}]]);
+        let r = rt.add_list(&l, &att).unwrap();
+        assert_eq!(r["interfaces"][2]["mac"], "02:42:ac:11:00:09", "{}", suite.name);
+        assert_eq!(link(&links(&c), "eth0").unwrap()["address"], "02:42:ac:11:00:09");
+        assert!(link(&links(&host.ns), "cnibr0").unwrap()["flags"].as_array().unwrap().contains(&json!("PROMISC")));
+        assert_eq!(addrs(&host.ns, "cnibr0"), vec!["10.80.0.254/24"]);
+        assert_eq!(r["ips"][0]["gateway"], "10.80.0.254");
+        rt.del_list(&l, &att).unwrap();
+    });
+}
+
+#[test]
+fn twenty_concurrent_adds_into_a_new_bridge() {
+    require_root!();
+    each_suite(true, |suite| {
+        let host = FakeHost::new().unwrap();
+        let l = list(&host, "1.0.0", json!({}));
+        let containers: Vec<Netns> = (0..20).map(|_| host.container().unwrap()).collect();
+        let results: Vec<Value> = std::thread::scope(|s| {
+            let handles: Vec<_> = containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let (l, host) = (&l, &host);
+                    s.spawn(move || {
+                        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+                        rt.add_list(l, &Attachment::new(&format!("ctr-{i}"), c)).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ips: BTreeSet<String> =
+            results.iter().map(|r| r["ips"][0]["address"].as_str().unwrap().to_string()).collect();
+        assert_eq!(ips.len(), 20, "distinct addresses");
+        let bridges = links(&host.ns).as_array().unwrap().iter().filter(|l| l["ifname"] == "cnibr0").count();
+        assert_eq!(bridges, 1);
+        assert_eq!(veths(&host), 20);
+        std::thread::scope(|s| {
+            for (i, c) in containers.iter().enumerate() {
+                let (l, host) = (&l, &host);
+                s.spawn(move || {
+                    let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+                    rt.del_list(l, &Attachment::new(&format!("ctr-{i}"), c)).unwrap();
+                });
+            }
+        });
+        assert_eq!(veths(&host), 0);
+        assert!(reservations(&host).is_empty());
+        assert!(!nat_rules(&host).contains("brnet"), "{}", nat_rules(&host));
+    });
+}
+
+#[test]
+fn nftables_masquerade_and_gc() {
+    require_root!();
+    each_suite(true, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let l = list(&host, "1.1.0", json!({"ipMasqBackend": "nftables"}));
+        let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+        let (a1, a2) = (Attachment::new("ctr-n1", &c1), Attachment::new("ctr-n2", &c2));
+        rt.add_list(&l, &a1).unwrap();
+        rt.add_list(&l, &a2).unwrap();
+        let rules = host.ns.run("nft", &["list", "table", "inet", "cni_plugins_masquerade"]).unwrap();
+        assert!(rules.contains("ip saddr 10.77.0.2 ip daddr != 10.77.0.0/24 masquerade"), "{rules}");
+        rt.check_list(&l, &a1).unwrap();
+        rt.status_list(&l).unwrap();
+        // The runtime lost track of ctr-n1 (no cache entry, so no DEL): GC alone must clean it.
+        std::fs::remove_file(host.dir.join("results/brnet-ctr-n1-eth0")).unwrap();
+        rt.gc_list(&l, std::slice::from_ref(&a2)).unwrap();
+        let rules = host.ns.run("nft", &["list", "table", "inet", "cni_plugins_masquerade"]).unwrap();
+        assert!(!rules.contains("10.77.0.2 "), "{rules}");
+        assert!(rules.contains("10.77.0.3 "), "{rules}");
+        assert_eq!(reservations(&host), BTreeSet::from(["10.77.0.3".to_string()]));
+        rt.del_list(&l, &a2).unwrap();
+        let rules = host.ns.run("nft", &["list", "table", "inet", "cni_plugins_masquerade"]).unwrap_or_default();
+        assert!(!rules.contains("masquerade comment"), "{rules}");
+    });
+}

@@ -1,0 +1,763 @@
+//! IP masquerade for a container's addresses (bridge `ipMasq`), with the reference's rules
+//! (research 2.4) in both backends.
+//!
+//! iptables (`nat` table, per family), chain `CNI-<24 hex of sha512(network+containerID)>`:
+//! ```text
+//! -A POSTROUTING -s 10.1.0.5/32 -m comment --comment "name: \"net\" id: \"cid\"" -j CNI-…
+//! -A CNI-… -d 10.1.0.0/24 -m comment --comment "name: \"net\" id: \"cid\"" -j ACCEPT
+//! -A CNI-… ! -d 224.0.0.0/4 -m comment --comment "name: \"net\" id: \"cid\"" -j MASQUERADE
+//! ```
+//! nftables, table `inet cni_plugins_masquerade`, one rule per address in `masq_checks`:
+//! ```text
+//! ip saddr 10.1.0.5 ip daddr != 10.1.0.0/24 masquerade comment "<h16(net)>-<h16(ifname:cid)>, net: …, if: …, id: …"
+//! ```
+
+use super::iptables::{chain_name, format_comment, go_quote, go_unquote, Batch, Rule, SavedTable};
+use super::nft::{self, Listing, Script};
+use super::restore::{self, has_tool, restore_tool, save_tool};
+use super::{sha512_hex, Backend, Family, FirewallError};
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// One attachment whose traffic is masqueraded.
+#[derive(Debug, Clone, Copy)]
+pub struct MasqTarget<'a> {
+    /// Network name (config `name`).
+    pub network: &'a str,
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_IFNAME` (only the nftables backend uses it, as in the reference).
+    pub ifname: &'a str,
+    /// The container's addresses with their prefix, e.g. `10.1.0.5/24`.
+    pub addresses: &'a [IpNetwork],
+}
+
+const NAT: &str = "nat";
+const POSTROUTING: &str = "POSTROUTING";
+
+const NFT_FAMILY: &str = "inet";
+const NFT_TABLE: &str = "cni_plugins_masquerade";
+const NFT_CHECKS: &str = "masq_checks";
+const NFT_POSTROUTING: &str = "postrouting";
+const NFT_TABLE_COMMENT: &str = "Masquerading for plugins from github.com/containernetworking/plugins";
+const NFT_CHECKS_COMMENT: &str = "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet";
+
+/// iptables when `iptables-restore`/`iptables-save` are installed, else nftables when `nft` is, as the
+/// reference prefers iptables. Presence stands in for the reference's probe exec, which would cost a
+/// process per ADD; a host whose iptables cannot work gets an error naming `iptables-save`.
+pub fn default_backend() -> Backend {
+    if has_tool(restore_tool(Family::V4)) && has_tool(save_tool(Family::V4)) {
+        Backend::Iptables
+    } else if has_tool("nft") {
+        Backend::Nftables
+    } else {
+        Backend::Iptables
+    }
+}
+
+/// ADD: installs the masquerade rules for every address; re-running leaves one copy of each rule.
+pub fn setup_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallError> {
+    match backend {
+        Backend::Iptables => {
+            for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
+                restore::apply_iptables(family, NAT, false, |saved| plan_iptables_setup(saved, family, t))?;
+            }
+            Ok(())
+        }
+        Backend::Nftables => {
+            restore::apply_nft(&["table", NFT_FAMILY, NFT_TABLE], false, |listing| plan_nft_setup(listing, t).map(Some))
+        }
+    }
+}
+
+/// DEL: removes this attachment's rules from both backends, found by chain name and comment, so it
+/// works without addresses; what is already gone (or a tool the host lacks) is success.
+pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
+    let mut errors = Vec::new();
+    let chain = chain_name("", t.network, t.container_id);
+    for family in Family::ALL {
+        if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
+            continue;
+        }
+        // Without an address of this family there is no evidence its table holds anything of ours,
+        // so a host that cannot dump it (e.g. legacy ip6tables with IPv6 disabled) must not fail DEL.
+        let tolerate_unreadable = addresses_of(t, family).is_empty();
+        if let Err(e) =
+            restore::apply_iptables(family, NAT, tolerate_unreadable, |saved| plan_iptables_teardown(saved, &chain))
+        {
+            errors.push(e);
+        }
+    }
+    if has_tool("nft") {
+        let prefix = nft_instance_hash(t.network, t.ifname, t.container_id);
+        let teardown = restore::apply_nft(&["chain", NFT_FAMILY, NFT_TABLE, NFT_CHECKS], true, |listing| {
+            Ok(plan_nft_delete(listing, |comment| comment.starts_with(&prefix)))
+        });
+        if let Err(e) = teardown {
+            errors.push(e);
+        }
+    }
+    FirewallError::collect(errors)
+}
+
+/// CHECK: every rule ADD installs for these addresses is present.
+pub fn check_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallError> {
+    match backend {
+        Backend::Iptables => {
+            for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
+                let saved = restore::iptables_save(family, NAT)?;
+                verify_iptables(&saved, family, t).map_err(FirewallError::Check)?;
+            }
+            Ok(())
+        }
+        Backend::Nftables => {
+            let listing = Listing::fetch(&["table", NFT_FAMILY, NFT_TABLE])?;
+            verify_nft(&listing, t).map_err(FirewallError::Check)
+        }
+    }
+}
+
+/// GC: removes both backends' masquerade rules of `network` whose attachment (container ID, ifname) is
+/// not in `valid`. iptables chains ignore ifname, so there a container ID listed with any ifname is kept.
+pub fn gc_ipmasq(network: &str, valid: &[(String, String)]) -> Result<(), FirewallError> {
+    let mut errors = Vec::new();
+    let valid_ids: HashSet<&str> = valid.iter().map(|(id, _)| id.as_str()).collect();
+    for family in Family::ALL {
+        if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
+            continue;
+        }
+        if let Err(e) =
+            restore::apply_iptables(family, NAT, false, |saved| plan_iptables_gc(saved, network, &valid_ids))
+        {
+            errors.push(e);
+        }
+    }
+    if has_tool("nft") {
+        let prefix = format!("{}-", nft_network_hash(network));
+        let keep: HashSet<String> = valid.iter().map(|(id, ifname)| nft_comment(network, ifname, id)).collect();
+        let gc = restore::apply_nft(&["chain", NFT_FAMILY, NFT_TABLE, NFT_CHECKS], true, |listing| {
+            Ok(plan_nft_delete(listing, |comment| comment.starts_with(&prefix) && !keep.contains(comment)))
+        });
+        if let Err(e) = gc {
+            errors.push(e);
+        }
+    }
+    FirewallError::collect(errors)
+}
+
+/// The target's addresses of one family, without duplicates, in the caller's order.
+fn addresses_of(t: &MasqTarget, family: Family) -> Vec<IpNetwork> {
+    let mut out: Vec<IpNetwork> = Vec::new();
+    for a in t.addresses.iter().filter(|a| Family::of(&a.ip()) == family) {
+        if !out.iter().any(|o| o.ip() == a.ip()) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
+/// `10.1.0.5/24` → `10.1.0.0/24`.
+fn subnet_of(a: &IpNetwork) -> String {
+    format!("{}/{}", a.network(), a.prefix())
+}
+
+/// `10.1.0.5/24` → `10.1.0.5/32`, the form `iptables-save` prints for `-s 10.1.0.5`.
+fn host_of(a: &IpNetwork) -> String {
+    let bits = if a.is_ipv4() { 32 } else { 128 };
+    format!("{}/{bits}", a.ip())
+}
+
+fn multicast(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "224.0.0.0/4",
+        Family::V6 => "ff00::/8",
+    }
+}
+
+fn accept_rule(chain: &str, subnet: &str, comment: &str) -> Rule {
+    Rule::new(chain, ["-d", subnet, "-m", "comment", "--comment", comment, "-j", "ACCEPT"])
+}
+
+fn masquerade_rule(chain: &str, family: Family, comment: &str) -> Rule {
+    Rule::new(chain, ["!", "-d", multicast(family), "-m", "comment", "--comment", comment, "-j", "MASQUERADE"])
+}
+
+fn jump_rule(chain: &str, address: &IpNetwork, comment: &str) -> Rule {
+    Rule::new(POSTROUTING, ["-s", &host_of(address), "-m", "comment", "--comment", comment, "-j", chain])
+}
+
+/// The container chain's rules ADD writes: one ACCEPT per subnet (those already in the chain first,
+/// so a second interface of the same container on this network keeps its own), then MASQUERADE.
+/// Unlike the reference's per-address append, every ACCEPT precedes the MASQUERADE, so an address in
+/// a second subnet is not masqueraded towards that subnet.
+fn chain_rules(saved: &SavedTable, family: Family, t: &MasqTarget) -> Vec<Rule> {
+    let chain = chain_name("", t.network, t.container_id);
+    let comment = format_comment(t.network, t.container_id);
+    let mut subnets: Vec<String> = saved
+        .rules_in(&chain)
+        .filter_map(|r| r.option("-d").filter(|d| *r == accept_rule(&chain, d, &comment)).map(str::to_string))
+        .collect();
+    for subnet in addresses_of(t, family).iter().map(subnet_of) {
+        if !subnets.contains(&subnet) {
+            subnets.push(subnet);
+        }
+    }
+    let mut rules: Vec<Rule> = subnets.iter().map(|s| accept_rule(&chain, s, &comment)).collect();
+    rules.push(masquerade_rule(&chain, family, &comment));
+    rules
+}
+
+/// Plans ADD for one family: rewrite the container chain (`:CHAIN - [0:0]` flushes it) unless it
+/// already holds exactly its rules, and add the POSTROUTING jumps that are missing. `None` when
+/// everything is in place.
+fn plan_iptables_setup(saved: &SavedTable, family: Family, t: &MasqTarget) -> Option<Batch> {
+    let addresses = addresses_of(t, family);
+    if addresses.is_empty() {
+        return None;
+    }
+    let chain = chain_name("", t.network, t.container_id);
+    let comment = format_comment(t.network, t.container_id);
+    let wanted = chain_rules(saved, family, t);
+    let chain_ok = saved.has_chain(&chain) && saved.rules_in(&chain).eq(wanted.iter());
+    let jumps: Vec<Rule> =
+        addresses.iter().map(|a| jump_rule(&chain, a, &comment)).filter(|j| !saved.contains(j)).collect();
+    if chain_ok && jumps.is_empty() {
+        return None;
+    }
+    let mut batch = Batch::new(NAT);
+    if !chain_ok {
+        batch.declare_chain(&chain);
+        wanted.iter().for_each(|r| batch.append(r));
+    }
+    jumps.iter().for_each(|j| batch.append(j));
+    Some(batch)
+}
+
+/// Plans DEL for one family: delete every rule jumping to the container chain (whatever its source
+/// form, including the legacy `-s <ip>/<prefix>`), then flush and delete the chain.
+fn plan_iptables_teardown(saved: &SavedTable, chain: &str) -> Option<Batch> {
+    plan_remove_chains(saved, &[chain.to_string()])
+}
+
+/// Plans GC for one family: the chains of `network`'s containers not in `valid_ids`, recognised by
+/// the reference comment on their rules or on the jumps to them.
+fn plan_iptables_gc(saved: &SavedTable, network: &str, valid_ids: &HashSet<&str>) -> Option<Batch> {
+    let prefix = format!("name: {} id: ", go_quote(network));
+    let mut stale: Vec<String> = Vec::new();
+    for rule in &saved.rules {
+        let Some(id) = rule.comment().and_then(|c| c.strip_prefix(&prefix)).and_then(go_unquote) else { continue };
+        if valid_ids.contains(id.as_str()) {
+            continue;
+        }
+        let owner = chain_name("", network, &id);
+        // Only a rule in that container's chain or jumping to it is ours; portmap's comments differ.
+        if (rule.chain == owner || rule.target() == Some(owner.as_str())) && !stale.contains(&owner) {
+            stale.push(owner);
+        }
+    }
+    plan_remove_chains(saved, &stale)
+}
+
+/// Deletes all jumps to `chains` from other chains, then flushes and deletes those that exist.
+fn plan_remove_chains(saved: &SavedTable, chains: &[String]) -> Option<Batch> {
+    let mut batch = Batch::new(NAT);
+    for rule in saved.rules.iter().filter(|r| !chains.contains(&r.chain)) {
+        if rule.target().is_some_and(|t| chains.iter().any(|c| c == t)) {
+            batch.delete(rule);
+        }
+    }
+    for chain in chains.iter().filter(|c| saved.has_chain(c)) {
+        batch.flush_chain(chain);
+    }
+    for chain in chains.iter().filter(|c| saved.has_chain(c)) {
+        batch.delete_chain(chain);
+    }
+    (!batch.is_empty()).then_some(batch)
+}
+
+/// CHECK for one family: the chain exists and holds its ACCEPT and MASQUERADE rules, and every jump exists.
+fn verify_iptables(saved: &SavedTable, family: Family, t: &MasqTarget) -> Result<(), String> {
+    let chain = chain_name("", t.network, t.container_id);
+    let comment = format_comment(t.network, t.container_id);
+    let tool = match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    };
+    if !saved.has_chain(&chain) {
+        return Err(format!("masquerade chain {chain} not found in {tool} table nat"));
+    }
+    let addresses = addresses_of(t, family);
+    let wanted = addresses
+        .iter()
+        .map(|a| accept_rule(&chain, &subnet_of(a), &comment))
+        .chain([masquerade_rule(&chain, family, &comment)])
+        .chain(addresses.iter().map(|a| jump_rule(&chain, a, &comment)));
+    for rule in wanted {
+        if !saved.contains(&rule) {
+            return Err(format!(
+                "masquerade rule not found in {tool} table nat: -A {} {}",
+                rule.chain,
+                rule.render_args()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// First 16 hex of sha512(network): the prefix of all of a network's nftables comments.
+fn nft_network_hash(network: &str) -> String {
+    sha512_hex(network, 16)
+}
+
+/// `<h16(network)>-<h16(ifname:containerID)>`: the prefix of one attachment's nftables comments.
+fn nft_instance_hash(network: &str, ifname: &str, container_id: &str) -> String {
+    format!("{}-{}", nft_network_hash(network), sha512_hex(&format!("{ifname}:{container_id}"), 16))
+}
+
+/// The reference rule comment: the instance hash, then the names without `"`, cut to 128 bytes.
+fn nft_comment(network: &str, ifname: &str, container_id: &str) -> String {
+    let clean = |s: &str| s.replace('"', "");
+    nft::truncate_comment(format!(
+        "{}, net: {}, if: {}, id: {}",
+        nft_instance_hash(network, ifname, container_id),
+        clean(network),
+        clean(ifname),
+        clean(container_id)
+    ))
+}
+
+fn nft_keyword(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// Plans nftables ADD as the reference does: ensure the table and chains, (re)write `postrouting`,
+/// replace this attachment's rules in `masq_checks` (found by comment prefix) with one per address.
+/// Unlike the reference, existing chains are not re-added and `postrouting` is rewritten only when
+/// it is not already right: re-adding a chain costs ~20 ms once it holds 100 rules, and deleting
+/// rules makes the kernel wait for their destruction (~10 ms); an ADD that only adds stays ~3 ms.
+fn plan_nft_setup(listing: &Listing, t: &MasqTarget) -> Result<Script, FirewallError> {
+    let comment = nft::quote("masquerade comment", &nft_comment(t.network, t.ifname, t.container_id))?;
+    let mut script = Script::new();
+    script.add_table(NFT_FAMILY, NFT_TABLE, Some(NFT_TABLE_COMMENT));
+    if !listing.has_chain(NFT_CHECKS) {
+        script.add_chain(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, Some(&format!("comment \"{NFT_CHECKS_COMMENT}\" ;")));
+    }
+    if !postrouting_in_place(listing) {
+        if !listing.has_chain(NFT_POSTROUTING) {
+            let spec = "type nat hook postrouting priority srcnat ;";
+            script.add_chain(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, Some(spec));
+        }
+        script.flush_chain(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING);
+        script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, "ip daddr 224.0.0.0/4 return");
+        script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, "ip6 daddr ff00::/8 return");
+        script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, &format!("goto {NFT_CHECKS}"));
+    }
+    let instance = nft_instance_hash(t.network, t.ifname, t.container_id);
+    for rule in listing.rules_in(NFT_CHECKS) {
+        if rule.comment.as_deref().is_some_and(|c| c.starts_with(&instance)) {
+            script.delete_rule(rule);
+        }
+    }
+    for family in Family::ALL {
+        let ip = nft_keyword(family);
+        for a in addresses_of(t, family) {
+            let rule = format!("{ip} saddr {} {ip} daddr != {} masquerade comment {comment}", a.ip(), subnet_of(&a));
+            script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, &rule);
+        }
+    }
+    Ok(script)
+}
+
+/// Whether `postrouting` holds exactly the multicast returns and the `goto masq_checks`.
+fn postrouting_in_place(listing: &Listing) -> bool {
+    let rules: Vec<_> = listing.rules_in(NFT_POSTROUTING).collect();
+    let returns_for = |rule: &nft::ListedRule, ip: &str, net: &str| {
+        let Ok(net) = net.parse::<IpNetwork>() else { return false };
+        rule.payload_match(ip, "daddr", "==").is_some_and(|v| is_network(v, &net))
+            && rule.expr.iter().any(|e| e.get("return").is_some())
+            && rule.expr.len() == 2
+    };
+    match rules.as_slice() {
+        [v4, v6, goto] => {
+            returns_for(v4, "ip", "224.0.0.0/4")
+                && returns_for(v6, "ip6", "ff00::/8")
+                && goto.has_verdict_to("goto", NFT_CHECKS)
+                && goto.expr.len() == 1
+        }
+        _ => false,
+    }
+}
+
+/// Plans deleting the `masq_checks` rules whose comment `doomed` selects; `None` when there are none.
+fn plan_nft_delete(listing: &Listing, doomed: impl Fn(&str) -> bool) -> Option<Script> {
+    let mut script = Script::new();
+    for rule in listing.rules_in(NFT_CHECKS) {
+        if rule.comment.as_deref().is_some_and(&doomed) {
+            script.delete_rule(rule);
+        }
+    }
+    (!script.is_empty()).then_some(script)
+}
+
+/// nftables CHECK: `postrouting` goes to `masq_checks`, which has this attachment's rule for every address.
+fn verify_nft(listing: &Listing, t: &MasqTarget) -> Result<(), String> {
+    if !listing.rules_in(NFT_POSTROUTING).any(|r| r.has_verdict_to("goto", NFT_CHECKS)) {
+        return Err(format!("chain {NFT_POSTROUTING} of table {NFT_FAMILY} {NFT_TABLE} does not go to {NFT_CHECKS}"));
+    }
+    let comment = nft_comment(t.network, t.ifname, t.container_id);
+    for family in Family::ALL {
+        let ip = nft_keyword(family);
+        for a in addresses_of(t, family) {
+            let found = listing.rules_in(NFT_CHECKS).any(|r| {
+                r.comment.as_deref() == Some(comment.as_str())
+                    && r.payload_match(ip, "saddr", "==").is_some_and(|v| is_address(v, a.ip()))
+                    && r.payload_match(ip, "daddr", "!=").is_some_and(|v| is_network(v, &a))
+                    && r.expr.iter().any(|e| e.get("masquerade").is_some())
+            });
+            if !found {
+                return Err(format!(
+                    "masquerade rule for {} not found in table {NFT_FAMILY} {NFT_TABLE} (comment {comment:?})",
+                    a.ip()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_address(value: &Value, ip: IpAddr) -> bool {
+    value.as_str().and_then(|s| s.parse::<IpAddr>().ok()) == Some(ip)
+}
+
+/// Whether nft's JSON right-hand side denotes the subnet of `a` (`{"prefix": …}`, or the bare
+/// address nft prints for a full-length prefix).
+fn is_network(value: &Value, a: &IpNetwork) -> bool {
+    if let Some(prefix) = value.get("prefix") {
+        let len = prefix.get("len").and_then(Value::as_u64);
+        return prefix.get("addr").is_some_and(|addr| is_address(addr, a.network())) && len == Some(a.prefix().into());
+    }
+    let full = if a.is_ipv4() { 32 } else { 128 };
+    a.prefix() == full && is_address(value, a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `iptables-save -t nat` after the reference bridge v1.1.1 (Debian, /usr/lib/cni) ran ADD with
+    /// `{"name":"specnet","bridge":"specbr0","isGateway":true,"ipMasq":true, host-local 10.251.0.0/24 +
+    /// fd00:246::/64}`, CNI_CONTAINERID=ctr1, CNI_IFNAME=eth0, in a throwaway netns.
+    const REFERENCE_V4: &str = r#"# Generated by iptables-save v1.8.9 (nf_tables) on Mon Nov 30 08:42:03 2026
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:CNI-47b0c350c56dfce277c5b5d1 - [0:0]
+-A POSTROUTING -s 10.251.0.2/32 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j CNI-47b0c350c56dfce277c5b5d1
+-A CNI-47b0c350c56dfce277c5b5d1 -d 10.251.0.0/24 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j ACCEPT
+-A CNI-47b0c350c56dfce277c5b5d1 ! -d 224.0.0.0/4 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j MASQUERADE
+COMMIT
+# Completed on Mon Nov 30 08:42:03 2026
+"#;
+
+    /// `ip6tables-save -t nat` from the same reference run.
+    const REFERENCE_V6: &str = r#"# Generated by ip6tables-save v1.8.9 (nf_tables) on Mon Nov 30 08:42:03 2026
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:CNI-47b0c350c56dfce277c5b5d1 - [0:0]
+-A POSTROUTING -s fd00:246::2/128 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j CNI-47b0c350c56dfce277c5b5d1
+-A CNI-47b0c350c56dfce277c5b5d1 -d fd00:246::/64 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j ACCEPT
+-A CNI-47b0c350c56dfce277c5b5d1 ! -d ff00::/8 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j MASQUERADE
+COMMIT
+# Completed on Mon Nov 30 08:42:03 2026
+"#;
+
+    const EMPTY_NAT: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                             :POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
+
+    fn nat(text: &str) -> SavedTable {
+        SavedTable::parse(text, NAT).unwrap()
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNetwork> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn target<'a>(addresses: &'a [IpNetwork]) -> MasqTarget<'a> {
+        MasqTarget { network: "specnet", container_id: "ctr1", ifname: "eth0", addresses }
+    }
+
+    #[test]
+    fn setup_batch_is_the_reference_rules() {
+        let addrs = nets(&["10.251.0.2/24", "fd00:246::2/64"]);
+        let v4 = plan_iptables_setup(&nat(EMPTY_NAT), Family::V4, &target(&addrs)).unwrap();
+        assert_eq!(
+            v4.render(),
+            r#"*nat
+:CNI-47b0c350c56dfce277c5b5d1 - [0:0]
+-A CNI-47b0c350c56dfce277c5b5d1 -d 10.251.0.0/24 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j ACCEPT
+-A CNI-47b0c350c56dfce277c5b5d1 ! -d 224.0.0.0/4 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j MASQUERADE
+-A POSTROUTING -s 10.251.0.2/32 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j CNI-47b0c350c56dfce277c5b5d1
+COMMIT
+"#
+        );
+        let v6 = plan_iptables_setup(&nat(EMPTY_NAT), Family::V6, &target(&addrs)).unwrap();
+        assert_eq!(
+            v6.render(),
+            r#"*nat
+:CNI-47b0c350c56dfce277c5b5d1 - [0:0]
+-A CNI-47b0c350c56dfce277c5b5d1 -d fd00:246::/64 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j ACCEPT
+-A CNI-47b0c350c56dfce277c5b5d1 ! -d ff00::/8 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j MASQUERADE
+-A POSTROUTING -s fd00:246::2/128 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j CNI-47b0c350c56dfce277c5b5d1
+COMMIT
+"#
+        );
+    }
+
+    #[test]
+    fn reference_state_is_already_in_place() {
+        let addrs = nets(&["10.251.0.2/24", "fd00:246::2/64"]);
+        let t = target(&addrs);
+        assert_eq!(plan_iptables_setup(&nat(REFERENCE_V4), Family::V4, &t), None);
+        assert_eq!(plan_iptables_setup(&nat(REFERENCE_V6), Family::V6, &t), None);
+        assert_eq!(verify_iptables(&nat(REFERENCE_V4), Family::V4, &t), Ok(()));
+        assert_eq!(verify_iptables(&nat(REFERENCE_V6), Family::V6, &t), Ok(()));
+    }
+
+    #[test]
+    fn setup_only_adds_missing_jumps() {
+        // Chain intact, a new address: only its jump is appended, no chain rewrite.
+        let addrs = nets(&["10.251.0.2/24", "10.251.0.3/24"]);
+        let batch = plan_iptables_setup(&nat(REFERENCE_V4), Family::V4, &target(&addrs)).unwrap();
+        assert_eq!(
+            batch.render(),
+            "*nat\n-A POSTROUTING -s 10.251.0.3/32 -m comment --comment \"name: \\\"specnet\\\" id: \\\"ctr1\\\"\" \
+             -j CNI-47b0c350c56dfce277c5b5d1\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn setup_keeps_accepts_before_masquerade() {
+        // The reference appends per address: ACCEPT 10.251.0.0/24, MASQUERADE, ACCEPT 10.252.0.0/24.
+        // The rewrite keeps both subnets and puts MASQUERADE last.
+        let reordered = REFERENCE_V4.replace(
+            "COMMIT",
+            "-A CNI-47b0c350c56dfce277c5b5d1 -d 10.252.0.0/24 -m comment --comment \"name: \\\"specnet\\\" id: \
+             \\\"ctr1\\\"\" -j ACCEPT\nCOMMIT",
+        );
+        let addrs = nets(&["10.251.0.2/24"]);
+        let batch = plan_iptables_setup(&nat(&reordered), Family::V4, &target(&addrs)).unwrap().render();
+        let lines: Vec<&str> = batch.lines().collect();
+        assert_eq!(lines[1], ":CNI-47b0c350c56dfce277c5b5d1 - [0:0]");
+        assert!(lines[2].contains("-d 10.251.0.0/24") && lines[3].contains("-d 10.252.0.0/24"));
+        assert!(lines[4].ends_with("-j MASQUERADE"));
+        assert_eq!(lines.len(), 6, "no jump re-added: {batch}");
+    }
+
+    #[test]
+    fn setup_skips_families_without_addresses() {
+        let addrs = nets(&["10.251.0.2/24"]);
+        assert_eq!(plan_iptables_setup(&nat(EMPTY_NAT), Family::V6, &target(&addrs)), None);
+    }
+
+    #[test]
+    fn teardown_deletes_jumps_of_any_form_then_the_chain() {
+        let legacy = REFERENCE_V4.replace(
+            "COMMIT",
+            "-A POSTROUTING -s 10.251.0.2/24 -m comment --comment \"name: \\\"specnet\\\" id: \\\"ctr1\\\"\" \
+             -j CNI-47b0c350c56dfce277c5b5d1\nCOMMIT",
+        );
+        let batch = plan_iptables_teardown(&nat(&legacy), "CNI-47b0c350c56dfce277c5b5d1").unwrap();
+        assert_eq!(
+            batch.render(),
+            r#"*nat
+-D POSTROUTING -s 10.251.0.2/32 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j CNI-47b0c350c56dfce277c5b5d1
+-D POSTROUTING -s 10.251.0.2/24 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j CNI-47b0c350c56dfce277c5b5d1
+-F CNI-47b0c350c56dfce277c5b5d1
+-X CNI-47b0c350c56dfce277c5b5d1
+COMMIT
+"#
+        );
+        assert_eq!(plan_iptables_teardown(&nat(EMPTY_NAT), "CNI-47b0c350c56dfce277c5b5d1"), None);
+    }
+
+    #[test]
+    fn gc_removes_only_unlisted_containers_of_the_network() {
+        let comment = |net: &str, id: &str| format_comment(net, id).replace('"', "\\\"");
+        let mut dump = String::from("*nat\n:POSTROUTING ACCEPT [0:0]\n");
+        for (net, id, ip) in
+            [("specnet", "ctr1", "10.0.0.1"), ("specnet", "ctr2", "10.0.0.2"), ("other", "ctr3", "10.0.0.3")]
+        {
+            let chain = chain_name("", net, id);
+            dump.push_str(&format!(":{chain} - [0:0]\n"));
+            dump.push_str(&format!(
+                "-A POSTROUTING -s {ip}/32 -m comment --comment \"{}\" -j {chain}\n",
+                comment(net, id)
+            ));
+            dump.push_str(&format!(
+                "-A {chain} -d 10.0.0.0/24 -m comment --comment \"{}\" -j ACCEPT\n",
+                comment(net, id)
+            ));
+        }
+        // An orphan chain whose jump is gone is still recognised by its rules' comment.
+        let orphan = chain_name("", "specnet", "ctr4");
+        dump.push_str(&format!(
+            ":{orphan} - [0:0]\n-A {orphan} -j MASQUERADE -m comment --comment \"{}\"\n",
+            comment("specnet", "ctr4")
+        ));
+        dump.push_str("COMMIT\n");
+        let valid: HashSet<&str> = ["ctr1"].into_iter().collect();
+        let batch = plan_iptables_gc(&nat(&dump), "specnet", &valid).unwrap().render();
+        let ctr2 = chain_name("", "specnet", "ctr2");
+        assert_eq!(
+            batch,
+            format!(
+                "*nat\n-D POSTROUTING -s 10.0.0.2/32 -m comment --comment \"{}\" -j {ctr2}\n-F {ctr2}\n-F {orphan}\n\
+                 -X {ctr2}\n-X {orphan}\nCOMMIT\n",
+                comment("specnet", "ctr2")
+            )
+        );
+        let all: HashSet<&str> = ["ctr1", "ctr2", "ctr4"].into_iter().collect();
+        assert_eq!(plan_iptables_gc(&nat(&dump), "specnet", &all), None);
+    }
+
+    #[test]
+    fn check_reports_the_missing_rule() {
+        let addrs = nets(&["10.251.0.2/24"]);
+        let without_masq: String =
+            REFERENCE_V4.lines().filter(|l| !l.contains("MASQUERADE")).map(|l| format!("{l}\n")).collect();
+        assert_eq!(
+            verify_iptables(&nat(&without_masq), Family::V4, &target(&addrs)).unwrap_err(),
+            r#"masquerade rule not found in iptables table nat: -A CNI-47b0c350c56dfce277c5b5d1 ! -d 224.0.0.0/4 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j MASQUERADE"#
+        );
+        assert_eq!(
+            verify_iptables(&nat(EMPTY_NAT), Family::V4, &target(&addrs)).unwrap_err(),
+            "masquerade chain CNI-47b0c350c56dfce277c5b5d1 not found in iptables table nat"
+        );
+    }
+
+    #[test]
+    fn nft_comment_is_the_reference_format() {
+        // h16("specnet") = 56ecd7e6189379d3, h16("eth0:ctr1") = 7883a6f9ce71eedb (sha512sum).
+        assert_eq!(
+            nft_comment("specnet", "eth0", "ctr1"),
+            "56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, if: eth0, id: ctr1"
+        );
+        assert_eq!(nft_comment("a\"b", "eth0", &"c".repeat(200)).len(), 128);
+        assert!(nft_comment("a\"b", "eth0", "c").contains("net: ab,"));
+    }
+
+    #[test]
+    fn nft_setup_script() {
+        let addrs = nets(&["10.1.0.5/24", "fd00::5/64"]);
+        let script = plan_nft_setup(&Listing::default(), &target(&addrs)).unwrap();
+        assert_eq!(
+            script.render(),
+            r#"add table inet cni_plugins_masquerade { comment "Masquerading for plugins from github.com/containernetworking/plugins" ; }
+add chain inet cni_plugins_masquerade masq_checks { comment "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet" ; }
+add chain inet cni_plugins_masquerade postrouting { type nat hook postrouting priority srcnat ; }
+flush chain inet cni_plugins_masquerade postrouting
+add rule inet cni_plugins_masquerade postrouting ip daddr 224.0.0.0/4 return
+add rule inet cni_plugins_masquerade postrouting ip6 daddr ff00::/8 return
+add rule inet cni_plugins_masquerade postrouting goto masq_checks
+add rule inet cni_plugins_masquerade masq_checks ip saddr 10.1.0.5 ip daddr != 10.1.0.0/24 masquerade comment "56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, if: eth0, id: ctr1"
+add rule inet cni_plugins_masquerade masq_checks ip6 saddr fd00::5 ip6 daddr != fd00::/64 masquerade comment "56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, if: eth0, id: ctr1"
+"#
+        );
+    }
+
+    #[test]
+    fn nft_setup_replaces_only_this_attachments_rules() {
+        let addrs = nets(&["10.1.0.5/24"]);
+        let stale: Value = serde_json::json!({"nftables": [
+            {"chain": {"family": "inet", "table": NFT_TABLE, "name": NFT_CHECKS, "handle": 1}},
+            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 6,
+                      "comment": nft_comment("specnet", "eth0", "ctr1"), "expr": []}},
+            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 7,
+                      "comment": nft_comment("specnet", "eth1", "ctr1"), "expr": []}}]});
+        let script = plan_nft_setup(&Listing::parse(&stale).unwrap(), &target(&addrs)).unwrap().render();
+        assert!(script.contains("delete rule inet cni_plugins_masquerade masq_checks handle 6\n"), "{script}");
+        assert!(!script.contains("handle 7"), "{script}");
+        assert!(!script.contains("add chain inet cni_plugins_masquerade masq_checks"), "{script}");
+    }
+
+    #[test]
+    fn nft_setup_leaves_a_correct_postrouting_alone() {
+        // Shaped as `nft -j list table inet cni_plugins_masquerade` prints the reference layout.
+        let rule = |handle: u64, expr: Value| {
+            serde_json::json!({"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_POSTROUTING,
+                "handle": handle, "expr": expr}})
+        };
+        let ret = |ip: &str, addr: &str, len: u8| {
+            serde_json::json!([{"match": {"op": "==", "left": {"payload": {"protocol": ip, "field": "daddr"}},
+                "right": {"prefix": {"addr": addr, "len": len}}}}, {"return": null}])
+        };
+        let chain = |name: &str| serde_json::json!({"chain": {"family": "inet", "table": NFT_TABLE, "name": name}});
+        let doc = serde_json::json!({"nftables": [
+            chain(NFT_CHECKS),
+            chain(NFT_POSTROUTING),
+            rule(4, ret("ip", "224.0.0.0", 4)),
+            rule(5, ret("ip6", "ff00::", 8)),
+            rule(6, serde_json::json!([{"goto": {"target": NFT_CHECKS}}]))]});
+        let listing = Listing::parse(&doc).unwrap();
+        assert!(postrouting_in_place(&listing));
+        let addrs = nets(&["10.1.0.5/24"]);
+        let script = plan_nft_setup(&listing, &target(&addrs)).unwrap().render();
+        assert_eq!(
+            script,
+            "add table inet cni_plugins_masquerade { comment \"Masquerading for plugins from \
+             github.com/containernetworking/plugins\" ; }\nadd rule inet cni_plugins_masquerade masq_checks ip saddr \
+             10.1.0.5 ip daddr != 10.1.0.0/24 masquerade comment \"56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, \
+             if: eth0, id: ctr1\"\n"
+        );
+
+        let doc = serde_json::json!({"nftables": [rule(4, ret("ip", "224.0.0.0", 4)),
+            rule(6, serde_json::json!([{"goto": {"target": NFT_CHECKS}}]))]});
+        assert!(!postrouting_in_place(&Listing::parse(&doc).unwrap()));
+    }
+
+    #[test]
+    fn nft_delete_by_comment() {
+        let doc: Value = serde_json::json!({"nftables": [
+            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 6, "comment": "a-1", "expr": []}},
+            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 7, "comment": "b-1", "expr": []}},
+            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 8, "expr": []}}]});
+        let listing = Listing::parse(&doc).unwrap();
+        let script = plan_nft_delete(&listing, |c| c.starts_with("a-")).unwrap();
+        assert_eq!(script.render(), "delete rule inet cni_plugins_masquerade masq_checks handle 6\n");
+        assert_eq!(plan_nft_delete(&listing, |c| c.starts_with("z-")), None);
+    }
+
+    #[test]
+    fn nft_check_reads_the_listing() {
+        // Shaped as `nft -j list table inet cni_plugins_masquerade` prints it.
+        let addrs = nets(&["10.1.0.5/24", "fd00::5/128"]);
+        let comment = nft_comment("specnet", "eth0", "ctr1");
+        let rule = |ip: &str, saddr: &str, daddr: Value| {
+            serde_json::json!({"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 9,
+                "comment": comment, "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": ip, "field": "saddr"}}, "right": saddr}},
+                {"match": {"op": "!=", "left": {"payload": {"protocol": ip, "field": "daddr"}}, "right": daddr}},
+                {"masquerade": null}]}})
+        };
+        let goto = serde_json::json!({"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_POSTROUTING,
+            "handle": 4, "expr": [{"goto": {"target": NFT_CHECKS}}]}});
+        let v4 = rule("ip", "10.1.0.5", serde_json::json!({"prefix": {"addr": "10.1.0.0", "len": 24}}));
+        let v6 = rule("ip6", "fd00::5", Value::from("fd00::5"));
+        let full = Listing::parse(&serde_json::json!({"nftables": [goto, v4, v6]})).unwrap();
+        assert_eq!(verify_nft(&full, &target(&addrs)), Ok(()));
+        let partial = Listing::parse(&serde_json::json!({"nftables": [goto, v4]})).unwrap();
+        assert!(verify_nft(&partial, &target(&addrs)).unwrap_err().contains("fd00::5"));
+        let headless = Listing::parse(&serde_json::json!({"nftables": [v4, v6]})).unwrap();
+        assert!(verify_nft(&headless, &target(&addrs)).is_err());
+    }
+}

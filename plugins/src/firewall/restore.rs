@@ -1,0 +1,228 @@
+//! Runs the netfilter tools: `iptables-save`/`iptables-restore` (and the `ip6tables-` pair) and `nft`.
+//!
+//! Every write is one process fed a whole batch on stdin, so an operation costs one exec per family
+//! however many rules it touches, and each batch is applied atomically by the kernel.
+
+use super::iptables::{Batch, SavedTable};
+use super::nft::{Listing, Script};
+use super::{Family, FirewallError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where tools are looked for after `$PATH`: runtimes often exec plugins with a `PATH` that lacks the
+/// sbin directories.
+const FALLBACK_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
+
+/// The table-dump tool of a family.
+pub fn save_tool(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables-save",
+        Family::V6 => "ip6tables-save",
+    }
+}
+
+/// The batch-load tool of a family.
+pub fn restore_tool(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables-restore",
+        Family::V6 => "ip6tables-restore",
+    }
+}
+
+/// Finds an executable by name in `$PATH`, then `/usr/sbin` and `/sbin`.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .chain(FALLBACK_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Whether a tool exists, for backend selection and for skipping cleanup a host cannot have.
+pub fn has_tool(name: &str) -> bool {
+    find_tool(name).is_some()
+}
+
+/// Runs `tool args…`, feeding `stdin`, and returns its stdout; a non-zero exit is an error carrying stderr.
+pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+    let path = find_tool(tool).ok_or_else(|| FirewallError::ToolNotFound(tool.to_string()))?;
+    let command = std::iter::once(tool).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    log::debug!("running {command}{}", stdin.map(|s| format!(" with input:\n{s}")).unwrap_or_default());
+    let spawn_err = |source| FirewallError::Spawn { command: command.clone(), source };
+    let mut child = Command::new(&path)
+        .args(args)
+        // Error texts are matched ("No such file or directory"), so keep them untranslated.
+        .env("LC_ALL", "C")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let mut fed = Ok(());
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // Writing all input before reading is safe: these tools read their whole input before
+        // they print anything sizeable. The pipe is closed at the end of this block (EOF).
+        fed = pipe.write_all(input.as_bytes());
+    }
+    // Always reap the child; if it quit early (a broken pipe above), its stderr says why.
+    let output = child.wait_with_output().map_err(spawn_err)?;
+    if !output.status.success() {
+        return Err(FirewallError::Command {
+            command,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    fed.map_err(spawn_err)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Dumps and parses one table: `iptables-save -t <table>` (or `ip6tables-save`).
+pub fn iptables_save(family: Family, table: &str) -> Result<SavedTable, FirewallError> {
+    let tool = save_tool(family);
+    let text = run(tool, &["-t", table], None)?;
+    SavedTable::parse(&text, table)
+        .map_err(|reason| FirewallError::Parse { command: format!("{tool} -t {table}"), reason })
+}
+
+/// Loads a batch without touching anything it does not name: `iptables-restore --noflush -w`.
+pub fn iptables_restore(family: Family, batch: &str) -> Result<(), FirewallError> {
+    match run(restore_tool(family), &["--noflush", "-w"], Some(batch)) {
+        Ok(_) => Ok(()),
+        Err(FirewallError::Command { command, status, stderr }) => {
+            // Drop the usage hint; name the failing input line unless it is the COMMIT, which the
+            // nft variant blames for any error in the table.
+            let mut stderr: String = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("Try `"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let blamed = failed_line(&stderr).and_then(|n| batch.lines().nth(n.checked_sub(1)?));
+            if let Some(line) = blamed.filter(|l| *l != "COMMIT") {
+                stderr = format!("{stderr} (input line: {line})");
+            }
+            Err(FirewallError::Command { command, status, stderr })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The input line a restore tool blames: `Error occurred at line: 3` (nft variant) or
+/// `iptables-restore: line 3 failed` (legacy).
+fn failed_line(stderr: &str) -> Option<usize> {
+    let after = stderr.split_once("at line: ").or_else(|| stderr.split_once(": line "))?.1;
+    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Applies an nft script as one transaction: `nft -f -`.
+pub fn nft_apply(script: &str) -> Result<(), FirewallError> {
+    run("nft", &["-f", "-"], Some(script)).map(drop)
+}
+
+/// Lists an nft object as JSON (`nft -j list <what…>`); `None` when the table or chain does not exist.
+pub fn nft_list(what: &[&str]) -> Result<Option<serde_json::Value>, FirewallError> {
+    let mut args = vec!["-j", "list"];
+    args.extend_from_slice(what);
+    match run("nft", &args, None) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| FirewallError::Parse { command: format!("nft {}", args.join(" ")), reason: e.to_string() }),
+        Err(FirewallError::Command { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Dumps `table`, plans a batch from the dump and loads it; `plan` returns `None` when nothing is to
+/// be done. A concurrent writer can change the table between dump and load, which fails the batch as
+/// a whole (it is atomic), so one failure re-plans from a fresh dump. `tolerate_unreadable` turns a
+/// failing dump into "nothing to do" (cleanup on a host that cannot have the table).
+pub fn apply_iptables(
+    family: Family,
+    table: &str,
+    tolerate_unreadable: bool,
+    plan: impl Fn(&SavedTable) -> Option<Batch>,
+) -> Result<(), FirewallError> {
+    for attempt in 0..2 {
+        let saved = match iptables_save(family, table) {
+            Ok(saved) => saved,
+            Err(e) if tolerate_unreadable => {
+                log::debug!("nothing to clean up in {family:?} table {table}: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(batch) = plan(&saved) else { return Ok(()) };
+        match iptables_restore(family, &batch.render()) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 0 => log::debug!("re-planning after a failed batch: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Lists `what`, plans a script from the listing and applies it, re-planning once after a failure as
+/// [`apply_iptables`] does. `tolerate_unsupported` makes a kernel without nf_tables "nothing to do".
+pub fn apply_nft(
+    what: &[&str],
+    tolerate_unsupported: bool,
+    plan: impl Fn(&Listing) -> Result<Option<Script>, FirewallError>,
+) -> Result<(), FirewallError> {
+    for attempt in 0..2 {
+        let listing = match Listing::fetch(what) {
+            Ok(listing) => listing,
+            Err(FirewallError::Command { ref stderr, .. })
+                if tolerate_unsupported && stderr.contains("not supported") =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(script) = plan(&listing)?.filter(|s| !s.is_empty()) else { return Ok(()) };
+        match nft_apply(&script.render()) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 0 => log::debug!("re-planning after a failed transaction: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_blamed_line() {
+        assert_eq!(
+            failed_line("iptables-restore v1.8.9 (nf_tables): Chain 'X' does not exist\nError occurred at line: 3\n"),
+            Some(3)
+        );
+        assert_eq!(failed_line("iptables-restore: line 12 failed"), Some(12));
+        assert_eq!(failed_line("Another app is currently holding the xtables lock"), None);
+    }
+
+    #[test]
+    fn finds_tools_outside_path() {
+        // `sh` lives in /bin or /usr/bin, which are on every PATH; a missing tool is None.
+        assert!(find_tool("sh").is_some());
+        assert!(find_tool("no-such-tool-for-cni").is_none());
+    }
+
+    #[test]
+    fn errors_name_the_command() {
+        let err = run("sh", &["-c", "echo oops >&2; exit 3"], None).unwrap_err();
+        assert_eq!(err.to_string(), "sh -c echo oops >&2; exit 3 failed (exit status: 3): oops");
+        let out = run("sh", &["-c", "cat"], Some("batch\n")).unwrap();
+        assert_eq!(out, "batch\n");
+        assert!(matches!(run("no-such-tool-for-cni", &[], None), Err(FirewallError::ToolNotFound(_))));
+    }
+}

@@ -1,0 +1,133 @@
+//! Routes: add and list.
+
+use super::Handle;
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use std::io;
+use std::net::IpAddr;
+
+/// A unicast route as the plugins create and check them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Destination prefix.
+    pub dst: IpNetwork,
+    /// Next hop, if any.
+    pub gw: Option<IpAddr>,
+    /// Output interface index.
+    pub oif: Option<u32>,
+    /// Metric.
+    pub priority: Option<u32>,
+    /// Table (main when absent).
+    pub table: Option<u32>,
+    /// Scope (universe when absent; 253 link, 254 host).
+    pub scope: Option<u8>,
+    /// Path MTU.
+    pub mtu: Option<u32>,
+    /// Advertised MSS.
+    pub advmss: Option<u32>,
+}
+
+const RT_TABLE_MAIN: u32 = 254;
+
+fn to_route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(v4) => RouteAddress::Inet(v4),
+        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+    }
+}
+
+fn from_route_address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+impl Handle {
+    /// `ip route add <dst> [via gw] [dev oif] [metric] [table] [scope] [mtu] [advmss]`; EEXIST is
+    /// returned as is so callers can treat an identical route as present.
+    pub fn add_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        let table = r.table.unwrap_or(RT_TABLE_MAIN);
+        msg.header = RouteHeader {
+            address_family: if r.dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 },
+            destination_prefix_length: r.dst.prefix(),
+            table: u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC),
+            protocol: RouteProtocol::Boot,
+            scope: r.scope.map(RouteScope::from).unwrap_or(RouteScope::Universe),
+            kind: RouteType::Unicast,
+            ..Default::default()
+        };
+        msg.attributes.push(RouteAttribute::Destination(to_route_address(r.dst.network())));
+        msg.attributes.push(RouteAttribute::Table(table));
+        if let Some(gw) = r.gw {
+            msg.attributes.push(RouteAttribute::Gateway(to_route_address(gw)));
+        }
+        if let Some(oif) = r.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(p) = r.priority {
+            msg.attributes.push(RouteAttribute::Priority(p));
+        }
+        let mut metrics = Vec::new();
+        if let Some(m) = r.mtu.filter(|m| *m > 0) {
+            metrics.push(RouteMetric::Mtu(m));
+        }
+        if let Some(m) = r.advmss.filter(|m| *m > 0) {
+            metrics.push(RouteMetric::Advmss(m));
+        }
+        if !metrics.is_empty() {
+            msg.attributes.push(RouteAttribute::Metrics(metrics));
+        }
+        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip route show table all` for one family (v4 when `v4`), unicast routes only.
+    pub fn routes(&mut self, v4: bool) -> io::Result<Vec<RouteSpec>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if v4 { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let replies = self.dump(RouteNetlinkMessage::GetRoute(req))?;
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewRoute(msg) = reply else { continue };
+            if msg.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut spec = RouteSpec {
+                dst: IpNetwork::new(
+                    if v4 { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) },
+                    msg.header.destination_prefix_length,
+                )
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+                gw: None,
+                oif: None,
+                priority: None,
+                table: Some(u32::from(msg.header.table)),
+                scope: Some(u8::from(msg.header.scope)),
+                mtu: None,
+                advmss: None,
+            };
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(a) => {
+                        if let Some(ip) = from_route_address(a) {
+                            spec.dst = IpNetwork::new(ip, msg.header.destination_prefix_length).unwrap_or(spec.dst);
+                        }
+                    }
+                    RouteAttribute::Gateway(a) => spec.gw = from_route_address(a),
+                    RouteAttribute::Oif(i) => spec.oif = Some(*i),
+                    RouteAttribute::Priority(p) => spec.priority = Some(*p),
+                    RouteAttribute::Table(t) => spec.table = Some(*t),
+                    _ => {}
+                }
+            }
+            out.push(spec);
+        }
+        Ok(out)
+    }
+}
