@@ -68,6 +68,45 @@ pub fn ours() -> Suite {
     Suite { name: "ours", dir: target.join("debug") }
 }
 
+/// Our `cnitool` over the real Go libcni, built on first use into the target directory;
+/// `None` (with a visible skip) when Go or Debian's libcni sources are missing.
+pub fn cnitool() -> Option<PathBuf> {
+    static BUILT: Mutex<Option<Option<PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(done) = built.as_ref() {
+        return done.clone();
+    }
+    let root = workspace_root();
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let out = target.join("cnitool");
+    let gopath = "/usr/share/gocode";
+    let result = if !Path::new(gopath).join("src/github.com/containernetworking/cni/libcni").is_dir() {
+        skip("libcni sources missing (apt-get install golang-github-appc-cni-dev)");
+        None
+    } else {
+        // Debian ships libcni as GOPATH sources: build in GOPATH mode, offline.
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg("./conformance/cnitool")
+            .current_dir(&root)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", gopath)
+            .env("GOCACHE", target.join("go-cache"))
+            .env("GOFLAGS", "-mod=mod")
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(out),
+            other => {
+                skip(&format!("building cnitool with go failed: {other:?} (apt-get install golang-go)"));
+                None
+            }
+        }
+    };
+    *built = Some(result.clone());
+    result
+}
+
 /// The reference plugins, when installed.
 pub fn reference() -> Option<Suite> {
     let dir = PathBuf::from(REFERENCE_DIR);
@@ -262,10 +301,22 @@ impl Output {
 /// Executes `binary` with exactly `env` (plus `PATH`) and `stdin`, optionally inside the
 /// namespace `netns` (entered in the child before exec, as a runtime on that host would be).
 pub fn exec(binary: &Path, env: &[(&str, &str)], stdin: &[u8], netns: Option<&Netns>) -> Result<Output> {
+    exec_args(binary, &[], env, stdin, netns)
+}
+
+/// [`exec`] with command-line arguments.
+pub fn exec_args(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+    netns: Option<&Netns>,
+) -> Result<Output> {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(binary);
-    cmd.env_clear()
+    cmd.args(args)
+        .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
