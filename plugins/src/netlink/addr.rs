@@ -37,7 +37,9 @@ fn address_message(index: u32, net: &IpNetwork) -> AddressMessage {
 impl Handle {
     /// `ip addr show`, optionally only for one interface index.
     pub fn addresses(&mut self, index: Option<u32>) -> io::Result<Vec<Address>> {
-        let replies = self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        let mut req = AddressMessage::default();
+        req.header.index = index.unwrap_or(0);
+        let replies = self.dump(RouteNetlinkMessage::GetAddress(req))?;
         let mut out = Vec::new();
         for reply in replies {
             let RouteNetlinkMessage::NewAddress(msg) = reply else {
