@@ -328,6 +328,7 @@ fn mac_promisc_and_custom_gateway() {
         assert!(link(&links(&host.ns), "cnibr0").unwrap()["flags"].as_array().unwrap().contains(&json!("PROMISC")));
         assert_eq!(addrs(&host.ns, "cnibr0"), vec!["10.80.0.254/24"]);
         assert_eq!(r["ips"][0]["gateway"], "10.80.0.254");
+        rt.check_list(&l, &att).unwrap_or_else(|e| panic!("{}: CHECK of a promiscuous bridge: {e}", suite.name));
         rt.del_list(&l, &att).unwrap();
     });
 }

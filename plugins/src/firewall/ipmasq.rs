@@ -14,8 +14,9 @@
 
 use super::iptables::{chain_name, format_comment, go_quote, go_unquote, Batch, Rule, SavedTable};
 use super::nft::{self, Listing, Script};
-use super::restore::{self, has_tool, restore_tool, save_tool};
+use super::restore::{self, find_tool, has_tool, restore_tool, save_tool};
 use super::{sha512_hex, Backend, Family, FirewallError};
+use crate::netlink::{nft_chain_exists, nft_rules, nft_table_exists, NftFamily};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -57,16 +58,74 @@ pub fn default_backend() -> Backend {
     }
 }
 
+/// Whether the host's `iptables-restore` for `family` is the nf_tables variant (iptables-nft), whose
+/// chains the kernel can be asked about directly. Debian links it through alternatives to
+/// `xtables-nft-multi`; the legacy variant is `xtables-legacy-multi`.
+fn iptables_is_nft(family: Family) -> bool {
+    find_tool(restore_tool(family))
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().contains("nft")))
+        .unwrap_or(false)
+}
+
+fn nft_family(family: Family) -> NftFamily {
+    match family {
+        Family::V4 => NftFamily::Ip,
+        Family::V6 => NftFamily::Ip6,
+    }
+}
+
+/// Whether the container's nat chain is known to be absent: then no rule can jump to it either
+/// (iptables refuses to delete a chain that is still referenced), so nothing needs reading. Any
+/// doubt (legacy iptables, a failing probe) answers `false`.
+fn chain_surely_absent(family: Family, chain: &str) -> bool {
+    iptables_is_nft(family) && matches!(nft_chain_exists(nft_family(family), NAT, chain), Ok(false))
+}
+
 /// ADD: installs the masquerade rules for every address; re-running leaves one copy of each rule.
+///
+/// A new container's chain does not exist yet; the kernel says so in one netlink round trip, and the
+/// rules are then written blind in one batch. Reading the table first (`iptables-save`, `nft list`)
+/// costs a process and grows with every container on the host, so it is kept for the rare case of
+/// a chain that already exists (a repeated ADD, a second interface of the same container).
 pub fn setup_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallError> {
     match backend {
         Backend::Iptables => {
             for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
+                let chain = chain_name("", t.network, t.container_id);
+                if chain_surely_absent(family, &chain) {
+                    if let Some(batch) = plan_iptables_setup(&SavedTable::default(), family, t) {
+                        match restore::iptables_restore(family, &batch.render()) {
+                            Ok(()) => continue,
+                            // Someone created the chain meanwhile: fall back to reading the table.
+                            Err(e) => log::debug!("blind masquerade batch failed, re-planning: {e}"),
+                        }
+                    }
+                }
                 restore::apply_iptables(family, NAT, false, |saved| plan_iptables_setup(saved, family, t))?;
             }
             Ok(())
         }
         Backend::Nftables => {
+            let chains_exist = |name| matches!(nft_chain_exists(NftFamily::Inet, NFT_TABLE, name), Ok(true));
+            let existing = if chains_exist(NFT_POSTROUTING) {
+                nft_rules(NftFamily::Inet, NFT_TABLE, NFT_CHECKS).ok()
+            } else {
+                None
+            };
+            if let Some(existing) = existing.filter(|_| chains_exist(NFT_CHECKS)) {
+                // The table is set up (by an earlier ADD, ours or the reference's): replace only this
+                // attachment's rules, found by comment over netlink instead of an `nft -j list`.
+                let mut script = plan_nft_rules(t)?;
+                let instance = nft_instance_hash(t.network, t.ifname, t.container_id);
+                for r in existing.iter().filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&instance))) {
+                    script.delete_rule_handle(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, r.handle);
+                }
+                match restore::nft_apply(&script.render()) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => log::debug!("masquerade rules without listing failed, re-planning: {e}"),
+                }
+            }
             restore::apply_nft(&["table", NFT_FAMILY, NFT_TABLE], false, |listing| plan_nft_setup(listing, t).map(Some))
         }
     }
@@ -81,6 +140,9 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
         }
+        if chain_surely_absent(family, &chain) {
+            continue;
+        }
         // Without an address of this family there is no evidence its table holds anything of ours,
         // so a host that cannot dump it (e.g. legacy ip6tables with IPv6 disabled) must not fail DEL.
         let tolerate_unreadable = addresses_of(t, family).is_empty();
@@ -90,11 +152,25 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
             errors.push(e);
         }
     }
-    if has_tool("nft") {
+    if has_tool("nft") && !matches!(nft_table_exists(NftFamily::Inet, NFT_TABLE), Ok(false)) {
         let prefix = nft_instance_hash(t.network, t.ifname, t.container_id);
-        let teardown = restore::apply_nft(&["chain", NFT_FAMILY, NFT_TABLE, NFT_CHECKS], true, |listing| {
-            Ok(plan_nft_delete(listing, |comment| comment.starts_with(&prefix)))
-        });
+        let teardown = match nft_rules(NftFamily::Inet, NFT_TABLE, NFT_CHECKS) {
+            Ok(rules) => {
+                let mut script = Script::new();
+                for r in rules.iter().filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&prefix))) {
+                    script.delete_rule_handle(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, r.handle);
+                }
+                if script.is_empty() {
+                    Ok(())
+                } else {
+                    restore::nft_apply(&script.render())
+                }
+            }
+            // The netlink listing failed (an old kernel?): fall back to `nft -j list`.
+            Err(_) => restore::apply_nft(&["chain", NFT_FAMILY, NFT_TABLE, NFT_CHECKS], true, |listing| {
+                Ok(plan_nft_delete(listing, |comment| comment.starts_with(&prefix)))
+            }),
+        };
         if let Err(e) = teardown {
             errors.push(e);
         }
@@ -363,6 +439,19 @@ fn plan_nft_setup(listing: &Listing, t: &MasqTarget) -> Result<Script, FirewallE
             script.delete_rule(rule);
         }
     }
+    add_nft_rules(&mut script, t, &comment);
+    Ok(script)
+}
+
+/// This attachment's `masq_checks` rules alone, for a table that is already set up.
+fn plan_nft_rules(t: &MasqTarget) -> Result<Script, FirewallError> {
+    let comment = nft::quote("masquerade comment", &nft_comment(t.network, t.ifname, t.container_id))?;
+    let mut script = Script::new();
+    add_nft_rules(&mut script, t, &comment);
+    Ok(script)
+}
+
+fn add_nft_rules(script: &mut Script, t: &MasqTarget, comment: &str) {
     for family in Family::ALL {
         let ip = nft_keyword(family);
         for a in addresses_of(t, family) {
@@ -370,7 +459,6 @@ fn plan_nft_setup(listing: &Listing, t: &MasqTarget) -> Result<Script, FirewallE
             script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, &rule);
         }
     }
-    Ok(script)
 }
 
 /// Whether `postrouting` holds exactly the multicast returns and the `goto masq_checks`.

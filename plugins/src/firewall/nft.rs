@@ -96,6 +96,11 @@ impl Script {
         self.lines.push(format!("delete rule {} {} {} handle {}", rule.family, rule.table, rule.chain, rule.handle));
     }
 
+    /// `delete rule <family> <table> <chain> handle <handle>`.
+    pub fn delete_rule_handle(&mut self, family: &str, table: &str, chain: &str, handle: u64) {
+        self.lines.push(format!("delete rule {family} {table} {chain} handle {handle}"));
+    }
+
     /// Whether the script would change nothing.
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()

@@ -38,8 +38,12 @@ pub struct Link {
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Link {
-        let mut link =
-            Link { index: msg.header.index, up: msg.header.flags.contains(LinkFlags::Up), ..Default::default() };
+        let mut link = Link {
+            index: msg.header.index,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            ..Default::default()
+        };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),

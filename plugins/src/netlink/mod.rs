@@ -7,10 +7,12 @@
 
 mod addr;
 mod link;
+mod nftables;
 mod route;
 
 pub use addr::Address;
 pub use link::{parse_mac, Link, VethSpec};
+pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, NftFamily, NftRule};
 pub use route::RouteSpec;
 
 use netlink_packet_core::{
