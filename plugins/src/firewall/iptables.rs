@@ -263,6 +263,16 @@ impl Batch {
         self.lines.push(format!(":{chain} - [0:0]"));
     }
 
+    /// `-N`: creates a chain, failing the batch if it exists (so a shared chain is never flushed).
+    pub fn new_chain(&mut self, chain: &str) {
+        self.lines.push(format!("-N {chain}"));
+    }
+
+    /// `-C`: fails the batch unless this rule exists, which turns a batch into a conditional write.
+    pub fn check(&mut self, rule: &Rule) {
+        self.lines.push(format!("-C {} {}", rule.chain, rule.render_args()));
+    }
+
     /// `-A`: appends the rule to its chain.
     pub fn append(&mut self, rule: &Rule) {
         self.lines.push(format!("-A {} {}", rule.chain, rule.render_args()));

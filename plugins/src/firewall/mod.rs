@@ -13,6 +13,8 @@
 mod ipmasq;
 pub mod iptables;
 pub mod nft;
+pub mod portmap_iptables;
+pub mod portmap_nft;
 pub mod restore;
 mod spoofcheck;
 

@@ -1,4 +1,4 @@
-//! Routes: add and list.
+//! Routes: add, list and look up.
 
 use super::Handle;
 use ipnetwork::IpNetwork;
@@ -85,6 +85,23 @@ impl Handle {
             msg.attributes.push(RouteAttribute::Metrics(metrics));
         }
         self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip route get <dst>`: the interface index the kernel would send a packet for `dst` out of,
+    /// `None` when the answer names none (an unreachable or blackhole destination).
+    pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<u32>> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        msg.attributes.push(RouteAttribute::Destination(to_route_address(dst)));
+        let replies = self.get(RouteNetlinkMessage::GetRoute(msg))?;
+        Ok(replies.iter().find_map(|reply| match reply {
+            RouteNetlinkMessage::NewRoute(m) => m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            }),
+            _ => None,
+        }))
     }
 
     /// `ip route show table all` for one family (v4 when `v4`), unicast routes only.

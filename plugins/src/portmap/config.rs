@@ -1,0 +1,325 @@
+//! The portmap configuration: the reference's keys (research 3.1, 3.2), validated before anything
+//! changes, and the container addresses picked from `prevResult` the way the reference picks them.
+
+use crate::firewall::portmap_iptables::{PortForward, Portmap, Protocol};
+use crate::firewall::{self, Backend, Family};
+use cni_types::error::INVALID_NETWORK_CONFIG;
+use cni_types::{CmdArgs, CniError, CniResult, PortMapping};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use std::net::IpAddr;
+
+/// The reference's default mark bit (Kubernetes uses 14 and 15, Calico 20–31).
+pub const DEFAULT_MARK_BIT: u8 = 13;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    backend: Option<String>,
+    snat: Option<bool>,
+    #[serde(rename = "conditionsV4")]
+    conditions_v4: Option<Vec<String>>,
+    #[serde(rename = "conditionsV6")]
+    conditions_v6: Option<Vec<String>>,
+    #[serde(rename = "masqAll")]
+    masq_all: bool,
+    #[serde(rename = "markMasqBit")]
+    mark_masq_bit: Option<i64>,
+    #[serde(rename = "externalSetMarkChain")]
+    external_set_mark_chain: Option<String>,
+}
+
+/// A validated portmap configuration.
+#[derive(Debug, Clone)]
+pub struct PortmapConf {
+    /// Network name.
+    pub network: String,
+    /// The firewall backend (`backend`, else iptables unless only nft is installed).
+    pub backend: Backend,
+    /// Masquerade hairpin and localhost connections (default true).
+    pub snat: bool,
+    /// Masquerade connections from any source (`masqAll`).
+    pub masq_all: bool,
+    /// `markMasqBit` (iptables), default 13.
+    pub mark_bit: u8,
+    /// `externalSetMarkChain` (iptables).
+    pub external_set_mark_chain: Option<String>,
+    /// `conditionsV4`.
+    pub conditions_v4: Vec<String>,
+    /// `conditionsV6`.
+    pub conditions_v6: Vec<String>,
+    /// `runtimeConfig.portMappings`, validated, in the runtime's order.
+    pub forwards: Vec<PortForward>,
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(INVALID_NETWORK_CONFIG, msg)
+}
+
+/// Which backend a condition list is written for: iptables arguments start with `-` or `!`, nft
+/// expressions never do (the reference tests only `-`, which misreads `["!", "-d", …]`).
+fn conditions_backend(conditions: &Option<Vec<String>>) -> Option<Backend> {
+    let first = conditions.as_ref()?.first().filter(|t| !t.is_empty())?;
+    Some(if first.starts_with('-') || first.starts_with('!') { Backend::Iptables } else { Backend::Nftables })
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Iptables => "iptables",
+        Backend::Nftables => "nftables",
+    }
+}
+
+/// Validates one `portMappings` entry; the reference's messages for ports, new ones for the rest.
+pub fn parse_mapping(m: &PortMapping) -> Result<PortForward, CniError> {
+    let port = |n: i64| u16::try_from(n).ok().filter(|p| *p > 0);
+    let container_port = port(m.container_port)
+        .ok_or_else(|| invalid(format!("Invalid container port number: {}", m.container_port)))?;
+    let host_port = port(m.host_port).ok_or_else(|| invalid(format!("Invalid host port number: {}", m.host_port)))?;
+    let protocol = Protocol::parse(&m.protocol).ok_or_else(|| {
+        invalid(format!("Invalid protocol {:?} for host port {host_port}: must be tcp, udp or sctp", m.protocol))
+    })?;
+    let host_ip = match m.host_ip.trim() {
+        "" => None,
+        text => Some(
+            text.parse::<IpAddr>()
+                .map_err(|_| invalid(format!("Invalid host IP {:?} for host port {host_port}", m.host_ip)))?
+                // An IPv4-mapped IPv6 address is IPv4 to the reference (Go's To4).
+                .to_canonical(),
+        ),
+    };
+    Ok(PortForward { host_port, container_port, protocol, host_ip })
+}
+
+/// Rejects condition tokens that would break out of the one line a rule occupies in a batch.
+fn check_tokens(key: &str, tokens: &[String]) -> Result<(), CniError> {
+    match tokens.iter().find(|t| t.contains(['\n', '\r', ';', '#'])) {
+        Some(t) => Err(invalid(format!("{key}: invalid token {t:?} (no line breaks, ';' or '#')"))),
+        None => Ok(()),
+    }
+}
+
+impl PortmapConf {
+    /// Decodes and validates the configuration of one invocation.
+    pub fn load(args: &CmdArgs) -> Result<PortmapConf, CniError> {
+        let mut conf = PortmapConf::load_options(args)?;
+        let net = args.net_conf()?;
+        conf.forwards = net.runtime_config.port_mappings.iter().map(parse_mapping).collect::<Result<_, _>>()?;
+        Ok(conf)
+    }
+
+    /// Decodes and validates everything but the mappings (DEL needs no mappings, so bad ones must
+    /// not keep a runtime from deleting).
+    pub fn load_options(args: &CmdArgs) -> Result<PortmapConf, CniError> {
+        let raw: Raw = args.decode()?;
+        let net = args.net_conf()?;
+        if raw.mark_masq_bit.is_some() && raw.external_set_mark_chain.is_some() {
+            return Err(invalid("Cannot specify externalSetMarkChain and markMasqBit"));
+        }
+        let mark_bit = match raw.mark_masq_bit {
+            None => DEFAULT_MARK_BIT,
+            Some(bit) => u8::try_from(bit)
+                .ok()
+                .filter(|b| *b <= 31)
+                .ok_or_else(|| invalid("MasqMarkBit must be between 0 and 31"))?,
+        };
+        if raw
+            .external_set_mark_chain
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty() || c.contains(char::is_whitespace))
+        {
+            return Err(invalid(format!("invalid externalSetMarkChain {:?}", raw.external_set_mark_chain)));
+        }
+        let backend = match raw.backend.as_deref() {
+            None => firewall::default_backend(),
+            Some("iptables") => Backend::Iptables,
+            Some("nftables") => Backend::Nftables,
+            Some(other) => return Err(invalid(format!("unrecognized backend {other:?}"))),
+        };
+        let mut foreign = Vec::new();
+        if raw.external_set_mark_chain.is_some() && backend == Backend::Nftables {
+            foreign.push("externalSetMarkChain");
+        }
+        for (key, conditions) in [("conditionsV4", &raw.conditions_v4), ("conditionsV6", &raw.conditions_v6)] {
+            if conditions_backend(conditions).is_some_and(|b| b != backend) {
+                foreign.push(key);
+            }
+            check_tokens(key, conditions.as_deref().unwrap_or_default())?;
+        }
+        if !foreign.is_empty() {
+            let other = if backend == Backend::Iptables { Backend::Nftables } else { Backend::Iptables };
+            return Err(invalid(format!(
+                "{} backend was requested but configuration contains {}-specific options [{}]",
+                backend_name(backend),
+                backend_name(other),
+                foreign.join(" ")
+            )));
+        }
+        Ok(PortmapConf {
+            network: net.name,
+            backend,
+            snat: raw.snat.unwrap_or(true),
+            masq_all: raw.masq_all,
+            mark_bit,
+            external_set_mark_chain: raw.external_set_mark_chain,
+            conditions_v4: raw.conditions_v4.unwrap_or_default(),
+            conditions_v6: raw.conditions_v6.unwrap_or_default(),
+            forwards: Vec::new(),
+        })
+    }
+
+    /// The rule-building view of this configuration for one container.
+    pub fn portmap<'a>(&'a self, container_id: &'a str) -> Portmap<'a> {
+        Portmap {
+            network: &self.network,
+            container_id,
+            forwards: &self.forwards,
+            snat: self.snat,
+            masq_all: self.masq_all,
+            mark_bit: self.mark_bit,
+            external_set_mark_chain: self.external_set_mark_chain.as_deref(),
+            conditions_v4: &self.conditions_v4,
+            conditions_v6: &self.conditions_v6,
+        }
+    }
+}
+
+/// The container's addresses as the reference picks them: per family the first address whose
+/// `interface` is unset, out of range, or names `ifname` inside a sandbox.
+pub fn container_addresses(prev: &CniResult, ifname: &str) -> Vec<IpNetwork> {
+    let mut picked: Vec<IpNetwork> = Vec::new();
+    for ip in &prev.ips {
+        let family = Family::of(&ip.address.ip());
+        if picked.iter().any(|p| Family::of(&p.ip()) == family) {
+            continue;
+        }
+        let other_interface =
+            ip.interface.and_then(|i| prev.interfaces.get(i)).is_some_and(|i| i.name != ifname || i.sandbox.is_empty());
+        if !other_interface {
+            picked.push(ip.address);
+        }
+    }
+    picked.sort_by_key(|a| a.is_ipv6());
+    picked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args(conf: serde_json::Value) -> CmdArgs {
+        CmdArgs { container_id: "ctr1".into(), ifname: "eth0".into(), config: conf, ..Default::default() }
+    }
+
+    fn load(extra: serde_json::Value) -> Result<PortmapConf, CniError> {
+        let mut conf = json!({"cniVersion": "1.0.0", "name": "net", "type": "portmap", "backend": "iptables"});
+        for (k, v) in extra.as_object().unwrap() {
+            conf[k] = v.clone();
+        }
+        PortmapConf::load(&args(conf))
+    }
+
+    fn mappings(m: serde_json::Value) -> serde_json::Value {
+        json!({"runtimeConfig": {"portMappings": m}})
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(json!({})).unwrap();
+        assert!(c.snat && !c.masq_all);
+        assert_eq!(c.mark_bit, 13);
+        assert_eq!(c.backend, Backend::Iptables);
+        assert!(c.forwards.is_empty());
+    }
+
+    #[test]
+    fn mappings_are_validated_and_normalised() {
+        let c = load(mappings(json!([
+            {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"},
+            {"HostPort": 53, "ContainerPort": 53, "Protocol": "udp", "HostIP": "::ffff:127.0.0.1"},
+            {"hostPort": 9, "containerPort": 9, "protocol": "sctp", "hostIP": "fd00::1"}
+        ])))
+        .unwrap();
+        assert_eq!(
+            c.forwards,
+            [
+                PortForward { host_port: 8080, container_port: 80, protocol: Protocol::Tcp, host_ip: None },
+                PortForward {
+                    host_port: 53,
+                    container_port: 53,
+                    protocol: Protocol::Udp,
+                    host_ip: Some("127.0.0.1".parse().unwrap())
+                },
+                PortForward {
+                    host_port: 9,
+                    container_port: 9,
+                    protocol: Protocol::Sctp,
+                    host_ip: Some("fd00::1".parse().unwrap())
+                },
+            ]
+        );
+        let err = |m: serde_json::Value| load(mappings(json!([m]))).unwrap_err();
+        assert_eq!(
+            err(json!({"hostPort": 0, "containerPort": 80, "protocol": "tcp"})).msg,
+            "Invalid host port number: 0"
+        );
+        assert_eq!(
+            err(json!({"hostPort": 70000, "containerPort": 80, "protocol": "tcp"})).msg,
+            "Invalid host port number: 70000"
+        );
+        assert_eq!(
+            err(json!({"hostPort": 80, "containerPort": -1, "protocol": "tcp"})).msg,
+            "Invalid container port number: -1"
+        );
+        let e = err(json!({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}));
+        assert_eq!(e.msg, r#"Invalid protocol "icmp" for host port 80: must be tcp, udp or sctp"#);
+        assert_eq!(e.code, INVALID_NETWORK_CONFIG);
+        assert_eq!(
+            err(json!({"hostPort": 80, "containerPort": 80, "protocol": "tcp", "hostIP": "localhost"})).msg,
+            r#"Invalid host IP "localhost" for host port 80"#
+        );
+    }
+
+    #[test]
+    fn option_errors() {
+        assert_eq!(
+            load(json!({"markMasqBit": 5, "externalSetMarkChain": "KUBE-MARK-MASQ"})).unwrap_err().msg,
+            "Cannot specify externalSetMarkChain and markMasqBit"
+        );
+        assert_eq!(load(json!({"markMasqBit": 32})).unwrap_err().msg, "MasqMarkBit must be between 0 and 31");
+        assert_eq!(load(json!({"backend": "ebpf"})).unwrap_err().msg, r#"unrecognized backend "ebpf""#);
+        assert_eq!(
+            load(json!({"conditionsV4": ["ip", "daddr", "1.2.3.4"], "conditionsV6": ["ip6"]})).unwrap_err().msg,
+            "iptables backend was requested but configuration contains nftables-specific options [conditionsV4 conditionsV6]"
+        );
+        assert_eq!(
+            load(json!({"backend": "nftables", "externalSetMarkChain": "X", "conditionsV4": ["!", "-d", "1.2.3.4"]}))
+                .unwrap_err()
+                .msg,
+            "nftables backend was requested but configuration contains iptables-specific options [externalSetMarkChain conditionsV4]"
+        );
+        assert!(load(json!({"conditionsV4": ["!", "-d", "192.0.2.0/24"], "markMasqBit": 0})).is_ok());
+        assert!(load(json!({"backend": "nftables", "conditionsV4": ["ip daddr 1.2.3.4; flush ruleset"]})).is_err());
+    }
+
+    #[test]
+    fn picks_addresses_like_the_reference() {
+        let prev: CniResult = CniResult::parse(
+            json!({"cniVersion": "1.0.0",
+                "interfaces": [{"name": "br0"}, {"name": "eth0", "sandbox": "/run/netns/x"}, {"name": "eth1", "sandbox": "/x"}],
+                "ips": [{"interface": 0, "address": "10.0.0.1/24"},
+                        {"interface": 2, "address": "10.1.0.5/24"},
+                        {"interface": 1, "address": "fd00::5/64"},
+                        {"interface": 1, "address": "10.2.0.5/24"},
+                        {"interface": 1, "address": "10.3.0.5/24"}]}),
+            "1.0.0",
+        )
+        .unwrap();
+        let picked: Vec<String> = container_addresses(&prev, "eth0").iter().map(|a| a.to_string()).collect();
+        assert_eq!(picked, ["10.2.0.5/24", "fd00::5/64"]);
+        // No interface index, or one out of range: taken as the container's.
+        let prev = CniResult::parse(json!({"ips": [{"interface": 7, "address": "10.9.0.2/16"}]}), "1.0.0").unwrap();
+        assert_eq!(container_addresses(&prev, "eth0"), ["10.9.0.2/16".parse::<IpNetwork>().unwrap()]);
+    }
+}

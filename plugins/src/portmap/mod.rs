@@ -1,0 +1,183 @@
+//! `portmap`: publishes container ports on the host. A chained plugin: it reads the container's
+//! addresses from `prevResult` (bridge, ptp) and passes that result through unchanged.
+//!
+//! ADD installs, per address family of the container, the DNAT rules of the iptables backend (the
+//! reference's chains, one `iptables-restore` per family) or the nftables backend, then deletes
+//! stale UDP conntrack entries of the mapped ports and, for IPv4 with `snat`, sets `route_localnet`
+//! on the host interface towards the container so that 127.0.0.1 mappings can be forwarded.
+//!
+//! Differences from the reference v1.1.1 (all deliberate): DEL finds the rules by chain name even
+//! when the runtime does not send `portMappings` again, and tolerates invalid mappings; CHECK checks
+//! only the families the container has; GC removes iptables rules of attachments no longer valid;
+//! STATUS reports whether the backend's tools work; ports above 65535, unknown protocols and
+//! malformed host IPs are rejected up front; the protocol is lowercased; a failed iptables ADD
+//! leaves nothing behind (one atomic batch). nftables rules carry only the container ID (the
+//! reference's comment), so DEL removes them only when the nftables backend is configured, and GC
+//! cannot attribute them to a network and leaves them to DEL.
+
+mod config;
+mod conntrack;
+
+pub use config::{container_addresses, parse_mapping, PortmapConf, DEFAULT_MARK_BIT};
+
+use crate::firewall::portmap_iptables::{
+    check_portmap_iptables, gc_portmap_iptables, iptables_usable, setup_portmap_iptables, teardown_portmap_iptables,
+    PortForward, Protocol,
+};
+use crate::firewall::portmap_nft::{check_portmap_nft, nft_usable, setup_portmap_nft, teardown_portmap_nft};
+use crate::firewall::{restore, Backend, Family};
+use crate::netlink::Handle;
+use crate::sysctl;
+use cni_types::error::PLUGIN_NOT_AVAILABLE;
+use cni_types::{CmdArgs, CniError, CniResult, Plugin};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// The portmap plugin.
+pub struct PortmapPlugin;
+
+fn internal(e: impl std::fmt::Display) -> CniError {
+    CniError::internal(e)
+}
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
+
+/// Deletes the UDP conntrack entries of the mapped UDP host ports, as the reference does after the
+/// rules are in place; failures are only logged, the forwarding works for new flows regardless.
+fn flush_udp_conntrack(family: Family, forwards: &[PortForward], ip: IpAddr) {
+    let mut ports: Vec<u16> = forwards.iter().filter(|f| f.protocol == Protocol::Udp).map(|f| f.host_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    match conntrack::delete_udp_entries(family, &ports) {
+        Ok(0) => {}
+        Ok(n) => log::debug!("deleted {n} stale UDP conntrack entries for {ip}"),
+        Err(e) => log::warn!("failed to delete stale UDP conntrack entries for {ip}: {e}"),
+    }
+}
+
+/// `sysctl net.ipv4.conf.<if>.route_localnet=1` on the host interface `ip route get <container>`
+/// names, so that connections from 127.0.0.1, once DNATed, may leave through it. The reference
+/// skips the step when the lookup fails; so does this.
+fn enable_route_localnet(ip: IpAddr) -> Result<(), CniError> {
+    let lookup = || -> std::io::Result<Option<String>> {
+        let mut host = Handle::new()?;
+        let Some(index) = host.route_get(ip)? else { return Ok(None) };
+        Ok(host.link_by_index(index)?.map(|l| l.name))
+    };
+    let name = match lookup() {
+        Ok(Some(name)) => name,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            log::debug!("no route to {ip}, route_localnet left alone: {e}");
+            return Ok(());
+        }
+    };
+    sysctl::ensure(&format!("net/ipv4/conf/{name}/route_localnet"), "1")
+        .map_err(|e| internal(format!("unable to enable route_localnet: {e}")))
+}
+
+impl Plugin for PortmapPlugin {
+    fn about(&self) -> String {
+        format!("CNI plugin portmap (cni-plugins-rs {})", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        let conf = PortmapConf::load(args).map_err(|e| e.context("failed to parse config"))?;
+        let prev = args.prev_result()?.ok_or_else(|| internal("must be called as chained plugin"))?;
+        if conf.forwards.is_empty() {
+            return Ok(prev);
+        }
+        let t = conf.portmap(&args.container_id);
+        for address in container_addresses(&prev, &args.ifname) {
+            let family = Family::of(&address.ip());
+            let setup = match conf.backend {
+                Backend::Iptables => setup_portmap_iptables(&t, &address),
+                Backend::Nftables => setup_portmap_nft(&t, &address),
+            };
+            setup.map_err(|e| internal(format!("unable to set up {} port forwarding: {e}", family_name(family))))?;
+            flush_udp_conntrack(family, &conf.forwards, address.ip());
+            if family == Family::V4 && conf.snat {
+                enable_route_localnet(address.ip())?;
+            }
+        }
+        Ok(prev)
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let net = args.net_conf()?;
+        // DEL needs neither the mappings nor the addresses, so a configuration ADD rejected must
+        // not keep the runtime from deleting: the iptables rules are found by chain name alone.
+        let backend = match PortmapConf::load_options(args) {
+            Ok(conf) => Some(conf.backend),
+            Err(e) => {
+                log::warn!("DEL with an invalid configuration ({e}); removing iptables rules only");
+                None
+            }
+        };
+        let present: Vec<Family> = match args.prev_result() {
+            Ok(Some(prev)) => container_addresses(&prev, &args.ifname).iter().map(|a| Family::of(&a.ip())).collect(),
+            _ => Vec::new(),
+        };
+        let mut errors = Vec::new();
+        // Always: the chain name covers network and container ID, so this never touches another
+        // attachment, and it cleans up after a backend switch.
+        if let Err(e) = teardown_portmap_iptables(&net.name, &args.container_id, &present) {
+            errors.push(format!("could not tear down iptables port forwarding: {e}"));
+        }
+        // Only when configured: nftables rules carry just the container ID, which another network
+        // of the same container may share.
+        if backend == Some(Backend::Nftables) && restore::has_tool("nft") {
+            if let Err(e) = teardown_portmap_nft(&args.container_id) {
+                errors.push(format!("could not tear down nftables port forwarding: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(internal(errors.join("; ")))
+        }
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = PortmapConf::load(args)?;
+        let prev = args.prev_result()?.ok_or_else(|| internal("Required prevResult missing"))?;
+        if conf.forwards.is_empty() {
+            return Ok(());
+        }
+        let t = conf.portmap(&args.container_id);
+        for address in container_addresses(&prev, &args.ifname) {
+            let checked = match conf.backend {
+                Backend::Iptables => check_portmap_iptables(&t, &address),
+                Backend::Nftables => check_portmap_nft(&t, &address),
+            };
+            checked.map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let net = args.net_conf()?;
+        // Without a list from the runtime nothing can be known to be stale.
+        let Some(valid) = net.gc_valid_attachments() else { return Ok(()) };
+        if matches!(PortmapConf::load_options(args), Ok(c) if c.backend == Backend::Nftables) {
+            log::info!("nftables port forwards name only the container ID, not the network; GC leaves them to DEL");
+        }
+        let ids: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
+        gc_portmap_iptables(&net.name, &ids).map_err(|e| internal(format!("port forwarding GC: {e}")))
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = PortmapConf::load_options(args)?;
+        let (name, usable) = match conf.backend {
+            Backend::Iptables => ("iptables", iptables_usable()),
+            Backend::Nftables => ("nftables", nft_usable()),
+        };
+        usable
+            .map_err(|e| CniError::new(PLUGIN_NOT_AVAILABLE, format!("portmap: the {name} backend is not usable: {e}")))
+    }
+}
