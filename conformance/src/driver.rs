@@ -89,7 +89,9 @@ impl<'a> Runtime<'a> {
 
     fn list_parts(list: &Value) -> Result<(String, String, Vec<Value>)> {
         let name = list["name"].as_str().context("list without name")?.to_string();
-        let version = list["cniVersion"].as_str().unwrap_or("0.1.0").to_string();
+        // The highest known of cniVersion and cniVersions, as libcni (≥ 1.2) picks it.
+        let parsed = cni_types::NetConfList::parse(list.to_string().as_bytes()).map_err(|e| anyhow!("{e}"))?;
+        let version = parsed.effective_version();
         let plugins = list["plugins"].as_array().context("list without plugins")?.clone();
         Ok((name, version, plugins))
     }

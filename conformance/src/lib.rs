@@ -199,6 +199,46 @@ impl Netns {
         self.run(cmd, args).is_ok()
     }
 
+    /// Starts a long-running command inside the namespace; it is killed when the guard drops.
+    pub fn spawn(&self, cmd: &str, args: &[&str]) -> Result<Background> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {cmd} in {}", self.name))?;
+        Ok(Background(child))
+    }
+
+    /// A TCP server on `port` (all addresses) that answers every connection with `reply`.
+    pub fn tcp_server(&self, port: u16, reply: &str) -> Result<Background> {
+        let code = format!(
+            "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\ns.bind(('::',{port}))\ns.listen(16)\n\
+             while True:\n c,_=s.accept()\n c.sendall(b'{reply}')\n c.close()\n"
+        );
+        let bg = self.spawn("python3", &["-c", &code])?;
+        // Wait until it listens, so a failed connect means the network, not a slow start.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if self.run("ss", &["-Hltn", &format!("sport = :{port}")]).is_ok_and(|o| !o.trim().is_empty()) {
+                return Ok(bg);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        bail!("tcp server on port {port} in {} did not start", self.name)
+    }
+
+    /// Connects from inside the namespace to `addr:port` and returns what the server sent.
+    pub fn tcp_get(&self, addr: &str, port: u16) -> Option<String> {
+        let code = format!(
+            "import socket\nc=socket.create_connection(('{addr}',{port}),timeout=3)\nprint(c.recv(100).decode(),end='')\n"
+        );
+        self.run("python3", &["-c", &code]).ok()
+    }
+
     /// `ip -j <args>` inside the namespace, parsed.
     pub fn ip_json(&self, args: &[&str]) -> Result<Value> {
         let mut full = vec!["-n", &self.name, "-j"];
@@ -227,6 +267,17 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         self.delete();
+    }
+}
+
+/// A background process, killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
