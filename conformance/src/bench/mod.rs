@@ -1,0 +1,7 @@
+//! The pieces of `cni-bench` (only that binary uses them).
+
+pub mod nets;
+pub mod proc;
+pub mod report;
+pub mod scenarios;
+pub mod stats;

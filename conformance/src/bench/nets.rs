@@ -1,0 +1,360 @@
+//! The networks the scenarios attach containers to, the participants (a plugin suite or the
+//! kernel-work floor) and a `Lane`: one participant's private fake host with its containers.
+//!
+//! A new plugin is benchmarked by adding a [`Net`] to [`NETS`] and naming its key in a scenario.
+
+use super::proc::{exec_measured, tool};
+use anyhow::{anyhow, bail, Context, Result};
+use conformance::{Attachment, FakeHost, Netns, Runtime, Suite};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// The network name every list uses (also the host-local store directory).
+pub const NET_NAME: &str = "benchnet";
+/// The bridge every bridge network uses.
+const BRIDGE: &str = "cnibench0";
+/// Room for every container of the growth scenario.
+const SUBNET: &str = "10.88.0.0/16";
+const GATEWAY: &str = "10.88.0.1";
+
+/// A network configuration list, and what a participant needs to run it.
+pub struct Net {
+    /// Short key used in the table, the JSON and `--only`.
+    pub key: &'static str,
+    /// What the network is, for the report.
+    pub title: &'static str,
+    /// Plugins a suite must ship to run it (a suite lacking one is skipped with a note).
+    pub plugins: &'static [&'static str],
+    /// The hand-made equivalent of its kernel work, when there is one.
+    pub floor: Option<Floor>,
+    /// The list, given the fake host's scratch directory.
+    pub list: fn(&Path) -> Value,
+    /// A caveat printed with the figures when the network runs (empty: none).
+    pub note: &'static str,
+    /// Capability arguments the runtime passes for container `i` (e.g. `portMappings`).
+    pub caps: fn(usize) -> Map<String, Value>,
+}
+
+fn no_caps(_: usize) -> Map<String, Value> {
+    Map::new()
+}
+
+fn bridge_list(dir: &Path, masq: bool) -> Value {
+    json!({"cniVersion": "1.0.0", "name": NET_NAME, "plugins": [{
+        "type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": masq,
+        "ipam": {"type": "host-local", "dataDir": dir.join("ipam").display().to_string(),
+                 "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "0.0.0.0/0"}]}}]})
+}
+
+/// Every network a scenario may name.
+pub const NETS: &[Net] = &[
+    Net {
+        key: "bridge-masq",
+        title: "bridge + host-local, ipMasq on",
+        note: "",
+        plugins: &["bridge", "host-local"],
+        floor: Some(Floor { masq: true }),
+        list: |d| bridge_list(d, true),
+        caps: no_caps,
+    },
+    Net {
+        key: "bridge-masq-nft",
+        title: "bridge + host-local, ipMasq on, ipMasqBackend=nftables",
+        note: "reference v1.1.1 ignores ipMasqBackend and masquerades with iptables",
+        plugins: &["bridge", "host-local"],
+        floor: Some(Floor { masq: true }),
+        list: |d| {
+            let mut l = bridge_list(d, true);
+            l["plugins"][0]["ipMasqBackend"] = json!("nftables");
+            l
+        },
+        caps: no_caps,
+    },
+    Net {
+        key: "bridge",
+        title: "bridge + host-local, ipMasq off",
+        note: "",
+        plugins: &["bridge", "host-local"],
+        floor: Some(Floor { masq: false }),
+        list: |d| bridge_list(d, false),
+        caps: no_caps,
+    },
+    Net {
+        key: "loopback",
+        title: "loopback",
+        note: "",
+        plugins: &["loopback"],
+        floor: None,
+        list: |_| json!({"cniVersion": "1.0.0", "name": NET_NAME, "plugins": [{"type": "loopback"}]}),
+        caps: no_caps,
+    },
+];
+
+/// The network with `key`.
+pub fn net(key: &str) -> Result<&'static Net> {
+    NETS.iter().find(|n| n.key == key).ok_or_else(|| anyhow!("no network {key}"))
+}
+
+/// Who does the work: a plugin suite, or the floor.
+#[derive(Debug, Clone)]
+pub enum Who {
+    /// Plugins driven by the runtime driver.
+    Suite(Suite),
+    /// The same kernel objects made by `ip -batch` (and `iptables-restore`) directly.
+    Floor,
+}
+
+impl Who {
+    /// `ours`, `reference` or `floor`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Who::Suite(s) => s.name,
+            Who::Floor => "floor",
+        }
+    }
+}
+
+/// The floor's recipe: what a bridge ADD leaves in the kernel, done by the smallest programs at
+/// hand. It is an upper bound of the kernel work: it pays two or three small process starts
+/// (`ip`, `ip`, `iptables-restore`) where a plugin needs one.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    /// Also install the masquerade chain and rules (one `iptables-restore --noflush` batch).
+    pub masq: bool,
+}
+
+impl Floor {
+    fn setup(host: &FakeHost) -> Result<()> {
+        let batch =
+            format!("link add {BRIDGE} type bridge\naddr add {GATEWAY}/16 dev {BRIDGE}\nlink set {BRIDGE} up\n");
+        ip_batch(&host.ns, &batch)?;
+        host.ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(())
+    }
+
+    fn addr(i: usize) -> String {
+        let n = i + 2;
+        format!("10.88.{}.{}", (n >> 8) & 255, n & 255)
+    }
+
+    fn comment(i: usize) -> String {
+        format!("-m comment --comment \"name: \\\"{NET_NAME}\\\" id: \\\"bench-{i}\\\"\"")
+    }
+
+    fn add(self, host: &FakeHost, c: &Netns, i: usize) -> Result<()> {
+        let veth = format!("vflr{i}");
+        ip_batch(
+            &host.ns,
+            &format!(
+                "link add {veth} type veth peer name eth0 netns {}\nlink set {veth} master {BRIDGE}\nlink set {veth} up\n",
+                c.name()
+            ),
+        )?;
+        ip_batch(
+            c,
+            &format!("addr add {}/16 dev eth0\nlink set eth0 up\nroute add default via {GATEWAY}\n", Self::addr(i)),
+        )?;
+        if self.masq {
+            let (chain, cm) = (format!("CNI-FLOOR-{i}"), Self::comment(i));
+            restore(
+                &host.ns,
+                &format!(
+                    "*nat\n:{chain} - [0:0]\n-A {chain} -d {SUBNET} {cm} -j ACCEPT\n\
+                     -A {chain} ! -d 224.0.0.0/4 {cm} -j MASQUERADE\n-A POSTROUTING -s {}/32 {cm} -j {chain}\nCOMMIT\n",
+                    Self::addr(i)
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn del(self, host: &FakeHost, i: usize) -> Result<()> {
+        ip_batch(&host.ns, &format!("link del vflr{i}\n"))?;
+        if self.masq {
+            let (chain, cm) = (format!("CNI-FLOOR-{i}"), Self::comment(i));
+            restore(
+                &host.ns,
+                &format!(
+                    "*nat\n-D POSTROUTING -s {}/32 {cm} -j {chain}\n-F {chain}\n-X {chain}\nCOMMIT\n",
+                    Self::addr(i)
+                ),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn ip_batch(ns: &Netns, batch: &str) -> Result<()> {
+    let m = exec_measured(&tool("ip")?, &["-batch", "-"], &[], batch.as_bytes(), Some(ns))?;
+    if !m.out.ok() {
+        bail!("ip -batch in {} failed: {}", ns.name(), m.out.stderr.trim());
+    }
+    Ok(())
+}
+
+fn restore(ns: &Netns, batch: &str) -> Result<()> {
+    let m = exec_measured(&tool("iptables-restore")?, &["-w", "--noflush"], &[], batch.as_bytes(), Some(ns))?;
+    if !m.out.ok() {
+        bail!("iptables-restore in {} failed: {}", ns.name(), m.out.stderr.trim());
+    }
+    Ok(())
+}
+
+/// What a participant left in its fake host after DEL of every container.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Leftovers {
+    /// veth links in the host namespace.
+    pub veths: usize,
+    /// Addresses still reserved in the host-local store.
+    pub reservations: usize,
+    /// nat rules and chains naming the network or a per-container chain.
+    pub rules: usize,
+}
+
+impl Leftovers {
+    /// The sum of all three.
+    pub fn total(&self) -> usize {
+        self.veths + self.reservations + self.rules
+    }
+}
+
+/// One participant's private fake host with the containers it attached.
+pub struct Lane {
+    /// Who does the work.
+    pub who: Who,
+    net: &'static Net,
+    list: Value,
+    /// Container namespaces by container number; declared before `host` so they go first.
+    containers: Vec<Netns>,
+    host: FakeHost,
+}
+
+impl Lane {
+    /// A fresh fake host for `who` running `net` (the floor gets its bridge up front).
+    pub fn new(who: Who, net: &'static Net) -> Result<Lane> {
+        let host = FakeHost::new()?;
+        if matches!(who, Who::Floor) {
+            Floor::setup(&host)?;
+        }
+        let list = (net.list)(&host.dir);
+        Ok(Lane { who, net, list, containers: Vec::new(), host })
+    }
+
+    /// `ours`, `reference` or `floor`.
+    pub fn label(&self) -> &'static str {
+        self.who.label()
+    }
+
+    /// Creates container namespaces (untimed) until there are `n`.
+    pub fn grow_to(&mut self, n: usize) -> Result<()> {
+        while self.containers.len() < n {
+            super::proc::check_stop()?;
+            self.containers.push(self.host.container()?);
+        }
+        Ok(())
+    }
+
+    fn container(&self, i: usize) -> Result<&Netns> {
+        self.containers.get(i).with_context(|| format!("container {i} was not created"))
+    }
+
+    fn attachment(&self, i: usize) -> Result<Attachment> {
+        let mut att = Attachment::new(&format!("bench-{i}"), self.container(i)?);
+        att.caps = (self.net.caps)(i);
+        Ok(att)
+    }
+
+    fn runtime<'a>(&'a self, suite: &Suite) -> Runtime<'a> {
+        Runtime::new(suite, &self.host.ns, self.host.dir.clone())
+    }
+
+    fn floor(&self) -> Result<Floor> {
+        self.net.floor.with_context(|| format!("{} has no floor recipe", self.net.key))
+    }
+
+    /// ADD of container `i`; returns the first address of the result, when there is one.
+    pub fn add(&self, i: usize) -> Result<Option<String>> {
+        match &self.who {
+            Who::Suite(s) => {
+                let r = self.runtime(s).add_list(&self.list, &self.attachment(i)?)?;
+                Ok(r["ips"][0]["address"].as_str().map(str::to_string))
+            }
+            Who::Floor => {
+                self.floor()?.add(&self.host, self.container(i)?, i)?;
+                Ok(Some(format!("{}/16", Floor::addr(i))))
+            }
+        }
+    }
+
+    /// Whether CHECK means anything for this participant (the floor has nothing to check).
+    pub fn can_check(&self) -> bool {
+        matches!(self.who, Who::Suite(_))
+    }
+
+    /// CHECK of container `i`.
+    pub fn check(&self, i: usize) -> Result<()> {
+        match &self.who {
+            Who::Suite(s) => self.runtime(s).check_list(&self.list, &self.attachment(i)?),
+            Who::Floor => Ok(()),
+        }
+    }
+
+    /// DEL of container `i`.
+    pub fn del(&self, i: usize) -> Result<()> {
+        match &self.who {
+            Who::Suite(s) => self.runtime(s).del_list(&self.list, &self.attachment(i)?),
+            Who::Floor => self.floor()?.del(&self.host, i),
+        }
+    }
+
+    /// Runs one plugin of the list directly for container `i`, measuring its peak RSS.
+    pub fn invoke_measured(
+        &self,
+        plugin: &str,
+        command: &str,
+        i: usize,
+        conf: &Value,
+    ) -> Result<super::proc::Measured> {
+        let Who::Suite(suite) = &self.who else { bail!("the floor runs no plugin") };
+        let id = format!("bench-{i}");
+        let netns = self.container(i)?.path();
+        let path = suite.dir.display().to_string();
+        let env = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", id.as_str()),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", ""),
+            ("CNI_PATH", path.as_str()),
+        ];
+        exec_measured(&suite.plugin(plugin), &[], &env, conf.to_string().as_bytes(), Some(&self.host.ns))
+    }
+
+    /// The list this lane runs.
+    pub fn list(&self) -> &Value {
+        &self.list
+    }
+
+    /// The fake host's scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self.host.dir
+    }
+
+    /// Counts what is left in the fake host after every container was deleted.
+    pub fn leftovers(&self) -> Result<Leftovers> {
+        let veths = self.host.ns.ip_json(&["link", "show", "type", "veth"])?.as_array().map_or(0, Vec::len);
+        let store = self.host.dir.join("ipam").join(NET_NAME);
+        let reservations = std::fs::read_dir(store)
+            .map(|d| {
+                d.flatten().filter(|e| e.file_name().to_string_lossy().parse::<std::net::IpAddr>().is_ok()).count()
+            })
+            .unwrap_or(0);
+        let ours = |l: &&str| l.contains(NET_NAME) || l.starts_with(":CNI-") || l.contains("CNI-FLOOR");
+        let ipt = self.host.ns.run("iptables-save", &["-t", "nat"]).unwrap_or_default();
+        let nft = self.host.ns.run("nft", &["list", "ruleset"]).unwrap_or_default();
+        // Native nftables rules (ipMasqBackend=nftables) name no network, only their verdict.
+        let nft_rules = nft.lines().filter(|l| l.contains(NET_NAME) || l.contains("masquerade comment")).count();
+        let rules = ipt.lines().filter(ours).count().max(nft_rules);
+        Ok(Leftovers { veths, reservations, rules })
+    }
+}

@@ -1,0 +1,354 @@
+//! `cni-bench`: ours against the reference plugins, driven the way a runtime drives them.
+//!
+//! Every scenario runs in private fake hosts (one per scenario and participant) and alternates
+//! the participants' order per iteration so machine noise hits all of them alike. It prints a
+//! Markdown table with the ratio reference / ours per figure, writes `latest.json` and
+//! `growth.svg`, and never fails because of a time. See `BENCHMARKS.md` at the workspace root.
+//!
+//! `cni-bench [--quick] [--ours DIR] [--reference DIR] [--out DIR] [--only a,b]`
+
+// A command-line tool whose job is printing figures.
+#![allow(clippy::print_stdout)]
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use anyhow::{bail, Context, Result};
+use bench::nets::{net, Who};
+use bench::proc::{install_stop_handler, tool};
+use bench::report::{growth_svg, Report};
+use bench::scenarios;
+use conformance::{run, Suite};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Every plugin either suite may ship; absent ones are skipped with a note.
+const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "rootless-wrapper"];
+/// Networks of the sequential scenario, by key (see `bench::nets::NETS`).
+const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "loopback"];
+/// Networks of the concurrent scenario.
+const CONCURRENT: &[&str] = &["bridge-masq", "bridge"];
+/// Network of the growth scenario.
+const GROWTH: &str = "bridge-masq";
+/// Network whose operations are measured for peak memory.
+const MEMORY: &str = "bridge-masq";
+/// Scenario names `--only` accepts.
+const SCENARIOS: &[&str] = &["start", "size", "memory", "sequential", "concurrent", "growth"];
+
+/// How many of everything.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    sequential: usize,
+    window: usize,
+    concurrent: usize,
+    callers: usize,
+    rounds: usize,
+    growth: usize,
+    growth_batch: usize,
+    growth_window: usize,
+    start: usize,
+    memory: usize,
+}
+
+const FULL: Counts = Counts {
+    sequential: 100,
+    window: 50,
+    concurrent: 100,
+    callers: 8,
+    rounds: 2,
+    growth: 1000,
+    growth_batch: 50,
+    growth_window: 50,
+    start: 200,
+    memory: 5,
+};
+
+const QUICK: Counts = Counts {
+    sequential: 10,
+    window: 5,
+    concurrent: 16,
+    callers: 8,
+    rounds: 2,
+    growth: 40,
+    growth_batch: 20,
+    growth_window: 10,
+    start: 20,
+    memory: 2,
+};
+
+struct Args {
+    quick: bool,
+    ours: PathBuf,
+    reference: Option<PathBuf>,
+    out: PathBuf,
+    only: Vec<String>,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn parse_args() -> Result<Args> {
+    let root = workspace_root();
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let mut a = Args {
+        quick: false,
+        ours: target.join("release"),
+        reference: Some(PathBuf::from(conformance::REFERENCE_DIR)),
+        out: PathBuf::new(),
+        only: Vec::new(),
+    };
+    let mut out = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--ours" => a.ours = PathBuf::from(value()?),
+            "--reference" => a.reference = Some(PathBuf::from(value()?)),
+            "--no-reference" => a.reference = None,
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--only" => a.only = value()?.split(',').map(str::to_string).collect(),
+            "-h" | "--help" => {
+                println!(
+                    "usage: cni-bench [--quick] [--ours DIR] [--reference DIR | --no-reference] [--out DIR] [--only {}]",
+                    SCENARIOS.join(",")
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (try --help)"),
+        }
+    }
+    if let Some(bad) = a.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        bail!("unknown scenario {bad}; known: {}", SCENARIOS.join(", "));
+    }
+    // A smoke run must not overwrite the published figures.
+    a.out = out.unwrap_or_else(|| if a.quick { target.join("cni-bench-quick") } else { root.join("benchmarks") });
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("cni-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The suites, and the participants of a network's scenarios (suites lacking a plugin of it
+/// are left out with a note).
+struct Setup {
+    suites: Vec<Suite>,
+}
+
+impl Setup {
+    fn whos(&self, key: &str, with_floor: bool, notes: &mut Vec<String>) -> Result<Vec<Who>> {
+        let net = net(key)?;
+        let mut whos = Vec::new();
+        for s in &self.suites {
+            match net.plugins.iter().find(|p| !s.has(p)) {
+                None => whos.push(Who::Suite(s.clone())),
+                Some(p) => note(notes, format!("{key}: {} lacks {p}; skipped for it", s.name)),
+            }
+        }
+        if with_floor && net.floor.is_some() && !whos.is_empty() {
+            whos.push(Who::Floor);
+        }
+        Ok(whos)
+    }
+}
+
+fn note(notes: &mut Vec<String>, n: String) {
+    eprintln!("note: {n}");
+    notes.push(n);
+}
+
+fn real_main() -> Result<()> {
+    let args = parse_args()?;
+    if !conformance::can_create_netns() {
+        bail!("needs root to create network namespaces (try sudo)");
+    }
+    for t in ["ip", "iptables-restore", "iptables-save"] {
+        tool(t)?;
+    }
+    install_stop_handler()?;
+    let c = if args.quick { QUICK } else { FULL };
+    let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let started = Instant::now();
+
+    let mut report = Report::default();
+    let ours = Suite { name: "ours", dir: args.ours.clone() };
+    if !PLUGINS.iter().any(|p| ours.has(p)) {
+        bail!("no plugins in {}; build them first: cargo build --release -p cni-plugins", ours.dir.display());
+    }
+    let mut suites = vec![ours];
+    match &args.reference {
+        Some(dir) if dir.join("bridge").is_file() => suites.push(Suite { name: "reference", dir: dir.clone() }),
+        Some(dir) => note(&mut report.notes, format!("no reference plugins in {}; ours only", dir.display())),
+        None => {}
+    }
+    let setup = Setup { suites };
+    for p in PLUGINS {
+        for s in &setup.suites {
+            if !s.has(p) {
+                note(&mut report.notes, format!("{} has no {p}", s.name));
+            }
+        }
+    }
+    eprintln!(
+        "cni-bench: {} run; ours {}{}; results to {}",
+        if args.quick { "quick" } else { "full" },
+        setup.suites[0].dir.display(),
+        setup.suites.get(1).map(|s| format!(", reference {}", s.dir.display())).unwrap_or_default(),
+        args.out.display()
+    );
+
+    if wants("start") {
+        eprintln!("== start-up: VERSION x{} per plugin and suite", c.start);
+        let (starts, true_ms) = scenarios::start_cost(&setup.suites, PLUGINS, c.start)?;
+        report.start(&starts, &true_ms);
+    }
+    if wants("memory") {
+        eprintln!("== peak memory: {} runs per suite", c.memory);
+        let (mem, notes) = scenarios::memory(net(MEMORY)?, &setup.suites, c.memory)?;
+        report.memory(&mem);
+        report.problems += notes.len();
+        for n in notes {
+            note(&mut report.notes, format!("memory: {n}"));
+        }
+    }
+    if wants("size") {
+        for p in PLUGINS {
+            let size = |who: &str| {
+                setup
+                    .suites
+                    .iter()
+                    .find(|s| s.name == who && s.has(p))
+                    .and_then(|s| std::fs::metadata(s.plugin(p)).ok())
+                    .map(|m| m.len() as f64 / 1024.0)
+            };
+            if size("ours").is_some() || size("reference").is_some() {
+                report.size(p, size("ours"), size("reference"));
+            }
+        }
+    }
+    if wants("sequential") {
+        for key in SEQUENTIAL {
+            let whos = setup.whos(key, true, &mut report.notes)?;
+            if whos.is_empty() {
+                continue;
+            }
+            let n = net(key)?;
+            let scenario = format!("sequential {}, N={}", n.title, c.sequential);
+            eprintln!("== {scenario}");
+            if !n.note.is_empty() {
+                note(&mut report.notes, format!("{scenario}: {}", n.note));
+            }
+            let t = scenarios::sequential(n, &whos, c.sequential)?;
+            report.sequential(&scenario, &t, c.window.min(c.sequential / 2).max(1));
+        }
+    }
+    if wants("concurrent") {
+        for key in CONCURRENT {
+            let whos = setup.whos(key, false, &mut report.notes)?;
+            if whos.is_empty() {
+                continue;
+            }
+            let n = net(key)?;
+            let scenario = format!("concurrent {}, N={} P={}", n.title, c.concurrent, c.callers);
+            eprintln!("== {scenario}");
+            let t = scenarios::concurrent(n, &whos, c.concurrent, c.callers, c.rounds)?;
+            report.concurrent(&scenario, &t);
+        }
+    }
+    let mut chart = None;
+    if wants("growth") {
+        let whos = setup.whos(GROWTH, true, &mut report.notes)?;
+        if !whos.is_empty() {
+            let n = net(GROWTH)?;
+            let scenario = format!("growth {}, N={}", n.title, c.growth);
+            eprintln!("== {scenario} (namespaces in batches of {})", c.growth_batch);
+            let t = scenarios::growth(n, &whos, c.growth, c.growth_batch, c.growth_window)?;
+            report.growth(&scenario, &t, c.growth_window, c.growth);
+            chart = Some(growth_svg(
+                &report.growth,
+                &format!("ADD time as containers accumulate: {}", n.title),
+                &format!(
+                    "{} containers on one bridge, cniVersion 1.0.0, participants interleaved; floor = ip -batch + iptables-restore",
+                    c.growth
+                ),
+            ));
+        }
+    }
+
+    let left = leftover_namespaces()?;
+    report.problems += left.len();
+    if !left.is_empty() {
+        note(&mut report.notes, format!("left behind: {}", left.join(", ")));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let meta = meta(&args, &setup, c, elapsed, left.len());
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let json_path = args.out.join("latest.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report.json(meta))? + "\n")
+        .with_context(|| format!("write {}", json_path.display()))?;
+    if let Some(svg) = chart {
+        let svg_path = args.out.join("growth.svg");
+        std::fs::write(&svg_path, svg).with_context(|| format!("write {}", svg_path.display()))?;
+    }
+
+    println!("{}", report.markdown());
+    println!(
+        "\\* floor: the same kernel objects made by `ip -batch` (host side, then container side) plus one \
+         `iptables-restore --noflush` when masquerading: an approximation of the kernel-work floor that still \
+         pays 2-3 small process starts; for start-up rows it is `/bin/true`."
+    );
+    for n in &report.notes {
+        println!("- {n}");
+    }
+    println!(
+        "\nnamespaces and state directories left behind: {}; total run time {:.0} s; results in {}",
+        left.len(),
+        elapsed,
+        args.out.display()
+    );
+    if report.problems > 0 {
+        bail!("{} failed operations or leftovers (see the notes above)", report.problems);
+    }
+    Ok(())
+}
+
+/// Namespaces (`/run/netns`) and fake-host state directories (temp dir) of this process that
+/// are still present: every guard should have removed them.
+fn leftover_namespaces() -> Result<Vec<String>> {
+    let prefix = format!("cnit{}x", std::process::id());
+    let mut left = Vec::new();
+    for dir in [PathBuf::from("/run/netns"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        left.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .map(|n| dir.join(n).display().to_string()),
+        );
+    }
+    Ok(left)
+}
+
+fn meta(args: &Args, setup: &Setup, c: Counts, elapsed: f64, leftover_netns: usize) -> Value {
+    let sh = |cmd: &str, a: &[&str]| run(cmd, a).map(|s| s.trim().to_string()).unwrap_or_default();
+    json!({
+        "date": sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "kernel": sh("uname", &["-r"]),
+        "nproc": sh("nproc", &[]),
+        "iptables": sh("iptables", &["--version"]),
+        "reference_package": sh("dpkg-query", &["-W", "-f", "${Version}", "containernetworking-plugins"]),
+        "quick": args.quick,
+        "suites": setup.suites.iter().map(|s| json!({"name": s.name, "dir": s.dir})).collect::<Vec<_>>(),
+        "counts": {"sequential": c.sequential, "concurrent": c.concurrent, "callers": c.callers,
+                   "growth": c.growth, "start": c.start, "memory": c.memory},
+        "runtime_s": (elapsed * 10.0).round() / 10.0,
+        "leftover_namespaces": leftover_netns,
+    })
+}
