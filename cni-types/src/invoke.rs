@@ -32,9 +32,15 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
     Err(CniError::internal(format!("failed to find plugin {plugin:?} in path [{}]", dirs.join(" "))))
 }
 
-/// Runs plugin `plugin_type` for `command` with the caller's `CNI_*` values and `stdin`, and
-/// returns its stdout. A failing plugin's own error object is returned unchanged.
-pub fn exec(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+/// A delegate that has been started and not yet waited for.
+pub struct Running {
+    child: std::process::Child,
+    path: PathBuf,
+}
+
+/// Starts plugin `plugin_type` for `command` with the caller's `CNI_*` values and `stdin`; the
+/// caller can do other work while it runs and collect it with [`Running::finish`].
+pub fn start(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) -> Result<Running, CniError> {
     let path = find_in_path(plugin_type, &args.path)?;
     let mut child = Process::new(&path)
         .env("CNI_COMMAND", command.as_str())
@@ -50,38 +56,72 @@ pub fn exec(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) -
         .map_err(|e| CniError::internal(format!("failed to run plugin {}: {e}", path.display())))?;
     if let Some(mut input) = child.stdin.take() {
         // A plugin that exits without reading its stdin closes the pipe; its exit status tells.
+        // Dropping `input` closes our end, so the plugin sees end of file.
         let _ = input.write_all(stdin);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::internal(format!("failed to wait for plugin {}: {e}", path.display())))?;
-    // The spec wants the delegate's stderr on ours.
-    let _ = std::io::stderr().write_all(&out.stderr);
-    if out.status.success() {
-        return Ok(out.stdout);
+    Ok(Running { child, path })
+}
+
+impl Running {
+    /// Waits for the plugin; returns its stdout, or its own error object unchanged.
+    pub fn finish(self) -> Result<Vec<u8>, CniError> {
+        let Running { child, path } = self;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| CniError::internal(format!("failed to wait for plugin {}: {e}", path.display())))?;
+        // The spec wants the delegate's stderr on ours.
+        let _ = std::io::stderr().write_all(&out.stderr);
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let msg = if stderr.trim().is_empty() {
+                format!("netplugin failed with no error message: {}", out.status)
+            } else {
+                format!("netplugin failed: {:?}", stderr.trim())
+            };
+            return Err(CniError::new(INTERNAL, msg));
+        }
+        match serde_json::from_slice::<CniError>(&out.stdout) {
+            Ok(err) => Err(err),
+            Err(e) => Err(CniError::internal(format!(
+                "netplugin failed but error parsing its diagnostic message {:?}: {e}",
+                String::from_utf8_lossy(&out.stdout)
+            ))),
+        }
     }
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let msg = if stderr.trim().is_empty() {
-            format!("netplugin failed with no error message: {}", out.status)
-        } else {
-            format!("netplugin failed: {:?}", stderr.trim())
-        };
-        return Err(CniError::new(INTERNAL, msg));
+}
+
+/// Runs plugin `plugin_type` for `command` with the caller's `CNI_*` values and `stdin`, and
+/// returns its stdout. A failing plugin's own error object is returned unchanged.
+pub fn exec(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+    start(plugin_type, command, args, stdin)?.finish()
+}
+
+/// An IPAM ADD started with [`delegate_add_start`].
+pub struct PendingAdd {
+    running: Running,
+    version: String,
+}
+
+impl PendingAdd {
+    /// Waits for the delegate and parses its result into the current shape.
+    pub fn wait(self) -> Result<CniResult, CniError> {
+        let out = self.running.finish()?;
+        CniResult::parse_slice(&out, &self.version)
     }
-    match serde_json::from_slice::<CniError>(&out.stdout) {
-        Ok(err) => Err(err),
-        Err(e) => Err(CniError::internal(format!(
-            "netplugin failed but error parsing its diagnostic message {:?}: {e}",
-            String::from_utf8_lossy(&out.stdout)
-        ))),
-    }
+}
+
+/// Starts a delegated ADD without waiting for it, so the caller can create interfaces while the
+/// IPAM plugin allocates.
+pub fn delegate_add_start(plugin_type: &str, args: &CmdArgs) -> Result<PendingAdd, CniError> {
+    Ok(PendingAdd { running: start(plugin_type, Command::Add, args, &args.stdin)?, version: args.cni_version.clone() })
 }
 
 /// Delegates ADD and parses the result (in the configuration's version) into the current shape.
 pub fn delegate_add(plugin_type: &str, args: &CmdArgs) -> Result<CniResult, CniError> {
-    let out = exec(plugin_type, Command::Add, args, &args.stdin)?;
-    CniResult::parse_slice(&out, &args.cni_version)
+    delegate_add_start(plugin_type, args)?.wait()
 }
 
 /// Delegates DEL, CHECK, GC or STATUS; success is an exit status of zero.

@@ -56,6 +56,14 @@ fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
         .map_err(|e| internal(format!("netlink socket in {}: {e}", ns.path().display())))
 }
 
+/// Helpers started at the beginning of ADD so their start-up overlaps the netlink work: the IPAM
+/// plugin allocates and `iptables-restore` loads its libraries while the veth pair is made.
+#[derive(Default)]
+struct Started {
+    ipam: Option<invoke::PendingAdd>,
+    restore: Option<firewall::PendingRestore>,
+}
+
 /// Something ADD created, and so must undo if a later step fails.
 enum Undo {
     Veth(u32),
@@ -329,8 +337,12 @@ impl Bridge {
         ns: &NetNs,
         host: &mut Handle,
         undo: &mut Vec<Undo>,
+        started: &mut Started,
     ) -> Result<CniResult, CniError> {
+        let t0 = Instant::now();
+        let mark = |what: &str| log::debug!("{what} after {:?}", t0.elapsed());
         let bridge = ensure_bridge(host, conf)?;
+        mark("bridge ensured");
         let mut cont = handle_in(ns)?;
         let veth = create_veth_pair(host, &mut cont, ns, conf, args, &bridge)?;
         undo.push(Undo::Veth(veth.index));
@@ -345,6 +357,7 @@ impl Bridge {
             })?;
         }
         configure_port_vlans(host, veth.index, conf)?;
+        mark("veth pair ready");
 
         if conf.mac_spoof_check {
             ctx(
@@ -356,8 +369,9 @@ impl Bridge {
 
         let mut result = CniResult::default();
         if conf.is_layer3() {
-            let ipam = invoke::delegate_add(&conf.ipam_type, args)?;
-            undo.push(Undo::Ipam);
+            let pending = started.ipam.take().ok_or_else(|| internal("IPAM was not started"))?;
+            let ipam = pending.wait()?;
+            mark("IPAM done");
             if ipam.ips.is_empty() {
                 return Err(internal("IPAM plugin returned missing IP config"));
             }
@@ -366,6 +380,7 @@ impl Bridge {
             result.dns = ipam.dns;
             let bridge_addrs = calc_gateways(conf, &mut result);
             configure_container(ns, &mut cont, cont_link.index, args, conf, &result)?;
+            mark("container configured");
             if conf.is_gateway {
                 for net in &bridge_addrs {
                     ensure_bridge_addr(host, &bridge, net, conf.force_address)?;
@@ -392,16 +407,18 @@ impl Bridge {
                     ifname: &args.ifname,
                     addresses: &addrs,
                 };
-                ctx(firewall::setup_ipmasq(masq_backend(conf)?, &target), || {
+                ctx(firewall::setup_ipmasq_prepared(masq_backend(conf)?, &target, started.restore.take()), || {
                     "failed to set up IP masquerading".into()
                 })?;
                 undo.push(Undo::IpMasq(addrs));
+                mark("masquerade installed");
             }
         } else if !conf.disable_container_interface {
             ctx(cont.set_link_up(cont_link.index, true), || format!("failed to set {} up", args.ifname))?;
         }
         if !conf.disable_container_interface {
             wait_port_up(host, veth.index)?;
+            mark("port up");
         }
 
         // Enslaving can change MACs (plugins#805): report what the links have now.
@@ -469,9 +486,24 @@ impl Plugin for Bridge {
         let ns = NetNs::open(&args.netns).map_err(internal)?;
         let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
         let mut undo = Vec::new();
-        match self.add_steps(args, &conf, &ns, &mut host, &mut undo) {
+        let mut started = Started::default();
+        if conf.is_layer3() {
+            started.ipam = Some(invoke::delegate_add_start(&conf.ipam_type, args)?);
+            // The spec asks for a DEL of the delegate whenever ADD fails after starting it, its own failure included.
+            undo.push(Undo::Ipam);
+            if conf.ip_masq && masq_backend(&conf)? == Backend::Iptables {
+                // Most containers have an IPv4 address; for others this loads nothing.
+                started.restore = firewall::PendingRestore::spawn(firewall::Family::V4).ok();
+            }
+        }
+        match self.add_steps(args, &conf, &ns, &mut host, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {
+                // A DEL of the IPAM plugin must not race its own ADD.
+                if let Some(p) = started.ipam.take() {
+                    let _ = p.wait();
+                }
+                drop(started);
                 self.rollback(args, &conf, &mut host, undo);
                 Err(e)
             }

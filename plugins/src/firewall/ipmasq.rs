@@ -14,7 +14,7 @@
 
 use super::iptables::{chain_name, format_comment, go_quote, go_unquote, Batch, Rule, SavedTable};
 use super::nft::{self, Listing, Script};
-use super::restore::{self, find_tool, has_tool, restore_tool, save_tool};
+use super::restore::{self, find_tool, has_tool, restore_tool, save_tool, PendingRestore};
 use super::{sha512_hex, Backend, Family, FirewallError};
 use crate::netlink::{nft_chain_exists, nft_rules, nft_table_exists, NftFamily};
 use ipnetwork::IpNetwork;
@@ -89,13 +89,30 @@ fn chain_surely_absent(family: Family, chain: &str) -> bool {
 /// costs a process and grows with every container on the host, so it is kept for the rare case of
 /// a chain that already exists (a repeated ADD, a second interface of the same container).
 pub fn setup_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallError> {
+    setup_ipmasq_prepared(backend, t, None)
+}
+
+/// [`setup_ipmasq`] with a restore tool started ahead of time ([`PendingRestore`]), used for its
+/// family's blind batch when that applies and otherwise left to load nothing.
+pub fn setup_ipmasq_prepared(
+    backend: Backend,
+    t: &MasqTarget,
+    mut prepared: Option<PendingRestore>,
+) -> Result<(), FirewallError> {
     match backend {
         Backend::Iptables => {
             for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
                 let chain = chain_name("", t.network, t.container_id);
                 if chain_surely_absent(family, &chain) {
                     if let Some(batch) = plan_iptables_setup(&SavedTable::default(), family, t) {
-                        match restore::iptables_restore(family, &batch.render()) {
+                        let loaded = match prepared.take() {
+                            Some(p) if p.family() == family => p.load(&batch.render()),
+                            other => {
+                                prepared = other;
+                                restore::iptables_restore(family, &batch.render())
+                            }
+                        };
+                        match loaded {
                             Ok(()) => continue,
                             // Someone created the chain meanwhile: fall back to reading the table.
                             Err(e) => log::debug!("blind masquerade batch failed, re-planning: {e}"),

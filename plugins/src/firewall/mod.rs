@@ -18,7 +18,10 @@ pub mod portmap_nft;
 pub mod restore;
 mod spoofcheck;
 
-pub use ipmasq::{check_ipmasq, default_backend, gc_ipmasq, setup_ipmasq, teardown_ipmasq, MasqTarget};
+pub use ipmasq::{
+    check_ipmasq, default_backend, gc_ipmasq, setup_ipmasq, setup_ipmasq_prepared, teardown_ipmasq, MasqTarget,
+};
+pub use restore::PendingRestore;
 pub use spoofcheck::{setup_spoofcheck, teardown_spoofcheck};
 
 use sha2::{Digest, Sha512};

@@ -94,11 +94,55 @@ pub fn iptables_save(family: Family, table: &str) -> Result<SavedTable, Firewall
 
 /// Loads a batch without touching anything it does not name: `iptables-restore --noflush -w`.
 pub fn iptables_restore(family: Family, batch: &str) -> Result<(), FirewallError> {
-    match run(restore_tool(family), &["--noflush", "-w"], Some(batch)) {
-        Ok(_) => Ok(()),
-        Err(FirewallError::Command { command, status, stderr }) => {
+    PendingRestore::spawn(family)?.load(batch)
+}
+
+/// An `iptables-restore --noflush -w` (or `ip6tables-restore`) started before its batch is
+/// known, so its start-up (dynamic linking, extension loading: most of its cost) overlaps the
+/// caller's other work. Dropped unused, it gets empty input and changes nothing.
+pub struct PendingRestore {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    command: String,
+    family: Family,
+}
+
+impl PendingRestore {
+    /// Starts the restore tool of `family`; it waits for its input.
+    pub fn spawn(family: Family) -> Result<PendingRestore, FirewallError> {
+        let tool = restore_tool(family);
+        let path = find_tool(tool).ok_or_else(|| FirewallError::ToolNotFound(tool.to_string()))?;
+        let command = format!("{tool} --noflush -w");
+        let mut child = Command::new(&path)
+            .args(["--noflush", "-w"])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
+        let stdin = child.stdin.take();
+        Ok(PendingRestore { child, stdin, command, family })
+    }
+
+    /// The family whose tables it loads into.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Feeds `batch`, closes the input and waits; errors name the failing input line.
+    pub fn load(mut self, batch: &str) -> Result<(), FirewallError> {
+        log::debug!("running {} with input:\n{batch}", self.command);
+        let fed = match self.stdin.take() {
+            Some(mut pipe) => pipe.write_all(batch.as_bytes()),
+            None => Ok(()),
+        };
+        let command = self.command.clone();
+        let output = self.wait_output().map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
+        if !output.status.success() {
             // Drop the usage hint; name the failing input line unless it is the COMMIT, which the
             // nft variant blames for any error in the table.
+            let stderr = String::from_utf8_lossy(&output.stderr);
             let mut stderr: String = stderr
                 .lines()
                 .map(str::trim)
@@ -109,9 +153,31 @@ pub fn iptables_restore(family: Family, batch: &str) -> Result<(), FirewallError
             if let Some(line) = blamed.filter(|l| *l != "COMMIT") {
                 stderr = format!("{stderr} (input line: {line})");
             }
-            Err(FirewallError::Command { command, status, stderr })
+            return Err(FirewallError::Command { command, status: output.status.to_string(), stderr });
         }
-        Err(e) => Err(e),
+        fed.map_err(|source| FirewallError::Spawn { command, source })
+    }
+
+    /// Waits for the child (its input already closed) and collects its output.
+    fn wait_output(&mut self) -> std::io::Result<std::process::Output> {
+        use std::io::Read;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_end(&mut out)?;
+        }
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_end(&mut err)?;
+        }
+        let status = self.child.wait()?;
+        Ok(std::process::Output { status, stdout: out, stderr: err })
+    }
+}
+
+impl Drop for PendingRestore {
+    fn drop(&mut self) {
+        // Unused or already waited for: close the input (nothing to load) and reap the child.
+        self.stdin.take();
+        let _ = self.child.wait();
     }
 }
 
