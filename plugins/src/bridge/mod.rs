@@ -37,6 +37,20 @@ fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) 
     r.map_err(|e| CniError::internal(format!("{}: {e}", what())))
 }
 
+/// This attachment's masquerade target.
+fn masq_target<'a>(conf: &'a BridgeConf, args: &'a CmdArgs, addresses: &'a [IpNetwork]) -> MasqTarget<'a> {
+    MasqTarget { network: &conf.network, container_id: &args.container_id, ifname: &args.ifname, addresses }
+}
+
+/// Success, or every collected error in one (DEL and GC report all they could not do).
+fn all_or_errors(errors: Vec<String>) -> Result<(), CniError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(internal(errors.join("; ")))
+    }
+}
+
 fn is_eexist(e: &io::Error) -> bool {
     e.raw_os_error() == Some(nix::libc::EEXIST)
 }
@@ -401,12 +415,7 @@ impl Bridge {
             }
             if conf.ip_masq {
                 let addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
-                let target = MasqTarget {
-                    network: &conf.network,
-                    container_id: &args.container_id,
-                    ifname: &args.ifname,
-                    addresses: &addrs,
-                };
+                let target = masq_target(conf, args, &addrs);
                 ctx(firewall::setup_ipmasq_prepared(masq_backend(conf)?, &target, started.restore.take()), || {
                     "failed to set up IP masquerading".into()
                 })?;
@@ -445,13 +454,7 @@ impl Bridge {
     fn rollback(&self, args: &CmdArgs, conf: &BridgeConf, host: &mut Handle, undo: Vec<Undo>) {
         for step in undo.into_iter().rev() {
             let r = match step {
-                Undo::IpMasq(addrs) => firewall::teardown_ipmasq(&MasqTarget {
-                    network: &conf.network,
-                    container_id: &args.container_id,
-                    ifname: &args.ifname,
-                    addresses: &addrs,
-                })
-                .map_err(internal),
+                Undo::IpMasq(addrs) => firewall::teardown_ipmasq(&masq_target(conf, args, &addrs)).map_err(internal),
                 Undo::Ipam => invoke::delegate(&conf.ipam_type, Command::Del, args),
                 Undo::SpoofCheck => firewall::teardown_spoofcheck(&args.container_id, &args.ifname).map_err(internal),
                 Undo::Veth(index) => host.del_link(index).map_err(internal),
@@ -567,21 +570,12 @@ impl Plugin for Bridge {
             }
         }
         if conf.is_layer3() && conf.ip_masq {
-            let target = MasqTarget {
-                network: &conf.network,
-                container_id: &args.container_id,
-                ifname: &args.ifname,
-                addresses: &addrs,
-            };
+            let target = masq_target(&conf, args, &addrs);
             if let Err(e) = firewall::teardown_ipmasq(&target) {
                 errors.push(format!("failed to tear down IP masquerading: {e}"));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(internal(errors.join("; ")))
-        }
+        all_or_errors(errors)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -661,12 +655,7 @@ impl Plugin for Bridge {
         }
         if conf.is_layer3() && conf.ip_masq {
             let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
-            let target = MasqTarget {
-                network: &conf.network,
-                container_id: &args.container_id,
-                ifname: &args.ifname,
-                addresses: &addrs,
-            };
+            let target = masq_target(&conf, args, &addrs);
             ctx(firewall::check_ipmasq(masq_backend(&conf)?, &target), || "IP masquerading".into())?;
         }
         Ok(())
@@ -689,11 +678,7 @@ impl Plugin for Bridge {
                 errors.push(format!("IP masquerade GC: {e}"));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(internal(errors.join("; ")))
-        }
+        all_or_errors(errors)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
