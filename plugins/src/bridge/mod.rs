@@ -98,7 +98,13 @@ fn ensure_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Link, CniError>
                 Err(e) if is_eexist(&e) => {}
                 Err(e) => return Err(internal(format!("failed to create bridge {name:?}: {e}"))),
             }
-            lookup(host)?.ok_or_else(|| internal(format!("bridge {name:?} vanished after creation")))?
+            let link = lookup(host)?.ok_or_else(|| internal(format!("bridge {name:?} vanished after creation")))?;
+            // A bridge whose address was never set takes its lowest port's MAC and changes it as
+            // ports come and go, which breaks neighbours' ARP caches and CHECK; pin it at birth.
+            if !link.mac.is_empty() {
+                ctx(host.set_link_mac(link.index, &link.mac), || format!("pin the MAC of {name}"))?;
+            }
+            link
         }
     };
     if link.kind != "bridge" {
@@ -591,7 +597,10 @@ impl Plugin for Bridge {
         let bridge = ctx(host.link_by_name(&conf.bridge), || format!("look up {}", conf.bridge))?
             .filter(|l| l.kind == "bridge")
             .ok_or_else(|| internal(format!("bridge {:?} not found", conf.bridge)))?;
-        if let Some(pb) = prev.interfaces.iter().find(|i| i.name == conf.bridge) {
+        // Only a pinned bridge MAC is stable (ours always are; one created by another tool may
+        // follow its lowest port), so a gateway bridge, which ADD pins, is where it is checked.
+        let pinned = conf.is_gateway;
+        if let Some(pb) = prev.interfaces.iter().find(|i| i.name == conf.bridge).filter(|_| pinned) {
             if !pb.mac.is_empty() && !pb.mac.eq_ignore_ascii_case(&bridge.mac_string()) {
                 return Err(internal(format!(
                     "bridge {} MAC {} differs from {} in prevResult",
