@@ -8,6 +8,7 @@ pub mod loopback;
 pub mod netlink;
 pub mod ns;
 pub mod portmap;
+pub mod rootless;
 pub mod sysctl;
 
 /// Sets up logging to stderr (stdout is the protocol). `CNI_LOG` (or the plugin-specific

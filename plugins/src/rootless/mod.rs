@@ -1,0 +1,805 @@
+//! `rootless-wrapper`: runs a chain of inner plugins (bridge, host-local, portmap, …) for a
+//! rootless runtime, inside one shared "rootless netns" whose uplink is slirp4netns.
+//!
+//! The runtime calls the wrapper after joining its pause process's user and mount namespaces,
+//! in its own network namespace (the host's). Per state directory (so per user) the wrapper
+//! keeps one netns, bind-mounted on `<stateDir>/netns`, with slirp4netns serving it. Published
+//! ports are forwarded by slirp4netns from the host to the netns' tap address on the same port,
+//! where the inner portmap DNATs them to the container. The inner plugins run as children of
+//! the wrapper after it entered the shared netns and a private mount namespace that gives them
+//! writable `/run` and `/var/lib/cni` (see [`mounts`]).
+//!
+//! Everything is remembered in `<stateDir>/state.json` ([`state`]) under one flock on
+//! `<stateDir>.lock`, which teardown never deletes. Every verb validates the state first: a netns
+//! file that is no longer a namespace or that belongs to another user namespace is recreated
+//! (its old attachments are orphaned and say so in the log), a dead helper is restarted and its
+//! forwards are replayed. The last DEL (or a GC that leaves nobody) stops the helper, unmounts
+//! the netns and removes the state directory.
+//!
+//! The wrapper is single-threaded. It does everything that needs the host's netns first
+//! (creating the netns, starting the helper, probing and forwarding host ports), then moves
+//! itself into the shared netns and a new mount namespace and execs the inner plugins, which
+//! inherit both. It never returns to the host's netns: that one belongs to the initial user
+//! namespace, where `setns` needs rights a rootless runtime does not have. It does return to
+//! the runtime's mount namespace, and the bookkeeping after the inner plugins needs no netns
+//! (state files, the helper's unix socket, signals, unmounts). The two pieces of work that must
+//! happen in another netns earlier (creating it, the IPv6 DAD sysctl) run in a forked child.
+
+pub mod config;
+pub mod host;
+pub mod mounts;
+pub mod slirp;
+pub mod state;
+
+use crate::lock::FileLock;
+use crate::ns::NetNs;
+use cni_types::error::{INTERNAL, PLUGIN_NOT_AVAILABLE};
+use cni_types::invoke;
+use cni_types::{CmdArgs, CniError, CniResult, Command, Plugin};
+use config::{lookup, InnerExtras, WrapperConf};
+use serde_json::{Map, Value};
+use state::{Forward, Member, NetParams, State, STATE_VERSION};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The rootless-wrapper meta-plugin.
+pub struct RootlessWrapper;
+
+/// The files of one state directory.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The state directory; teardown removes it whole.
+    pub dir: PathBuf,
+    /// The flock file, beside the directory so teardown never removes it.
+    pub lock: PathBuf,
+    /// `state.json`.
+    pub state: PathBuf,
+    /// The bind-mounted netns.
+    pub netns: PathBuf,
+    /// slirp4netns' API socket.
+    pub api_socket: PathBuf,
+    /// slirp4netns' output.
+    pub log: PathBuf,
+    /// The generated resolv.conf.
+    pub resolv: PathBuf,
+}
+
+impl Paths {
+    /// The layout under `dir`.
+    pub fn new(dir: &Path) -> Paths {
+        Paths {
+            dir: dir.to_path_buf(),
+            lock: PathBuf::from(format!("{}.lock", dir.display())),
+            state: dir.join("state.json"),
+            netns: dir.join("netns"),
+            api_socket: dir.join("slirp.sock"),
+            log: dir.join("slirp.log"),
+            resolv: dir.join("resolv.conf"),
+        }
+    }
+
+    fn helper_paths(&self, netns: &Path) -> slirp::HelperPaths {
+        slirp::HelperPaths { netns: netns.to_path_buf(), api_socket: self.api_socket.clone(), log: self.log.clone() }
+    }
+}
+
+fn internal(msg: impl std::fmt::Display) -> CniError {
+    CniError::new(INTERNAL, msg.to_string())
+}
+
+fn not_available(msg: impl std::fmt::Display) -> CniError {
+    CniError::new(PLUGIN_NOT_AVAILABLE, msg.to_string())
+}
+
+/// One error for several: the first one's code, all messages.
+fn combine(mut errors: Vec<CniError>) -> Result<(), CniError> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => {
+            let msg = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+            Err(CniError::new(errors[0].code, msg))
+        }
+    }
+}
+
+fn getenv(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// One invocation: its configuration, its files and the lock it holds.
+struct Session<'a> {
+    conf: WrapperConf,
+    args: &'a CmdArgs,
+    paths: Paths,
+    _lock: FileLock,
+}
+
+impl<'a> Session<'a> {
+    /// Takes the state lock (blocking: holders only ever wait for bounded work and the inner
+    /// plugins, never for the runtime, so lock order is always runtime lock → this lock).
+    fn open(conf: WrapperConf, args: &'a CmdArgs) -> Result<Session<'a>, CniError> {
+        let paths = Paths::new(&conf.state_dir);
+        if let Some(parent) = paths.lock.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| internal(format!("create {}: {e}", parent.display())))?;
+        }
+        let lock =
+            FileLock::acquire(&paths.lock).map_err(|e| internal(format!("lock {}: {e}", paths.lock.display())))?;
+        Ok(Session { conf, args, paths, _lock: lock })
+    }
+
+    /// The recorded state; an unreadable one is reset (nothing in it can be trusted, so the
+    /// netns and any helper serving it are removed) unless `keep_broken` asks to report it.
+    fn load(&self, keep_broken: bool) -> Result<Option<State>, CniError> {
+        match state::load(&self.paths.state) {
+            Ok(st) => Ok(st),
+            Err(e) if keep_broken => Err(not_available(format!("rootless-wrapper: broken state: {e}"))),
+            Err(e) => {
+                log::error!("{e}; resetting {}", self.paths.dir.display());
+                let errors = self.teardown(None);
+                if errors.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(internal(format!("reset broken state: {}", errors.join("; "))))
+                }
+            }
+        }
+    }
+
+    fn save(&self, st: &State) -> Result<(), CniError> {
+        state::save(&self.paths.state, st).map_err(|e| internal(format!("write {}: {e}", self.paths.state.display())))
+    }
+
+    fn params(&self) -> NetParams {
+        NetParams {
+            cidr: self.conf.net.cidr.to_string(),
+            mtu: self.conf.mtu,
+            enable_ipv6: self.conf.enable_ipv6,
+            allow_host_loopback: self.conf.allow_host_loopback,
+        }
+    }
+
+    /// Takes the settings of the running helper: a configuration edited while the shared netns
+    /// exists applies only once it is recreated, and every derived address (forward target,
+    /// DNS) must match what slirp4netns actually serves.
+    fn adopt(&mut self, st: &State) {
+        if st.params == self.params() {
+            return;
+        }
+        log::warn!(
+            "{}: the configuration asks for {:?} but the rootless netns runs with {:?}; keeping those until it \
+             is recreated",
+            self.paths.dir.display(),
+            self.params(),
+            st.params
+        );
+        match config::SlirpNet::derive(&st.params.cidr) {
+            Ok(net) => self.conf.net = net,
+            Err(e) => log::warn!("recorded cidr: {e}"),
+        }
+        self.conf.mtu = st.params.mtu;
+        self.conf.enable_ipv6 = st.params.enable_ipv6;
+        self.conf.allow_host_loopback = st.params.allow_host_loopback;
+    }
+
+    /// Why a recorded netns cannot be used any more, if it cannot.
+    fn stale_reason(st: &State) -> Option<String> {
+        match host::userns_inode() {
+            Ok(ino) if ino != st.userns_inode => {
+                return Some(format!(
+                    "it was made in user namespace {} and this is {ino} (the runtime's pause process was restarted)",
+                    st.userns_inode
+                ))
+            }
+            Err(e) => return Some(e),
+            Ok(_) => {}
+        }
+        match NetNs::open(&st.netns) {
+            Ok(_) => None,
+            Err(e) => Some(format!("{e} (a reboot, or its mount was lost)")),
+        }
+    }
+
+    fn helper_running(st: &State) -> bool {
+        st.helper.as_ref().is_some_and(|h| slirp::is_alive(h) && h.api_socket.exists())
+    }
+
+    /// Stops the helper (only if it is still the one recorded, plus any unrecorded one serving
+    /// the same netns path), unmounts the netns and removes the state directory.
+    fn teardown(&self, st: Option<&State>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let netns = st.map(|s| s.netns.clone()).unwrap_or_else(|| self.paths.netns.clone());
+        if let Some(h) = st.and_then(|s| s.helper.as_ref()) {
+            errors.extend(slirp::stop(h).err());
+        }
+        for stray in host::helpers_serving(&netns) {
+            log::warn!("stopping unrecorded slirp4netns pid {} serving {}", stray.pid, netns.display());
+            errors.extend(slirp::stop(&stray).err());
+        }
+        errors.extend(host::remove_netns(&netns).err());
+        errors.extend(host::remove_tree(&self.paths.dir).err());
+        log::debug!("tore down the rootless netns in {}", self.paths.dir.display());
+        errors
+    }
+
+    /// Starts the helper into `st.netns`, replays every recorded forward, and saves.
+    fn start_helper(&self, st: &mut State) -> Result<(), CniError> {
+        host::check_tun().map_err(internal)?;
+        let binary = slirp::find_helper(&self.conf.helper)
+            .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.conf.helper)))?;
+        if let Some(old) = st.helper.take() {
+            // Alive without its socket is no use; it must go before a new one takes tap0.
+            let _ = slirp::stop(&old);
+        }
+        for stray in host::helpers_serving(&st.netns) {
+            let _ = slirp::stop(&stray);
+        }
+        let started = Instant::now();
+        let helper =
+            self.with_dad_disabled(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
+        let helper = helper.map_err(|e| internal(format!("start slirp4netns: {e}")))?;
+        log::debug!("slirp4netns pid {} ready in {:?}", helper.pid, started.elapsed());
+        let socket = helper.api_socket.clone();
+        st.helper = Some(helper);
+        let guest =
+            config::SlirpNet::derive(&st.params.cidr).map(|n| n.guest).unwrap_or(self.conf.net.guest).to_string();
+        for member in &mut st.members {
+            for fwd in &mut member.forwards {
+                fwd.id = match slirp::add_hostfwd(&socket, fwd, &guest) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        log::warn!(
+                            "could not restore host port {}/{} of container {}: {e}",
+                            fwd.host_port,
+                            fwd.proto,
+                            member.container_id
+                        );
+                        None
+                    }
+                };
+            }
+        }
+        self.save(st)
+    }
+
+    /// IPv6 duplicate address detection would hold the tap's address back 1–2 s; podman turns
+    /// it off in the netns while slirp4netns configures the tap, then restores it.
+    fn with_dad_disabled<T>(&self, st: &State, work: impl FnOnce() -> T) -> T {
+        const KEY: &str = "net/ipv6/conf/default/accept_dad";
+        let saved = if st.params.enable_ipv6 {
+            host::swap_sysctl_in(&st.netns, KEY, "0").map_err(|e| log::warn!("disable IPv6 DAD: {e}")).ok()
+        } else {
+            None
+        };
+        let out = work();
+        if let Some(old) = saved {
+            if let Err(e) = host::swap_sysctl_in(&st.netns, KEY, old.trim()) {
+                log::warn!("restore IPv6 DAD: {e}");
+            }
+        }
+        out
+    }
+
+    /// Creates the state directory, the netns and the helper; on failure nothing is left.
+    fn create(&self) -> Result<State, CniError> {
+        host::check_tun().map_err(internal)?;
+        slirp::find_helper(&self.conf.helper)
+            .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.conf.helper)))?;
+        let userns_inode = host::userns_inode().map_err(internal)?;
+        let mut st = State {
+            version: STATE_VERSION,
+            netns: self.paths.netns.clone(),
+            userns_inode,
+            params: self.params(),
+            helper: None,
+            members: Vec::new(),
+        };
+        let made = self.prepare_dir().and_then(|_| host::create_netns(&st.netns).map_err(internal));
+        let made = made.and_then(|_| self.save(&st)).and_then(|_| self.start_helper(&mut st));
+        if let Err(e) = made {
+            for problem in self.teardown(Some(&st)) {
+                log::warn!("cleanup after a failed start: {problem}");
+            }
+            return Err(e);
+        }
+        log::info!("created rootless netns {} served by slirp4netns", st.netns.display());
+        Ok(st)
+    }
+
+    fn prepare_dir(&self) -> Result<(), CniError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let run = self.paths.dir.join("run");
+        for dir in [run.clone(), mounts::rebase(&self.paths.dir, Path::new(mounts::VAR_LIB_CNI))] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| internal(format!("create {}: {e}", dir.display())))?;
+        }
+        mounts::relabel_run_dir(&run).map_err(internal)
+    }
+
+    /// Validates the recorded state and repairs it: a stale netns is torn down (and recreated
+    /// when `create`), a dead helper is restarted with its forwards. `None`: nothing exists.
+    fn ensure(&self, st: Option<State>, create: bool) -> Result<Option<State>, CniError> {
+        let mut st = st;
+        if let Some(s) = &st {
+            if let Some(reason) = Self::stale_reason(s) {
+                log::warn!(
+                    "rootless netns {} is stale: {reason}; removing it ({} attachment(s) made in it are orphaned)",
+                    s.netns.display(),
+                    s.members.len()
+                );
+                let errors = self.teardown(Some(s));
+                if !errors.is_empty() {
+                    return Err(internal(format!("remove stale rootless netns: {}", errors.join("; "))));
+                }
+                st = None;
+            }
+        }
+        match st {
+            None if create => self.create().map(Some),
+            None => Ok(None),
+            Some(mut s) => {
+                if !Self::helper_running(&s) {
+                    log::warn!("slirp4netns for {} is not running; restarting it", s.netns.display());
+                    self.start_helper(&mut s)?;
+                }
+                Ok(Some(s))
+            }
+        }
+    }
+
+    /// Adds the forwards `mappings` need; on any failure the ones already added are removed.
+    fn add_forwards(&self, st: &State) -> Result<Vec<Forward>, CniError> {
+        let wanted = host::forwards_for(&self.conf.port_mappings).map_err(CniError::invalid_config)?;
+        for fwd in &wanted {
+            if let Some((m, _)) = st.forwards().find(|(_, f)| host::clashes(f, fwd)) {
+                return Err(internal(format!(
+                    "host port {}/{} cannot be published: container {} already publishes it",
+                    fwd.host_port, fwd.proto, m.container_id
+                )));
+            }
+        }
+        let socket = st.helper.as_ref().map(|h| h.api_socket.clone()).ok_or_else(|| internal("no helper running"))?;
+        let guest = self.conf.net.guest.to_string();
+        let mut added: Vec<Forward> = Vec::new();
+        for fwd in wanted {
+            let result = host::probe_host_port(&fwd).and_then(|_| {
+                slirp::add_hostfwd(&socket, &fwd, &guest).map_err(|e| {
+                    format!("slirp4netns could not forward host port {}/{}: {e}", fwd.host_port, fwd.proto)
+                })
+            });
+            match result {
+                Ok(id) => added.push(Forward { id: Some(id), ..fwd }),
+                Err(e) => {
+                    remove_forwards(st, &added);
+                    return Err(internal(e));
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Runs `work` inside the shared netns (a fresh empty one when `None`) and the private mount
+    /// namespace, then returns to the runtime's mount namespace; the netns stays (see
+    /// [`mounts::Inside`]), so only netns-independent work may follow.
+    fn inside<T>(&self, netns: Option<&Path>, work: impl FnOnce() -> T) -> Result<T, CniError> {
+        self.prepare_dir()?;
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let conf = mounts::build_resolv_conf(&host_resolv, self.conf.net.dns.into(), self.conf.enable_ipv6);
+        write_atomic(&self.paths.resolv, conf.as_bytes()).map_err(internal)?;
+        let resolv_target = match mounts::resolve_first_run_path(Path::new("/"), "/etc/resolv.conf") {
+            Ok(t) => Some(PathBuf::from(t)),
+            Err(e) => {
+                log::warn!("inner plugins keep the host's resolv.conf: {e}");
+                None
+            }
+        };
+        let existing = |p: Option<String>| p.filter(|p| !p.is_empty()).map(PathBuf::from).filter(|p| p.exists());
+        let input = mounts::PlanInput {
+            state_dir: self.paths.dir.clone(),
+            xdg_runtime_dir: existing(getenv("XDG_RUNTIME_DIR")),
+            container_netns: existing(Some(self.args.netns.clone())),
+            run_systemd: Path::new("/run/systemd").is_dir(),
+            resolv_target,
+            var_target: mounts::var_lib_cni_target(Path::new("/")).map_err(internal)?,
+        };
+        let steps = mounts::plan(&input);
+        let ns = match netns {
+            Some(p) => Some(NetNs::open(p).map_err(|e| internal(format!("open the rootless netns: {e}")))?),
+            None => None,
+        };
+        let path = mounts::inner_path(&getenv("PATH").unwrap_or_default());
+        // Single-threaded process: nothing can read the environment concurrently.
+        std::env::set_var("PATH", path);
+        let entered = mounts::enter(ns.as_ref().map(NetNs::file), &steps);
+        let out = match entered {
+            Ok(inside) => {
+                let out = work();
+                drop(inside);
+                Ok(out)
+            }
+            Err(e) => Err(internal(format!("prepare the mount namespace for the inner plugins: {e}"))),
+        };
+        for file in mounts::transient_files(&input, &steps) {
+            let _ = std::fs::remove_file(file);
+        }
+        out
+    }
+
+    fn extras<'b>(
+        &self,
+        prev: Option<&'b Value>,
+        rc: Option<&'b Map<String, Value>>,
+        passthrough: &'b [(String, Value)],
+    ) -> InnerExtras<'b> {
+        InnerExtras { prev_result: prev, runtime_config: rc, passthrough, mtu: Some(self.conf.mtu) }
+    }
+
+    fn exec(&self, i: usize, cmd: Command, args: &CmdArgs, conf: &Value) -> Result<Vec<u8>, CniError> {
+        let ty = self.conf.plugin_type(i);
+        invoke::exec(ty, cmd, args, conf.to_string().as_bytes())
+    }
+
+    fn inner_conf(&self, i: usize, extras: &InnerExtras<'_>) -> Value {
+        config::inner_config(&self.conf.plugins[i], &self.conf.name, &self.conf.cni_version, extras)
+    }
+
+    /// ADD through the chain with `prevResult` chaining; a failure runs DEL for the plugins
+    /// that ran (and the failing one) before returning the inner error unchanged.
+    fn add_chain(&self) -> Result<Value, CniError> {
+        let mut prev = outer_prev_result(self.args);
+        for i in 0..self.conf.plugins.len() {
+            let conf = self.inner_conf(i, &self.extras(prev.as_ref(), Some(&self.conf.runtime_config), &[]));
+            let out = self.exec(i, Command::Add, self.args, &conf).and_then(|out| {
+                serde_json::from_slice::<Value>(&out)
+                    .map_err(|e| internal(format!("plugin {} printed no result: {e}", self.conf.plugin_type(i))))
+            });
+            match out {
+                Ok(v) => prev = Some(v),
+                Err(e) => {
+                    for problem in self.del_chain(self.args, prev.as_ref(), &self.conf.runtime_config, i + 1) {
+                        log::warn!("cleanup after failed ADD: {problem}");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        prev.ok_or_else(|| internal("no inner plugin produced a result"))
+    }
+
+    /// DEL through the first `count` plugins in reverse; goes on after errors and returns them.
+    fn del_chain(&self, args: &CmdArgs, prev: Option<&Value>, rc: &Map<String, Value>, count: usize) -> Vec<CniError> {
+        let mut errors = Vec::new();
+        for i in (0..count.min(self.conf.plugins.len())).rev() {
+            let conf = self.inner_conf(i, &self.extras(prev, Some(rc), &[]));
+            if let Err(e) = self.exec(i, Command::Del, args, &conf) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    fn check_chain(&self) -> Result<(), CniError> {
+        let prev = outer_prev_result(self.args);
+        for i in 0..self.conf.plugins.len() {
+            let conf = self.inner_conf(i, &self.extras(prev.as_ref(), Some(&self.conf.runtime_config), &[]));
+            self.exec(i, Command::Check, self.args, &conf)?;
+        }
+        Ok(())
+    }
+
+    fn forward_chain(&self, cmd: Command, passthrough: &[(String, Value)]) -> Vec<CniError> {
+        let mut errors = Vec::new();
+        for i in 0..self.conf.plugins.len() {
+            let conf = self.inner_conf(i, &self.extras(None, None, passthrough));
+            if let Err(e) = self.exec(i, cmd, self.args, &conf) {
+                errors.push(e);
+                if cmd == Command::Status {
+                    break;
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// Writes a file by rename so a reader never sees half of it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+}
+
+/// Removes forwards from the helper; failures only matter to the log (the port is released
+/// when the helper stops anyway).
+fn remove_forwards(st: &State, forwards: &[Forward]) {
+    let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_alive(h)) else { return };
+    for fwd in forwards {
+        if let Some(id) = fwd.id {
+            if let Err(e) = slirp::remove_hostfwd(&helper.api_socket, id) {
+                log::warn!("remove forward of host port {}/{} (id {id}): {e}", fwd.host_port, fwd.proto);
+            }
+        }
+    }
+}
+
+/// The outer `prevResult`, passed on unchanged (it is already in the configuration's version).
+fn outer_prev_result(args: &CmdArgs) -> Option<Value> {
+    args.config.as_object().and_then(|m| lookup(m, "prevResult")).filter(|v| !v.is_null()).cloned()
+}
+
+/// The GC lists as the runtime sent them, for the inner plugins.
+fn gc_lists(args: &CmdArgs) -> Vec<(String, Value)> {
+    let Some(map) = args.config.as_object() else { return Vec::new() };
+    ["cni.dev/valid-attachments", "cni.dev/attachments"]
+        .iter()
+        .filter_map(|k| lookup(map, k).map(|v| (k.to_string(), v.clone())))
+        .collect()
+}
+
+impl Plugin for RootlessWrapper {
+    fn about(&self) -> String {
+        format!("CNI plugin rootless-wrapper (cni-plugins-rs {})", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        let started = Instant::now();
+        let conf = WrapperConf::load(args, &getenv)?;
+        // Before anything is created: without these rights nothing below can work.
+        host::check_privileges().map_err(internal)?;
+        let mut s = Session::open(conf, args)?;
+        let st = s.load(false)?;
+        let first = st.is_none();
+        let Some(mut st) = s.ensure(st, true)? else { return Err(internal("rootless netns could not be created")) };
+        s.adopt(&st);
+        // A runtime retrying ADD: the earlier record and its ports are replaced.
+        if let Some(old) = st.take_member(&args.container_id, &args.ifname) {
+            remove_forwards(&st, &old.forwards);
+        }
+        let forwards = match s.add_forwards(&st) {
+            Ok(f) => f,
+            Err(e) => {
+                finish(&s, &st);
+                return Err(e);
+            }
+        };
+        st.members.push(Member {
+            container_id: args.container_id.clone(),
+            ifname: args.ifname.clone(),
+            network: s.conf.name.clone(),
+            netns: args.netns.clone(),
+            cni_args: args.args.clone(),
+            runtime_config: Value::Object(s.conf.runtime_config.clone()),
+            result: None,
+            forwards,
+        });
+        // Recorded before the inner plugins run, so a crash in between leaves something GC sees.
+        s.save(&st)?;
+        let host_done = started.elapsed();
+        let netns = st.netns.clone();
+        let outcome = s.inside(Some(&netns), || s.add_chain()).and_then(|r| r);
+        match outcome {
+            Ok(value) => {
+                let result = CniResult::parse(value.clone(), &s.conf.cni_version)?;
+                if let Some(m) =
+                    st.members.iter_mut().find(|m| m.container_id == args.container_id && m.ifname == args.ifname)
+                {
+                    m.result = Some(value);
+                }
+                s.save(&st)?;
+                log::debug!(
+                    "ADD {} ({}): host side {host_done:?}, total {:?}",
+                    args.container_id,
+                    if first { "first" } else { "joined" },
+                    started.elapsed()
+                );
+                Ok(result)
+            }
+            Err(e) => {
+                if let Some(m) = st.take_member(&args.container_id, &args.ifname) {
+                    remove_forwards(&st, &m.forwards);
+                }
+                finish(&s, &st);
+                Err(e)
+            }
+        }
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = WrapperConf::load(args, &getenv)?;
+        let mut s = Session::open(conf, args)?;
+        let Some(st) = s.load(false)? else {
+            // Nothing was ever set up here (or it is all gone already): a repeated DEL is fine.
+            return Ok(());
+        };
+        s.adopt(&st);
+        host::check_privileges().map_err(internal)?;
+        let mut st = match s.ensure(Some(st.clone()), false) {
+            Ok(Some(st)) => st,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // DEL must make progress: without a helper the inner DEL still works.
+                log::warn!("DEL goes on without repairing the helper: {e}");
+                st
+            }
+        };
+        let mut errors = Vec::new();
+        if let Some(m) = st.take_member(&args.container_id, &args.ifname) {
+            remove_forwards(&st, &m.forwards);
+        }
+        let netns = st.netns.clone();
+        let count = s.conf.plugins.len();
+        match s
+            .inside(Some(&netns), || s.del_chain(args, outer_prev_result(args).as_ref(), &s.conf.runtime_config, count))
+        {
+            Ok(errs) => errors.extend(errs),
+            Err(e) => errors.push(e),
+        }
+        if st.members.is_empty() {
+            errors.extend(s.teardown(Some(&st)).into_iter().map(internal));
+        } else if let Err(e) = s.save(&st) {
+            errors.push(e);
+        }
+        combine(errors)
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = WrapperConf::load(args, &getenv)?;
+        host::check_privileges().map_err(internal)?;
+        let mut s = Session::open(conf, args)?;
+        let st = s.load(false)?;
+        let Some(st) = s.ensure(st, false)? else {
+            return Err(internal(format!("rootless netns in {} does not exist", s.paths.dir.display())));
+        };
+        s.adopt(&st);
+        let Some(member) = st.member(&args.container_id, &args.ifname) else {
+            return Err(internal(format!(
+                "container {} interface {} is not attached to the rootless netns",
+                args.container_id, args.ifname
+            )));
+        };
+        if !member.forwards.is_empty() {
+            let socket = st.helper.as_ref().map(|h| h.api_socket.clone()).ok_or_else(|| internal("no helper"))?;
+            let active = slirp::list_hostfwd(&socket).map_err(|e| internal(format!("list_hostfwd: {e}")))?;
+            for fwd in &member.forwards {
+                if !fwd.id.is_some_and(|id| active.contains(&id)) {
+                    return Err(internal(format!(
+                        "host port {}/{} of container {} is not forwarded by slirp4netns",
+                        fwd.host_port, fwd.proto, args.container_id
+                    )));
+                }
+            }
+        }
+        let netns = st.netns.clone();
+        s.inside(Some(&netns), || s.check_chain())?
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = WrapperConf::load(args, &getenv)?;
+        let mut s = Session::open(conf, args)?;
+        let Some(st) = s.load(false)? else { return Ok(()) };
+        host::check_privileges().map_err(internal)?;
+        let Some(mut st) = s.ensure(Some(st), false)? else { return Ok(()) };
+        s.adopt(&st);
+        let valid = args.net_conf()?.gc_valid_attachments().map(<[_]>::to_vec);
+        let Some(valid) = valid else {
+            // Without a list nothing can be known to be stale: validating was all there was to do.
+            let netns = st.netns.clone();
+            return combine(s.inside(Some(&netns), || s.forward_chain(Command::Gc, &gc_lists(args)))?);
+        };
+        let is_valid = |m: &Member| valid.iter().any(|v| v.container_id == m.container_id && v.ifname == m.ifname);
+        let (keep, stale): (Vec<Member>, Vec<Member>) = st.members.drain(..).partition(is_valid);
+        st.members = keep;
+        let mut errors = Vec::new();
+        for m in &stale {
+            remove_forwards(&st, &m.forwards);
+        }
+        let netns = st.netns.clone();
+        let lists = gc_lists(args);
+        let inner = s.inside(Some(&netns), || {
+            let mut errors = Vec::new();
+            for m in &stale {
+                log::info!("GC: detaching container {} interface {}", m.container_id, m.ifname);
+                let member_args = CmdArgs {
+                    container_id: m.container_id.clone(),
+                    netns: m.netns.clone(),
+                    ifname: m.ifname.clone(),
+                    args: m.cni_args.clone(),
+                    ..args.clone()
+                };
+                let rc = m.runtime_config.as_object().cloned().unwrap_or_default();
+                errors.extend(s.del_chain(&member_args, m.result.as_ref(), &rc, s.conf.plugins.len()));
+            }
+            if !st.members.is_empty() {
+                errors.extend(s.forward_chain(Command::Gc, &lists));
+            }
+            errors
+        });
+        match inner {
+            Ok(errs) => errors.extend(errs),
+            Err(e) => errors.push(e),
+        }
+        if st.members.is_empty() {
+            errors.extend(s.teardown(Some(&st)).into_iter().map(internal));
+        } else if let Err(e) = s.save(&st) {
+            errors.push(e);
+        }
+        combine(errors)
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let conf = WrapperConf::load(args, &getenv)?;
+        let mut reasons = Vec::new();
+        reasons.extend(host::check_privileges().err());
+        reasons.extend(host::check_tun().err());
+        if slirp::find_helper(&conf.helper).is_none() {
+            reasons.push(format!("helper binary {:?} not found on PATH", conf.helper));
+        }
+        if !reasons.is_empty() {
+            return Err(not_available(format!("rootless-wrapper is not ready: {}", reasons.join("; "))));
+        }
+        let mut s = Session::open(conf, args)?;
+        let st = s.load(true)?;
+        let st = s.ensure(st, false).map_err(|e| not_available(format!("rootless-wrapper: broken state: {e}")))?;
+        if let Some(st) = &st {
+            s.adopt(st);
+        }
+        let netns = st.as_ref().map(|st| st.netns.clone());
+        let inner = s.inside(netns.as_deref(), || s.forward_chain(Command::Status, &[]));
+        if st.is_none() {
+            // The inner plugins needed the directories; nothing else exists, so nothing stays.
+            for problem in s.teardown(None) {
+                log::warn!("STATUS cleanup: {problem}");
+            }
+        }
+        combine(inner?)
+    }
+}
+
+/// Saves the state, or tears everything down when nobody is attached any more.
+fn finish(s: &Session<'_>, st: &State) {
+    if st.members.is_empty() {
+        for problem in s.teardown(Some(st)) {
+            log::warn!("teardown: {problem}");
+        }
+    } else if let Err(e) = s.save(st) {
+        log::warn!("{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_keeps_the_lock_outside_the_directory() {
+        let p = Paths::new(Path::new("/run/user/1000/cni-rootless"));
+        assert_eq!(p.lock, PathBuf::from("/run/user/1000/cni-rootless.lock"));
+        assert!(!p.lock.starts_with(&p.dir));
+        for inside in [&p.state, &p.netns, &p.api_socket, &p.log, &p.resolv] {
+            assert!(inside.starts_with(&p.dir));
+        }
+    }
+
+    #[test]
+    fn errors_combine_keeping_the_first_code() {
+        assert!(combine(vec![]).is_ok());
+        let one = CniError::new(11, "busy");
+        assert_eq!(combine(vec![one.clone()]).unwrap_err(), one);
+        let e = combine(vec![CniError::new(7, "a"), CniError::new(999, "b")]).unwrap_err();
+        assert_eq!((e.code, e.msg.as_str()), (7, "a; b"));
+    }
+
+    #[test]
+    fn gc_lists_are_passed_through() {
+        let config =
+            serde_json::json!({"name": "n", "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]});
+        let args = CmdArgs { config, ..Default::default() };
+        let lists = gc_lists(&args);
+        assert_eq!(lists.len(), 1);
+        assert_eq!(lists[0].0, "cni.dev/valid-attachments");
+        assert!(outer_prev_result(&args).is_none());
+    }
+}

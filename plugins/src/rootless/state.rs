@@ -1,0 +1,255 @@
+//! The wrapper's on-disk state: which shared netns exists, which helper serves it, who is
+//! attached and which host ports are forwarded. There is no daemon, so this file is the only
+//! memory between invocations; it is read and written under the state lock only, and always
+//! replaced atomically (write a temporary file, rename).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Format version of `state.json`.
+pub const STATE_VERSION: u32 = 1;
+
+/// The running helper, identified well enough that a recycled PID is never mistaken for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HelperId {
+    /// Process ID.
+    pub pid: i32,
+    /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22).
+    #[serde(rename = "startTime")]
+    pub start_time: u64,
+    /// The process name the kernel reports (`comm`).
+    pub comm: String,
+    /// The binary that was started.
+    pub binary: PathBuf,
+    /// Its API socket.
+    #[serde(rename = "apiSocket")]
+    pub api_socket: PathBuf,
+}
+
+/// One host port forwarded by the helper into the rootless netns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Forward {
+    /// The helper's ID for it; `None` when it could not be re-added after a helper restart.
+    pub id: Option<i64>,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// Host address slirp4netns binds (`0.0.0.0` for all).
+    #[serde(rename = "hostAddr")]
+    pub host_addr: String,
+    /// Host port.
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    /// Port on the tap address in the rootless netns (the host port; the inner portmap DNATs it).
+    #[serde(rename = "guestPort")]
+    pub guest_port: u16,
+}
+
+/// One attachment: a container interface on the inner network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Member {
+    /// `CNI_CONTAINERID`.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// Network name.
+    pub network: String,
+    /// `CNI_NETNS` at ADD, for a GC that has to run the inner DEL without the runtime.
+    pub netns: String,
+    /// `CNI_ARGS` at ADD.
+    #[serde(rename = "cniArgs")]
+    pub cni_args: String,
+    /// The outer `runtimeConfig` at ADD.
+    #[serde(rename = "runtimeConfig")]
+    pub runtime_config: Value,
+    /// The inner chain's result, once ADD completed.
+    pub result: Option<Value>,
+    /// Host ports forwarded for this attachment.
+    pub forwards: Vec<Forward>,
+}
+
+/// The helper's settings, recorded so that a restart recreates exactly the same network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetParams {
+    /// `--cidr`.
+    pub cidr: String,
+    /// `--mtu`.
+    pub mtu: u32,
+    /// `--enable-ipv6`.
+    #[serde(rename = "enableIPv6")]
+    pub enable_ipv6: bool,
+    /// Not `--disable-host-loopback`.
+    #[serde(rename = "allowHostLoopback")]
+    pub allow_host_loopback: bool,
+}
+
+/// Everything the wrapper remembers about one state directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// Format version.
+    pub version: u32,
+    /// The bind-mounted netns file.
+    pub netns: PathBuf,
+    /// Inode of the user namespace the netns was created in; another one means it is stale.
+    #[serde(rename = "usernsInode")]
+    pub userns_inode: u64,
+    /// The helper's settings.
+    pub params: NetParams,
+    /// The helper, once started.
+    pub helper: Option<HelperId>,
+    /// The attachments, keyed by (container ID, ifname).
+    pub members: Vec<Member>,
+}
+
+impl State {
+    /// The attachment of `(container_id, ifname)`.
+    pub fn member(&self, container_id: &str, ifname: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.container_id == container_id && m.ifname == ifname)
+    }
+
+    /// Removes and returns the attachment of `(container_id, ifname)`; a second call finds
+    /// nothing, so a repeated DEL can never count anyone twice.
+    pub fn take_member(&mut self, container_id: &str, ifname: &str) -> Option<Member> {
+        let i = self.members.iter().position(|m| m.container_id == container_id && m.ifname == ifname)?;
+        Some(self.members.remove(i))
+    }
+
+    /// Every forward of every attachment, with the attachment it belongs to.
+    pub fn forwards(&self) -> impl Iterator<Item = (&Member, &Forward)> {
+        self.members.iter().flat_map(|m| m.forwards.iter().map(move |f| (m, f)))
+    }
+
+    /// Parses `state.json`.
+    pub fn decode(bytes: &[u8]) -> Result<State, String> {
+        let st: State = serde_json::from_slice(bytes).map_err(|e| format!("cannot parse: {e}"))?;
+        if st.version != STATE_VERSION {
+            return Err(format!("unknown state version {} (expected {STATE_VERSION})", st.version));
+        }
+        if st.netns.as_os_str().is_empty() {
+            return Err("no netns path recorded".into());
+        }
+        Ok(st)
+    }
+
+    /// Serialises for `state.json`.
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of plain data always serialises.
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Reads the state file: `Ok(None)` when there is none, `Err` when it exists but is unusable.
+pub fn load(path: &Path) -> Result<Option<State>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => State::decode(&bytes).map(Some).map_err(|e| format!("state file {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("read state file {}: {e}", path.display())),
+    }
+}
+
+/// Replaces the state file atomically, so a crashed writer leaves either the old or the new
+/// state. No fsync: everything the state describes (a netns, a process) dies with the machine,
+/// so surviving a power loss is worth nothing, and a file left torn by one is detected and reset.
+pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(&state.encode())?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> State {
+        State {
+            version: STATE_VERSION,
+            netns: "/run/user/1000/cni-rootless/netns".into(),
+            userns_inode: 4026532001,
+            params: NetParams { cidr: "10.0.2.0/24".into(), mtu: 65520, enable_ipv6: false, allow_host_loopback: true },
+            helper: Some(HelperId {
+                pid: 4242,
+                start_time: 987654,
+                comm: "slirp4netns".into(),
+                binary: "/usr/bin/slirp4netns".into(),
+                api_socket: "/run/user/1000/cni-rootless/slirp.sock".into(),
+            }),
+            members: vec![Member {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                network: "rl".into(),
+                netns: "/run/user/1000/netns/c1".into(),
+                runtime_config: json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}),
+                result: Some(json!({"cniVersion": "1.0.0"})),
+                forwards: vec![Forward {
+                    id: Some(1),
+                    proto: "tcp".into(),
+                    host_addr: "0.0.0.0".into(),
+                    host_port: 8080,
+                    guest_port: 8080,
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let st = sample();
+        let bytes = st.encode();
+        assert_eq!(State::decode(&bytes).unwrap(), st);
+        let text = String::from_utf8(bytes).unwrap();
+        for key in
+            ["\"usernsInode\"", "\"startTime\"", "\"apiSocket\"", "\"containerID\"", "\"hostPort\"", "\"guestPort\""]
+        {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+    }
+
+    #[test]
+    fn decode_rejects_broken_files() {
+        assert!(State::decode(b"{not json").unwrap_err().contains("cannot parse"));
+        assert!(State::decode(br#"{"version": 2, "netns": "/x"}"#).unwrap_err().contains("version"));
+        assert!(State::decode(br#"{"version": 1}"#).unwrap_err().contains("netns"));
+        // Unknown keys from a newer writer are tolerated.
+        let st = State::decode(br#"{"version": 1, "netns": "/x", "future": true}"#).unwrap();
+        assert!(st.members.is_empty() && st.helper.is_none());
+    }
+
+    #[test]
+    fn membership_is_a_set() {
+        let mut st = sample();
+        assert!(st.member("c1", "eth0").is_some());
+        assert!(st.member("c1", "eth1").is_none());
+        assert_eq!(st.forwards().count(), 1);
+        assert!(st.take_member("c1", "eth0").is_some());
+        assert!(st.take_member("c1", "eth0").is_none(), "a double DEL finds nothing");
+        assert!(st.members.is_empty());
+    }
+
+    #[test]
+    fn save_is_atomic_and_load_distinguishes_missing_from_broken() {
+        let dir = std::env::temp_dir().join(format!("rootless-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        assert_eq!(load(&path).unwrap(), None);
+        save(&path, &sample()).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(sample()));
+        assert!(!dir.join("state.json.tmp").exists());
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(load(&path).unwrap_err().contains("state file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
