@@ -103,8 +103,6 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Raw samples by scenario and participant.
     pub raw: Map<String, Value>,
-    /// The growth scenario's (existing containers, ADD ms) points by participant.
-    pub growth: Vec<(&'static str, Vec<(f64, f64)>)>,
     /// Failed operations and leftovers: a non-zero count fails the run (times never do).
     pub problems: usize,
 }
@@ -113,12 +111,23 @@ fn by<'a>(t: &'a [LaneTimes], who: &str) -> Option<&'a LaneTimes> {
     t.iter().find(|l| l.who == who)
 }
 
+/// (existing containers, ADD ms) points of one participant.
+pub type Series = (&'static str, Vec<(f64, f64)>);
+
+/// Median of the first `w` ADDs; none when the lane has fewer than `2 w` (first and last
+/// windows would overlap, e.g. a reference run capped to fewer containers).
 fn first_window(t: &LaneTimes, w: usize) -> Option<f64> {
+    if t.add_series.len() < 2 * w {
+        return None;
+    }
     let ys: Vec<f64> = t.add_series.iter().take(w).map(|p| p.1).collect();
     median(&ys)
 }
 
 fn last_window(t: &LaneTimes, w: usize) -> Option<f64> {
+    if t.add_series.len() < 2 * w {
+        return None;
+    }
     let skip = t.add_series.len().saturating_sub(w);
     let ys: Vec<f64> = t.add_series.iter().skip(skip).map(|p| p.1).collect();
     median(&ys)
@@ -209,8 +218,8 @@ impl Report {
         self.lane_notes(scenario, t);
     }
 
-    /// Rows of the growth scenario; keeps its points for the chart.
-    pub fn growth(&mut self, scenario: &str, t: &[LaneTimes], w: usize, n: usize) {
+    /// Rows of the growth scenario; returns its points for the chart.
+    pub fn growth(&mut self, scenario: &str, t: &[LaneTimes], w: usize, n: usize) -> Vec<Series> {
         self.row(scenario, "ADD p50", Unit::Ms, t, |l| percentile(&l.add, 50.0));
         self.row(scenario, "ADD p90", Unit::Ms, t, |l| percentile(&l.add, 90.0));
         self.row(scenario, &format!("ADD median, first {w}"), Unit::Ms, t, |l| first_window(l, w));
@@ -218,8 +227,8 @@ impl Report {
         self.row(scenario, "ADD slope per existing ctr", Unit::MsPerCtr, t, |l| slope(&l.add_series));
         self.row(scenario, &format!("DEL p50 with ~{n} attached"), Unit::Ms, t, |l| median(&l.del));
         self.row(scenario, "errors", Unit::Count, t, |l| Some(l.errors as f64));
-        self.growth = t.iter().map(|l| (l.who, l.add_series.clone())).collect();
         self.lane_notes(scenario, t);
+        t.iter().map(|l| (l.who, l.add_series.clone())).collect()
     }
 
     /// Rows of start-up cost and peak RSS of VERSION.
@@ -380,7 +389,7 @@ fn esc(s: &str) -> String {
 
 /// ADD time against containers already attached: faint dots per ADD, a running median and the
 /// least-squares line per participant. Points above the y range (rare outliers) are counted.
-pub fn growth_svg(series: &[(&'static str, Vec<(f64, f64)>)], title: &str, subtitle: &str) -> String {
+pub fn growth_svg(series: &[Series], title: &str, subtitle: &str) -> String {
     let (w, h) = (960.0, 540.0);
     let (left, right, top, bottom) = (70.0, 230.0, 72.0, 60.0);
     let (pw, ph) = (w - left - right, h - top - bottom);

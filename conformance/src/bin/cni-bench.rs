@@ -2,8 +2,9 @@
 //!
 //! Every scenario runs in private fake hosts (one per scenario and participant) and alternates
 //! the participants' order per iteration so machine noise hits all of them alike. It prints a
-//! Markdown table with the ratio reference / ours per figure, writes `latest.json` and
-//! `growth.svg`, and never fails because of a time. See `BENCHMARKS.md` at the workspace root.
+//! Markdown table with the ratio reference / ours per figure, writes `latest.json`,
+//! `growth.svg` and `portmap-growth.svg`, and never fails because of a time. See
+//! `BENCHMARKS.md` at the workspace root.
 //!
 //! `cni-bench [--quick] [--ours DIR] [--reference DIR] [--out DIR] [--only a,b]`
 
@@ -16,7 +17,7 @@ mod bench;
 use anyhow::{bail, Context, Result};
 use bench::nets::{net, Who};
 use bench::proc::{install_stop_handler, tool};
-use bench::report::{growth_svg, Report};
+use bench::report::{growth_svg, Report, Series};
 use bench::scenarios;
 use conformance::{run, Suite};
 use serde_json::{json, Value};
@@ -31,10 +32,17 @@ const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "loopb
 const CONCURRENT: &[&str] = &["bridge-masq", "bridge"];
 /// Network of the growth scenario.
 const GROWTH: &str = "bridge-masq";
+/// Networks of the portmap scenario (sequential, 1, 10 and 100 ports per container).
+const PORTMAP: &[&str] = &["portmap-1", "portmap-10", "portmap-100"];
+/// The portmap network whose reference runs are capped (`Counts::portmap_reference_100`).
+const PORTMAP_CAPPED: &str = "portmap-100";
+/// Network of the portmap growth scenario.
+const PORTMAP_GROWTH: &str = "portmap-10";
 /// Network whose operations are measured for peak memory.
 const MEMORY: &str = "bridge-masq";
 /// Scenario names `--only` accepts.
-const SCENARIOS: &[&str] = &["start", "size", "memory", "sequential", "concurrent", "growth"];
+const SCENARIOS: &[&str] =
+    &["start", "size", "memory", "sequential", "concurrent", "portmap", "growth", "portmap-growth"];
 
 /// How many of everything.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +57,14 @@ struct Counts {
     growth_window: usize,
     start: usize,
     memory: usize,
+    /// Containers per portmap network (sequential).
+    portmap: usize,
+    /// Containers the reference attaches with 100 ports each (it takes 1-3 s per ADD).
+    portmap_reference_100: usize,
+    portmap_window: usize,
+    /// Containers with 10 ports each accumulating in the portmap growth scenario.
+    portmap_growth: usize,
+    portmap_growth_window: usize,
 }
 
 const FULL: Counts = Counts {
@@ -62,6 +78,11 @@ const FULL: Counts = Counts {
     growth_window: 50,
     start: 200,
     memory: 5,
+    portmap: 50,
+    portmap_reference_100: 50,
+    portmap_window: 25,
+    portmap_growth: 100,
+    portmap_growth_window: 10,
 };
 
 const QUICK: Counts = Counts {
@@ -75,6 +96,11 @@ const QUICK: Counts = Counts {
     growth_window: 10,
     start: 20,
     memory: 2,
+    portmap: 4,
+    portmap_reference_100: 2,
+    portmap_window: 2,
+    portmap_growth: 10,
+    portmap_growth_window: 3,
 };
 
 struct Args {
@@ -234,18 +260,7 @@ fn real_main() -> Result<()> {
     }
     if wants("sequential") {
         for key in SEQUENTIAL {
-            let whos = setup.whos(key, true, &mut report.notes)?;
-            if whos.is_empty() {
-                continue;
-            }
-            let n = net(key)?;
-            let scenario = format!("sequential {}, N={}", n.title, c.sequential);
-            eprintln!("== {scenario}");
-            if !n.note.is_empty() {
-                note(&mut report.notes, format!("{scenario}: {}", n.note));
-            }
-            let t = scenarios::sequential(n, &whos, c.sequential)?;
-            report.sequential(&scenario, &t, c.window.min(c.sequential / 2).max(1));
+            sequential(&setup, &mut report, key, c.sequential, c.sequential, c.window)?;
         }
     }
     if wants("concurrent") {
@@ -261,23 +276,26 @@ fn real_main() -> Result<()> {
             report.concurrent(&scenario, &t);
         }
     }
-    let mut chart = None;
+    if wants("portmap") {
+        for key in PORTMAP {
+            let reference_n = if *key == PORTMAP_CAPPED { c.portmap_reference_100 } else { c.portmap };
+            sequential(&setup, &mut report, key, c.portmap, reference_n, c.portmap_window)?;
+        }
+    }
+    // (file name, SVG text). The big growth scenario runs last: the kernel tears its thousands of
+    // namespaces down asynchronously, which would disturb whatever ran next.
+    let mut charts: Vec<(&str, String)> = Vec::new();
+    if wants("portmap-growth") {
+        let floor = "floor = ip -batch + one iptables-restore (masquerade + DNAT rules)";
+        let (n, w) = (c.portmap_growth, c.portmap_growth_window);
+        if let Some(svg) = growth(&setup, &mut report, PORTMAP_GROWTH, n, c.growth_batch, w, floor)? {
+            charts.push(("portmap-growth.svg", svg));
+        }
+    }
     if wants("growth") {
-        let whos = setup.whos(GROWTH, true, &mut report.notes)?;
-        if !whos.is_empty() {
-            let n = net(GROWTH)?;
-            let scenario = format!("growth {}, N={}", n.title, c.growth);
-            eprintln!("== {scenario} (namespaces in batches of {})", c.growth_batch);
-            let t = scenarios::growth(n, &whos, c.growth, c.growth_batch, c.growth_window)?;
-            report.growth(&scenario, &t, c.growth_window, c.growth);
-            chart = Some(growth_svg(
-                &report.growth,
-                &format!("ADD time as containers accumulate: {}", n.title),
-                &format!(
-                    "{} containers on one bridge, cniVersion 1.0.0, participants interleaved; floor = ip -batch + iptables-restore",
-                    c.growth
-                ),
-            ));
+        let floor = "floor = ip -batch + iptables-restore";
+        if let Some(svg) = growth(&setup, &mut report, GROWTH, c.growth, c.growth_batch, c.growth_window, floor)? {
+            charts.push(("growth.svg", svg));
         }
     }
 
@@ -292,16 +310,17 @@ fn real_main() -> Result<()> {
     let json_path = args.out.join("latest.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report.json(meta))? + "\n")
         .with_context(|| format!("write {}", json_path.display()))?;
-    if let Some(svg) = chart {
-        let svg_path = args.out.join("growth.svg");
+    for (file, svg) in charts {
+        let svg_path = args.out.join(file);
         std::fs::write(&svg_path, svg).with_context(|| format!("write {}", svg_path.display()))?;
     }
 
     println!("{}", report.markdown());
     println!(
         "\\* floor: the same kernel objects made by `ip -batch` (host side, then container side) plus one \
-         `iptables-restore --noflush` when masquerading: an approximation of the kernel-work floor that still \
-         pays 2-3 small process starts; for start-up rows it is `/bin/true`."
+         `iptables-restore --noflush` when masquerading (with portmap, the same batch also holds the DNAT chain \
+         and rules): an approximation of the kernel-work floor that still pays 2-3 small process starts; for \
+         start-up rows it is `/bin/true`."
     );
     for n in &report.notes {
         println!("- {n}");
@@ -316,6 +335,75 @@ fn real_main() -> Result<()> {
         bail!("{} failed operations or leftovers (see the notes above)", report.problems);
     }
     Ok(())
+}
+
+/// The sequential scenario on network `key`: `n` containers (the reference only `reference_n`),
+/// growth window `window`.
+fn sequential(
+    setup: &Setup,
+    report: &mut Report,
+    key: &str,
+    n: usize,
+    reference_n: usize,
+    window: usize,
+) -> Result<()> {
+    let whos = setup.whos(key, true, &mut report.notes)?;
+    if whos.is_empty() {
+        return Ok(());
+    }
+    let net = net(key)?;
+    let has_reference = whos.iter().any(|w| matches!(w, Who::Suite(s) if s.is_reference()));
+    let capped = has_reference && reference_n < n;
+    let scenario = if capped {
+        format!("sequential {}, N={n} (reference N={reference_n})", net.title)
+    } else {
+        format!("sequential {}, N={n}", net.title)
+    };
+    eprintln!("== {scenario}");
+    if !net.note.is_empty() {
+        note(&mut report.notes, format!("{scenario}: {}", net.note));
+    }
+    if capped {
+        note(
+            &mut report.notes,
+            format!(
+                "{scenario}: the reference attaches only the first {reference_n} containers (seconds per ADD), \
+                 ours and the floor all {n}; its figures come from fewer, less crowded containers"
+            ),
+        );
+    }
+    if has_reference && !net.reference_check_broken.is_empty() {
+        note(&mut report.notes, format!("{scenario}: {}", net.reference_check_broken));
+    }
+    let t = scenarios::sequential(net, &whos, n, reference_n)?;
+    report.sequential(&scenario, &t, window.min(n / 2).max(1));
+    Ok(())
+}
+
+/// The growth scenario on network `key` with `n` containers; returns its chart.
+fn growth(
+    setup: &Setup,
+    report: &mut Report,
+    key: &str,
+    n: usize,
+    batch: usize,
+    window: usize,
+    floor: &str,
+) -> Result<Option<String>> {
+    let whos = setup.whos(key, true, &mut report.notes)?;
+    if whos.is_empty() {
+        return Ok(None);
+    }
+    let net = net(key)?;
+    let scenario = format!("growth {}, N={n}", net.title);
+    eprintln!("== {scenario} (namespaces in batches of {batch})");
+    let t = scenarios::growth(net, &whos, n, batch, window)?;
+    let series: Vec<Series> = report.growth(&scenario, &t, window, n);
+    Ok(Some(growth_svg(
+        &series,
+        &format!("ADD time as containers accumulate: {}", net.title),
+        &format!("{n} containers on one bridge, cniVersion 1.0.0, participants interleaved; {floor}"),
+    )))
 }
 
 /// Namespaces (`/run/netns`) and fake-host state directories (temp dir) of this process that
@@ -347,7 +435,8 @@ fn meta(args: &Args, setup: &Setup, c: Counts, elapsed: f64, leftover_netns: usi
         "quick": args.quick,
         "suites": setup.suites.iter().map(|s| json!({"name": s.name, "dir": s.dir})).collect::<Vec<_>>(),
         "counts": {"sequential": c.sequential, "concurrent": c.concurrent, "callers": c.callers,
-                   "growth": c.growth, "start": c.start, "memory": c.memory},
+                   "growth": c.growth, "start": c.start, "memory": c.memory, "portmap": c.portmap,
+                   "portmap_reference_100": c.portmap_reference_100, "portmap_growth": c.portmap_growth},
         "runtime_s": (elapsed * 10.0).round() / 10.0,
         "leftover_namespaces": leftover_netns,
     })
