@@ -6,6 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use cni_types::version::Version;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// One attachment of a container to a network.
 #[derive(Debug, Clone, Default)]
@@ -102,12 +103,20 @@ impl<'a> Runtime<'a> {
 
     /// ADD every plugin in order, chaining results; caches and returns the final result.
     pub fn add_list(&self, list: &Value, att: &Attachment) -> Result<Value> {
+        self.add_list_timed(list, att).map(|(result, _)| result)
+    }
+
+    /// [`Runtime::add_list`], also returning how long each plugin of the chain took (type, time).
+    pub fn add_list_timed(&self, list: &Value, att: &Attachment) -> Result<(Value, Vec<(String, Duration)>)> {
         let (name, version, plugins) = Self::list_parts(list)?;
         let mut prev: Option<Value> = None;
+        let mut times = Vec::with_capacity(plugins.len());
         for plugin in &plugins {
             let conf = build_config(plugin, &name, &version, prev.as_ref(), &att.caps);
             let ty = Self::plugin_type(plugin)?;
+            let t0 = Instant::now();
             let out = self.invoke(&ty, "ADD", att, &conf)?;
+            times.push((ty.clone(), t0.elapsed()));
             if !out.ok() {
                 return Err(anyhow!(PluginFailure { plugin: ty, output: out }));
             }
@@ -121,7 +130,7 @@ impl<'a> Runtime<'a> {
         let entry = json!({"kind": "cniCacheV1", "containerId": att.container_id, "ifName": att.ifname,
             "networkName": name, "netns": att.netns, "cniArgs": att.cni_args, "capabilityArgs": att.caps, "result": result});
         std::fs::write(&cache, serde_json::to_vec(&entry)?)?;
-        Ok(result)
+        Ok((result, times))
     }
 
     fn cached(&self, name: &str, att: &Attachment) -> Option<Value> {
