@@ -105,6 +105,19 @@ fn iptables_setup_check_teardown_v4_v6() {
         assert_eq!(cni_lines(false).len(), 4, "chain + 3 rules: {v4:#?}");
         firewall::check_ipmasq(Backend::Iptables, &t).unwrap();
 
+        // One rule missing (the v6 MASQUERADE): CHECK fails and names it.
+        let chain = chain_name("", "testnet", "ctr1");
+        let comment = format_comment("testnet", "ctr1").replace('"', "\\\"");
+        restore(
+            true,
+            &format!("*nat\n-D {chain} ! -d ff00::/8 -m comment --comment \"{comment}\" -j MASQUERADE\nCOMMIT\n"),
+        );
+        let err = firewall::check_ipmasq(Backend::Iptables, &t).unwrap_err().to_string();
+        assert!(err.contains("MASQUERADE"), "{err}");
+        firewall::setup_ipmasq(Backend::Iptables, &t).unwrap();
+        firewall::check_ipmasq(Backend::Iptables, &t).unwrap();
+        let (v4, v6) = (nat(false), nat(true));
+
         // ADD again: nothing duplicated, nothing reordered.
         firewall::setup_ipmasq(Backend::Iptables, &t).unwrap();
         assert_eq!((nat(false), nat(true)), (v4, v6));

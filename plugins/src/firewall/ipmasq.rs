@@ -200,6 +200,11 @@ pub fn check_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallErro
     match backend {
         Backend::Iptables => {
             for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
+                // A batch of `-C` lines asks iptables itself whether each rule is there without
+                // dumping the table; only when it says no is the table read, to name what is missing.
+                if restore::iptables_restore(family, &plan_iptables_check(family, t).render()).is_ok() {
+                    continue;
+                }
                 let saved = restore::iptables_save(family, NAT)?;
                 verify_iptables(&saved, family, t).map_err(FirewallError::Check)?;
             }
@@ -371,6 +376,22 @@ fn plan_remove_chains(saved: &SavedTable, chains: &[String]) -> Option<Batch> {
 }
 
 /// CHECK for one family: the chain exists and holds its ACCEPT and MASQUERADE rules, and every jump exists.
+/// The rules ADD installs for one family, as `-C` lines: the batch fails unless all are present.
+fn plan_iptables_check(family: Family, t: &MasqTarget) -> Batch {
+    let chain = chain_name("", t.network, t.container_id);
+    let comment = format_comment(t.network, t.container_id);
+    let addresses = addresses_of(t, family);
+    let mut batch = Batch::new(NAT);
+    for a in &addresses {
+        batch.check(&accept_rule(&chain, &subnet_of(a), &comment));
+    }
+    batch.check(&masquerade_rule(&chain, family, &comment));
+    for a in &addresses {
+        batch.check(&jump_rule(&chain, a, &comment));
+    }
+    batch
+}
+
 fn verify_iptables(saved: &SavedTable, family: Family, t: &MasqTarget) -> Result<(), String> {
     let chain = chain_name("", t.network, t.container_id);
     let comment = format_comment(t.network, t.container_id);
