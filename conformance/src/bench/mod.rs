@@ -3,5 +3,6 @@
 pub mod nets;
 pub mod proc;
 pub mod report;
+pub mod rootless;
 pub mod scenarios;
 pub mod stats;

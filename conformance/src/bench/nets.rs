@@ -345,6 +345,15 @@ impl Leftovers {
     }
 }
 
+/// What one ADD returned.
+#[derive(Debug, Clone, Default)]
+pub struct Added {
+    /// The first address of the result.
+    pub ip: Option<String>,
+    /// (plugin type, ms) of every plugin of a chain, in order (empty for one plugin or the floor).
+    pub plugins: Vec<(String, f64)>,
+}
+
 /// One participant's private fake host with the containers it attached.
 pub struct Lane {
     /// Who does the work.
@@ -404,16 +413,22 @@ impl Lane {
         self.net.floor.with_context(|| format!("{} has no floor recipe", self.net.key))
     }
 
-    /// ADD of container `i`; returns the first address of the result, when there is one.
-    pub fn add(&self, i: usize) -> Result<Option<String>> {
+    /// ADD of container `i`: the first address of the result, when there is one, and how long
+    /// each plugin of the list took (ms; a one-plugin list and the floor report none).
+    pub fn add(&self, i: usize) -> Result<Added> {
         match &self.who {
             Who::Suite(s) => {
-                let r = self.runtime(s).add_list(&self.list, &self.attachment(i)?)?;
-                Ok(r["ips"][0]["address"].as_str().map(str::to_string))
+                let (r, times) = self.runtime(s).add_list_timed(&self.list, &self.attachment(i)?)?;
+                let plugins = if times.len() > 1 {
+                    times.into_iter().map(|(ty, d)| (ty, d.as_secs_f64() * 1e3)).collect()
+                } else {
+                    Vec::new()
+                };
+                Ok(Added { ip: r["ips"][0]["address"].as_str().map(str::to_string), plugins })
             }
             Who::Floor => {
                 self.floor()?.add(&self.host, self.container(i)?, i)?;
-                Ok(Some(format!("{}/16", Floor::addr(i))))
+                Ok(Added { ip: Some(format!("{}/16", Floor::addr(i))), plugins: Vec::new() })
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Figures as rows (printed as a Markdown table and written as JSON) and the growth chart,
 //! written as SVG text by hand.
 
+use super::rootless::RootlessTimes;
 use super::scenarios::{LaneTimes, Memory, Start};
 use super::stats::{fit, median, percentile, rolling_median, slope};
 use serde_json::{json, Map, Value};
@@ -15,6 +16,8 @@ pub enum Unit {
     MsPerCtr,
     /// Operations per second (higher is better).
     PerSec,
+    /// Gigabits per second (higher is better).
+    Gbps,
     /// A count (errors, addresses, leftovers; no ratio).
     Count,
     /// Kibibytes.
@@ -29,6 +32,7 @@ impl Unit {
             Unit::Ms => "ms",
             Unit::MsPerCtr => "ms/ctr",
             Unit::PerSec => "1/s",
+            Unit::Gbps => "Gbit/s",
             Unit::Count => "count",
             Unit::KiB => "KiB",
             Unit::MiB => "MiB",
@@ -42,12 +46,13 @@ impl Unit {
             Unit::Ms => format!("{v:.0}"),
             Unit::MsPerCtr => format!("{v:+.4}"),
             Unit::PerSec | Unit::MiB => format!("{v:.1}"),
+            Unit::Gbps => format!("{v:.2}"),
             Unit::Count | Unit::KiB => format!("{v:.0}"),
         }
     }
 
     fn has_ratio(self) -> bool {
-        matches!(self, Unit::Ms | Unit::PerSec | Unit::KiB | Unit::MiB)
+        matches!(self, Unit::Ms | Unit::PerSec | Unit::Gbps | Unit::KiB | Unit::MiB)
     }
 }
 
@@ -114,24 +119,36 @@ fn by<'a>(t: &'a [LaneTimes], who: &str) -> Option<&'a LaneTimes> {
 /// (existing containers, ADD ms) points of one participant.
 pub type Series = (&'static str, Vec<(f64, f64)>);
 
-/// Median of the first `w` ADDs; none when the lane has fewer than `2 w` (first and last
-/// windows would overlap, e.g. a reference run capped to fewer containers).
-fn first_window(t: &LaneTimes, w: usize) -> Option<f64> {
-    if t.add_series.len() < 2 * w {
+/// Median of the first `w` points of `series`; none when it has fewer than `2 w` (first and
+/// last windows would overlap, e.g. a reference run capped to fewer containers).
+fn first_of(series: &[(f64, f64)], w: usize) -> Option<f64> {
+    if series.len() < 2 * w {
         return None;
     }
-    let ys: Vec<f64> = t.add_series.iter().take(w).map(|p| p.1).collect();
+    let ys: Vec<f64> = series.iter().take(w).map(|p| p.1).collect();
     median(&ys)
 }
 
-fn last_window(t: &LaneTimes, w: usize) -> Option<f64> {
-    if t.add_series.len() < 2 * w {
+fn last_of(series: &[(f64, f64)], w: usize) -> Option<f64> {
+    if series.len() < 2 * w {
         return None;
     }
-    let skip = t.add_series.len().saturating_sub(w);
-    let ys: Vec<f64> = t.add_series.iter().skip(skip).map(|p| p.1).collect();
+    let skip = series.len().saturating_sub(w);
+    let ys: Vec<f64> = series.iter().skip(skip).map(|p| p.1).collect();
     median(&ys)
 }
+
+fn first_window(t: &LaneTimes, w: usize) -> Option<f64> {
+    first_of(&t.add_series, w)
+}
+
+fn last_window(t: &LaneTimes, w: usize) -> Option<f64> {
+    last_of(&t.add_series, w)
+}
+
+/// The plugin of a chain whose own ADD time gets rows of its own (the portmap targets
+/// are about portmap's ADD, not the chain's).
+pub const TIMED_PLUGIN: &str = "portmap";
 
 fn round3(v: &[f64]) -> Value {
     Value::Array(v.iter().map(|x| json!((x * 1000.0).round() / 1000.0)).collect())
@@ -169,11 +186,16 @@ impl Report {
                     l.who, left.veths, left.reservations, left.rules
                 ));
             }
-            let series: Vec<Value> =
-                l.add_series.iter().map(|(x, y)| json!([x, (y * 1000.0).round() / 1000.0])).collect();
+            let points = |s: &[(f64, f64)]| -> Vec<Value> {
+                s.iter().map(|(x, y)| json!([x, (y * 1000.0).round() / 1000.0])).collect()
+            };
+            let series = points(&l.add_series);
+            let plugins: Map<String, Value> =
+                l.plugin_series.iter().map(|(ty, s)| (ty.clone(), Value::Array(points(s)))).collect();
             raw.insert(
                 l.who.into(),
-                json!({"first_add": l.first_add, "add": round3(&l.add), "add_series": series, "check": round3(&l.check), "del": round3(&l.del),
+                json!({"first_add": l.first_add, "add": round3(&l.add), "add_series": series,
+                    "plugin_add_series": plugins, "check": round3(&l.check), "del": round3(&l.del),
                     "errors": l.errors, "unique_ips": l.unique_ips(), "wall_add_ms": l.wall_add_ms,
                     "wall_del_ms": l.wall_del_ms, "first_error": l.first_error,
                     "leftovers": l.leftovers.map(|x| json!({"veths": x.veths, "reservations": x.reservations, "rules": x.rules}))}),
@@ -199,9 +221,30 @@ impl Report {
         self.row(scenario, &format!("ADD median, first {w}"), Unit::Ms, t, |l| first_window(l, w));
         self.row(scenario, &format!("ADD median, last {w}"), Unit::Ms, t, |l| last_window(l, w));
         self.row(scenario, "ADD slope per existing ctr", Unit::MsPerCtr, t, |l| slope(&l.add_series));
+        self.plugin_rows(scenario, t, None);
         self.row(scenario, "errors", Unit::Count, t, |l| Some(l.errors as f64));
         self.leftover_row(scenario, t);
         self.lane_notes(scenario, t);
+    }
+
+    /// Rows of [`TIMED_PLUGIN`]'s own ADD time, when the chain has it: p50 and p90, and with a
+    /// growth window `w` also the first and last window medians and the slope. No floor: the
+    /// floor makes the chain's kernel objects in one batch and has no portmap part of its own.
+    fn plugin_rows(&mut self, scenario: &str, t: &[LaneTimes], w: Option<usize>) {
+        let ty = TIMED_PLUGIN;
+        if !t.iter().any(|l| l.plugin_series.contains_key(ty)) {
+            return;
+        }
+        let series = |l: &LaneTimes| l.plugin_series.get(ty).cloned().unwrap_or_default();
+        self.row(scenario, &format!("{ty} alone: ADD p50"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 50.0));
+        self.row(scenario, &format!("{ty} alone: ADD p90"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 90.0));
+        if let Some(w) = w {
+            self.row(scenario, &format!("{ty} alone: ADD median, first {w}"), Unit::Ms, t, |l| first_of(&series(l), w));
+            self.row(scenario, &format!("{ty} alone: ADD median, last {w}"), Unit::Ms, t, |l| last_of(&series(l), w));
+            self.row(scenario, &format!("{ty} alone: ADD slope per existing ctr"), Unit::MsPerCtr, t, |l| {
+                slope(&series(l))
+            });
+        }
     }
 
     /// Rows of the concurrent scenario.
@@ -225,10 +268,49 @@ impl Report {
         self.row(scenario, &format!("ADD median, first {w}"), Unit::Ms, t, |l| first_window(l, w));
         self.row(scenario, &format!("ADD median, last {w}"), Unit::Ms, t, |l| last_window(l, w));
         self.row(scenario, "ADD slope per existing ctr", Unit::MsPerCtr, t, |l| slope(&l.add_series));
+        self.plugin_rows(scenario, t, Some(w));
         self.row(scenario, &format!("DEL p50 with ~{n} attached"), Unit::Ms, t, |l| median(&l.del));
         self.row(scenario, "errors", Unit::Count, t, |l| Some(l.errors as f64));
         self.lane_notes(scenario, t);
         t.iter().map(|l| (l.who, l.add_series.clone())).collect()
+    }
+
+    /// Rows of the rootless-wrapper scenario (ours only: the reference has no such plugin).
+    pub fn rootless(&mut self, scenario: &str, t: &RootlessTimes, mib: u32) {
+        let mut push = |figure: String, unit: Unit, ours: Option<f64>| {
+            self.rows.push(Row {
+                scenario: scenario.into(),
+                figure: format!("{figure} ({})", unit.name()),
+                unit,
+                ours,
+                reference: None,
+                floor: None,
+            });
+        };
+        let (nf, nl, nr) = (t.first_add.len(), t.last_del.len(), t.gbit.len());
+        push(format!("first ADD (creates netns + slirp4netns), median of {nf}"), Unit::Ms, median(&t.first_add));
+        push("ADD p50 (shared netns up)".into(), Unit::Ms, percentile(&t.add, 50.0));
+        push("ADD p90 (shared netns up)".into(), Unit::Ms, percentile(&t.add, 90.0));
+        push("DEL p50 (others attached)".into(), Unit::Ms, percentile(&t.del, 50.0));
+        push("DEL p90 (others attached)".into(), Unit::Ms, percentile(&t.del, 90.0));
+        push(format!("last DEL (stops slirp4netns), median of {nl}"), Unit::Ms, median(&t.last_del));
+        push("container eth0 MTU".into(), Unit::Count, t.mtu);
+        push(format!("TCP container → host loopback, median of {nr} × {mib} MiB"), Unit::Gbps, median(&t.gbit));
+        push("errors".into(), Unit::Count, Some(t.errors as f64));
+        push("leftovers after DEL".into(), Unit::Count, Some(t.leftovers.len() as f64));
+        self.problems += t.errors + t.leftovers.len();
+        if let Some(e) = &t.first_error {
+            self.notes.push(format!("{scenario}: {} failed operations; first: {e}", t.errors));
+        }
+        for l in &t.leftovers {
+            self.notes.push(format!("{scenario}: left behind {l}"));
+        }
+        self.raw.insert(
+            scenario.into(),
+            json!({"ours": {"first_add": round3(&t.first_add), "add": round3(&t.add), "del": round3(&t.del),
+                "last_del": round3(&t.last_del), "gbit_per_s": round3(&t.gbit), "mtu": t.mtu,
+                "errors": t.errors, "first_error": t.first_error, "leftovers": t.leftovers}}),
+        );
     }
 
     /// Rows of start-up cost and peak RSS of VERSION.

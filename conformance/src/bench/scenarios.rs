@@ -1,11 +1,12 @@
 //! The scenarios. Each builds one fresh fake host per participant and alternates the
 //! participants' order from one iteration to the next, so machine noise hits all of them alike.
 
-use super::nets::{Lane, Leftovers, Net, Who, NET_NAME};
+use super::nets::{Added, Lane, Leftovers, Net, Who, NET_NAME};
 use super::proc::{check_stop, exec_measured, timed};
 use anyhow::{bail, Result};
 use conformance::{build_config, Suite};
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -21,6 +22,9 @@ pub struct LaneTimes {
     pub add: Vec<f64>,
     /// (containers already attached, ms) of every successful ADD.
     pub add_series: Vec<(f64, f64)>,
+    /// Per plugin type of a chain: (containers already attached, ms the plugin took) of every
+    /// successful ADD, from the driver's per-plugin timing (empty for one-plugin lists).
+    pub plugin_series: BTreeMap<String, Vec<(f64, f64)>>,
     /// Successful CHECKs.
     pub check: Vec<f64>,
     /// Successful DELs.
@@ -51,12 +55,15 @@ impl LaneTimes {
         }
     }
 
-    fn record_add(&mut self, i: usize, r: Result<Option<String>>, ms: f64) {
+    fn record_add(&mut self, i: usize, r: Result<Added>, ms: f64) {
         match r {
-            Ok(ip) => {
+            Ok(added) => {
                 self.add.push(ms);
                 self.add_series.push((i as f64, ms));
-                self.ips.extend(ip);
+                self.ips.extend(added.ip);
+                for (ty, ms) in added.plugins {
+                    self.plugin_series.entry(ty).or_default().push((i as f64, ms));
+                }
             }
             Err(e) => self.fail(&format!("ADD bench-{i}"), &e),
         }
@@ -67,6 +74,11 @@ impl LaneTimes {
             Ok(()) => into(self).push(ms),
             Err(e) => self.fail(&format!("{what} bench-{i}"), &e),
         }
+    }
+
+    /// The ADD times of plugin `ty` alone (ms), in order.
+    pub fn plugin_add(&self, ty: &str) -> Vec<f64> {
+        self.plugin_series.get(ty).map(|v| v.iter().map(|p| p.1).collect()).unwrap_or_default()
     }
 
     /// Distinct addresses among successful ADDs.
@@ -87,9 +99,9 @@ fn warm_up(lanes: &mut [Lane], times: &mut [LaneTimes]) -> Result<()> {
         lane.grow_to(1)?;
         let (r, ms) = timed(|| lane.add(0));
         match r {
-            Ok(ip) => {
+            Ok(added) => {
                 t.first_add = Some(ms);
-                t.ips.extend(ip);
+                t.ips.extend(added.ip);
             }
             Err(e) => t.fail("ADD bench-0 (warm-up)", &e),
         }

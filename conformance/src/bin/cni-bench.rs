@@ -3,8 +3,8 @@
 //! Every scenario runs in private fake hosts (one per scenario and participant) and alternates
 //! the participants' order per iteration so machine noise hits all of them alike. It prints a
 //! Markdown table with the ratio reference / ours per figure, writes `latest.json`,
-//! `growth.svg` and `portmap-growth.svg`, and never fails because of a time. See
-//! `BENCHMARKS.md` at the workspace root.
+//! `growth.svg`, `portmap-growth.svg` and `portmap-alone-growth.svg`, and never fails because
+//! of a time. See `BENCHMARKS.md` at the workspace root.
 //!
 //! `cni-bench [--quick] [--ours DIR] [--reference DIR] [--out DIR] [--only a,b]`
 
@@ -17,8 +17,9 @@ mod bench;
 use anyhow::{bail, Context, Result};
 use bench::nets::{net, Who};
 use bench::proc::{install_stop_handler, tool};
-use bench::report::{growth_svg, Report, Series};
-use bench::scenarios;
+use bench::report::{growth_svg, Report, Series, TIMED_PLUGIN};
+use bench::rootless::RootlessCounts;
+use bench::{scenarios, stats};
 use conformance::{run, Suite};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ const PORTMAP_GROWTH: &str = "portmap-10";
 const MEMORY: &str = "bridge-masq";
 /// Scenario names `--only` accepts.
 const SCENARIOS: &[&str] =
-    &["start", "size", "memory", "sequential", "concurrent", "portmap", "growth", "portmap-growth"];
+    &["start", "size", "memory", "sequential", "concurrent", "portmap", "rootless", "growth", "portmap-growth"];
 
 /// How many of everything.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +66,8 @@ struct Counts {
     /// Containers with 10 ports each accumulating in the portmap growth scenario.
     portmap_growth: usize,
     portmap_growth_window: usize,
+    /// The rootless-wrapper scenario.
+    rootless: RootlessCounts,
 }
 
 const FULL: Counts = Counts {
@@ -83,6 +86,7 @@ const FULL: Counts = Counts {
     portmap_window: 25,
     portmap_growth: 100,
     portmap_growth_window: 10,
+    rootless: RootlessCounts { containers: 20, cycles: 5, mib: 200, runs: 3 },
 };
 
 const QUICK: Counts = Counts {
@@ -101,6 +105,7 @@ const QUICK: Counts = Counts {
     portmap_window: 2,
     portmap_growth: 10,
     portmap_growth_window: 3,
+    rootless: RootlessCounts { containers: 3, cycles: 2, mib: 10, runs: 1 },
 };
 
 struct Args {
@@ -282,21 +287,22 @@ fn real_main() -> Result<()> {
             sequential(&setup, &mut report, key, c.portmap, reference_n, c.portmap_window)?;
         }
     }
+    if wants("rootless") {
+        rootless(&setup, &mut report, c.rootless)?;
+    }
     // (file name, SVG text). The big growth scenario runs last: the kernel tears its thousands of
     // namespaces down asynchronously, which would disturb whatever ran next.
     let mut charts: Vec<(&str, String)> = Vec::new();
     if wants("portmap-growth") {
         let floor = "floor = ip -batch + one iptables-restore (masquerade + DNAT rules)";
         let (n, w) = (c.portmap_growth, c.portmap_growth_window);
-        if let Some(svg) = growth(&setup, &mut report, PORTMAP_GROWTH, n, c.growth_batch, w, floor)? {
-            charts.push(("portmap-growth.svg", svg));
-        }
+        let svgs = growth(&setup, &mut report, PORTMAP_GROWTH, n, c.growth_batch, w, floor)?;
+        charts.extend(["portmap-growth.svg", "portmap-alone-growth.svg"].into_iter().zip(svgs));
     }
     if wants("growth") {
         let floor = "floor = ip -batch + iptables-restore";
-        if let Some(svg) = growth(&setup, &mut report, GROWTH, c.growth, c.growth_batch, c.growth_window, floor)? {
-            charts.push(("growth.svg", svg));
-        }
+        let svgs = growth(&setup, &mut report, GROWTH, c.growth, c.growth_batch, c.growth_window, floor)?;
+        charts.extend(["growth.svg"].into_iter().zip(svgs));
     }
 
     let left = leftover_namespaces()?;
@@ -380,7 +386,8 @@ fn sequential(
     Ok(())
 }
 
-/// The growth scenario on network `key` with `n` containers; returns its chart.
+/// The growth scenario on network `key` with `n` containers; returns its charts: the chain's
+/// ADD time, then (for a chain with [`TIMED_PLUGIN`]) that plugin's own ADD time.
 fn growth(
     setup: &Setup,
     report: &mut Report,
@@ -389,21 +396,71 @@ fn growth(
     batch: usize,
     window: usize,
     floor: &str,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let whos = setup.whos(key, true, &mut report.notes)?;
     if whos.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let net = net(key)?;
     let scenario = format!("growth {}, N={n}", net.title);
     eprintln!("== {scenario} (namespaces in batches of {batch})");
     let t = scenarios::growth(net, &whos, n, batch, window)?;
     let series: Vec<Series> = report.growth(&scenario, &t, window, n);
-    Ok(Some(growth_svg(
+    let mut charts = vec![growth_svg(
         &series,
         &format!("ADD time as containers accumulate: {}", net.title),
         &format!("{n} containers on one bridge, cniVersion 1.0.0, participants interleaved; {floor}"),
-    )))
+    )];
+    // Ours only: next to the reference's 100+ ms its few ms would be a flat line at the bottom.
+    let own = |who: &str| t.iter().find(|l| l.who == who).and_then(|l| l.plugin_series.get(TIMED_PLUGIN));
+    if let Some(ours) = own("ours").filter(|s| !s.is_empty()) {
+        let reference = own("reference").map(|s| {
+            let ys: Vec<f64> = s.iter().map(|p| p.1).collect();
+            format!(
+                "; reference (not drawn): median {} ms, slope {} ms/ctr",
+                stats::median(&ys).map_or("–".into(), |m| format!("{m:.0}")),
+                stats::slope(s).map_or("–".into(), |b| format!("{b:+.3}"))
+            )
+        });
+        charts.push(growth_svg(
+            &[("ours", ours.clone())],
+            &format!("{TIMED_PLUGIN}'s own ADD time as containers accumulate (ours)"),
+            &format!(
+                "{n} containers, {} ports each; the {TIMED_PLUGIN} exec of each chained ADD alone{}",
+                net.floor.map_or(0, |f| f.ports),
+                reference.unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(charts)
+}
+
+/// The rootless-wrapper scenario, ours only (the reference has no such plugin).
+fn rootless(setup: &Setup, report: &mut Report, c: RootlessCounts) -> Result<()> {
+    let ours = &setup.suites[0];
+    let scenario = format!("rootless-wrapper (bridge + host-local + portmap inside, slirp4netns), N={}", c.containers);
+    if let Some(why) = bench::rootless::unavailable(ours) {
+        note(&mut report.notes, format!("rootless-wrapper scenario skipped: {why}"));
+        return Ok(());
+    }
+    eprintln!("== {scenario}");
+    note(
+        &mut report.notes,
+        format!(
+            "{scenario}: ours only, the reference has no rootless-wrapper; run as the unprivileged user in its own \
+             user and mount namespaces in a fake host, allowHostLoopback on, inner bridge MTU left to the wrapper"
+        ),
+    );
+    match bench::rootless::rootless(ours, c) {
+        Ok(t) => report.rootless(&scenario, &t, c.mib),
+        // Ctrl-C ends the run; anything else fails this scenario only.
+        Err(e) if bench::proc::check_stop().is_err() => return Err(e),
+        Err(e) => {
+            report.problems += 1;
+            note(&mut report.notes, format!("{scenario}: could not run: {e:#}"));
+        }
+    }
+    Ok(())
 }
 
 /// Namespaces (`/run/netns`) and fake-host state directories (temp dir) of this process that
@@ -411,7 +468,7 @@ fn growth(
 fn leftover_namespaces() -> Result<Vec<String>> {
     let prefix = format!("cnit{}x", std::process::id());
     let mut left = Vec::new();
-    for dir in [PathBuf::from("/run/netns"), std::env::temp_dir()] {
+    for dir in [PathBuf::from("/run/netns"), PathBuf::from("/run/user"), std::env::temp_dir()] {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         left.extend(
             entries
@@ -436,7 +493,9 @@ fn meta(args: &Args, setup: &Setup, c: Counts, elapsed: f64, leftover_netns: usi
         "suites": setup.suites.iter().map(|s| json!({"name": s.name, "dir": s.dir})).collect::<Vec<_>>(),
         "counts": {"sequential": c.sequential, "concurrent": c.concurrent, "callers": c.callers,
                    "growth": c.growth, "start": c.start, "memory": c.memory, "portmap": c.portmap,
-                   "portmap_reference_100": c.portmap_reference_100, "portmap_growth": c.portmap_growth},
+                   "portmap_reference_100": c.portmap_reference_100, "portmap_growth": c.portmap_growth,
+                   "rootless": c.rootless.containers, "rootless_cycles": c.rootless.cycles,
+                   "rootless_mib": c.rootless.mib, "rootless_runs": c.rootless.runs},
         "runtime_s": (elapsed * 10.0).round() / 10.0,
         "leftover_namespaces": leftover_netns,
     })
