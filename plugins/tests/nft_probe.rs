@@ -76,3 +76,35 @@ fn rule_listing_returns_handles_and_comments() {
         assert!(rules[0].handle > 0 && rules[1].handle > rules[0].handle);
     });
 }
+
+#[test]
+fn rule_listing_names_jump_targets_of_iptables_rules() {
+    in_private_netns(|| {
+        let nft_backed = String::from_utf8(Command::new("iptables").arg("--version").output().unwrap().stdout)
+            .unwrap()
+            .contains("nf_tables");
+        if !nft_backed {
+            eprintln!("SKIP: iptables is not the nf_tables variant");
+            return;
+        }
+        sh(&["iptables", "-t", "nat", "-N", "CNI-HOSTPORT-DNAT"]);
+        sh(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "CNI-HOSTPORT-DNAT",
+        ]);
+        sh(&["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", "ACCEPT"]);
+        let rules = cni_plugins::netlink::nft_rules(NftFamily::Ip, "nat", "PREROUTING").unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].jumps, vec!["CNI-HOSTPORT-DNAT".to_string()]);
+        assert!(rules[1].jumps.is_empty());
+    });
+}

@@ -61,14 +61,14 @@ pub fn default_backend() -> Backend {
 /// Whether the host's `iptables-restore` for `family` is the nf_tables variant (iptables-nft), whose
 /// chains the kernel can be asked about directly. Debian links it through alternatives to
 /// `xtables-nft-multi`; the legacy variant is `xtables-legacy-multi`.
-fn iptables_is_nft(family: Family) -> bool {
+pub(super) fn iptables_is_nft(family: Family) -> bool {
     find_tool(restore_tool(family))
         .and_then(|p| std::fs::canonicalize(p).ok())
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().contains("nft")))
         .unwrap_or(false)
 }
 
-fn nft_family(family: Family) -> NftFamily {
+pub(super) fn nft_family(family: Family) -> NftFamily {
     match family {
         Family::V4 => NftFamily::Ip,
         Family::V6 => NftFamily::Ip6,

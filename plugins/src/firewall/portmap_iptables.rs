@@ -365,13 +365,34 @@ fn unique(rules: Vec<Rule>) -> Vec<Rule> {
     out
 }
 
-/// The one-exec ADD: check the shared rules, create the container chain (failing if it exists) and
-/// fill it, add the entry rules. Fails as a whole unless the host is already set up.
-fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> Batch {
+/// Whether the kernel shows the shared chains in place (iptables-nft only): every entry jump from
+/// a built-in chain exists and each shared chain has its rule. Asked over netlink, because a `-C`
+/// line makes `iptables-restore` read the whole table first, which grows with every container
+/// (measured: 5 ms without, 14–20 ms with, at 1000 containers).
+fn shared_rules_in_place(t: &Portmap, family: Family) -> bool {
+    if !super::ipmasq::iptables_is_nft(family) {
+        return false;
+    }
+    let nf = super::ipmasq::nft_family(family);
+    shared_rules(t).1.iter().all(|(rule, _)| {
+        let Ok(listed) = crate::netlink::nft_rules(nf, NAT, &rule.chain) else { return false };
+        match rule.target() {
+            Some(target) if target.starts_with("CNI-") => listed.iter().any(|r| r.jumps.iter().any(|j| j == target)),
+            _ => !listed.is_empty(),
+        }
+    })
+}
+
+/// The one-exec ADD: check the shared rules (unless the kernel already said they are there),
+/// create the container chain (failing if it exists) and fill it, add the entry rules. Fails as
+/// a whole unless the host is already set up.
+fn plan_fast_setup(t: &Portmap, address: &IpNetwork, shared_known: bool) -> Batch {
     let family = Family::of(&address.ip());
     let mut batch = Batch::new(NAT);
-    for (rule, _) in shared_rules(t).1 {
-        batch.check(&rule);
+    if !shared_known {
+        for (rule, _) in shared_rules(t).1 {
+            batch.check(&rule);
+        }
     }
     batch.new_chain(&dnat_chain_name(t.network, t.container_id));
     for rule in unique(container_rules(t, address)).iter().chain(unique(entry_rules(t, family)).iter()) {
@@ -421,7 +442,8 @@ fn plan_setup(saved: &SavedTable, t: &Portmap, address: &IpNetwork) -> Option<Ba
 /// ADD for the family of `address`: one batch when the host is set up, else dump, plan and load.
 pub fn setup_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
-    match restore::iptables_restore(family, &plan_fast_setup(t, address).render()) {
+    let shared_known = shared_rules_in_place(t, family);
+    match restore::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
         Ok(()) => return Ok(()),
         Err(FirewallError::ToolNotFound(tool)) => return Err(FirewallError::ToolNotFound(tool)),
         Err(e) => log::debug!("portmap: planning from {} after the one-batch ADD failed: {e}", save_tool(family)),
@@ -751,7 +773,7 @@ COMMIT
     #[test]
     fn fast_batch_checks_shared_rules_and_creates_the_chain() {
         let forwards = reference_forwards();
-        let batch = plan_fast_setup(&portmap(&forwards, "ctr1"), &addr("fd00:246::2/64")).render();
+        let batch = plan_fast_setup(&portmap(&forwards, "ctr1"), &addr("fd00:246::2/64"), false).render();
         let lines: Vec<&str> = batch.lines().collect();
         assert_eq!(
             &lines[..7],

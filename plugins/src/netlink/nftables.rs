@@ -13,6 +13,13 @@ const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 const NLM_F_DUMP: u16 = 0x300;
 const NFTA_TABLE_NAME: u16 = 1;
@@ -54,6 +61,8 @@ pub struct NftRule {
     pub handle: u64,
     /// The rule comment.
     pub comment: Option<String>,
+    /// Chains the rule jumps or goes to.
+    pub jumps: Vec<String>,
 }
 
 /// One GET request: netlink header, `nfgenmsg`, string attributes.
@@ -136,9 +145,36 @@ fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+/// The chains named by a rule's `immediate` verdicts (`jump X`, `goto X`: iptables' `-j X`).
+fn verdict_chains(expressions: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, elem) in attributes(expressions).filter(|(k, _)| *k == NFTA_LIST_ELEM) {
+        let mut name: &[u8] = &[];
+        let mut data: &[u8] = &[];
+        for (k, v) in attributes(elem) {
+            match k {
+                NFTA_EXPR_NAME => name = v,
+                NFTA_EXPR_DATA => data = v,
+                _ => {}
+            }
+        }
+        if name.strip_suffix(&[0]).unwrap_or(name) != b"immediate" {
+            continue;
+        }
+        for (_, value) in attributes(data).filter(|(k, _)| *k == NFTA_IMMEDIATE_DATA) {
+            for (_, verdict) in attributes(value).filter(|(k, _)| *k == NFTA_DATA_VERDICT) {
+                for (_, chain) in attributes(verdict).filter(|(k, _)| *k == NFTA_VERDICT_CHAIN) {
+                    out.push(String::from_utf8_lossy(chain.strip_suffix(&[0]).unwrap_or(chain)).into_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Parses one NEWRULE payload (after `nfgenmsg`) into handle and comment.
 fn parse_rule(payload: &[u8]) -> Option<NftRule> {
-    let mut rule = NftRule { handle: 0, comment: None };
+    let mut rule = NftRule { handle: 0, comment: None, jumps: Vec::new() };
     let mut have_handle = false;
     for (kind, value) in attributes(payload.get(4..)?) {
         match kind {
@@ -148,6 +184,7 @@ fn parse_rule(payload: &[u8]) -> Option<NftRule> {
                 rule.handle = u64::from_be_bytes(b);
                 have_handle = true;
             }
+            NFTA_RULE_EXPRESSIONS => rule.jumps = verdict_chains(value),
             NFTA_RULE_USERDATA => {
                 // Userdata is its own TLV list: u8 type, u8 length, value.
                 let mut i = 0;
@@ -217,6 +254,6 @@ mod tests {
         p.extend_from_slice(&[(4 + udata.len()) as u8, 0, 7, 0]);
         p.extend_from_slice(&udata);
         p.extend_from_slice(&[0, 0]);
-        assert_eq!(parse_rule(&p), Some(NftRule { handle: 42, comment: Some("abc".into()) }));
+        assert_eq!(parse_rule(&p), Some(NftRule { handle: 42, comment: Some("abc".into()), jumps: vec![] }));
     }
 }
