@@ -146,6 +146,15 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// After members left: tear everything down when none remain, else record who is left.
+    fn settle(&self, st: &State) -> Vec<CniError> {
+        if st.members.is_empty() {
+            self.teardown(Some(st)).into_iter().map(internal).collect()
+        } else {
+            self.save(st).err().into_iter().collect()
+        }
+    }
+
     fn save(&self, st: &State) -> Result<(), CniError> {
         state::save(&self.paths.state, st).map_err(|e| internal(format!("write {}: {e}", self.paths.state.display())))
     }
@@ -637,11 +646,7 @@ impl Plugin for RootlessWrapper {
             Ok(errs) => errors.extend(errs),
             Err(e) => errors.push(e),
         }
-        if st.members.is_empty() {
-            errors.extend(s.teardown(Some(&st)).into_iter().map(internal));
-        } else if let Err(e) = s.save(&st) {
-            errors.push(e);
-        }
+        errors.extend(s.settle(&st));
         combine(errors)
     }
 
@@ -721,11 +726,7 @@ impl Plugin for RootlessWrapper {
             Ok(errs) => errors.extend(errs),
             Err(e) => errors.push(e),
         }
-        if st.members.is_empty() {
-            errors.extend(s.teardown(Some(&st)).into_iter().map(internal));
-        } else if let Err(e) = s.save(&st) {
-            errors.push(e);
-        }
+        errors.extend(s.settle(&st));
         combine(errors)
     }
 
