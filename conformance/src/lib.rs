@@ -355,15 +355,9 @@ pub fn exec(binary: &Path, env: &[(&str, &str)], stdin: &[u8], netns: Option<&Ne
     exec_args(binary, &[], env, stdin, netns)
 }
 
-/// [`exec`] with command-line arguments.
-pub fn exec_args(
-    binary: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    stdin: &[u8],
-    netns: Option<&Netns>,
-) -> Result<Output> {
-    use std::io::Write;
+/// The command [`exec`] runs: `binary args` with exactly `env` (plus `PATH`, and `CNI_LOG` when
+/// set), piped streams, entering `netns` in the child before exec.
+pub fn plugin_command(binary: &Path, args: &[&str], env: &[(&str, &str)], netns: Option<&Netns>) -> Result<Command> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(binary);
     cmd.args(args)
@@ -386,6 +380,64 @@ pub fn exec_args(
             });
         }
     }
+    Ok(cmd)
+}
+
+/// Python that receives one TCP connection on `argv[1]:argv[2]` to EOF, printing `ready` once
+/// listening and then the bytes and seconds (throughput tests and the benchmark).
+pub const TCP_SINK_PY: &str = r#"
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
+print("ready", flush=True)
+c, a = s.accept(); t = time.monotonic(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(n, time.monotonic() - t, flush=True)
+"#;
+
+/// Python that sends `argv[3]` MiB to `argv[1]:argv[2]`.
+pub const TCP_SOURCE_PY: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+buf = b"x" * (1 << 20)
+for _ in range(int(sys.argv[3])):
+    c.sendall(buf)
+c.close()
+"#;
+
+/// Reads a spawned child's stdout and stderr to their ends (stderr on a thread, so neither pipe
+/// can fill up and stall the child).
+pub fn read_outputs(child: &mut std::process::Child) -> (String, String) {
+    use std::io::Read;
+    let mut err_pipe = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut stdout = String::new();
+    if let Some(mut p) = child.stdout.take() {
+        let _ = p.read_to_string(&mut stdout);
+    }
+    (stdout, err_reader.join().unwrap_or_default())
+}
+
+/// [`exec`] with command-line arguments.
+pub fn exec_args(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+    netns: Option<&Netns>,
+) -> Result<Output> {
+    use std::io::Write;
+    let mut cmd = plugin_command(binary, args, env, netns)?;
     let mut child = cmd.spawn().with_context(|| format!("spawn {}", binary.display()))?;
     if let Some(mut input) = child.stdin.take() {
         let _ = input.write_all(stdin);

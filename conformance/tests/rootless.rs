@@ -18,7 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::{bail, Context, Result};
-use conformance::{build_config, ours, require_root, skip, unique, FakeHost, Output};
+use conformance::{build_config, ours, require_root, skip, unique, FakeHost, Output, TCP_SINK_PY, TCP_SOURCE_PY};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -67,31 +67,6 @@ try:
 except Exception as e:
     print("ERROR %s" % e)
     sys.exit(1)
-"#;
-
-/// Receives one connection to EOF and prints bytes and seconds.
-const SINK: &str = r#"
-import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
-print("ready", flush=True)
-c, a = s.accept(); t = time.monotonic(); n = 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    n += len(b)
-print(n, time.monotonic() - t, flush=True)
-"#;
-
-/// Sends `argv[3]` megabytes.
-const SOURCE: &str = r#"
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-buf = b"x" * (1 << 20)
-for _ in range(int(sys.argv[3])):
-    c.sendall(buf)
-c.close()
 "#;
 
 /// An inner plugin that reports what it sees to `$PROBE_OUT` (one JSON line per call), chains
@@ -1329,14 +1304,15 @@ fn example_conflists_run_rootless() {
 /// Moves `mb` megabytes from a container to a sink on the fake host's loopback; Gbit/s.
 fn throughput(h: &Harness, ctr: &Ctr, port: u16, mb: u32) -> f64 {
     let mut sink = Command::new(PY);
-    sink.args(["-c", SINK, "127.0.0.1", &port.to_string()]).stdin(Stdio::null()).stdout(Stdio::piped());
+    sink.args(["-c", TCP_SINK_PY, "127.0.0.1", &port.to_string()]).stdin(Stdio::null()).stdout(Stdio::piped());
     in_host(&mut sink, &h.host);
     let mut sink = sink.spawn().unwrap();
     let mut out = BufReader::new(sink.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    let src = h.in_netns(&ctr.netns, &[PY, "-c", SOURCE, "10.0.2.2", &port.to_string(), &mb.to_string()]).unwrap();
+    let src =
+        h.in_netns(&ctr.netns, &[PY, "-c", TCP_SOURCE_PY, "10.0.2.2", &port.to_string(), &mb.to_string()]).unwrap();
     assert!(src.ok(), "{}", src.stderr);
     line.clear();
     out.read_line(&mut line).unwrap();

@@ -3,11 +3,8 @@
 
 use anyhow::{Context, Result};
 use conformance::{Netns, Output};
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -31,42 +28,13 @@ pub fn exec_measured(
     stdin: &[u8],
     netns: Option<&Netns>,
 ) -> Result<Measured> {
-    let mut cmd = Command::new(binary);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(ns) = netns {
-        let file = ns.file()?;
-        // SAFETY: runs in the forked child before exec; setns is one async-signal-safe syscall
-        // and `file` stays open in the parent until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-    }
+    let mut cmd = conformance::plugin_command(binary, args, env, netns)?;
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("spawn {}", binary.display()))?;
     if let Some(mut input) = child.stdin.take() {
         let _ = input.write_all(stdin);
     }
-    let mut err_pipe = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let mut stdout = String::new();
-    if let Some(mut p) = child.stdout.take() {
-        let _ = p.read_to_string(&mut stdout);
-    }
-    let stderr = err_reader.join().unwrap_or_default();
+    let (stdout, stderr) = conformance::read_outputs(&mut child);
     let pid = libc::pid_t::try_from(child.id()).context("child pid out of range")?;
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.

@@ -16,7 +16,7 @@
 
 use super::proc::{check_stop, timed};
 use anyhow::{bail, Context, Result};
-use conformance::{build_config, unique, FakeHost, Output, Suite};
+use conformance::{build_config, unique, FakeHost, Output, Suite, TCP_SINK_PY, TCP_SOURCE_PY};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -41,31 +41,6 @@ const NAME: &str = "benchrootless";
 const HOST_LOOPBACK: &str = "10.0.2.2";
 /// First port of the throughput sinks on the fake host's loopback.
 const SINK_PORT: u16 = 39100;
-
-/// Receives one connection to EOF; prints bytes and seconds.
-const SINK: &str = r#"
-import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
-print("ready", flush=True)
-c, a = s.accept(); t = time.monotonic(); n = 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    n += len(b)
-print(n, time.monotonic() - t, flush=True)
-"#;
-
-/// Sends `argv[3]` MiB.
-const SOURCE: &str = r#"
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-buf = b"x" * (1 << 20)
-for _ in range(int(sys.argv[3])):
-    c.sendall(buf)
-c.close()
-"#;
 
 /// How many of everything.
 #[derive(Debug, Clone, Copy)]
@@ -213,19 +188,7 @@ fn run(mut cmd: Command, stdin: &[u8]) -> Result<Output> {
     if let Some(mut input) = child.stdin.take() {
         let _ = input.write_all(stdin);
     }
-    let mut err_pipe = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let mut stdout = String::new();
-    if let Some(mut p) = child.stdout.take() {
-        let _ = p.read_to_string(&mut stdout);
-    }
-    let stderr = err_reader.join().unwrap_or_default();
+    let (stdout, stderr) = conformance::read_outputs(&mut child);
     // Wait for the exit without reaping (WNOWAIT), so the PID stays ours until the watchdog ends.
     loop {
         // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
@@ -527,7 +490,7 @@ impl World {
     /// Container → a sink on the fake host's loopback through slirp4netns; Gbit/s.
     fn throughput(&self, ctr: &Ctr, port: u16, mib: u32) -> Result<f64> {
         let mut sink = Command::new(PY);
-        sink.args(["-c", SINK, "127.0.0.1", &port.to_string()])
+        sink.args(["-c", TCP_SINK_PY, "127.0.0.1", &port.to_string()])
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -546,7 +509,8 @@ impl World {
         if line.trim() != "ready" {
             bail!("sink did not start: {line:?}");
         }
-        let src = self.in_container(ctr, &[PY, "-c", SOURCE, HOST_LOOPBACK, &port.to_string(), &mib.to_string()])?;
+        let src =
+            self.in_container(ctr, &[PY, "-c", TCP_SOURCE_PY, HOST_LOOPBACK, &port.to_string(), &mib.to_string()])?;
         if !src.ok() {
             bail!("sender failed: {}", src.stderr.trim());
         }
