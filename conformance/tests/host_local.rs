@@ -662,6 +662,29 @@ fn store_written_by_ours_is_used_by_the_reference() {
     interop(&ours(), &reference);
 }
 
+/// Ours keeps an owner index in the lock file; a reference call right before each of ours
+/// (well inside one tick of a coarse file-system clock) must still be seen in full.
+#[test]
+fn ours_sees_each_reference_change_made_between_its_calls() {
+    require_root!();
+    let Some(reference) = reference() else { return skip("reference plugins are not installed") };
+    let ours = ours();
+    let dd = DataDir::new("alternate");
+    let c = conf("1.0.0", &dd, json!({"ranges": [[{"subnet": "10.252.0.0/28"}]]}));
+    for i in 0..20 {
+        let (o, r) = (format!("o{i}"), format!("r{i}"));
+        add_ok(&ours, &o, &c);
+        let held = add_ok(&reference, &r, &c);
+        let (_, msg, _) = add(&ours, &r, &c).error().unwrap();
+        assert!(msg.contains(&format!("has been allocated to {r}")), "round {i}: {msg}");
+        ok(call(&reference, "DEL", &o, "eth0", "", &c), "reference DEL of ours");
+        assert!(!call(&ours, "CHECK", &o, "eth0", "", &c).ok(), "round {i}: released by the reference");
+        ok(call(&ours, "CHECK", &r, "eth0", "", &c), "CHECK of the reference's");
+        ok(call(&ours, "DEL", &r, "eth0", "", &c), "our DEL of the reference's");
+        assert!(dd.reserved().is_empty(), "round {i}: {held} still held: {:?}", dd.files());
+    }
+}
+
 #[test]
 fn store_files_are_identical_to_the_reference() {
     require_root!();

@@ -18,6 +18,11 @@ impl FileLock {
         file.lock()?;
         Ok(FileLock { file })
     }
+
+    /// The locked file, open for reading and writing.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl Drop for FileLock {

@@ -7,6 +7,7 @@
 pub mod allocator;
 pub mod config;
 pub mod dns;
+pub mod index;
 pub mod range;
 pub mod store;
 
@@ -116,9 +117,10 @@ impl Plugin for HostLocal {
             )
         };
         let store = DiskStore::open(&conf.location.data_dir, &conf.location.network).map_err(unusable)?;
-        store.probe_writable().map_err(unusable)?;
+        // Read before the probe file comes and goes, so the owner index is still current.
         let full =
             allocator::exhausted_sets(&store, &conf.range_sets).map_err(|e| CniError::new(PLUGIN_NOT_AVAILABLE, e))?;
+        store.probe_writable().map_err(unusable)?;
         if let Some(&idx) = full.first() {
             return Err(CniError::new(
                 PLUGIN_NOT_AVAILABLE,

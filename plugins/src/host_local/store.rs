@@ -5,11 +5,14 @@
 //! out from each range set, and `lock` is the `flock` target that serialises every operation
 //! between our plugin and the reference. Names of IPv6 files are the canonical compressed form.
 
+use super::index::{self, Entry, Stamp};
 use crate::lock::FileLock;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Prefix of the per-range-set round-robin files.
@@ -89,19 +92,26 @@ pub trait Backend {
     fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> io::Result<()>;
 }
 
-/// A network's directory, locked for as long as the value lives.
+/// A network's directory, locked for as long as the value lives. Dropping it saves the owner
+/// index (see [`super::index`]) when this run read or changed the store.
 #[derive(Debug)]
 pub struct DiskStore {
     dir: PathBuf,
-    _lock: FileLock,
+    lock: FileLock,
+    /// Every reservation file as this run knows it, from the first [`Backend::reservations`] on,
+    /// kept up to date by `reserve` and `release`.
+    known: RefCell<Option<HashMap<String, Entry>>>,
+    /// The directory's stamp as the saved index recorded it, if it was current when read.
+    saved: Cell<Option<Stamp>>,
 }
 
-/// Writes `content` to `path` (mode 0600), replacing what was there. Used for scratch files,
-/// whose names are private to this process and the lock holder (a leftover of a crashed run is
-/// simply overwritten), and for the `last_reserved_ip` hint.
-fn write_file(path: &Path, content: &[u8]) -> io::Result<()> {
+/// Writes `content` to `path` (mode 0600), replacing what was there, and returns the file's
+/// inode. Used for scratch files, whose names are private to this process and the lock holder
+/// (a leftover of a crashed run is simply overwritten), and for the `last_reserved_ip` hint.
+fn write_file(path: &Path, content: &[u8]) -> io::Result<u64> {
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(content)
+    file.write_all(content)?;
+    Ok(file.metadata()?.ino())
 }
 
 /// Reads a file that is almost always a few dozen bytes. Every ADD, DEL and CHECK reads every
@@ -151,7 +161,7 @@ impl DiskStore {
 
     fn lock(dir: PathBuf) -> io::Result<DiskStore> {
         let lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
-        Ok(DiskStore { dir, _lock: lock })
+        Ok(DiskStore { dir, lock, known: RefCell::new(None), saved: Cell::new(None) })
     }
 
     /// The network's directory.
@@ -164,7 +174,23 @@ impl DiskStore {
         let probe = self.dir.join(scratch_name("status-probe"));
         let written = write_file(&probe, b"");
         let removed = fs::remove_file(&probe);
-        written.and(removed)
+        written.map(|_| ()).and(removed)
+    }
+
+    fn stamp(&self) -> io::Result<Stamp> {
+        Ok(Stamp::of(&fs::metadata(&self.dir)?))
+    }
+
+    /// Saves what this run knows as the index, stamped with the directory as it is now (after
+    /// every change of this run, under the lock). Nothing to do when the saved index is current.
+    fn save_index(&self) -> io::Result<()> {
+        let known = self.known.borrow();
+        let Some(files) = known.as_ref() else { return Ok(()) };
+        let now = self.stamp()?;
+        if self.saved.get() == Some(now) {
+            return Ok(());
+        }
+        index::store(self.lock.file(), now, files)
     }
 
     fn last_reserved_path(&self, set: usize) -> PathBuf {
@@ -173,7 +199,15 @@ impl DiskStore {
 }
 
 impl Backend for DiskStore {
+    /// The directory listing decides which reservations exist; the index (when the directory is
+    /// unchanged since it was saved) supplies the content of files it knows under the same inode,
+    /// and every other file is read.
     fn reservations(&self) -> io::Result<Vec<Reservation>> {
+        let stamp = self.stamp()?;
+        let mut trusted = index::load(self.lock.file(), stamp);
+        self.saved.set(trusted.as_ref().map(|_| stamp));
+        let mut changed = false;
+        let mut files = HashMap::new();
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -182,17 +216,32 @@ impl Backend for DiskStore {
             // Only address-named files are reservations: never `lock`, `last_reserved_ip.*`
             // or scratch files, whatever they contain.
             let Ok(ip) = name.parse::<IpAddr>() else { continue };
-            match read_small(&entry.path()) {
-                Ok(bytes) => out.push(Reservation {
-                    ip: super::range::canonical(ip),
-                    name: name.to_string(),
-                    owner: Owner::parse(&String::from_utf8_lossy(&bytes)),
-                }),
-                // Released by someone who does not take the lock: it is simply gone.
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io::Error::new(e.kind(), format!("read {}: {e}", entry.path().display()))),
-            }
+            let ino = entry.ino();
+            let content = match trusted.as_mut().and_then(|t| t.remove(name)).filter(|e| e.ino == ino) {
+                Some(known) => known.content,
+                None => match read_small(&entry.path()) {
+                    Ok(bytes) => {
+                        changed = true;
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    }
+                    // Released by someone who does not take the lock: it is simply gone.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("read {}: {e}", entry.path().display()))),
+                },
+            };
+            out.push(Reservation {
+                ip: super::range::canonical(ip),
+                name: name.to_string(),
+                owner: Owner::parse(&content),
+            });
+            files.insert(name.to_string(), Entry { ino, content });
         }
+        if changed || trusted.is_some_and(|t| !t.is_empty()) {
+            // A file the index did not know, or one it knew gone: when the index was trusted,
+            // someone changed the store inside one tick of the directory's clock.
+            self.saved.set(None);
+        }
+        *self.known.borrow_mut() = Some(files);
         Ok(out)
     }
 
@@ -202,38 +251,47 @@ impl Backend for DiskStore {
         let scratch = self.dir.join(scratch_name(&name));
         // The file appears whole or not at all: written under a scratch name, then hard-linked
         // into place, which (like O_EXCL) fails when the address is already reserved.
-        write_file(&scratch, Owner::encode(id, ifname).as_bytes())?;
+        let content = Owner::encode(id, ifname);
+        let ino = write_file(&scratch, content.as_bytes())?;
         let linked = fs::hard_link(&scratch, &path);
         if let Err(e) = fs::remove_file(&scratch) {
             // The reservation stands either way; a leftover scratch file is overwritten next time.
             log::warn!("host-local: failed to remove {}: {e}", scratch.display());
         }
-        match linked {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        let ino = match linked {
+            Ok(()) => ino,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             // File systems without hard links: fall back to O_EXCL on the final name.
             Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::PermissionDenied) => {
                 match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-                    Ok(mut file) => match file.write_all(Owner::encode(id, ifname).as_bytes()) {
-                        Ok(()) => Ok(true),
+                    Ok(mut file) => match file.write_all(content.as_bytes()).and_then(|()| file.metadata()) {
+                        Ok(meta) => meta.ino(),
                         Err(e) => {
                             let _ = fs::remove_file(&path);
-                            Err(e)
+                            return Err(e);
                         }
                     },
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-                    Err(e) => Err(e),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+                    Err(e) => return Err(e),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        if let Some(known) = self.known.get_mut().as_mut() {
+            known.insert(name, Entry { ino, content });
         }
+        Ok(true)
     }
 
     fn release(&mut self, name: &str) -> io::Result<()> {
         match fs::remove_file(self.dir.join(name)) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        if let Some(known) = self.known.get_mut().as_mut() {
+            known.remove(name);
+        }
+        Ok(())
     }
 
     fn last_reserved(&self, set: usize) -> Option<IpAddr> {
@@ -245,7 +303,16 @@ impl Backend for DiskStore {
         // Written in place, as the reference does: the file only says where the next search
         // starts, and a torn write reads as no hint at all, so a rename would buy nothing but
         // an extra half millisecond per ADD.
-        write_file(&self.last_reserved_path(set), ip.to_string().as_bytes())
+        write_file(&self.last_reserved_path(set), ip.to_string().as_bytes()).map(|_| ())
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        // Still under the lock: the lock field is dropped after this runs.
+        if let Err(e) = self.save_index() {
+            log::warn!("host-local: failed to save the owner index in {}: {e}", self.dir.display());
+        }
     }
 }
 
@@ -334,6 +401,77 @@ pub(crate) mod tests {
         s.release("10.0.0.9").unwrap();
         assert_eq!(s.reservations().unwrap().len(), 1);
         s.probe_writable().unwrap();
+    }
+
+    fn owners(s: &DiskStore) -> Vec<(String, Owner)> {
+        let mut v: Vec<(String, Owner)> = s.reservations().unwrap().into_iter().map(|r| (r.name, r.owner)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn att(id: &str) -> Owner {
+        Owner::Attachment { id: id.into(), ifname: "eth0".into() }
+    }
+
+    #[test]
+    fn the_owner_index_serves_unchanged_stores_only() {
+        let tmp = TempDir::new("index-use");
+        let dir = tmp.0.join("net");
+        {
+            let mut s = DiskStore::open(&tmp.0, "net").unwrap();
+            s.reservations().unwrap();
+            assert!(s.reserve("10.0.0.2".parse().unwrap(), "c1", "eth0").unwrap());
+            assert!(s.reserve("10.0.0.3".parse().unwrap(), "c2", "eth0").unwrap());
+        }
+        assert_ne!(fs::read(dir.join(LOCK_FILE)).unwrap(), b"", "the index lives in the lock file");
+        // Rewriting a file in place leaves the directory alone, so only the index can explain
+        // seeing the old owner: it was used instead of reading the file.
+        fs::write(dir.join("10.0.0.2"), "changed-in-place").unwrap();
+        let s = DiskStore::open(&tmp.0, "net").unwrap();
+        assert_eq!(owners(&s), [("10.0.0.2".into(), att("c1")), ("10.0.0.3".into(), att("c2"))]);
+        drop(s);
+
+        // A writer that keeps no index (the reference): new, removed and replaced files are seen,
+        // even within one tick of a coarse clock (the links keep the old inodes from reuse).
+        for (i, name) in ["10.0.0.2", "10.0.0.3"].iter().enumerate() {
+            fs::hard_link(dir.join(name), tmp.0.join(format!("old{i}"))).unwrap();
+        }
+        fs::write(dir.join("10.0.0.4"), "c4\r\neth0").unwrap();
+        fs::remove_file(dir.join("10.0.0.3")).unwrap();
+        fs::remove_file(dir.join("10.0.0.2")).unwrap();
+        fs::write(dir.join("10.0.0.2"), "c9\r\neth0").unwrap();
+        let s = DiskStore::open(&tmp.0, "net").unwrap();
+        assert_eq!(owners(&s), [("10.0.0.2".into(), att("c9")), ("10.0.0.4".into(), att("c4"))]);
+        drop(s);
+
+        // A file replaced under the same name and the same directory timestamp: only its inode
+        // tells (a hard link keeps the old inode alive, so the new file cannot reuse it).
+        let keep = tmp.0.join("keep");
+        fs::hard_link(dir.join("10.0.0.4"), &keep).unwrap();
+        let before = fs::metadata(&dir).unwrap().modified().unwrap();
+        fs::remove_file(dir.join("10.0.0.4")).unwrap();
+        fs::write(dir.join("10.0.0.4"), "c5\r\neth0").unwrap();
+        let times = fs::FileTimes::new().set_modified(before);
+        fs::File::open(&dir).unwrap().set_times(times).unwrap();
+        let s = DiskStore::open(&tmp.0, "net").unwrap();
+        assert_eq!(owners(&s), [("10.0.0.2".into(), att("c9")), ("10.0.0.4".into(), att("c5"))]);
+    }
+
+    #[test]
+    fn a_damaged_index_means_reading_every_file() {
+        let tmp = TempDir::new("index-damaged");
+        let dir = tmp.0.join("net");
+        {
+            let mut s = DiskStore::open(&tmp.0, "net").unwrap();
+            s.reservations().unwrap();
+            assert!(s.reserve("10.0.0.2".parse().unwrap(), "c1", "eth0").unwrap());
+        }
+        fs::write(dir.join("10.0.0.2"), "c2\r\neth0").unwrap();
+        let mut lock = fs::read(dir.join(LOCK_FILE)).unwrap();
+        lock.truncate(lock.len() / 2);
+        fs::write(dir.join(LOCK_FILE), &lock).unwrap();
+        let s = DiskStore::open(&tmp.0, "net").unwrap();
+        assert_eq!(owners(&s), [("10.0.0.2".into(), att("c2"))]);
     }
 
     #[test]
