@@ -119,6 +119,12 @@ fn add_builds_the_reference_topology_and_traffic_flows() {
         let routes = c1.ip_json(&["route", "show", "default"]).unwrap();
         assert_eq!(routes[0]["gateway"], "10.77.0.1");
         assert_eq!(c1.run("sysctl", &["-n", "net.ipv4.conf.eth0.arp_notify"]).unwrap().trim(), "1");
+        assert_eq!(c1.run("sysctl", &["-n", "net.ipv6.conf.eth0.accept_dad"]).unwrap().trim(), "0");
+        let host_veth = ifs[1]["name"].as_str().unwrap();
+        for dev in ["cnibr0", host_veth] {
+            let key = format!("net.ipv6.conf.{dev}.accept_ra");
+            assert_eq!(host.ns.run("sysctl", &["-n", &key]).unwrap().trim(), "0", "{}: {key}", suite.name);
+        }
 
         let nat = nat_rules(&host);
         assert!(

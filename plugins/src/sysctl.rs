@@ -24,12 +24,32 @@ pub fn write(key: &str, value: &str) -> io::Result<()> {
 }
 
 /// Writes a sysctl only when it differs, so an unchanged host value is never touched (and a
-/// read-only `/proc/sys` that already has the value is no error).
+/// read-only `/proc/sys` that already has the value is no error). One open serves both the read
+/// and the write: each path lookup under `/proc/sys/net` costs more with every network
+/// namespace on the machine.
 pub fn ensure(key: &str, value: &str) -> io::Result<()> {
-    match read(key) {
-        Ok(current) if current == value => Ok(()),
-        _ => write(key, value),
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let path = path_of(key);
+    let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+        // Not writable (read-only /proc/sys, no permission): fine if it already holds the value.
+        Err(e) => {
+            return match read(key) {
+                Ok(current) if current == value => Ok(()),
+                _ => Err(io::Error::new(e.kind(), format!("write {value} to {}: {e}", path.display()))),
+            }
+        }
+    };
+    let mut current = String::new();
+    file.read_to_string(&mut current)?;
+    if current.trim() == value {
+        return Ok(());
     }
+    file.write_at(value.as_bytes(), 0)
+        .map(|_| ())
+        .map_err(|e| io::Error::new(e.kind(), format!("write {value} to {}: {e}", path.display())))
 }
 
 /// Like [`ensure`], but a key that does not exist (IPv6 disabled, an old kernel) is no error.

@@ -11,7 +11,7 @@ mod config;
 pub use config::BridgeConf;
 
 use crate::firewall::{self, Backend, MasqTarget};
-use crate::netlink::{Handle, Link, RouteSpec, VethSpec};
+use crate::netlink::{self, Handle, Ipv4Conf, Link, RouteSpec, VethSpec};
 use crate::ns::{NetNs, NsError};
 use crate::sysctl;
 use cni_types::skel::Command;
@@ -114,7 +114,9 @@ fn ensure_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Link, CniError>
         ctx(host.set_link_promisc(link.index, true), || format!("set {name} promisc"))?;
     }
     // A bridge must not autoconfigure from router advertisements of its own containers.
-    let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+    if link.ipv6_accept_ra != Some(0) {
+        let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+    }
     if !link.up {
         ctx(host.set_link_up(link.index, true), || format!("set {name} up"))?;
     }
@@ -247,14 +249,26 @@ fn ensure_bridge_addr(host: &mut Handle, bridge: &Link, want: &IpNetwork, force:
 fn configure_container(
     ns: &NetNs,
     cont: &mut Handle,
-    index: u32,
+    link: &Link,
     args: &CmdArgs,
     conf: &BridgeConf,
     result: &CniResult,
 ) -> Result<(), CniError> {
     let ifname = &args.ifname;
+    let index = link.index;
     let has_v6 = result.ips.iter().any(|i| !i.address.is_ipv4());
     let has_v4 = result.ips.iter().any(|i| i.address.is_ipv4());
+    // What the link already reports (its devconf comes with it) is not written again, and
+    // arp_notify goes over rtnetlink: each /proc/sys/net path costs more with every namespace.
+    let arp_notify_done = !has_v4
+        || link.ipv4_arp_notify == Some(1)
+        || match cont.enable_ipv4_conf(index, Ipv4Conf::ArpNotify) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("arp_notify over rtnetlink: {e}; writing the sysctl");
+                false
+            }
+        };
     ns.run(|| -> io::Result<()> {
         if has_v6 {
             sysctl::ensure_if_present("net/ipv6/conf/lo/disable_ipv6", "0")?;
@@ -265,10 +279,10 @@ fn configure_container(
         if conf.enable_dad {
             sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1")?;
             sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1")?;
-        } else {
+        } else if link.ipv6_accept_dad != Some(0) {
             sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
         }
-        if has_v4 {
+        if !arp_notify_done {
             sysctl::ensure_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
         }
         Ok(())
@@ -369,7 +383,9 @@ impl Bridge {
         let cont_link = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
             .ok_or_else(|| internal(format!("{} vanished from {}", args.ifname, ns.path().display())))?;
 
-        let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{}/accept_ra", veth.name), "0");
+        if veth.ipv6_accept_ra != Some(0) {
+            let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{}/accept_ra", veth.name), "0");
+        }
         ctx(host.set_link_up(veth.index, true), || format!("failed to set {} up", veth.name))?;
         if conf.hairpin_mode || conf.port_isolation {
             ctx(host.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation), || {
@@ -399,7 +415,7 @@ impl Bridge {
             result.routes = ipam.routes;
             result.dns = ipam.dns;
             let bridge_addrs = calc_gateways(conf, &mut result);
-            configure_container(ns, &mut cont, cont_link.index, args, conf, &result)?;
+            configure_container(ns, &mut cont, &cont_link, args, conf, &result)?;
             mark("container configured");
             if conf.is_gateway {
                 for net in &bridge_addrs {
@@ -412,10 +428,10 @@ impl Bridge {
                 }
                 let v4 = result.ips.iter().any(|i| i.address.is_ipv4());
                 let v6 = result.ips.iter().any(|i| !i.address.is_ipv4());
-                if v4 {
+                if v4 && !matches!(netlink::all_forwarding(false), Ok(Some(true))) {
                     ctx(sysctl::ensure("net/ipv4/ip_forward", "1"), || "enable IPv4 forwarding".into())?;
                 }
-                if v6 {
+                if v6 && !matches!(netlink::all_forwarding(true), Ok(Some(true))) {
                     ctx(sysctl::ensure("net/ipv6/conf/all/forwarding", "1"), || "enable IPv6 forwarding".into())?;
                 }
             }

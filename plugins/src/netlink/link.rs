@@ -3,6 +3,7 @@
 use super::Handle;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags};
+use netlink_packet_route::link::{AfSpecInet, AfSpecInet6, AfSpecUnspec, InetDevConf};
 use netlink_packet_route::link::{
     InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
     LinkInfo, LinkMessage, State,
@@ -34,6 +35,23 @@ pub struct Link {
     pub oper_state: Option<State>,
     /// For a veth: the peer's interface index (`IFLA_LINK`), in whichever namespace it lives.
     pub peer_index: Option<u32>,
+    /// `net.ipv6.conf.<name>.accept_ra`, when the link has IPv6.
+    pub ipv6_accept_ra: Option<i32>,
+    /// `net.ipv6.conf.<name>.accept_dad`, when the link has IPv6.
+    pub ipv6_accept_dad: Option<i32>,
+    /// `net.ipv4.conf.<name>.arp_notify`, when the link has IPv4.
+    pub ipv4_arp_notify: Option<i32>,
+    /// `net.ipv4.conf.<name>.route_localnet`, when the link has IPv4.
+    pub ipv4_route_localnet: Option<i32>,
+}
+
+/// A per-device IPv4 switch [`Handle::enable_ipv4_conf`] can turn on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Conf {
+    /// `arp_notify`.
+    ArpNotify,
+    /// `route_localnet`.
+    RouteLocalnet,
 }
 
 impl Link {
@@ -56,6 +74,31 @@ impl Link {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
                             link.kind = kind.to_string();
+                        }
+                    }
+                }
+                // The per-device sysctls come with every link, so reading one costs no path
+                // lookup under /proc/sys/net (which grows with the number of namespaces).
+                LinkAttribute::AfSpecUnspec(families) => {
+                    for family in families {
+                        match family {
+                            AfSpecUnspec::Inet(attrs) => {
+                                for a in attrs {
+                                    if let AfSpecInet::DevConf(c) = a {
+                                        link.ipv4_arp_notify = Some(c.arp_notify);
+                                        link.ipv4_route_localnet = Some(c.route_localnet);
+                                    }
+                                }
+                            }
+                            AfSpecUnspec::Inet6(attrs) => {
+                                for a in attrs {
+                                    if let AfSpecInet6::DevConf(c) = a {
+                                        link.ipv6_accept_ra = Some(c.accept_ra);
+                                        link.ipv6_accept_dad = Some(c.accept_dad);
+                                    }
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -210,6 +253,21 @@ impl Handle {
         msg.header.index = index;
         msg.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
         msg.header.change_mask = LinkFlags::Promisc;
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `net.ipv4.conf.<link>.<switch>=1` through rtnetlink (`IFLA_INET_CONF`), which costs no
+    /// `/proc/sys` path lookup.
+    pub fn enable_ipv4_conf(&mut self, index: u32, switch: Ipv4Conf) -> io::Result<()> {
+        let mut conf = InetDevConf::default();
+        match switch {
+            Ipv4Conf::ArpNotify => conf.arp_notify = 1,
+            Ipv4Conf::RouteLocalnet => conf.route_localnet = 1,
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)])]));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }
 

@@ -7,11 +7,13 @@
 
 mod addr;
 mod link;
+mod netconf;
 mod nftables;
 mod route;
 
 pub use addr::Address;
-pub use link::{parse_mac, Link, VethSpec};
+pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
+pub use netconf::all_forwarding;
 pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, NftFamily, NftRule};
 pub use route::RouteSpec;
 

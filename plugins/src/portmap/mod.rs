@@ -26,7 +26,7 @@ use crate::firewall::portmap_iptables::{
 };
 use crate::firewall::portmap_nft::{check_portmap_nft, nft_usable, setup_portmap_nft, teardown_portmap_nft};
 use crate::firewall::{restore, Backend, Family};
-use crate::netlink::Handle;
+use crate::netlink::{Handle, Ipv4Conf, Link};
 use crate::sysctl;
 use cni_types::error::PLUGIN_NOT_AVAILABLE;
 use cni_types::{CmdArgs, CniError, CniResult, Plugin};
@@ -64,21 +64,33 @@ fn flush_udp_conntrack(family: Family, forwards: &[PortForward], ip: IpAddr) {
 /// names, so that connections from 127.0.0.1, once DNATed, may leave through it. The reference
 /// skips the step when the lookup fails; so does this.
 fn enable_route_localnet(ip: IpAddr) -> Result<(), CniError> {
-    let lookup = || -> std::io::Result<Option<String>> {
+    let lookup = || -> std::io::Result<Option<(Handle, Link)>> {
         let mut host = Handle::new()?;
         let Some(index) = host.route_get(ip)? else { return Ok(None) };
-        Ok(host.link_by_index(index)?.map(|l| l.name))
+        Ok(host.link_by_index(index)?.map(|l| (host, l)))
     };
-    let name = match lookup() {
-        Ok(Some(name)) => name,
+    let (mut host, link) = match lookup() {
+        Ok(Some(found)) => found,
         Ok(None) => return Ok(()),
         Err(e) => {
             log::debug!("no route to {ip}, route_localnet left alone: {e}");
             return Ok(());
         }
     };
-    sysctl::ensure(&format!("net/ipv4/conf/{name}/route_localnet"), "1")
-        .map_err(|e| internal(format!("unable to enable route_localnet: {e}")))
+    // The link reports the switch, and rtnetlink sets it without a /proc/sys/net path lookup
+    // (which costs more with every network namespace on the machine); the sysctl stays the
+    // fallback.
+    if link.ipv4_route_localnet == Some(1) {
+        return Ok(());
+    }
+    match host.enable_ipv4_conf(link.index, Ipv4Conf::RouteLocalnet) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            log::debug!("route_localnet over rtnetlink: {e}; writing the sysctl");
+            sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")
+                .map_err(|e| internal(format!("unable to enable route_localnet: {e}")))
+        }
+    }
 }
 
 impl Plugin for PortmapPlugin {
