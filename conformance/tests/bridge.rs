@@ -230,17 +230,22 @@ fn a_failure_after_ipam_releases_the_address() {
         let host = FakeHost::new().unwrap();
         let rt = Runtime::new(suite, &host.ns, host.dir.clone());
         // A non-bridge link holds the gateway-to-be address on the bridge: forceAddress is off,
-        // so ADD fails after IPAM and must give the address back and remove the veth.
+        // so ADD fails after IPAM and must give the address back and remove the veth. The
+        // masquerade batch was already loading by then: its rules must go too.
         let c0 = host.container().unwrap();
         rt.add_list(&list(&host, "1.0.0", json!({})), &Attachment::new("ctr-0", &c0)).unwrap();
+        let nat_before = nat_rules(&host);
         let c = host.container().unwrap();
         let other = json!({"cniVersion": "1.0.0", "name": "brnet", "plugins": [{"type": "bridge", "bridge": "cnibr0",
-            "isGateway": true, "ipam": {"type": "host-local", "dataDir": host.dir.join("ipam").display().to_string(),
+            "isGateway": true, "ipMasq": true,
+            "ipam": {"type": "host-local", "dataDir": host.dir.join("ipam").display().to_string(),
             "ranges": [[{"subnet": "10.79.0.0/24"}]]}}]});
         let err = rt.add_list(&other, &Attachment::new("ctr-1", &c)).unwrap_err().to_string();
         assert!(err.contains("already has an IP address different from 10.79.0.1/24"), "{err}");
         assert_eq!(reservations(&host), BTreeSet::from(["10.77.0.2".to_string()]), "only ctr-0 holds an address");
         assert_eq!(veths(&host), 1, "only ctr-0's veth remains");
+        let strip = |s: &str| s.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+        assert_eq!(strip(&nat_rules(&host)), strip(&nat_before), "ctr-1's masquerade rules were rolled back");
     });
 }
 

@@ -415,6 +415,16 @@ impl Bridge {
             result.routes = ipam.routes;
             result.dns = ipam.dns;
             let bridge_addrs = calc_gateways(conf, &mut result);
+            // The masquerade batch loads while the container is configured; dropping `masq` on an
+            // error below waits for it, so the rollback sees whatever it installed.
+            let masq_addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
+            let masq_target = masq_target(conf, args, &masq_addrs);
+            let masq = if conf.ip_masq {
+                undo.push(Undo::IpMasq(masq_addrs.clone()));
+                Some(firewall::begin_ipmasq(masq_backend(conf)?, masq_target, started.restore.take()))
+            } else {
+                None
+            };
             configure_container(ns, &mut cont, &cont_link, args, conf, &result)?;
             mark("container configured");
             if conf.is_gateway {
@@ -435,13 +445,8 @@ impl Bridge {
                     ctx(sysctl::ensure("net/ipv6/conf/all/forwarding", "1"), || "enable IPv6 forwarding".into())?;
                 }
             }
-            if conf.ip_masq {
-                let addrs: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
-                let target = masq_target(conf, args, &addrs);
-                ctx(firewall::setup_ipmasq_prepared(masq_backend(conf)?, &target, started.restore.take()), || {
-                    "failed to set up IP masquerading".into()
-                })?;
-                undo.push(Undo::IpMasq(addrs));
+            if let Some(masq) = masq {
+                ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
                 mark("masquerade installed");
             }
         } else if !conf.disable_container_interface {

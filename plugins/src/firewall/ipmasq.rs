@@ -97,55 +97,113 @@ pub fn setup_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallErro
 pub fn setup_ipmasq_prepared(
     backend: Backend,
     t: &MasqTarget,
-    mut prepared: Option<PendingRestore>,
+    prepared: Option<PendingRestore>,
 ) -> Result<(), FirewallError> {
-    match backend {
-        Backend::Iptables => {
-            for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
-                let chain = chain_name("", t.network, t.container_id);
-                if chain_surely_absent(family, &chain) {
-                    if let Some(batch) = plan_iptables_fresh(family, t) {
-                        let loaded = match prepared.take() {
-                            Some(p) if p.family() == family => p.load(&batch.render()),
-                            other => {
-                                prepared = other;
-                                restore::iptables_restore(family, &batch.render())
-                            }
-                        };
-                        match loaded {
-                            Ok(()) => continue,
-                            // Someone created the chain meanwhile: fall back to reading the table.
-                            Err(e) => log::debug!("blind masquerade batch failed, re-planning: {e}"),
-                        }
-                    }
-                }
-                restore::apply_iptables(family, NAT, false, |saved| plan_iptables_setup(saved, family, t))?;
+    begin_ipmasq(backend, *t, prepared).finish()
+}
+
+/// A masquerade setup under way (see [`begin_ipmasq`]).
+pub struct MasqSetup<'a> {
+    backend: Backend,
+    target: MasqTarget<'a>,
+    /// The prepared restore, fed with its family's blind batch and loading it.
+    loading: Option<PendingRestore>,
+    /// The prepared restore when no batch could be planned blind for it.
+    prepared: Option<PendingRestore>,
+}
+
+/// Starts [`setup_ipmasq_prepared`]: when the container's chain does not exist yet, the prepared
+/// restore gets its family's batch now and loads it while the caller goes on (the bridge
+/// configures the container meanwhile); [`MasqSetup::finish`] waits for it and does the rest.
+/// Dropping the value waits for the restore too, so a caller that fails in between can roll
+/// back knowing the batch has landed or failed.
+pub fn begin_ipmasq(backend: Backend, t: MasqTarget<'_>, prepared: Option<PendingRestore>) -> MasqSetup<'_> {
+    let mut setup = MasqSetup { backend, target: t, loading: None, prepared };
+    if backend != Backend::Iptables {
+        return setup;
+    }
+    if let Some(mut p) = setup.prepared.take() {
+        let family = p.family();
+        let chain = chain_name("", t.network, t.container_id);
+        let batch = (!addresses_of(&t, family).is_empty() && chain_surely_absent(family, &chain))
+            .then(|| plan_iptables_fresh(family, &t))
+            .flatten();
+        match batch {
+            Some(batch) => {
+                p.feed(&batch.render());
+                setup.loading = Some(p);
             }
-            Ok(())
-        }
-        Backend::Nftables => {
-            let chains_exist = |name| matches!(nft_chain_exists(NftFamily::Inet, NFT_TABLE, name), Ok(true));
-            let existing = if chains_exist(NFT_POSTROUTING) {
-                nft_rules(NftFamily::Inet, NFT_TABLE, NFT_CHECKS).ok()
-            } else {
-                None
-            };
-            if let Some(existing) = existing.filter(|_| chains_exist(NFT_CHECKS)) {
-                // The table is set up (by an earlier ADD, ours or the reference's): replace only this
-                // attachment's rules, found by comment over netlink instead of an `nft -j list`.
-                let mut script = plan_nft_rules(t)?;
-                let instance = nft_instance_hash(t.network, t.ifname, t.container_id);
-                for r in existing.iter().filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&instance))) {
-                    script.delete_rule_handle(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, r.handle);
-                }
-                match restore::nft_apply(&script.render()) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => log::debug!("masquerade rules without listing failed, re-planning: {e}"),
-                }
-            }
-            restore::apply_nft(&["table", NFT_FAMILY, NFT_TABLE], false, |listing| plan_nft_setup(listing, t).map(Some))
+            None => setup.prepared = Some(p),
         }
     }
+    setup
+}
+
+impl MasqSetup<'_> {
+    /// Waits for the batch started by [`begin_ipmasq`] and installs whatever it did not cover.
+    pub fn finish(mut self) -> Result<(), FirewallError> {
+        let t = &self.target;
+        match self.backend {
+            Backend::Iptables => {
+                for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
+                    if let Some(loading) = self.loading.take_if(|l| l.family() == family) {
+                        match loading.finish() {
+                            Ok(()) => continue,
+                            Err(e) => log::debug!("blind masquerade batch failed, re-planning: {e}"),
+                        }
+                    } else if let Some(()) = setup_family_blind(family, t, &mut self.prepared) {
+                        continue;
+                    }
+                    restore::apply_iptables(family, NAT, false, |saved| plan_iptables_setup(saved, family, t))?;
+                }
+                Ok(())
+            }
+            Backend::Nftables => setup_nft(t),
+        }
+    }
+}
+
+/// The blind batch for a family whose container chain does not exist yet, through the prepared
+/// restore when it is of that family; `Some(())` when it loaded.
+fn setup_family_blind(family: Family, t: &MasqTarget, prepared: &mut Option<PendingRestore>) -> Option<()> {
+    let chain = chain_name("", t.network, t.container_id);
+    if !chain_surely_absent(family, &chain) {
+        return None;
+    }
+    let batch = plan_iptables_fresh(family, t)?;
+    let loaded = match prepared.take_if(|p| p.family() == family) {
+        Some(p) => p.load(&batch.render()),
+        None => restore::iptables_restore(family, &batch.render()),
+    };
+    match loaded {
+        Ok(()) => Some(()),
+        // Someone created the chain meanwhile: fall back to reading the table.
+        Err(e) => {
+            log::debug!("blind masquerade batch failed, re-planning: {e}");
+            None
+        }
+    }
+}
+
+/// The nftables backend's ADD.
+fn setup_nft(t: &MasqTarget) -> Result<(), FirewallError> {
+    let chains_exist = |name| matches!(nft_chain_exists(NftFamily::Inet, NFT_TABLE, name), Ok(true));
+    let existing =
+        if chains_exist(NFT_POSTROUTING) { nft_rules(NftFamily::Inet, NFT_TABLE, NFT_CHECKS).ok() } else { None };
+    if let Some(existing) = existing.filter(|_| chains_exist(NFT_CHECKS)) {
+        // The table is set up (by an earlier ADD, ours or the reference's): replace only this
+        // attachment's rules, found by comment over netlink instead of an `nft -j list`.
+        let mut script = plan_nft_rules(t)?;
+        let instance = nft_instance_hash(t.network, t.ifname, t.container_id);
+        for r in existing.iter().filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&instance))) {
+            script.delete_rule_handle(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, r.handle);
+        }
+        match restore::nft_apply(&script.render()) {
+            Ok(()) => return Ok(()),
+            Err(e) => log::debug!("masquerade rules without listing failed, re-planning: {e}"),
+        }
+    }
+    restore::apply_nft(&["table", NFT_FAMILY, NFT_TABLE], false, |listing| plan_nft_setup(listing, t).map(Some))
 }
 
 /// DEL: removes this attachment's rules from both backends, found by chain name and comment, so it

@@ -19,7 +19,8 @@ pub mod restore;
 mod spoofcheck;
 
 pub use ipmasq::{
-    check_ipmasq, default_backend, gc_ipmasq, setup_ipmasq, setup_ipmasq_prepared, teardown_ipmasq, MasqTarget,
+    begin_ipmasq, check_ipmasq, default_backend, gc_ipmasq, setup_ipmasq, setup_ipmasq_prepared, teardown_ipmasq,
+    MasqSetup, MasqTarget,
 };
 pub use restore::PendingRestore;
 pub use spoofcheck::{setup_spoofcheck, teardown_spoofcheck};

@@ -105,6 +105,9 @@ pub struct PendingRestore {
     stdin: Option<std::process::ChildStdin>,
     command: String,
     family: Family,
+    /// What [`PendingRestore::feed`] gave it, kept to name a failing line.
+    batch: String,
+    fed: std::io::Result<()>,
 }
 
 impl PendingRestore {
@@ -122,7 +125,7 @@ impl PendingRestore {
             .spawn()
             .map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
         let stdin = child.stdin.take();
-        Ok(PendingRestore { child, stdin, command, family })
+        Ok(PendingRestore { child, stdin, command, family, batch: String::new(), fed: Ok(()) })
     }
 
     /// The family whose tables it loads into.
@@ -132,11 +135,25 @@ impl PendingRestore {
 
     /// Feeds `batch`, closes the input and waits; errors name the failing input line.
     pub fn load(mut self, batch: &str) -> Result<(), FirewallError> {
+        self.feed(batch);
+        self.finish()
+    }
+
+    /// Feeds `batch` and closes the input without waiting, so the tool loads it while the caller
+    /// goes on; [`PendingRestore::finish`] collects the outcome (dropping waits too).
+    pub fn feed(&mut self, batch: &str) {
         log::debug!("running {} with input:\n{batch}", self.command);
-        let fed = match self.stdin.take() {
+        self.fed = match self.stdin.take() {
             Some(mut pipe) => pipe.write_all(batch.as_bytes()),
             None => Ok(()),
         };
+        self.batch = batch.to_string();
+    }
+
+    /// Waits for the tool; errors name the failing input line.
+    pub fn finish(mut self) -> Result<(), FirewallError> {
+        let batch = std::mem::take(&mut self.batch);
+        let fed = std::mem::replace(&mut self.fed, Ok(()));
         let command = self.command.clone();
         let output = self.wait_output().map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
         if !output.status.success() {
