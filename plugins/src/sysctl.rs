@@ -1,15 +1,82 @@
 //! `/proc/sys` reads and writes. `/proc/sys/net` follows the network namespace of the thread
 //! that opens the file, so these must run inside the namespace they are meant for.
+//!
+//! [`ensure`] opens its file through a procfs instance of its own when it can: in the machine's
+//! `/proc`, every network namespace has its own `net/ipv4` and `net/ipv6` dentries under the one
+//! shared `net` dentry, all in one hash chain, so each lookup walks past an entry per namespace
+//! that ever had a sysctl read (about a millisecond with a thousand containers). A private
+//! instance holds only the dentries this process looks up.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// The file behind a key given as `net/ipv4/ip_forward` or `net.ipv4.ip_forward`. Dots turn
 /// into slashes only in the dotted form, so interface names with dots (`br0.100`) survive in
 /// the slash form.
 fn path_of(key: &str) -> PathBuf {
-    let rel = if key.contains('/') { key.to_string() } else { key.replace('.', "/") };
-    PathBuf::from("/proc/sys").join(rel)
+    PathBuf::from("/proc/sys").join(relative(key))
+}
+
+/// The key below `/proc/sys`, slash-separated.
+fn relative(key: &str) -> String {
+    if key.contains('/') {
+        key.to_string()
+    } else {
+        key.replace('.', "/")
+    }
+}
+
+/// A new procfs instance, detached (mounted nowhere, so no mount namespace sees it), or `None`
+/// where the new mount API or the privilege for it is missing (then `/proc` serves).
+fn make_private_proc() -> Option<OwnedFd> {
+    use nix::libc::{c_char, c_long, c_uint, syscall, SYS_fsconfig, SYS_fsmount, SYS_fsopen};
+    const FSOPEN_CLOEXEC: c_uint = 1;
+    const FSCONFIG_CMD_CREATE: c_uint = 6;
+    const FSMOUNT_CLOEXEC: c_uint = 1;
+    let fstype = c"proc";
+    // SAFETY: fsopen(2) with a NUL-terminated name and flags; it returns a new fd or -1.
+    let ctx = unsafe { syscall(SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    if ctx < 0 {
+        return None;
+    }
+    // SAFETY: `ctx` is a file descriptor fsopen just returned to us and that nothing else owns.
+    let ctx = unsafe { OwnedFd::from_raw_fd(i32::try_from(ctx).ok()?) };
+    let none = std::ptr::null::<c_char>();
+    // SAFETY: fsconfig(2) on our context fd; the create command takes no key or value.
+    if unsafe { syscall(SYS_fsconfig, ctx.as_raw_fd(), FSCONFIG_CMD_CREATE, none, none, 0 as c_long) } < 0 {
+        return None;
+    }
+    // SAFETY: fsmount(2) on our configured context fd; it returns a new mount fd or -1.
+    let mnt = unsafe { syscall(SYS_fsmount, ctx.as_raw_fd(), FSMOUNT_CLOEXEC, 0 as c_uint) };
+    if mnt < 0 {
+        return None;
+    }
+    // SAFETY: `mnt` is a file descriptor fsmount just returned to us and that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(i32::try_from(mnt).ok()?) })
+}
+
+/// The process's private procfs instance, made on first use.
+fn private_proc() -> Option<&'static OwnedFd> {
+    static PROC: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    PROC.get_or_init(make_private_proc).as_ref()
+}
+
+/// Opens a sysctl file for reading and writing, through the private procfs instance when there
+/// is one.
+fn open_rw(key: &str) -> io::Result<std::fs::File> {
+    if let Some(proc_fd) = private_proc() {
+        let rel = format!("sys/{}", relative(key));
+        let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC;
+        match nix::fcntl::openat(proc_fd, rel.as_str(), flags, nix::sys::stat::Mode::empty()) {
+            Ok(fd) => return Ok(std::fs::File::from(fd)),
+            Err(nix::errno::Errno::ENOENT) => return Err(io::ErrorKind::NotFound.into()),
+            // Anything else (e.g. a security module refusing the private mount): use /proc.
+            Err(e) => log::debug!("private procfs open of {rel}: {e}; using /proc"),
+        }
+    }
+    std::fs::OpenOptions::new().read(true).write(true).open(path_of(key))
 }
 
 /// Reads a sysctl, trimmed.
@@ -31,7 +98,7 @@ pub fn ensure(key: &str, value: &str) -> io::Result<()> {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
     let path = path_of(key);
-    let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+    let mut file = match open_rw(key) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
         // Not writable (read-only /proc/sys, no permission): fine if it already holds the value.
