@@ -425,8 +425,8 @@ impl Bridge {
             } else {
                 None
             };
-            configure_container(ns, &mut cont, &cont_link, args, conf, &result)?;
-            mark("container configured");
+            // The bridge side first: once the container's interface is up, the kernel's own work
+            // for the new link (linkwatch, IPv6 autoconfiguration) holds the RTNL for a while.
             if conf.is_gateway {
                 for net in &bridge_addrs {
                     ensure_bridge_addr(host, &bridge, net, conf.force_address)?;
@@ -445,6 +445,8 @@ impl Bridge {
                     ctx(sysctl::ensure("net/ipv6/conf/all/forwarding", "1"), || "enable IPv6 forwarding".into())?;
                 }
             }
+            configure_container(ns, &mut cont, &cont_link, args, conf, &result)?;
+            mark("container configured");
             if let Some(masq) = masq {
                 ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
                 mark("masquerade installed");
