@@ -394,3 +394,40 @@ fn default_backend_prefers_iptables() {
     };
     assert_eq!(firewall::default_backend(), want);
 }
+
+/// portmap DEL with iptables-nft removes, by handle, every jump to the container's chains (the
+/// entry rules in `CNI-HOSTPORT-DNAT`, the pre-2018 `CNI-HOSTPORT-SNAT` jump to `CNI-SN-…`) and the
+/// chains, and nothing of another container; a family without a nat table is no error.
+#[test]
+fn portmap_teardown_removes_jumps_and_chains_only_of_its_container() {
+    use cni_plugins::firewall::portmap_iptables::{dnat_chain_name, teardown_portmap_iptables};
+    in_netns("portmap_teardown_removes_jumps_and_chains_only_of_its_container", IPT_TOOLS, || {
+        let (dn1, dn2) = (dnat_chain_name("specnet", "ctr1"), dnat_chain_name("specnet", "ctr2"));
+        let sn1 = chain_name("SN-", "specnet", "ctr1");
+        let comment = |id: &str| format!("dnat name: \\\"specnet\\\" id: \\\"{id}\\\"");
+        restore(
+            false,
+            &format!(
+                "*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-HOSTPORT-SNAT - [0:0]\n:{dn1} - [0:0]\n:{dn2} - [0:0]\n:{sn1} - [0:0]\n\
+                 -A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n\
+                 -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"{}\" -m multiport --dports 18080 -j {dn1}\n\
+                 -A CNI-HOSTPORT-DNAT -p udp -m comment --comment \"{}\" -m multiport --dports 15353 -j {dn1}\n\
+                 -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"{}\" -m multiport --dports 19090 -j {dn2}\n\
+                 -A {dn1} -p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.251.0.2:80\n\
+                 -A {dn2} -p tcp -m tcp --dport 19090 -j DNAT --to-destination 10.251.0.3:90\n\
+                 -A CNI-HOSTPORT-SNAT -j {sn1}\n\
+                 -A {sn1} -s 10.251.0.2/32 -j MASQUERADE\nCOMMIT\n",
+                comment("ctr1"),
+                comment("ctr1"),
+                comment("ctr2"),
+            ),
+        );
+        teardown_portmap_iptables("specnet", "ctr1", &[firewall::Family::V4]).unwrap();
+        let left = nat(false);
+        assert!(left.iter().all(|l| !l.contains(&dn1) && !l.contains(&sn1)), "{left:#?}");
+        assert_eq!(left.iter().filter(|l| l.contains(&dn2)).count(), 3, "ctr2 untouched: {left:#?}");
+        assert!(left.iter().any(|l| l == ":CNI-HOSTPORT-SNAT - [0:0]"), "shared chains stay: {left:#?}");
+        // Again: nothing left to remove is success.
+        teardown_portmap_iptables("specnet", "ctr1", &[firewall::Family::V4]).unwrap();
+    });
+}

@@ -218,11 +218,10 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
         if chain_surely_absent(family, &chain) {
             continue;
         }
-        if iptables_is_nft(family) && has_tool("nft") {
-            match teardown_iptables_nft(family, &chain) {
-                Ok(()) => continue,
-                Err(e) => log::debug!("masquerade teardown by handle failed, reading the table: {e}"),
-            }
+        match restore::remove_chains_nft(family, NAT, std::slice::from_ref(&chain), Some(&[POSTROUTING])) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => log::debug!("masquerade teardown by handle failed, reading the table: {e}"),
         }
         // Without an address of this family there is no evidence its table holds anything of ours,
         // so a host that cannot dump it (e.g. legacy ip6tables with IPv6 disabled) must not fail DEL.
@@ -257,29 +256,6 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
         }
     }
     FirewallError::collect(errors)
-}
-
-/// DEL with iptables-nft: the kernel names the POSTROUTING rules that jump to the container's
-/// chain (by handle, over netlink), and one `nft` transaction deletes them with the chain. Dumping
-/// the nat table through `iptables-save` instead costs more with every container on the host.
-/// Any failure (a rule gone meanwhile, another chain still jumping here) leaves everything as it
-/// was, and the caller falls back to reading the table.
-fn teardown_iptables_nft(family: Family, chain: &str) -> Result<(), FirewallError> {
-    let nft_fam = match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    };
-    let rules = nft_rules(nft_family(family), NAT, POSTROUTING).map_err(|source| FirewallError::Spawn {
-        command: format!("netlink list {nft_fam} nat {POSTROUTING}"),
-        source,
-    })?;
-    let mut script = Script::new();
-    for r in rules.iter().filter(|r| r.jumps.iter().any(|j| j == chain)) {
-        script.delete_rule_handle(nft_fam, NAT, POSTROUTING, r.handle);
-    }
-    script.flush_chain(nft_fam, NAT, chain);
-    script.delete_chain(nft_fam, NAT, chain);
-    restore::nft_apply(&script.render())
 }
 
 /// CHECK: every rule ADD installs for these addresses is present.

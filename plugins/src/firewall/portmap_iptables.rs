@@ -511,6 +511,12 @@ pub fn teardown_portmap_iptables(network: &str, container_id: &str, present: &[F
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
         }
+        let chains = [dnat_chain_name(network, container_id), chain_name("SN-", network, container_id)];
+        match restore::remove_chains_nft(family, NAT, &chains, None) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => log::debug!("portmap teardown by handle failed, reading the table: {e}"),
+        }
         let tolerate = !present.contains(&family);
         if let Err(e) =
             restore::apply_iptables(family, NAT, tolerate, |saved| plan_teardown(saved, network, container_id))

@@ -223,6 +223,60 @@ pub fn nft_list(what: &[&str]) -> Result<Option<serde_json::Value>, FirewallErro
     }
 }
 
+/// Removes iptables chains of `table` and every rule elsewhere that jumps to them, when
+/// iptables is the nf_tables variant: the kernel lists the rules over netlink (those of the
+/// `sources` chains, or of the whole table) and one `nft` transaction deletes the jumps by handle
+/// and the chains. Reading the table through `iptables-save` instead grows with every container
+/// on the host. `Ok(false)` when this way does not apply (legacy iptables, no `nft`); any error
+/// leaves the table as it was, for the caller to fall back on `apply_iptables`.
+pub fn remove_chains_nft(
+    family: Family,
+    table: &str,
+    chains: &[String],
+    sources: Option<&[&str]>,
+) -> Result<bool, FirewallError> {
+    use crate::netlink::{nft_chain_exists, nft_rules, nft_table_rules, NftFamily};
+    if !super::ipmasq::iptables_is_nft(family) || !has_tool("nft") {
+        return Ok(false);
+    }
+    let (nft_fam, fam_name) = match family {
+        Family::V4 => (NftFamily::Ip, "ip"),
+        Family::V6 => (NftFamily::Ip6, "ip6"),
+    };
+    let netlink = |what: String| move |source| FirewallError::Spawn { command: format!("netlink {what}"), source };
+    let mut existing = Vec::new();
+    for chain in chains {
+        if nft_chain_exists(nft_fam, table, chain).map_err(netlink(format!("get chain {fam_name} {table} {chain}")))? {
+            existing.push(chain.as_str());
+        }
+    }
+    // No chain, no jump to it: the kernel refuses rules that jump to a missing chain.
+    if existing.is_empty() {
+        return Ok(true);
+    }
+    let rules = match sources {
+        Some(sources) => {
+            let mut all = Vec::new();
+            for source in sources {
+                all.extend(
+                    nft_rules(nft_fam, table, source).map_err(netlink(format!("list {fam_name} {table} {source}")))?,
+                );
+            }
+            all
+        }
+        None => nft_table_rules(nft_fam, table).map_err(netlink(format!("list table {fam_name} {table}")))?,
+    };
+    let mut script = Script::new();
+    for r in rules.iter().filter(|r| !existing.contains(&r.chain.as_str())) {
+        if r.jumps.iter().any(|j| existing.contains(&j.as_str())) {
+            script.delete_rule_handle(fam_name, table, &r.chain, r.handle);
+        }
+    }
+    existing.iter().for_each(|c| script.flush_chain(fam_name, table, c));
+    existing.iter().for_each(|c| script.delete_chain(fam_name, table, c));
+    nft_apply(&script.render()).map(|()| true)
+}
+
 /// Dumps `table`, plans a batch from the dump and loads it; `plan` returns `None` when nothing is to
 /// be done. A concurrent writer can change the table between dump and load, which fails the batch as
 /// a whole (it is atomic), so one failure re-plans from a fresh dump. `tolerate_unreadable` turns a

@@ -14,7 +14,7 @@ mod route;
 pub use addr::Address;
 pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
 pub use netconf::all_forwarding;
-pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, NftFamily, NftRule};
+pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
 pub use route::RouteSpec;
 
 use netlink_packet_core::{

@@ -57,6 +57,8 @@ fn push_attr(buf: &mut Vec<u8>, kind: u16, value: &str) {
 /// One rule of a chain: its handle and its comment, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftRule {
+    /// The chain the rule is in.
+    pub chain: String,
     /// The rule handle (`delete rule … handle N`).
     pub handle: u64,
     /// The rule comment.
@@ -174,10 +176,13 @@ fn verdict_chains(expressions: &[u8]) -> Vec<String> {
 
 /// Parses one NEWRULE payload (after `nfgenmsg`) into handle and comment.
 fn parse_rule(payload: &[u8]) -> Option<NftRule> {
-    let mut rule = NftRule { handle: 0, comment: None, jumps: Vec::new() };
+    let mut rule = NftRule { chain: String::new(), handle: 0, comment: None, jumps: Vec::new() };
     let mut have_handle = false;
     for (kind, value) in attributes(payload.get(4..)?) {
         match kind {
+            NFTA_RULE_CHAIN => {
+                rule.chain = String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned()
+            }
             NFTA_RULE_HANDLE if value.len() == 8 => {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(value);
@@ -219,6 +224,15 @@ pub fn nft_rules(family: NftFamily, table: &str, chain: &str) -> io::Result<Vec<
     Ok(rules)
 }
 
+/// `nft -a list table <family> <table>`, reduced to chain, handle, comment and jump targets of
+/// every rule; an absent table has no rules.
+pub fn nft_table_rules(family: NftFamily, table: &str) -> io::Result<Vec<NftRule>> {
+    let req = request_flags(NFT_MSG_GETRULE, family, &[(NFTA_RULE_TABLE, table)], 1, NLM_F_REQUEST | NLM_F_DUMP);
+    let mut rules = Vec::new();
+    exchange(&req, 1, |payload| rules.extend(parse_rule(payload)))?;
+    Ok(rules)
+}
+
 /// `nft list table <family> <table>` succeeds.
 pub fn nft_table_exists(family: NftFamily, table: &str) -> io::Result<bool> {
     exists(&request(NFT_MSG_GETTABLE, family, &[(NFTA_TABLE_NAME, table)], 1), 1)
@@ -254,6 +268,12 @@ mod tests {
         p.extend_from_slice(&[(4 + udata.len()) as u8, 0, 7, 0]);
         p.extend_from_slice(&udata);
         p.extend_from_slice(&[0, 0]);
-        assert_eq!(parse_rule(&p), Some(NftRule { handle: 42, comment: Some("abc".into()), jumps: vec![] }));
+        assert_eq!(
+            parse_rule(&p),
+            Some(NftRule { chain: String::new(), handle: 42, comment: Some("abc".into()), jumps: vec![] })
+        );
+        let mut named = vec![1, 0, 0, 0, 8, 0, 2, 0, b'F', b'O', b'O', 0];
+        named.extend_from_slice(&p[4..]);
+        assert_eq!(parse_rule(&named).map(|r| r.chain), Some("FOO".to_string()));
     }
 }
