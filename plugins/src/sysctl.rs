@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 /// The file behind a key given as `net/ipv4/ip_forward` or `net.ipv4.ip_forward`. Dots turn
 /// into slashes only in the dotted form, so interface names with dots (`br0.100`) survive in
@@ -57,26 +57,51 @@ fn make_private_proc() -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(i32::try_from(mnt).ok()?) })
 }
 
-/// The process's private procfs instance, made on first use.
-fn private_proc() -> Option<&'static OwnedFd> {
-    static PROC: OnceLock<Option<OwnedFd>> = OnceLock::new();
-    PROC.get_or_init(make_private_proc).as_ref()
+/// The process's private procfs instance: made on first use, given up by [`release`].
+enum PrivateProc {
+    Untried,
+    Open(OwnedFd),
+    Unavailable,
 }
+
+static PROC: Mutex<PrivateProc> = Mutex::new(PrivateProc::Untried);
 
 /// Opens a sysctl file for reading and writing, through the private procfs instance when there
 /// is one.
 fn open_rw(key: &str) -> io::Result<std::fs::File> {
-    if let Some(proc_fd) = private_proc() {
-        let rel = format!("sys/{}", relative(key));
-        let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC;
-        match nix::fcntl::openat(proc_fd, rel.as_str(), flags, nix::sys::stat::Mode::empty()) {
-            Ok(fd) => return Ok(std::fs::File::from(fd)),
-            Err(nix::errno::Errno::ENOENT) => return Err(io::ErrorKind::NotFound.into()),
-            // Anything else (e.g. a security module refusing the private mount): use /proc.
-            Err(e) => log::debug!("private procfs open of {rel}: {e}; using /proc"),
+    {
+        let mut state = PROC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(*state, PrivateProc::Untried) {
+            *state = make_private_proc().map_or(PrivateProc::Unavailable, PrivateProc::Open);
+        }
+        if let PrivateProc::Open(proc_fd) = &*state {
+            let rel = format!("sys/{}", relative(key));
+            let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC;
+            match nix::fcntl::openat(proc_fd, rel.as_str(), flags, nix::sys::stat::Mode::empty()) {
+                Ok(fd) => return Ok(std::fs::File::from(fd)),
+                Err(nix::errno::Errno::ENOENT) => return Err(io::ErrorKind::NotFound.into()),
+                // Anything else (e.g. a security module refusing the private mount): use /proc.
+                Err(e) => log::debug!("private procfs open of {rel}: {e}; using /proc"),
+            }
         }
     }
     std::fs::OpenOptions::new().read(true).write(true).open(path_of(key))
+}
+
+/// Gives up the private procfs instance once no more sysctls are due. Unmounting it waits for an
+/// RCU grace period, a millisecond or more on a busy host; done here on a thread of its own, it
+/// overlaps the caller's remaining work instead of delaying the process's exit. A later
+/// [`ensure`] makes a new instance.
+pub fn release() {
+    let mut state = PROC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !matches!(*state, PrivateProc::Open(_)) {
+        return;
+    }
+    if let PrivateProc::Open(fd) = std::mem::replace(&mut *state, PrivateProc::Untried) {
+        if let Err(e) = std::thread::Builder::new().name("procfs-release".into()).spawn(move || drop(fd)) {
+            log::debug!("closing the private procfs on this thread: {e}");
+        }
+    }
 }
 
 /// Reads a sysctl, trimmed.

@@ -289,6 +289,8 @@ fn configure_container(
     })
     .map_err(internal)?
     .map_err(|e| internal(format!("container sysctls for {ifname}: {e}")))?;
+    // The last sysctl of an ADD.
+    sysctl::release();
 
     for ip in &result.ips {
         match cont.add_address(index, &ip.address) {
