@@ -249,6 +249,32 @@ fn a_failure_after_ipam_releases_the_address() {
     });
 }
 
+/// The kernel numbers bridge ports in 10 bits. A full bridge fails ADD with an error that says so,
+/// and leaves no veth or reservation behind.
+#[test]
+fn a_full_bridge_is_named_as_the_reason() {
+    require_root!();
+    each_suite(true, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let l = list(&host, "1.0.0", json!({}));
+        let c0 = host.container().unwrap();
+        rt.add_list(&l, &Attachment::new("ctr-0", &c0)).unwrap();
+        // 1022 more ports, made by ip -batch (dummy peers stay in the host).
+        let batch: String = (0..1022)
+            .map(|i| format!("link add fill{i} type veth peer name fillp{i}\nlink set fill{i} master cnibr0\n"))
+            .collect();
+        let file = host.dir.join("fill.batch");
+        std::fs::write(&file, batch).unwrap();
+        host.ns.run("ip", &["-batch", file.to_str().unwrap()]).unwrap();
+        let c = host.container().unwrap();
+        let err = rt.add_list(&l, &Attachment::new("ctr-1", &c)).unwrap_err().to_string();
+        assert!(err.contains("already has the kernel's maximum of 1023 ports"), "{err}");
+        assert_eq!(reservations(&host), BTreeSet::from(["10.77.0.2".to_string()]), "only ctr-0 holds an address");
+        assert!(link(&links(&c), "eth0").is_none(), "no container interface left");
+    });
+}
+
 #[test]
 fn del_cleans_up_after_the_namespace_is_gone() {
     require_root!();

@@ -152,6 +152,13 @@ fn create_veth_pair(
                 }
                 // The random host name collided; try another.
             }
+            // The kernel numbers bridge ports in 10 bits: 1023 ports at most.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXFULL) => {
+                return Err(internal(format!(
+                    "failed to create veth pair {name}/{}: bridge {:?} already has the kernel's maximum of 1023 ports",
+                    args.ifname, bridge.name
+                )))
+            }
             Err(e) => {
                 return Err(internal(format!(
                     "failed to create veth pair {name}/{} in {}: {e}",
