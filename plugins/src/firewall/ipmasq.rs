@@ -123,12 +123,7 @@ pub fn begin_ipmasq(backend: Backend, t: MasqTarget<'_>, prepared: Option<Pendin
         return setup;
     }
     if let Some(mut p) = setup.prepared.take() {
-        let family = p.family();
-        let chain = chain_name("", t.network, t.container_id);
-        let batch = (!addresses_of(&t, family).is_empty() && chain_surely_absent(family, &chain))
-            .then(|| plan_iptables_fresh(family, &t))
-            .flatten();
-        match batch {
+        match blind_batch(p.family(), &t) {
             Some(batch) => {
                 p.feed(&batch.render());
                 setup.loading = Some(p);
@@ -163,14 +158,20 @@ impl MasqSetup<'_> {
     }
 }
 
-/// The blind batch for a family whose container chain does not exist yet, through the prepared
-/// restore when it is of that family; `Some(())` when it loaded.
-fn setup_family_blind(family: Family, t: &MasqTarget, prepared: &mut Option<PendingRestore>) -> Option<()> {
+/// The batch for a family of the container's addresses when its chain surely does not exist yet,
+/// so it can be written without reading the table.
+fn blind_batch(family: Family, t: &MasqTarget) -> Option<Batch> {
     let chain = chain_name("", t.network, t.container_id);
-    if !chain_surely_absent(family, &chain) {
+    if addresses_of(t, family).is_empty() || !chain_surely_absent(family, &chain) {
         return None;
     }
-    let batch = plan_iptables_fresh(family, t)?;
+    plan_iptables_fresh(family, t)
+}
+
+/// The blind batch for a family, through the prepared restore when it is of that family;
+/// `Some(())` when it loaded.
+fn setup_family_blind(family: Family, t: &MasqTarget, prepared: &mut Option<PendingRestore>) -> Option<()> {
+    let batch = blind_batch(family, t)?;
     let loaded = match prepared.take_if(|p| p.family() == family) {
         Some(p) => p.load(&batch.render()),
         None => restore::iptables_restore(family, &batch.render()),
