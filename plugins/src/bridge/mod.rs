@@ -460,8 +460,12 @@ impl Bridge {
                 ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
                 mark("masquerade installed");
             }
-        } else if !conf.disable_container_interface {
-            ctx(cont.set_link_up(cont_link.index, true), || format!("failed to set {} up", args.ifname))?;
+        } else {
+            // A layer-2 ADD writes no sysctl after the host veth's.
+            sysctl::release();
+            if !conf.disable_container_interface {
+                ctx(cont.set_link_up(cont_link.index, true), || format!("failed to set {} up", args.ifname))?;
+            }
         }
         if !conf.disable_container_interface {
             wait_port_up(host, veth.index)?;
