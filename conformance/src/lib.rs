@@ -450,6 +450,20 @@ pub fn exec_args(
     })
 }
 
+/// The addresses host-local holds in one network's store directory (`<dataDir>/<network>`): the
+/// files named by an IP address, never `lock`, `last_reserved_ip.*` or scratch files. Empty when
+/// the directory does not exist.
+pub fn reserved_addresses(network_dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(network_dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs a host command; returns stdout, or an error with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd).args(args).output().with_context(|| format!("run {cmd}"))?;

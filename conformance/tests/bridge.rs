@@ -43,15 +43,7 @@ fn nat_rules(host: &FakeHost) -> String {
 }
 
 fn reservations(host: &FakeHost) -> BTreeSet<String> {
-    let dir = host.dir.join("ipam").join("brnet");
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-                .collect()
-        })
-        .unwrap_or_default()
+    conformance::reserved_addresses(&host.dir.join("ipam").join("brnet"))
 }
 
 fn veths(host: &FakeHost) -> usize {

@@ -651,14 +651,7 @@ fn veths(host: &FakeHost) -> Vec<String> {
 }
 
 fn reservations(ipam: &Path, net: &str) -> Vec<String> {
-    std::fs::read_dir(ipam.join(net))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-                .collect()
-        })
-        .unwrap_or_default()
+    conformance::reserved_addresses(&ipam.join(net)).into_iter().collect()
 }
 
 fn libcni_cache(pods: &[String]) -> Vec<String> {

@@ -72,16 +72,8 @@ fn veths(host: &FakeHost) -> usize {
 }
 
 fn reservations(host: &FakeHost) -> usize {
-    let mut n = 0;
-    for net in std::fs::read_dir(host.dir.join("ipam")).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(net.path()).into_iter().flatten().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name != "lock" && !name.starts_with("last_reserved_ip") && !name.starts_with('.') {
-                n += 1;
-            }
-        }
-    }
-    n
+    let nets = std::fs::read_dir(host.dir.join("ipam")).into_iter().flatten().flatten();
+    nets.map(|net| conformance::reserved_addresses(&net.path()).len()).sum()
 }
 
 /// Retries a check for a few seconds (IPv6 addresses on the bridge settle asynchronously).
