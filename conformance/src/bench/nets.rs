@@ -181,8 +181,9 @@ impl Who {
 }
 
 /// The floor's recipe: what a bridge ADD (and portmap ADD) leaves in the kernel, done by the
-/// smallest programs at hand. It is an upper bound of the kernel work: it pays two or three small
-/// process starts (`ip`, `ip`, `iptables-restore`) where a plugin needs one.
+/// smallest programs at hand, on interfaces with the settings the plugins give theirs (made
+/// untimed, as namespace defaults). It is an upper bound of the kernel work: it pays two or three
+/// small process starts (`ip`, `ip`, `iptables-restore`) where a plugin needs one.
 #[derive(Debug, Clone, Copy)]
 pub struct Floor {
     /// Also install the masquerade chain and rules (one `iptables-restore --noflush` batch).
@@ -201,7 +202,8 @@ impl Floor {
         let batch =
             format!("link add {BRIDGE} type bridge\naddr add {GATEWAY}/16 dev {BRIDGE}\nlink set {BRIDGE} up\n");
         ip_batch(&host.ns, &batch)?;
-        host.ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        // Host veths made from now on start with `accept_ra=0`, as both suites set it on theirs.
+        host.ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.default.accept_ra=0"])?;
         if self.ports > 0 {
             // The shared chains portmap makes on a host's first ADD (untimed here).
             restore(
@@ -214,6 +216,16 @@ impl Floor {
                  -A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE\nCOMMIT\n",
             )?;
         }
+        Ok(())
+    }
+
+    /// Gives the container's interfaces-to-be the settings both suites write on `eth0` (DAD off,
+    /// as `enabledad` defaults to false; `arp_notify` on), as the namespace's defaults. It is
+    /// untimed, where the plugins pay for it, and it matters for the kernel's work: with DAD on, a
+    /// new container's first router solicitation and MLD reports (which the bridge floods to
+    /// every port) come a second later, after the ADD; with DAD off they come during it.
+    fn prepare_container(c: &Netns) -> Result<()> {
+        c.run("sysctl", &["-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv4.conf.default.arp_notify=1"])?;
         Ok(())
     }
 
@@ -390,7 +402,11 @@ impl Lane {
     pub fn grow_to(&mut self, n: usize) -> Result<()> {
         while self.containers.len() < n {
             super::proc::check_stop()?;
-            self.containers.push(self.host.container()?);
+            let c = self.host.container()?;
+            if matches!(self.who, Who::Floor) {
+                Floor::prepare_container(&c)?;
+            }
+            self.containers.push(c);
         }
         Ok(())
     }

@@ -323,7 +323,8 @@ fn real_main() -> Result<()> {
 
     println!("{}", report.markdown());
     println!(
-        "\\* floor: the same kernel objects made by `ip -batch` (host side, then container side) plus one \
+        "\\* floor: the same kernel objects made by `ip -batch` (host side, then container side; the interfaces \
+         get the plugins' DAD, `arp_notify` and `accept_ra` settings as untimed namespace defaults) plus one \
          `iptables-restore --noflush` when masquerading (with portmap, the same batch also holds the DNAT chain \
          and rules): an approximation of the kernel-work floor that still pays 2-3 small process starts; for \
          start-up rows it is `/bin/true`."
