@@ -241,6 +241,37 @@ fn a_failure_after_ipam_releases_the_address() {
     });
 }
 
+/// The first ADD puts the gateway address on the bridge and pins its MAC; later ADDs leave the
+/// bridge alone. Setting a MAC, even the one it has, makes the kernel flush every ARP and NDP entry
+/// of the device, static ones included: a later ADD must not wipe the host's neighbours.
+#[test]
+fn a_later_add_keeps_the_bridges_neighbours_and_its_pinned_mac() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let l = list(&host, "1.0.0", json!({}));
+        let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+        let (a1, a2) = (Attachment::new("ctr-a", &c1), Attachment::new("ctr-b", &c2));
+        let r1 = rt.add_list(&l, &a1).unwrap();
+        let mac = r1["interfaces"][0]["mac"].as_str().unwrap().to_string();
+        let assign = || host.ns.run("cat", &["/sys/class/net/cnibr0/addr_assign_type"]).unwrap().trim().to_string();
+        assert_eq!(assign(), "3", "{}: the first ADD pins the bridge MAC (NET_ADDR_SET)", suite.name);
+
+        let neigh = ["10.77.0.200", "lladdr", "02:00:00:00:00:c8", "dev", "cnibr0", "nud", "permanent"];
+        host.ns.run("ip", &[&["neigh", "add"][..], &neigh[..]].concat()).unwrap();
+        let r2 = rt.add_list(&l, &a2).unwrap();
+        let shown = host.ns.run("ip", &["neigh", "show", "dev", "cnibr0"]).unwrap();
+        assert!(shown.contains("10.77.0.200 lladdr 02:00:00:00:00:c8 PERMANENT"), "{}: {shown:?}", suite.name);
+        assert_eq!(r2["interfaces"][0]["mac"], mac.as_str(), "{}: bridge MAC moved", suite.name);
+        assert_eq!(assign(), "3", "{}", suite.name);
+
+        rt.del_list(&l, &a2).unwrap();
+        rt.del_list(&l, &a1).unwrap();
+        assert_eq!(veths(&host), 0, "{}: veths left", suite.name);
+    });
+}
+
 /// The kernel numbers bridge ports in 10 bits. A full bridge fails ADD with an error that says so,
 /// and leaves no veth or reservation behind.
 #[test]

@@ -231,11 +231,12 @@ fn calc_gateways(conf: &BridgeConf, result: &mut CniResult) -> Vec<IpNetwork> {
 
 /// Puts a gateway address on the bridge; another IPv4 address there is an error unless
 /// `forceAddress` (several networks may not share one bridge with different IPv4 gateways).
-fn ensure_bridge_addr(host: &mut Handle, bridge: &Link, want: &IpNetwork, force: bool) -> Result<(), CniError> {
+/// Puts `want` on the bridge unless it is there; returns whether this call added it.
+fn ensure_bridge_addr(host: &mut Handle, bridge: &Link, want: &IpNetwork, force: bool) -> Result<bool, CniError> {
     let existing = ctx(host.addresses(Some(bridge.index)), || format!("list addresses of {}", bridge.name))?;
     for a in existing.iter().filter(|a| a.net.is_ipv4() == want.is_ipv4()) {
         if a.net == *want {
-            return Ok(());
+            return Ok(false);
         }
         let conflicts = want.is_ipv4() || a.net.contains(want.ip()) || want.contains(a.net.ip());
         if !conflicts {
@@ -247,8 +248,9 @@ fn ensure_bridge_addr(host: &mut Handle, bridge: &Link, want: &IpNetwork, force:
         ctx(host.del_address(bridge.index, &a.net), || format!("remove {} from {}", a.net, bridge.name))?;
     }
     match host.add_address(bridge.index, want) {
-        Err(e) if !is_eexist(&e) => Err(internal(format!("failed to set bridge addr {want} on {}: {e}", bridge.name))),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if is_eexist(&e) => Ok(false),
+        Err(e) => Err(internal(format!("failed to set bridge addr {want} on {}: {e}", bridge.name))),
     }
 }
 
@@ -437,13 +439,18 @@ impl Bridge {
             // The bridge side first: once the container's interface is up, the kernel's own work
             // for the new link (linkwatch, IPv6 autoconfiguration) holds the RTNL for a while.
             if conf.is_gateway {
+                let mut added = false;
                 for net in &bridge_addrs {
-                    ensure_bridge_addr(host, &bridge, net, conf.force_address)?;
+                    added |= ensure_bridge_addr(host, &bridge, net, conf.force_address)?;
                 }
-                // Pin the bridge MAC so it stops following the lowest port MAC as ports come and go.
-                let current = ctx(host.link_by_index(bridge.index), || "look up bridge".into())?;
-                if let Some(l) = current {
-                    ctx(host.set_link_mac(bridge.index, &l.mac), || "pin bridge MAC".into())?;
+                // Pin the bridge MAC so it stops following the lowest port MAC as ports come and go,
+                // when the gateway address goes on, as the reference does. Not on every ADD: setting
+                // a MAC, even the same one, makes the kernel flush the bridge's ARP and NDP entries.
+                if added {
+                    let current = ctx(host.link_by_index(bridge.index), || "look up bridge".into())?;
+                    if let Some(l) = current {
+                        ctx(host.set_link_mac(bridge.index, &l.mac), || "pin bridge MAC".into())?;
+                    }
                 }
                 let v4 = result.ips.iter().any(|i| i.address.is_ipv4());
                 let v6 = result.ips.iter().any(|i| !i.address.is_ipv4());
