@@ -353,15 +353,16 @@ fn wait_for_dad(cont: &mut Handle, index: u32) -> Result<(), CniError> {
 }
 
 /// Waits for the host end to reach operstate UP, as the reference does (0, 50, 500, 1000, 1000 ms).
-fn wait_port_up(host: &mut Handle, index: u32) -> Result<(), CniError> {
+/// Returns the link as last read.
+fn wait_port_up(host: &mut Handle, index: u32) -> Result<Link, CniError> {
     use netlink_packet_route::link::State;
     let mut last = None;
     for delay in [0u64, 50, 500, 1000, 1000] {
         std::thread::sleep(Duration::from_millis(delay));
         let link = ctx(host.link_by_index(index), || "look up host veth".into())?;
         last = link.as_ref().and_then(|l| l.oper_state);
-        if last == Some(State::Up) {
-            return Ok(());
+        if let Some(l) = link.filter(|_| last == Some(State::Up)) {
+            return Ok(l);
         }
     }
     Err(internal(format!("bridge port in error state: {:?}", last.unwrap_or(State::Unknown))))
@@ -474,21 +475,29 @@ impl Bridge {
                 ctx(cont.set_link_up(cont_link.index, true), || format!("failed to set {} up", args.ifname))?;
             }
         }
-        if !conf.disable_container_interface {
-            wait_port_up(host, veth.index)?;
+        let port = if conf.disable_container_interface {
+            None
+        } else {
+            let port = wait_port_up(host, veth.index)?;
             mark("port up");
-        }
+            Some(port)
+        };
 
-        // Enslaving can change MACs (plugins#805): report what the links have now.
+        // Enslaving can change MACs (plugins#805): report what the bridge and the host veth have
+        // now (the port was just read). The container's interface keeps the MAC it was made with.
         let mac_of = |h: &mut Handle, index: u32| -> Result<String, CniError> {
             Ok(ctx(h.link_by_index(index), || "refresh link".into())?.map(|l| l.mac_string()).unwrap_or_default())
         };
+        let veth_mac = match port {
+            Some(l) => l.mac_string(),
+            None => mac_of(host, veth.index)?,
+        };
         result.interfaces = vec![
             Interface { name: bridge.name.clone(), mac: mac_of(host, bridge.index)?, ..Default::default() },
-            Interface { name: veth.name.clone(), mac: mac_of(host, veth.index)?, ..Default::default() },
+            Interface { name: veth.name.clone(), mac: veth_mac, ..Default::default() },
             Interface {
                 name: args.ifname.clone(),
-                mac: mac_of(&mut cont, cont_link.index)?,
+                mac: cont_link.mac_string(),
                 sandbox: args.netns.clone(),
                 ..Default::default()
             },
