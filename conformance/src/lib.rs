@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 pub mod driver;
+pub mod rootless_user;
 pub use driver::{Attachment, Runtime};
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.

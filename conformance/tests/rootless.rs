@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::{bail, Context, Result};
+use conformance::rootless_user::{self, NotReady, RootlessUser as Machine, Tun, PY, USER};
 use conformance::{build_config, ours, require_root, skip, unique, FakeHost, Output, TCP_SINK_PY, TCP_SOURCE_PY};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -30,8 +31,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const USER: &str = "cnirootless";
-const PY: &str = "/usr/bin/python3";
 /// Debian's default PATH for users: no sbin, which the wrapper must make up for (M10).
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const WRAPPER: &str = "rootless-wrapper";
@@ -118,79 +117,20 @@ const FAILING_HELPER: &str = "#!/bin/sh\n\
 case \"$1\" in --help) echo '--api-socket --netns-type --cidr --disable-host-loopback --ready-fd --mtu'; exit 0;; esac\n\
 echo 'boom: fake slirp4netns cannot start' >&2\nexit 1\n";
 
-/// What the machine provides, checked once.
-struct Machine {
-    uid: u32,
-    gid: u32,
-    home: String,
-    subuid: (u64, u64),
-    subgid: (u64, u64),
-    /// util-linux ≥ 2.39 takes `inner:outer:count`, 2.38 `outer,inner,count`.
-    colon_maps: bool,
-}
-
-fn tool(name: &str) -> bool {
-    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).exists())
-}
-
-fn sub_ids(file: &str, user: &str) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() == 3 && f[0] == user).then(|| Some((f[1].parse().ok()?, f[2].parse().ok()?))).flatten()
-    })
-}
-
-fn command_out(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("run {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Checks the tools, creates the user and opens /dev/net/tun; `None` (after a visible skip)
-/// when the machine cannot run these tests.
+/// What the machine provides, checked once (the tests skip when it cannot run them, and fail
+/// when setting the user up fails).
 fn machine() -> Option<&'static Machine> {
     static M: OnceLock<Option<Machine>> = OnceLock::new();
     M.get_or_init(|| {
-        for t in ["slirp4netns", "newuidmap", "newgidmap", "nsenter", "unshare", "setpriv", "iptables"] {
-            if !tool(t) {
-                skip(&format!("{t} is missing (apt-get install slirp4netns uidmap util-linux iptables)"));
-                return None;
+        let tools = ["slirp4netns", "newuidmap", "newgidmap", "nsenter", "unshare", "setpriv", "iptables"];
+        match rootless_user::prepare(&tools, Tun::Fix) {
+            Ok(m) => Some(m),
+            Err(NotReady::Unavailable(why)) => {
+                skip(&why);
+                None
             }
+            Err(NotReady::Failed(why)) => panic!("setting up {USER}: {why}"),
         }
-        if !Path::new(PY).exists() {
-            skip("python3 is missing at /usr/bin/python3");
-            return None;
-        }
-        let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
-        if max.trim() == "0" {
-            skip("user namespaces are disabled (user.max_user_namespaces = 0)");
-            return None;
-        }
-        if command_out("id", &["-u", USER]).is_err() {
-            command_out("useradd", &["-m", USER]).expect("useradd -m cnirootless");
-        }
-        let uid: u32 = command_out("id", &["-u", USER]).unwrap().trim().parse().unwrap();
-        let gid: u32 = command_out("id", &["-g", USER]).unwrap().trim().parse().unwrap();
-        if sub_ids("/etc/subuid", USER).is_none() || sub_ids("/etc/subgid", USER).is_none() {
-            // useradd adds them on Debian; an image without login.defs ranges may not.
-            let start = 300_000 + u64::from(uid) * 65536;
-            let range = format!("{start}-{}", start + 65535);
-            command_out("usermod", &["--add-subuids", &range, "--add-subgids", &range, USER]).expect("usermod");
-        }
-        let subuid = sub_ids("/etc/subuid", USER).unwrap();
-        let subgid = sub_ids("/etc/subgid", USER).unwrap();
-        let mode = std::fs::metadata("/dev/net/tun").map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-        if mode & 0o006 != 0o006 {
-            std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).expect("chmod tun");
-            eprintln!("NOTE: /dev/net/tun was mode {mode:o}; made it 0666 (Debian's default) so slirp4netns can run as {USER}");
-        }
-        let help = Command::new("unshare").arg("--help").output().map(|o| o.stdout).unwrap_or_default();
-        let colon_maps = String::from_utf8_lossy(&help).contains("<inneruid>:<outeruid>");
-        let home = format!("/home/{USER}");
-        Some(Machine { uid, gid, home, subuid, subgid, colon_maps })
     })
     .as_ref()
 }
@@ -347,48 +287,12 @@ impl Harness {
     fn start_pause(&self) -> Result<()> {
         let pidfile = self.xdg.join("pause.pid");
         let _ = std::fs::remove_file(&pidfile);
-        let map = |(start, count): (u64, u64)| {
-            if self.m.colon_maps {
-                format!("1:{start}:{count}")
-            } else {
-                format!("{start},1,{count}")
-            }
-        };
-        let users = format!("--map-users={}", map(self.m.subuid));
-        let groups = format!("--map-groups={}", map(self.m.subgid));
-        let script = format!("echo $$ > {}; exec sleep 3600", pidfile.display());
-        let args = [
-            "/usr/bin/unshare",
-            "--map-root-user",
-            &users,
-            &groups,
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "/bin/sh",
-            "-c",
-            &script,
-        ];
+        let owned = self.m.pause_args(&pidfile);
+        let args: Vec<&str> = std::iter::once("/usr/bin/unshare").chain(owned.iter().map(String::as_str)).collect();
         let mut cmd = self.user_cmd(&args, &[]);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pid = loop {
-            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
-                break pid;
-            }
-            if let Some(status) = child.try_wait()? {
-                let mut err = String::new();
-                child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-                bail!("pause process failed ({status}): {err}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("pause process did not start");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let pid = rootless_user::wait_for_pause(&mut child, &pidfile)?;
         *self.pause.lock().unwrap() = Some(Pause { child, pid });
         Ok(())
     }

@@ -16,21 +16,20 @@
 
 use super::proc::{check_stop, timed};
 use anyhow::{bail, Context, Result};
+use conformance::rootless_user::{self, RootlessUser as Machine, Tun, PY};
 use conformance::{build_config, unique, FakeHost, Output, Suite, TCP_SINK_PY, TCP_SOURCE_PY};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The unprivileged user (shared with the rootless tests, which create it the same way).
-const USER: &str = "cnirootless";
 const WRAPPER: &str = "rootless-wrapper";
-const PY: &str = "/usr/bin/python3";
 /// Debian's default PATH for users: no sbin (the wrapper adds it for its inner plugins).
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long any one command may take before it is called hung and killed.
@@ -87,82 +86,14 @@ impl RootlessTimes {
     }
 }
 
-/// The user's IDs and what the machine's tools need.
-struct Machine {
-    uid: u32,
-    gid: u32,
-    home: String,
-    subuid: (u64, u64),
-    subgid: (u64, u64),
-    /// util-linux ≥ 2.39 takes `inner:outer:count` for `--map-users`, 2.38 `outer,inner,count`.
-    colon_maps: bool,
-}
-
-fn on_path(name: &str) -> bool {
-    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).exists())
-}
-
-fn command_out(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("run {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn sub_ids(file: &str) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() == 3 && f[0] == USER).then(|| Some((f[1].parse().ok()?, f[2].parse().ok()?))).flatten()
-    })
-}
-
 /// Checks the tools; creates the user (as the rootless tests do) when missing. `Err(reason)`
 /// when the scenario cannot run here.
 fn machine(suite: &Suite) -> std::result::Result<Machine, String> {
     if !suite.has(WRAPPER) {
         return Err(format!("{} has no {WRAPPER}", suite.name));
     }
-    for t in ["slirp4netns", "newuidmap", "newgidmap", "nsenter", "unshare"] {
-        if !on_path(t) {
-            return Err(format!("{t} is missing (apt-get install slirp4netns uidmap util-linux)"));
-        }
-    }
-    if !Path::new(PY).exists() {
-        return Err(format!("{PY} is missing"));
-    }
-    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
-    if max.trim() == "0" {
-        return Err("user namespaces are disabled (user.max_user_namespaces = 0)".into());
-    }
-    let mode = std::fs::metadata("/dev/net/tun").map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-    if mode & 0o006 != 0o006 {
-        return Err(format!(
-            "/dev/net/tun is mode {mode:o}, so slirp4netns cannot open it as {USER} (Debian's default is 0666)"
-        ));
-    }
-    let fail = |e: anyhow::Error| format!("{e:#}");
-    if command_out("id", &["-u", USER]).is_err() {
-        command_out("useradd", &["-m", USER]).map_err(fail)?;
-        eprintln!("note: created the user {USER} (useradd -m), as the rootless tests do");
-    }
-    let id = |flag: &str| -> std::result::Result<u32, String> {
-        command_out("id", &[flag, USER]).map_err(fail)?.trim().parse().map_err(|e| format!("id {flag} {USER}: {e}"))
-    };
-    let (uid, gid) = (id("-u")?, id("-g")?);
-    if sub_ids("/etc/subuid").is_none() || sub_ids("/etc/subgid").is_none() {
-        // useradd adds them on Debian; an image without login.defs ranges may not.
-        let start = 300_000 + u64::from(uid) * 65536;
-        let range = format!("{start}-{}", start + 65535);
-        command_out("usermod", &["--add-subuids", &range, "--add-subgids", &range, USER]).map_err(fail)?;
-    }
-    let (Some(subuid), Some(subgid)) = (sub_ids("/etc/subuid"), sub_ids("/etc/subgid")) else {
-        return Err(format!("no subordinate IDs for {USER} in /etc/subuid or /etc/subgid"));
-    };
-    let help = Command::new("unshare").arg("--help").output().map(|o| o.stdout).unwrap_or_default();
-    let colon_maps = String::from_utf8_lossy(&help).contains("<inneruid>:<outeruid>");
-    Ok(Machine { uid, gid, home: format!("/home/{USER}"), subuid, subgid, colon_maps })
+    rootless_user::prepare(&["slirp4netns", "newuidmap", "newgidmap", "nsenter", "unshare"], Tun::Refuse)
+        .map_err(|e| e.to_string())
 }
 
 fn kill(pid: u32) {
@@ -315,57 +246,13 @@ impl World {
 
     fn start_pause(&mut self) -> Result<()> {
         let pidfile = self.xdg.join("pause.pid");
-        let map = |(start, count): (u64, u64)| {
-            if self.m.colon_maps {
-                format!("1:{start}:{count}")
-            } else {
-                format!("{start},1,{count}")
-            }
-        };
-        let users = format!("--map-users={}", map(self.m.subuid));
-        let groups = format!("--map-groups={}", map(self.m.subgid));
-        let script = format!("echo $$ > {}; exec sleep 3600", pidfile.display());
-        let args = [
-            "--map-root-user",
-            &users,
-            &groups,
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "/bin/sh",
-            "-c",
-            &script,
-        ];
+        let owned = self.m.pause_args(&pidfile);
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
         let mut cmd = self.user_cmd("/usr/bin/unshare", &args, &[], false)?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawn the pause process")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pid = loop {
-            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
-                break pid;
-            }
-            if let Some(status) = child.try_wait()? {
-                let mut err = String::new();
-                child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-                bail!("pause process failed ({status}): {}", err.trim());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("pause process did not start");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let pid = rootless_user::wait_for_pause(&mut child, &pidfile)?;
         self.pause = Some((child, pid));
-        // The pid file is written before `exec sleep`: wait until the namespaces are final.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != "sleep") {
-            if Instant::now() > deadline {
-                bail!("pause process {pid} did not exec sleep");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
         self.userns = Some(std::fs::File::open(format!("/proc/{pid}/ns/user")).context("open the pause's userns")?);
         self.mntns = Some(std::fs::File::open(format!("/proc/{pid}/ns/mnt")).context("open the pause's mntns")?);
         Ok(())
