@@ -229,9 +229,9 @@ fn calc_gateways(conf: &BridgeConf, result: &mut CniResult) -> Vec<IpNetwork> {
     bridge_addrs
 }
 
-/// Puts a gateway address on the bridge; another IPv4 address there is an error unless
-/// `forceAddress` (several networks may not share one bridge with different IPv4 gateways).
-/// Puts `want` on the bridge unless it is there; returns whether this call added it.
+/// Puts a gateway address on the bridge unless it is there, and says whether this call added it;
+/// another IPv4 address there is an error unless `forceAddress` (several networks may not share
+/// one bridge with different IPv4 gateways).
 fn ensure_bridge_addr(host: &mut Handle, bridge: &Link, want: &IpNetwork, force: bool) -> Result<bool, CniError> {
     let existing = ctx(host.addresses(Some(bridge.index)), || format!("list addresses of {}", bridge.name))?;
     for a in existing.iter().filter(|a| a.net.is_ipv4() == want.is_ipv4()) {
