@@ -37,6 +37,16 @@ impl Suite {
         self.name == "reference"
     }
 
+    /// Whether this is the newest reference builds (spec 1.1.0 with STATUS, no GC).
+    pub fn is_reference_head(&self) -> bool {
+        self.name == "reference-head"
+    }
+
+    /// Whether this is our suite.
+    pub fn is_ours(&self) -> bool {
+        self.name == "ours"
+    }
+
     /// The path of one plugin.
     pub fn plugin(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -112,6 +122,68 @@ pub fn cnitool() -> Option<PathBuf> {
 pub fn reference() -> Option<Suite> {
     let dir = PathBuf::from(REFERENCE_DIR);
     dir.join("loopback").is_file().then_some(Suite { name: "reference", dir })
+}
+
+/// The newest upstream reference builds (`../shared/reference-head/*.tar.xz`, v1.9.1 and later
+/// fixes: nftables backends, spec 1.1.0 STATUS, `ptp`, `firewall`, `tuning`, `bandwidth`),
+/// unpacked on first use into the target directory; `$CNI_TEST_REFERENCE_HEAD_DIR` names an
+/// unpacked copy instead. `None` (with a visible skip) when the tarball is missing.
+pub fn reference_head() -> Option<Suite> {
+    static UNPACKED: Mutex<Option<Option<PathBuf>>> = Mutex::new(None);
+    if let Ok(dir) = std::env::var("CNI_TEST_REFERENCE_HEAD_DIR") {
+        return Some(Suite { name: "reference-head", dir: PathBuf::from(dir) });
+    }
+    let mut unpacked = UNPACKED.lock().unwrap_or_else(|e| e.into_inner());
+    if unpacked.is_none() {
+        *unpacked = Some(unpack_reference_head());
+    }
+    let dir = unpacked.clone().flatten()?;
+    Some(Suite { name: "reference-head", dir })
+}
+
+fn unpack_reference_head() -> Option<PathBuf> {
+    let root = workspace_root();
+    let tarball = std::fs::read_dir(root.join("../shared/reference-head"))
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(".tar.xz")));
+    let Some(tarball) = tarball else {
+        skip("newest reference builds missing (../shared/reference-head/*.tar.xz)");
+        return None;
+    };
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let dir = target.join("reference-head");
+    if dir.join("bridge").is_file() && dir.join("firewall").is_file() {
+        return Some(dir);
+    }
+    // Unpack beside, then rename, so a concurrent test run never sees half a directory.
+    let scratch = target.join(format!("reference-head.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let unpacked = std::fs::create_dir_all(&scratch).is_ok()
+        && Command::new("tar")
+            .arg("-xJf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&scratch)
+            .arg("--strip-components=1")
+            .status()
+            .is_ok_and(|s| s.success());
+    if !unpacked || (std::fs::rename(&scratch, &dir).is_err() && !dir.join("bridge").is_file()) {
+        let _ = std::fs::remove_dir_all(&scratch);
+        skip(&format!("unpacking {} failed", tarball.display()));
+        return None;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Some(dir)
+}
+
+/// Ours, then the Debian reference and the newest reference builds where they ship `plugin`:
+/// the suites a test of a plugin new to this wave (`ptp`, `firewall`, `tuning`, `bandwidth`)
+/// runs against.
+pub fn suites_with_head(plugin: &str) -> Vec<Suite> {
+    let mut v = vec![ours()];
+    v.extend(reference().filter(|r| r.has(plugin)));
+    v.extend(reference_head().filter(|r| r.has(plugin)));
+    v
 }
 
 /// Ours, then the reference if it is installed (a test that needs it says so when it is not).

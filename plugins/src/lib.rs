@@ -11,6 +11,12 @@ pub mod portmap;
 pub mod rootless;
 pub mod sysctl;
 
+/// The line a plugin prints first to stderr when run without `CNI_COMMAND`, the shape the
+/// reference prints and runtimes parse (nerdctl, Nomad): `CNI <type> plugin v<semver>`.
+pub fn about(plugin: &str) -> String {
+    format!("CNI {plugin} plugin v{}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Sets up logging to stderr (stdout is the protocol). `CNI_LOG` (or the plugin-specific
 /// `<PLUGIN>_LOG`, e.g. `BRIDGE_LOG`) takes `error`, `warn`, `info`, `debug`; `CNI_LOG_FILE`
 /// appends to a file instead, useful because runtimes often swallow stderr.

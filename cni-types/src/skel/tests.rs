@@ -24,7 +24,7 @@ impl Fake {
 
 impl Plugin for Fake {
     fn about(&self) -> String {
-        "CNI plugin fake".into()
+        "CNI fake plugin v1.0.0".into()
     }
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         self.record("ADD", args)?;
@@ -113,7 +113,11 @@ fn no_command_prints_about_to_stderr_and_succeeds() {
     let o = invoke(&Fake::default(), &[], "");
     assert_eq!(o.code, 0);
     assert!(o.stdout.is_empty());
-    assert!(o.stderr.starts_with("CNI plugin fake\nCNI protocol versions supported: 0.1.0, 0.2.0"), "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with("CNI fake plugin v1.0.0\nCNI protocol versions supported: 0.1.0, 0.2.0"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]

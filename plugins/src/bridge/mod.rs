@@ -526,7 +526,7 @@ impl Bridge {
 
 impl Plugin for Bridge {
     fn about(&self) -> String {
-        format!("CNI plugin bridge (cni-plugins-rs {})", env!("CARGO_PKG_VERSION"))
+        crate::about("bridge")
     }
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {

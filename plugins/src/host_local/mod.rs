@@ -42,7 +42,7 @@ fn open_existing_store(loc: &Location) -> Result<Option<DiskStore>, CniError> {
 
 impl Plugin for HostLocal {
     fn about(&self) -> String {
-        format!("CNI host-local plugin (cni-plugins {})", env!("CARGO_PKG_VERSION"))
+        crate::about("host-local")
     }
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {

@@ -33,7 +33,7 @@ fn lo_link(h: &mut Handle, ns: &NetNs) -> Result<crate::netlink::Link, CniError>
 
 impl Plugin for Loopback {
     fn about(&self) -> String {
-        format!("CNI plugin loopback (cni-plugins-rs {})", env!("CARGO_PKG_VERSION"))
+        crate::about("loopback")
     }
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {

@@ -95,7 +95,7 @@ fn enable_route_localnet(ip: IpAddr) -> Result<(), CniError> {
 
 impl Plugin for PortmapPlugin {
     fn about(&self) -> String {
-        format!("CNI plugin portmap (cni-plugins-rs {})", env!("CARGO_PKG_VERSION"))
+        crate::about("portmap")
     }
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {

@@ -550,7 +550,7 @@ fn gc_lists(args: &CmdArgs) -> Vec<(String, Value)> {
 
 impl Plugin for RootlessWrapper {
     fn about(&self) -> String {
-        format!("CNI plugin rootless-wrapper (cni-plugins-rs {})", env!("CARGO_PKG_VERSION"))
+        crate::about("rootless-wrapper")
     }
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
