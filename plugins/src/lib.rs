@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod firewall;
+pub mod fsutil;
 pub mod host_local;
 pub mod lock;
 pub mod loopback;
@@ -26,7 +27,7 @@ pub fn init_logging(plugin: &str) {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&level).format_timestamp_millis();
     if let Ok(path) = std::env::var("CNI_LOG_FILE") {
-        if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(file) = fsutil::open_append(std::path::Path::new(&path)) {
             builder.target(env_logger::Target::Pipe(Box::new(file)));
         }
     }

@@ -1,6 +1,7 @@
 //! Exclusive file locks (`flock`) shared with the reference plugins' lock files.
 
-use std::fs::{File, OpenOptions};
+use crate::fsutil;
+use std::fs::File;
 use std::io;
 use std::path::Path;
 
@@ -8,20 +9,27 @@ use std::path::Path;
 #[derive(Debug)]
 pub struct FileLock {
     file: File,
+    writable: bool,
 }
 
 impl FileLock {
-    /// Creates `path` if needed (mode 0600) and blocks until the exclusive lock is held.
+    /// Creates `path` if needed (mode 0600) and blocks until the exclusive lock is held. The
+    /// file must be a regular file and not a symlink; on a read-only file system an existing
+    /// one is locked read-only (`flock` needs no write access), see [`FileLock::writable`].
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        let (file, writable) = fsutil::open_lock(path, 0o600)?;
         file.lock()?;
-        Ok(FileLock { file })
+        Ok(FileLock { file, writable })
     }
 
-    /// The locked file, open for reading and writing.
+    /// The locked file, open for reading (and for writing when [`FileLock::writable`]).
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// Whether the lock file could be opened for writing.
+    pub fn writable(&self) -> bool {
+        self.writable
     }
 }
 

@@ -56,7 +56,13 @@ impl NetNs {
     /// Opens `path` and checks that it is a namespace file.
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs, NsError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| match e.kind() {
+        // O_NONBLOCK: a FIFO named as the namespace must not hang the open; fstatfs below
+        // refuses anything that is not a namespace file.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&path)
+        }
+        .map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => NsError::NotExist(path.clone()),
             _ => NsError::Io { op: "open", path: path.clone(), source: e },
         })?;

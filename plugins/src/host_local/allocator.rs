@@ -12,8 +12,10 @@ fn io_context(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 }
 
 /// Allocates one address from every range set for `(id, ifname)`; a requested address is
-/// taken from the first set that holds it. On any failure everything this call reserved is
-/// released again, so a failed ADD leaves the store as it found it.
+/// taken from the first set that holds it. Everything that can refuse is read before the first
+/// reservation, the `last_reserved_ip` hints are written only once every set has its address,
+/// and on any failure everything this call reserved is released again, so a failed ADD leaves
+/// the store as it found it.
 pub fn allocate(
     store: &mut impl Backend,
     sets: &[RangeSet],
@@ -22,6 +24,10 @@ pub fn allocate(
     ifname: &str,
 ) -> Result<Vec<IpConfig>, String> {
     let existing = store.reservations().map_err(io_context("failed to read reservations"))?;
+    let hints = (0..sets.len())
+        .map(|idx| store.last_reserved(idx))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io_context("failed to read the last reserved address"))?;
     let mut taken: HashSet<IpAddr> = existing.iter().map(|r| r.ip).collect();
     let mut pending: Vec<IpAddr> = requested.to_vec();
     let mut reserved: Vec<IpAddr> = Vec::new();
@@ -29,7 +35,7 @@ pub fn allocate(
 
     for (idx, set) in sets.iter().enumerate() {
         let wanted = pending.iter().position(|ip| set.contains(*ip)).map(|i| pending.remove(i));
-        let step = allocate_in_set(store, &existing, &mut taken, idx, set, wanted, id, ifname);
+        let step = allocate_in_set(store, &existing, &mut taken, set, hints[idx], wanted, id, ifname);
         match step {
             Ok((ip, config)) => {
                 reserved.push(ip);
@@ -45,6 +51,12 @@ pub fn allocate(
         roll_back(store, &reserved);
         let list: Vec<String> = pending.iter().map(IpAddr::to_string).collect();
         return Err(format!("failed to allocate all requested IPs: {}", list.join(" ")));
+    }
+    for (idx, ip) in reserved.iter().enumerate() {
+        // Only round-robin depends on this file; losing it must not fail an ADD that succeeded.
+        if let Err(e) = store.set_last_reserved(idx, *ip) {
+            log::warn!("host-local: failed to record last reserved address {ip} of range set {idx}: {e}");
+        }
     }
     Ok(out)
 }
@@ -64,8 +76,8 @@ fn allocate_in_set(
     store: &mut impl Backend,
     existing: &[Reservation],
     taken: &mut HashSet<IpAddr>,
-    idx: usize,
     set: &RangeSet,
+    last: Option<IpAddr>,
     wanted: Option<IpAddr>,
     id: &str,
     ifname: &str,
@@ -92,7 +104,6 @@ fn allocate_in_set(
             (ip, range)
         }
         None => {
-            let last = store.last_reserved(idx);
             let mut found = None;
             for (ip, range) in set.candidates(last) {
                 if taken.contains(&ip) {
@@ -110,10 +121,6 @@ fn allocate_in_set(
         }
     };
     taken.insert(ip);
-    // Only round-robin depends on this file; losing it must not fail an ADD that succeeded.
-    if let Err(e) = store.set_last_reserved(idx, ip) {
-        log::warn!("host-local: failed to record last reserved address {ip} of range set {idx}: {e}");
-    }
     let config = IpConfig { interface: None, address: range.address(ip)?, gateway: Some(range.gateway) };
     Ok((ip, config))
 }
@@ -177,12 +184,14 @@ pub fn gc(store: &mut impl Backend, valid: &[Attachment]) -> Result<usize, Strin
 pub fn exhausted_sets(store: &impl Backend, sets: &[RangeSet]) -> Result<Vec<usize>, String> {
     let all = store.reservations().map_err(io_context("failed to read reservations"))?;
     let taken: HashSet<IpAddr> = all.iter().map(|r| r.ip).collect();
-    Ok(sets
-        .iter()
-        .enumerate()
-        .filter(|(idx, set)| !set.candidates(store.last_reserved(*idx)).any(|(ip, _)| !taken.contains(&ip)))
-        .map(|(idx, _)| idx)
-        .collect())
+    let mut full = Vec::new();
+    for (idx, set) in sets.iter().enumerate() {
+        let last = store.last_reserved(idx).map_err(io_context("failed to read the last reserved address"))?;
+        if !set.candidates(last).any(|(ip, _)| !taken.contains(&ip)) {
+            full.push(idx);
+        }
+    }
+    Ok(full)
 }
 
 #[cfg(test)]
@@ -225,8 +234,8 @@ mod tests {
             self.files.remove(name);
             Ok(())
         }
-        fn last_reserved(&self, set: usize) -> Option<IpAddr> {
-            self.last.get(&set).copied()
+        fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>> {
+            Ok(self.last.get(&set).copied())
         }
         fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> io::Result<()> {
             self.last.insert(set, ip);
@@ -432,7 +441,7 @@ mod tests {
             fn release(&mut self, name: &str) -> io::Result<()> {
                 self.0.release(name)
             }
-            fn last_reserved(&self, set: usize) -> Option<IpAddr> {
+            fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>> {
                 self.0.last_reserved(set)
             }
             fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> io::Result<()> {

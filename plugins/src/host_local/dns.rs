@@ -1,5 +1,6 @@
 //! The `resolvConf` option: a resolv.conf file turned into the result's `dns`.
 
+use crate::fsutil::{self, Links};
 use cni_types::Dns;
 use std::path::Path;
 
@@ -29,9 +30,11 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
     dns
 }
 
-/// Reads and parses the resolv.conf at `path`.
+/// Reads and parses the resolv.conf at `path`: a regular file (a symlink to one is fine, as
+/// `/etc/resolv.conf` often is) of at most [`fsutil::SMALL_FILE_MAX`] bytes.
 pub fn read_resolv_conf(path: &Path) -> Result<Dns, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("failed to read resolvConf {}: {e}", path.display()))?;
+    let bytes = fsutil::read_bounded(path, Links::Follow, fsutil::SMALL_FILE_MAX)
+        .map_err(|e| format!("failed to read resolvConf {}: {e}", path.display()))?;
     Ok(parse_resolv_conf(&String::from_utf8_lossy(&bytes)))
 }
 
@@ -56,6 +59,14 @@ mod tests {
     fn empty_file_gives_empty_dns() {
         assert!(parse_resolv_conf("").is_empty());
         assert!(parse_resolv_conf("nameserver\n#nameserver 1.1.1.1\n").is_empty());
+    }
+
+    #[test]
+    fn devices_and_fifos_are_refused_at_once() {
+        for dev in ["/dev/zero", "/dev/urandom"] {
+            let err = read_resolv_conf(Path::new(dev)).unwrap_err();
+            assert!(err.contains("character device, not a regular file"), "{err}");
+        }
     }
 
     #[test]

@@ -31,6 +31,10 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 /// Format version; an index of another version is ignored.
 const VERSION: u32 = 1;
 
+/// The largest index read: a /16 fully reserved with long container IDs is a few MiB, so a
+/// bigger lock file was not written by us and is ignored (every file is read instead).
+const MAX_LEN: u64 = 64 << 20;
+
 /// A reservation file as the index remembers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -74,7 +78,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 /// the directory is unchanged since it was written. `None` means "read every file".
 pub fn load(lock: &File, now: Stamp) -> Option<HashMap<String, Entry>> {
     let len = lock.metadata().ok()?.len();
-    if len == 0 {
+    if len == 0 || len > MAX_LEN {
         return None;
     }
     let mut buf = vec![0u8; usize::try_from(len).ok()?];

@@ -6,13 +6,14 @@
 //! between our plugin and the reference. Names of IPv6 files are the canonical compressed form.
 
 use super::index::{self, Entry, Stamp};
+use crate::fsutil::{self, Links};
 use crate::lock::FileLock;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, ErrorKind, Write};
+use std::fs;
+use std::io::{self, ErrorKind};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Prefix of the per-range-set round-robin files.
@@ -86,8 +87,9 @@ pub trait Backend {
     fn reserve(&mut self, ip: IpAddr, id: &str, ifname: &str) -> io::Result<bool>;
     /// Drops the reservation file `name`; a missing file is not an error.
     fn release(&mut self, name: &str) -> io::Result<()>;
-    /// The last address handed out from range set `set`, if recorded.
-    fn last_reserved(&self, set: usize) -> Option<IpAddr>;
+    /// The last address handed out from range set `set`, if recorded (content that is no
+    /// address counts as no record); an error when the record cannot be read as a file.
+    fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>>;
     /// Records the last address handed out from range set `set`.
     fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> io::Result<()>;
 }
@@ -105,28 +107,19 @@ pub struct DiskStore {
     saved: Cell<Option<Stamp>>,
 }
 
-/// Writes `content` to `path` (mode 0600), replacing what was there, and returns the file's
-/// inode. Used for scratch files, whose names are private to this process and the lock holder
-/// (a leftover of a crashed run is simply overwritten), and for the `last_reserved_ip` hint.
-fn write_file(path: &Path, content: &[u8]) -> io::Result<u64> {
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(content)?;
-    Ok(file.metadata()?.ino())
+/// Reads a reservation or `last_reserved_ip` file: a regular file, not a symlink, of at most
+/// [`fsutil::SMALL_FILE_MAX`] bytes; anything else is refused with an error naming it.
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    fsutil::read_bounded(path, Links::Refuse, fsutil::SMALL_FILE_MAX)
 }
 
-/// Reads a file that is almost always a few dozen bytes. Every ADD, DEL and CHECK reads every
-/// reservation of the network, so this skips what `fs::read` adds per file (a `statx` for the
-/// size hint and a second `read` to see EOF): a short read of a regular file means its end.
-fn read_small(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut file = fs::File::open(path)?;
-    let mut buf = [0u8; 512];
-    let n = file.read(&mut buf)?;
-    let mut out = buf[..n].to_vec();
-    if n == buf.len() {
-        file.read_to_end(&mut out)?;
+/// Removes a scratch file a crashed run of this pid left behind (scratch files are never
+/// reused in place, so a planted link there is removed, not written through).
+fn remove_leftover(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
-    Ok(out)
 }
 
 /// A scratch name in the store directory that can never be read as an address or a
@@ -138,18 +131,20 @@ fn scratch_name(what: &str) -> String {
 
 impl DiskStore {
     /// Opens (creating it, mode 0755 as the reference does) `<data_dir>/<network>` and takes its lock.
+    /// The network directory itself must be a directory, not a symlink to one.
     pub fn open(data_dir: &Path, network: &str) -> io::Result<DiskStore> {
-        let dir = data_dir.join(network);
-        DirBuilder::new().recursive(true).mode(0o755).create(&dir)?;
-        Self::lock(dir)
+        fsutil::ensure_dir(data_dir, network, 0o755)?;
+        Self::lock(data_dir.join(network))
     }
 
     /// Opens an existing network directory and takes its lock; `None` when there is none, so
     /// that DEL and GC leave no empty directory behind.
     pub fn open_existing(data_dir: &Path, network: &str) -> io::Result<Option<DiskStore>> {
         let dir = data_dir.join(network);
-        if !dir.is_dir() {
-            return Ok(None);
+        match fsutil::check_dir(&dir) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
         match Self::lock(dir) {
             Ok(store) => Ok(Some(store)),
@@ -172,9 +167,9 @@ impl DiskStore {
     /// Proves the directory takes new files (STATUS): writes and removes a scratch file.
     pub fn probe_writable(&self) -> io::Result<()> {
         let probe = self.dir.join(scratch_name("status-probe"));
-        let written = write_file(&probe, b"");
-        let removed = fs::remove_file(&probe);
-        written.map(|_| ()).and(removed)
+        remove_leftover(&probe)?;
+        fsutil::create_new(&probe, b"", 0o600)?;
+        fs::remove_file(&probe)
     }
 
     fn stamp(&self) -> io::Result<Stamp> {
@@ -186,6 +181,10 @@ impl DiskStore {
     fn save_index(&self) -> io::Result<()> {
         let known = self.known.borrow();
         let Some(files) = known.as_ref() else { return Ok(()) };
+        // A read-only store (CHECK on a read-only dataDir) keeps whatever index it has.
+        if !self.lock.writable() {
+            return Ok(());
+        }
         let now = self.stamp()?;
         if self.saved.get() == Some(now) {
             return Ok(());
@@ -226,6 +225,8 @@ impl Backend for DiskStore {
                     }
                     // Released by someone who does not take the lock: it is simply gone.
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    // A refusal names the file already.
+                    Err(e) if e.kind() == ErrorKind::InvalidInput => return Err(e),
                     Err(e) => return Err(io::Error::new(e.kind(), format!("read {}: {e}", entry.path().display()))),
                 },
             };
@@ -250,12 +251,14 @@ impl Backend for DiskStore {
         let path = self.dir.join(&name);
         let scratch = self.dir.join(scratch_name(&name));
         // The file appears whole or not at all: written under a scratch name, then hard-linked
-        // into place, which (like O_EXCL) fails when the address is already reserved.
+        // into place, which (like O_EXCL) fails when the address is already reserved. A write
+        // that fails (a full disk) takes its scratch file with it.
         let content = Owner::encode(id, ifname);
-        let ino = write_file(&scratch, content.as_bytes())?;
+        remove_leftover(&scratch)?;
+        let ino = fsutil::create_new(&scratch, content.as_bytes(), 0o600)?.metadata()?.ino();
         let linked = fs::hard_link(&scratch, &path);
         if let Err(e) = fs::remove_file(&scratch) {
-            // The reservation stands either way; a leftover scratch file is overwritten next time.
+            // The reservation stands either way; a leftover scratch file is removed next time.
             log::warn!("host-local: failed to remove {}: {e}", scratch.display());
         }
         let ino = match linked {
@@ -263,14 +266,8 @@ impl Backend for DiskStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             // File systems without hard links: fall back to O_EXCL on the final name.
             Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::PermissionDenied) => {
-                match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-                    Ok(mut file) => match file.write_all(content.as_bytes()).and_then(|()| file.metadata()) {
-                        Ok(meta) => meta.ino(),
-                        Err(e) => {
-                            let _ = fs::remove_file(&path);
-                            return Err(e);
-                        }
-                    },
+                match fsutil::create_new(&path, content.as_bytes(), 0o600) {
+                    Ok(file) => file.metadata()?.ino(),
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
                     Err(e) => return Err(e),
                 }
@@ -294,16 +291,22 @@ impl Backend for DiskStore {
         Ok(())
     }
 
-    fn last_reserved(&self, set: usize) -> Option<IpAddr> {
-        let text = fs::read_to_string(self.last_reserved_path(set)).ok()?;
-        text.trim().parse().ok().map(super::range::canonical)
+    fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>> {
+        let path = self.last_reserved_path(set);
+        let bytes = match read_small(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(text.trim().parse().ok().map(super::range::canonical))
     }
 
     fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> io::Result<()> {
         // Written in place, as the reference does: the file only says where the next search
         // starts, and a torn write reads as no hint at all, so a rename would buy nothing but
         // an extra half millisecond per ADD.
-        write_file(&self.last_reserved_path(set), ip.to_string().as_bytes()).map(|_| ())
+        fsutil::write_in_place(&self.last_reserved_path(set), ip.to_string().as_bytes(), 0o600).map(|_| ())
     }
 }
 
@@ -378,8 +381,8 @@ pub(crate) mod tests {
             fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["10.0.0.2", "fd00:254::2", "last_reserved_ip.0", "last_reserved_ip.1", "lock"]);
-        assert_eq!(s.last_reserved(1), Some(v6));
-        assert_eq!(s.last_reserved(7), None);
+        assert_eq!(s.last_reserved(1).unwrap(), Some(v6));
+        assert_eq!(s.last_reserved(7).unwrap(), None);
     }
 
     #[test]
@@ -483,6 +486,42 @@ pub(crate) mod tests {
         assert_eq!(read_small(&path).unwrap(), long.as_bytes());
         fs::write(&path, "x".repeat(512)).unwrap();
         assert_eq!(read_small(&path).unwrap().len(), 512);
+    }
+
+    #[test]
+    fn planted_links_and_fifos_are_refused_not_followed() {
+        use std::os::unix::fs::symlink;
+        let tmp = TempDir::new("planted");
+        let victim = tmp.0.join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let dir = tmp.0.join("net");
+        fs::create_dir(&dir).unwrap();
+        symlink(&victim, dir.join(LOCK_FILE)).unwrap();
+        let err = DiskStore::open(&tmp.0, "net").unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        fs::remove_file(dir.join(LOCK_FILE)).unwrap();
+
+        symlink(&victim, dir.join("last_reserved_ip.0")).unwrap();
+        let mut s = DiskStore::open(&tmp.0, "net").unwrap();
+        assert!(s.last_reserved(0).unwrap_err().to_string().contains("symbolic link"));
+        assert!(s.set_last_reserved(0, "10.0.0.2".parse().unwrap()).is_err());
+        fs::remove_file(dir.join("last_reserved_ip.0")).unwrap();
+        // A scratch name planted as a link is replaced, never written through.
+        symlink(&victim, dir.join(scratch_name("10.0.0.3"))).unwrap();
+        assert!(s.reserve("10.0.0.3".parse().unwrap(), "c1", "eth0").unwrap());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+
+        nix::unistd::mkfifo(&dir.join("10.0.0.9"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = s.reservations().unwrap_err().to_string();
+        assert!(err.contains("10.0.0.9: is a FIFO"), "{err}");
+        drop(s);
+
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir(tmp.0.join("elsewhere")).unwrap();
+        symlink(tmp.0.join("elsewhere"), &dir).unwrap();
+        assert!(DiskStore::open(&tmp.0, "net").is_err());
+        assert!(DiskStore::open_existing(&tmp.0, "net").is_err());
+        assert_eq!(fs::read_dir(tmp.0.join("elsewhere")).unwrap().count(), 0);
     }
 
     #[test]
