@@ -80,21 +80,66 @@ struct Started {
 
 /// Something ADD created, and so must undo if a later step fails.
 enum Undo {
+    /// The bridge this ADD created: removed again unless a port appeared on it meanwhile.
+    Bridge(u32),
+    /// A gateway address this ADD put on a bridge that had it not: removed again unless
+    /// another port than this ADD's veth uses the bridge.
+    BridgeAddr(u32, IpNetwork),
     Veth(u32),
     SpoofCheck,
     Ipam,
     IpMasq(Vec<IpNetwork>),
 }
 
+/// Looks up the bridge; one of that name that is not a bridge refuses the ADD.
+fn find_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Option<Link>, CniError> {
+    let name = &conf.bridge;
+    let found = ctx(host.link_by_name(name), || format!("look up bridge {name:?}"))?;
+    if let Some(link) = found.as_ref().filter(|l| l.kind != "bridge") {
+        return Err(internal(format!(
+            "failed to create bridge {name:?}: {:?} already exists but is not a bridge",
+            link.name
+        )));
+    }
+    Ok(found)
+}
+
+/// The checks of ADD that can refuse without IPAM's answer, run before IPAM starts or anything
+/// changes: the bridge name is free or a bridge, and the container has no interface of that
+/// name (a second ADD of an attachment that exists is refused here and leaves it as it was).
+fn check_add<'a>(host: &mut Handle, ns: &'a NetNs, conf: &BridgeConf, args: &CmdArgs) -> Result<Checked<'a>, CniError> {
+    let bridge = find_bridge(host, conf)?;
+    let mut cont = handle_in(ns)?;
+    if ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?.is_some() {
+        return Err(internal(format!("container veth name provided ({}) already exists", args.ifname)));
+    }
+    Ok(Checked { ns, cont, bridge })
+}
+
+/// What [`check_add`] found: the container's namespace and netlink socket, and the bridge if
+/// it exists.
+struct Checked<'a> {
+    ns: &'a NetNs,
+    cont: Handle,
+    bridge: Option<Link>,
+}
+
+/// Whether `bridge` has a port other than `except`.
+fn bridge_in_use(host: &mut Handle, bridge: u32, except: Option<u32>) -> io::Result<bool> {
+    Ok(host.links()?.iter().any(|l| l.master == Some(bridge) && Some(l.index) != except))
+}
+
 /// `ensureBridge`: create it (tolerating a concurrent creator), check it is a bridge, up.
-fn ensure_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Link, CniError> {
+/// `found` is the bridge as [`check_add`] saw it; says whether this call created it.
+fn ensure_bridge(host: &mut Handle, conf: &BridgeConf, found: Option<Link>) -> Result<(Link, bool), CniError> {
     let name = &conf.bridge;
     let lookup = |h: &mut Handle| ctx(h.link_by_name(name), || format!("look up bridge {name:?}"));
-    let link = match lookup(host)? {
+    let mut created = false;
+    let link = match found {
         Some(l) => l,
         None => {
             match host.create_bridge(name, conf.mtu, conf.uses_vlans()) {
-                Ok(()) => {}
+                Ok(()) => created = true,
                 Err(e) if is_eexist(&e) => {}
                 Err(e) => return Err(internal(format!("failed to create bridge {name:?}: {e}"))),
             }
@@ -120,7 +165,7 @@ fn ensure_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Link, CniError>
     if !link.up {
         ctx(host.set_link_up(link.index, true), || format!("set {name} up"))?;
     }
-    Ok(link)
+    Ok((link, created))
 }
 
 /// Creates the veth pair, peer born in the container as `ifname`, host end on the bridge.
@@ -380,17 +425,21 @@ impl Bridge {
         &self,
         args: &CmdArgs,
         conf: &BridgeConf,
-        ns: &NetNs,
         host: &mut Handle,
+        checked: &mut Checked<'_>,
         undo: &mut Vec<Undo>,
         started: &mut Started,
     ) -> Result<CniResult, CniError> {
         let t0 = Instant::now();
         let mark = |what: &str| log::debug!("{what} after {:?}", t0.elapsed());
-        let bridge = ensure_bridge(host, conf)?;
+        let (bridge, created) = ensure_bridge(host, conf, checked.bridge.take())?;
+        let ns = checked.ns;
+        let cont = &mut checked.cont;
+        if created {
+            undo.push(Undo::Bridge(bridge.index));
+        }
         mark("bridge ensured");
-        let mut cont = handle_in(ns)?;
-        let veth = create_veth_pair(host, &mut cont, ns, conf, args, &bridge)?;
+        let veth = create_veth_pair(host, cont, ns, conf, args, &bridge)?;
         undo.push(Undo::Veth(veth.index));
         let cont_link = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
             .ok_or_else(|| internal(format!("{} vanished from {}", args.ifname, ns.path().display())))?;
@@ -442,7 +491,10 @@ impl Bridge {
             if conf.is_gateway {
                 let mut added = false;
                 for net in &bridge_addrs {
-                    added |= ensure_bridge_addr(host, &bridge, net, conf.force_address)?;
+                    if ensure_bridge_addr(host, &bridge, net, conf.force_address)? {
+                        added = true;
+                        undo.push(Undo::BridgeAddr(bridge.index, *net));
+                    }
                 }
                 // Pin the bridge MAC so it stops following the lowest port MAC as ports come and go,
                 // when the gateway address goes on, as the reference does. Not on every ADD: setting
@@ -462,7 +514,7 @@ impl Bridge {
                     ctx(sysctl::ensure("net/ipv6/conf/all/forwarding", "1"), || "enable IPv6 forwarding".into())?;
                 }
             }
-            configure_container(ns, &mut cont, &cont_link, args, conf, &result)?;
+            configure_container(ns, cont, &cont_link, args, conf, &result)?;
             mark("container configured");
             if let Some(masq) = masq {
                 ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
@@ -510,8 +562,21 @@ impl Bridge {
     }
 
     fn rollback(&self, args: &CmdArgs, conf: &BridgeConf, host: &mut Handle, undo: Vec<Undo>) {
+        let veth = undo.iter().find_map(|u| if let Undo::Veth(i) = u { Some(*i) } else { None });
         for step in undo.into_iter().rev() {
             let r = match step {
+                // Another container that joined meanwhile keeps the bridge and its gateway, as the
+                // reference keeps them; otherwise the failed ADD leaves the host as it found it.
+                Undo::BridgeAddr(index, net) => match bridge_in_use(host, index, veth) {
+                    Ok(false) => host.del_address(index, &net).map_err(internal),
+                    Ok(true) => Ok(()),
+                    Err(e) => Err(internal(e)),
+                },
+                Undo::Bridge(index) => match bridge_in_use(host, index, None) {
+                    Ok(false) => host.del_link(index).map_err(internal),
+                    Ok(true) => Ok(()),
+                    Err(e) => Err(internal(e)),
+                },
                 Undo::IpMasq(addrs) => firewall::teardown_ipmasq(&masq_target(conf, args, &addrs)).map_err(internal),
                 Undo::Ipam => invoke::delegate(&conf.ipam_type, Command::Del, args),
                 Undo::SpoofCheck => firewall::teardown_spoofcheck(&args.container_id, &args.ifname).map_err(internal),
@@ -546,6 +611,7 @@ impl Plugin for Bridge {
         }
         let ns = NetNs::open(&args.netns).map_err(internal)?;
         let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
+        let mut checked = check_add(&mut host, &ns, &conf, args)?;
         let mut undo = Vec::new();
         let mut started = Started::default();
         if conf.is_layer3() {
@@ -557,7 +623,7 @@ impl Plugin for Bridge {
                 started.restore = firewall::PendingRestore::spawn(firewall::Family::V4).ok();
             }
         }
-        match self.add_steps(args, &conf, &ns, &mut host, &mut undo, &mut started) {
+        match self.add_steps(args, &conf, &mut host, &mut checked, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {
                 // A DEL of the IPAM plugin must not race its own ADD.
