@@ -356,7 +356,7 @@ fn jump_rule(chain: &str, address: &IpNetwork, comment: &str) -> Rule {
 /// a second subnet is not masqueraded towards that subnet.
 fn chain_rules(saved: &SavedTable, family: Family, t: &MasqTarget) -> Vec<Rule> {
     let chain = chain_name("", t.network, t.container_id);
-    let comment = format_comment(t.network, t.container_id);
+    let comment = masq_comment(t.network, t.container_id);
     let mut subnets: Vec<String> = saved
         .rules_in(&chain)
         .filter_map(|r| r.option("-d").filter(|d| *r == accept_rule(&chain, d, &comment)).map(str::to_string))
@@ -380,7 +380,7 @@ fn plan_iptables_setup(saved: &SavedTable, family: Family, t: &MasqTarget) -> Op
         return None;
     }
     let chain = chain_name("", t.network, t.container_id);
-    let comment = format_comment(t.network, t.container_id);
+    let comment = masq_comment(t.network, t.container_id);
     let wanted = chain_rules(saved, family, t);
     let chain_ok = saved.has_chain(&chain) && saved.rules_in(&chain).eq(wanted.iter());
     let jumps: Vec<Rule> =
@@ -405,7 +405,7 @@ fn plan_iptables_fresh(family: Family, t: &MasqTarget) -> Option<Batch> {
         return None;
     }
     let chain = chain_name("", t.network, t.container_id);
-    let comment = format_comment(t.network, t.container_id);
+    let comment = masq_comment(t.network, t.container_id);
     let mut batch = Batch::new(NAT);
     batch.new_chain(&chain);
     chain_rules(&SavedTable::default(), family, t).iter().for_each(|r| batch.append(r));
@@ -419,17 +419,46 @@ fn plan_iptables_teardown(saved: &SavedTable, chain: &str) -> Option<Batch> {
     plan_remove_chains(saved, &[chain.to_string()])
 }
 
+/// The iptables comment of an attachment's rules: the reference's `name: "<net>" id: "<id>"`, cut
+/// to the 255 bytes the comment match holds. `iptables` cuts it so when the reference passes a
+/// longer one (a long container ID); written whole into a restore batch it would instead make
+/// the line too long for `iptables-restore`.
+fn masq_comment(network: &str, container_id: &str) -> String {
+    let mut comment = format_comment(network, container_id);
+    if comment.len() > COMMENT_MAX {
+        let mut end = COMMENT_MAX;
+        while !comment.is_char_boundary(end) {
+            end -= 1;
+        }
+        comment.truncate(end);
+    }
+    comment
+}
+
+/// The longest comment the `comment` match stores (`XT_MAX_COMMENT_LEN` less its NUL).
+const COMMENT_MAX: usize = 255;
+
 /// Plans GC for one family: the chains of `network`'s containers not in `valid_ids`, recognised by
-/// the reference comment on their rules or on the jumps to them.
+/// the reference comment on their rules or on the jumps to them. A comment cut short (a long
+/// container ID) names no ID, so its rule's own chain, or the chain it jumps to, is the owner.
 fn plan_iptables_gc(saved: &SavedTable, network: &str, valid_ids: &HashSet<&str>) -> Option<Batch> {
     let prefix = format!("name: {} id: ", go_quote(network));
+    let valid: HashSet<String> = valid_ids.iter().map(|id| chain_name("", network, id)).collect();
     let mut stale: Vec<String> = Vec::new();
     for rule in &saved.rules {
-        let Some(id) = rule.comment().and_then(|c| c.strip_prefix(&prefix)).and_then(go_unquote) else { continue };
-        if valid_ids.contains(id.as_str()) {
+        let Some(quoted) = rule.comment().and_then(|c| c.strip_prefix(&prefix)) else { continue };
+        let owner = match go_unquote(quoted) {
+            Some(id) => chain_name("", network, &id),
+            None if quoted.len() + prefix.len() >= COMMENT_MAX && rule.chain != POSTROUTING => rule.chain.clone(),
+            None if quoted.len() + prefix.len() >= COMMENT_MAX => match rule.target() {
+                Some(target) => target.to_string(),
+                None => continue,
+            },
+            None => continue,
+        };
+        if valid.contains(&owner) || !owner.starts_with("CNI-") {
             continue;
         }
-        let owner = chain_name("", network, &id);
         // Only a rule in that container's chain or jumping to it is ours; portmap's comments differ.
         if (rule.chain == owner || rule.target() == Some(owner.as_str())) && !stale.contains(&owner) {
             stale.push(owner);
@@ -459,7 +488,7 @@ fn plan_remove_chains(saved: &SavedTable, chains: &[String]) -> Option<Batch> {
 /// The rules ADD installs for one family, as `-C` lines: the batch fails unless all are present.
 fn plan_iptables_check(family: Family, t: &MasqTarget) -> Batch {
     let chain = chain_name("", t.network, t.container_id);
-    let comment = format_comment(t.network, t.container_id);
+    let comment = masq_comment(t.network, t.container_id);
     let addresses = addresses_of(t, family);
     let mut batch = Batch::new(NAT);
     for a in &addresses {
@@ -474,7 +503,7 @@ fn plan_iptables_check(family: Family, t: &MasqTarget) -> Batch {
 
 fn verify_iptables(saved: &SavedTable, family: Family, t: &MasqTarget) -> Result<(), String> {
     let chain = chain_name("", t.network, t.container_id);
-    let comment = format_comment(t.network, t.container_id);
+    let comment = masq_comment(t.network, t.container_id);
     let tool = match family {
         Family::V4 => "iptables",
         Family::V6 => "ip6tables",
@@ -850,6 +879,33 @@ COMMIT
         );
         let all: HashSet<&str> = ["ctr1", "ctr2", "ctr4"].into_iter().collect();
         assert_eq!(plan_iptables_gc(&nat(&dump), "specnet", &all), None);
+    }
+
+    #[test]
+    fn long_container_ids_give_the_comment_iptables_keeps() {
+        let long = "c".repeat(10 * 1024);
+        let comment = masq_comment("specnet", &long);
+        assert_eq!(comment.len(), 255);
+        assert_eq!(comment, format_comment("specnet", &long)[..255]);
+        assert_eq!(masq_comment("specnet", "ctr1"), format_comment("specnet", "ctr1"));
+        let addrs = nets(&["10.0.0.5/24"]);
+        let t = MasqTarget { network: "specnet", container_id: &long, ifname: "eth0", addresses: &addrs };
+        let batch = plan_iptables_fresh(Family::V4, &t).unwrap().render();
+        assert!(batch.lines().all(|l| l.len() < 400), "{batch}");
+
+        // GC recognises such a chain by the rules in it and the jump to it.
+        let chain = chain_name("", "specnet", &long);
+        let quoted = comment.replace('"', "\\\"");
+        let dump = format!(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n:{chain} - [0:0]\n\
+             -A POSTROUTING -s 10.0.0.5/32 -m comment --comment \"{quoted}\" -j {chain}\n\
+             -A {chain} -d 10.0.0.0/24 -m comment --comment \"{quoted}\" -j ACCEPT\nCOMMIT\n"
+        );
+        let none: HashSet<&str> = HashSet::new();
+        let batch = plan_iptables_gc(&nat(&dump), "specnet", &none).unwrap().render();
+        assert!(batch.contains(&format!("-X {chain}")), "{batch}");
+        let keep: HashSet<&str> = [long.as_str()].into_iter().collect();
+        assert_eq!(plan_iptables_gc(&nat(&dump), "specnet", &keep), None);
     }
 
     #[test]
