@@ -122,6 +122,11 @@ fn remove_leftover(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Whether `name` is one [`scratch_name`] makes.
+fn is_scratch(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
 /// A scratch name in the store directory that can never be read as an address or a
 /// `last_reserved_ip` file, and that is unique among concurrent writers (all hold the lock,
 /// the pid is belt and braces against a writer that does not).
@@ -214,7 +219,16 @@ impl Backend for DiskStore {
             let Some(name) = name.to_str() else { continue };
             // Only address-named files are reservations: never `lock`, `last_reserved_ip.*`
             // or scratch files, whatever they contain.
-            let Ok(ip) = name.parse::<IpAddr>() else { continue };
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                // Every writer of scratch files holds the lock, so one seen now was left by a
+                // run that was killed between writing and linking it.
+                if is_scratch(name) && self.lock.writable() {
+                    if let Err(e) = fs::remove_file(entry.path()) {
+                        log::warn!("host-local: failed to remove leftover {}: {e}", entry.path().display());
+                    }
+                }
+                continue;
+            };
             let ino = entry.ino();
             let content = match trusted.as_mut().and_then(|t| t.remove(name)).filter(|e| e.ino == ino) {
                 Some(known) => known.content,
@@ -400,6 +414,7 @@ pub(crate) mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].owner, Owner::Attachment { id: "c1".into(), ifname: "eth0".into() });
         assert_eq!(r[1].owner, Owner::Legacy("legacy-id".into()));
+        assert!(!dir.join(".junk.tmp").exists(), "a killed writer's scratch file is removed under the lock");
         s.release("10.0.0.9").unwrap();
         s.release("10.0.0.9").unwrap();
         assert_eq!(s.reservations().unwrap().len(), 1);
