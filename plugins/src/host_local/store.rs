@@ -169,11 +169,12 @@ impl DiskStore {
         &self.dir
     }
 
-    /// Proves the directory takes new files (STATUS): writes and removes a scratch file.
+    /// Proves the directory takes new reservations (STATUS): writes and removes a scratch file
+    /// with content, since a full disk still takes an empty one.
     pub fn probe_writable(&self) -> io::Result<()> {
         let probe = self.dir.join(scratch_name("status-probe"));
         remove_leftover(&probe)?;
-        fsutil::create_new(&probe, b"", 0o600)?;
+        fsutil::create_new(&probe, b"status probe", 0o600)?;
         fs::remove_file(&probe)
     }
 
