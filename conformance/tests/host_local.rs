@@ -13,7 +13,11 @@
 //! - DEL and GC need only the store location (an invalid range does not block a release) and
 //!   do not create the network directory;
 //! - GC and STATUS exist (the v1.1.1 reference predates them);
-//! - files are mode 0600 (the reference's HEAD does the same; v1.1.1 wrote 0644).
+//! - files are mode 0600 (the reference's HEAD does the same; v1.1.1 wrote 0644);
+//! - store files, the network directory and `resolvConf` are opened as what they must be: a
+//!   planted symlink is refused, not written through, and a FIFO or device is refused at once
+//!   (the reference writes through links and hangs on a FIFO);
+//! - a refused ADD leaves the `last_reserved_ip` hints alone (the reference advances them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -751,4 +755,133 @@ fn p50_add_del() {
         }
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// [`call`] that must finish within `secs`: a plugin that hangs (a FIFO opened as a file) is
+/// killed and the test fails, rather than hanging the suite.
+fn call_within(suite: &Suite, command: &str, id: &str, conf: &Value, secs: u64) -> Output {
+    use std::io::Write;
+    let path = suite.dir.display().to_string();
+    let env = [
+        ("CNI_COMMAND", command),
+        ("CNI_PATH", path.as_str()),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", "/var/run/netns/hl-unused"),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let mut child = conformance::plugin_command(&suite.plugin("host-local"), &[], &env, None).unwrap().spawn().unwrap();
+    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}: {command} with {conf} did not finish within {secs} s", suite.name);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (stdout, stderr) = conformance::read_outputs(&mut child);
+    Output { code: child.wait().unwrap().code().unwrap_or(-1), stdout, stderr }
+}
+
+/// Files of the store, and `resolvConf`, are opened as what they must be: a symlink planted as
+/// `lock` or `last_reserved_ip.0` is not written through, and a FIFO or a device where a file
+/// should be is refused at once instead of hanging or reading without end. The reference writes
+/// through the links and hangs on the FIFO, so this runs against ours.
+#[test]
+fn planted_links_fifos_and_devices_are_refused_at_once() {
+    require_root!();
+    let suite = ours();
+    let victims = DataDir::new("victim");
+    let victim = victims.0.join("victim");
+    let refused = |dd: &DataDir, c: &Value, what: &str, needle: &str| {
+        let out = call_within(&suite, "ADD", "ctr1", c, 5);
+        let (code, msg, _) = out.error().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(code, 999, "{what}: {msg}");
+        assert!(msg.contains(needle), "{what}: {msg}");
+        assert!(dd.reserved().is_empty(), "{what}: a refused ADD reserved an address");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious", "{what}: written through a link");
+    };
+    fs::write(&victim, "precious").unwrap();
+
+    let dd = DataDir::new("planted-lock");
+    let c = v4_29("1.0.0", &dd);
+    fs::create_dir(dd.net()).unwrap();
+    std::os::unix::fs::symlink(&victim, dd.net().join("lock")).unwrap();
+    refused(&dd, &c, "lock is a symlink", "lock: is a symbolic link");
+
+    let dd = DataDir::new("planted-last");
+    let c = v4_29("1.0.0", &dd);
+    fs::create_dir(dd.net()).unwrap();
+    std::os::unix::fs::symlink(&victim, dd.net().join("last_reserved_ip.0")).unwrap();
+    refused(&dd, &c, "last_reserved_ip.0 is a symlink", "last_reserved_ip.0: is a symbolic link");
+
+    let dd = DataDir::new("planted-net");
+    let c = v4_29("1.0.0", &dd);
+    std::os::unix::fs::symlink(&victims.0, dd.net()).unwrap();
+    refused(&dd, &c, "the network directory is a symlink", "is a symbolic link, not a directory");
+    assert_eq!(fs::read_dir(&victims.0).unwrap().count(), 1, "nothing created through the link");
+
+    let dd = DataDir::new("planted-fifo");
+    let c = v4_29("1.0.0", &dd);
+    fs::create_dir(dd.net()).unwrap();
+    let fifo = dd.net().join("10.252.0.5");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = call_within(&suite, "ADD", "ctr1", &c, 5);
+    let msg = out.error().unwrap().1;
+    assert!(msg.contains("10.252.0.5: is a FIFO, not a regular file"), "{msg}");
+    let out = call_within(&suite, "DEL", "ctr1", &c, 5);
+    assert!(out.error().unwrap().1.contains("is a FIFO"), "DEL names the FIFO too");
+    fs::remove_file(&fifo).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &fifo).unwrap();
+    let msg = call_within(&suite, "ADD", "ctr1", &c, 5).error().unwrap().1;
+    assert!(msg.contains("10.252.0.5: is a symbolic link"), "{msg}");
+
+    let dd = DataDir::new("resolv");
+    let pipe = dd.0.join("resolv.fifo");
+    nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let to_zero = dd.0.join("resolv.link");
+    std::os::unix::fs::symlink("/dev/zero", &to_zero).unwrap();
+    for (path, kind) in [
+        (PathBuf::from("/dev/zero"), "a character device"),
+        (PathBuf::from("/dev/urandom"), "a character device"),
+        (to_zero, "a character device"),
+        (pipe, "a FIFO"),
+    ] {
+        let c = conf("1.0.0", &dd, json!({"ranges": [[{"subnet": "10.252.0.0/29"}]], "resolvConf": path}));
+        let what = format!("resolvConf {}", path.display());
+        let out = call_within(&suite, "ADD", "ctr1", &c, 5);
+        let msg = out.error().unwrap().1;
+        assert!(msg.contains(&format!("failed to read resolvConf {}", path.display())), "{what}: {msg}");
+        assert!(msg.contains(&format!("is {kind}, not a regular file")), "{what}: {msg}");
+        assert!(dd.reserved().is_empty(), "{what}");
+    }
+    // /etc/resolv.conf is often a symlink: a link to a regular file is read.
+    let real = dd.0.join("resolv.real");
+    fs::write(&real, "nameserver 192.0.2.53\n").unwrap();
+    let link = dd.0.join("resolv.conf");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let c = conf("1.0.0", &dd, json!({"ranges": [[{"subnet": "10.252.0.0/29"}]], "resolvConf": link}));
+    let out = call_within(&suite, "ADD", "ctr1", &c, 5);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(out.json().unwrap()["dns"]["nameservers"], json!(["192.0.2.53"]));
+}
+
+/// A refused ADD leaves every `last_reserved_ip` hint as it was, even when the refusal comes
+/// from a later range set than one that already had its address (the reference advances the
+/// first set's hint), so the next ADD gets the address it would have had.
+#[test]
+fn a_refused_add_leaves_the_hints_alone() {
+    require_root!();
+    let suite = ours();
+    let dd = DataDir::new("hints");
+    // The second set has one address: the second container's ADD fails there.
+    let c = conf("1.0.0", &dd, json!({"ranges": [[{"subnet": "10.254.0.0/24"}], [{"subnet": "10.255.0.0/30"}]]}));
+    assert_eq!(add_ok(&suite, "a", &c), "10.254.0.2/24 10.255.0.2/30");
+    let before = dd.files();
+    let (_, msg, _) = add(&suite, "b", &c).error().unwrap();
+    assert!(msg.contains("no IP addresses available in range set"), "{msg}");
+    assert_eq!(dd.files(), before, "the refused ADD changed the store");
+    ok(call(&suite, "DEL", "a", "eth0", "", &c), "DEL");
+    assert_eq!(add_ok(&suite, "b", &c), "10.254.0.3/24 10.255.0.2/30");
 }
