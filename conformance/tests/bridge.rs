@@ -202,15 +202,22 @@ fn failed_add_leaves_nothing_behind() {
         assert!(err.contains("already exists"), "{}: {err}", suite.name);
         assert!(reservations(&host).is_empty(), "{}: reservation leaked", suite.name);
         assert_eq!(veths(&host), 0, "{}: veth leaked", suite.name);
+        let hint = host.dir.join("ipam/brnet/last_reserved_ip.0");
+        assert!(!hint.exists(), "{}: IPAM ran for a refused ADD", suite.name);
+        if suite.is_ours() {
+            // The reference creates the bridge before it looks at the container.
+            assert!(link(&links(&host.ns), "cnibr0").is_none(), "bridge created by a refused ADD");
+        }
 
         // IPAM fails (no such plugin): the veth created before it is removed again.
         let c2 = host.container().unwrap();
         let bad = list(&host, "1.0.0", json!({"ipam": {"type": "no-such-ipam"}}));
         assert!(rt.add_list(&bad, &Attachment::new("ctr-y", &c2)).is_err());
         if !suite.is_reference() {
-            // The reference leaves its veth for the runtime's DEL after the failed ADD.
+            // The reference leaves its veth for the runtime's DEL after the failed ADD, and the bridge.
             assert_eq!(veths(&host), 0, "veth leaked after IPAM failure");
             assert!(link(&links(&c2), "eth0").is_none(), "container eth0 leaked");
+            assert!(link(&links(&host.ns), "cnibr0").is_none(), "bridge left by a failed ADD");
         }
     });
 }
@@ -238,6 +245,104 @@ fn a_failure_after_ipam_releases_the_address() {
         assert_eq!(veths(&host), 1, "only ctr-0's veth remains");
         let strip = |s: &str| s.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
         assert_eq!(strip(&nat_rules(&host)), strip(&nat_before), "ctr-1's masquerade rules were rolled back");
+    });
+}
+
+/// A second ADD of an attachment that exists is refused before IPAM runs, so the attachment keeps
+/// its address, its reservation and its traffic, as with the reference.
+#[test]
+fn a_second_add_of_an_attachment_leaves_it_as_it_was() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let l = list(&host, "1.0.0", json!({}));
+        let c = host.container().unwrap();
+        let att = Attachment::new("ctr-dup", &c);
+        rt.add_list(&l, &att).unwrap();
+        let store = host.dir.join("ipam/brnet");
+        let files = |p: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+            let mut v: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name() != "lock")
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(&store);
+        let conf = conformance::build_config(&l["plugins"][0], "brnet", "1.0.0", None, &Default::default());
+        let out = rt.invoke("bridge", "ADD", &att, &conf).unwrap();
+        let (_, msg, _) = out.error().unwrap();
+        assert!(msg.contains("already exists"), "{}: {msg}", suite.name);
+        assert_eq!(files(&store), before, "{}: the store changed", suite.name);
+        assert_eq!(addrs(&c, "eth0"), vec!["10.77.0.2/24"], "{}", suite.name);
+        assert_eq!(veths(&host), 1, "{}", suite.name);
+        rt.check_list(&l, &att).unwrap_or_else(|e| panic!("{}: CHECK after the refused ADD: {e}", suite.name));
+        assert!(c.succeeds("ping", &["-c1", "-W2", "10.77.0.1"]), "{}: traffic after the refused ADD", suite.name);
+        rt.del_list(&l, &att).unwrap();
+    });
+}
+
+/// A failure after the bridge and its gateway address were made by this ADD takes both back
+/// (the reference keeps them); with another container on the bridge, both stay.
+#[test]
+fn a_failed_add_takes_back_the_bridge_and_gateway_it_made() {
+    require_root!();
+    each_suite(true, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        // A route whose gateway is not on any link: the container's routes fail last.
+        let bad = list(
+            &host,
+            "1.0.0",
+            json!({"ipam": {"type": "host-local", "dataDir": host.dir.join("ipam").display().to_string(),
+                "ranges": [[{"subnet": "10.77.0.0/24"}]], "routes": [{"dst": "192.0.2.0/24", "gw": "203.0.113.1"}]}}),
+        );
+        let c = host.container().unwrap();
+        let err = rt.add_list(&bad, &Attachment::new("ctr-r", &c)).unwrap_err().to_string();
+        assert!(err.contains("failed to add route '192.0.2.0/24 via 203.0.113.1"), "{err}");
+        assert!(link(&links(&host.ns), "cnibr0").is_none(), "bridge left by a failed ADD");
+        assert!(reservations(&host).is_empty());
+        assert_eq!(veths(&host), 0);
+        assert!(!nat_rules(&host).contains(":CNI-"), "{}", nat_rules(&host));
+
+        let c0 = host.container().unwrap();
+        rt.add_list(&list(&host, "1.0.0", json!({})), &Attachment::new("ctr-0", &c0)).unwrap();
+        assert!(rt.add_list(&bad, &Attachment::new("ctr-r", &c)).is_err());
+        assert_eq!(addrs(&host.ns, "cnibr0"), vec!["10.77.0.1/24"], "the bridge in use keeps its gateway");
+        assert!(c0.succeeds("ping", &["-c1", "-W2", "10.77.0.1"]));
+    });
+}
+
+/// A 10 KB container ID: the masquerade comment is cut to the 255 bytes iptables keeps (as
+/// iptables does for the reference), so ADD, CHECK and DEL work.
+#[test]
+fn a_long_container_id_gets_its_masquerade_rules() {
+    require_root!();
+    each_suite(false, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let l = list(&host, "1.0.0", json!({}));
+        let c = host.container().unwrap();
+        let id = "c".repeat(10 * 1024);
+        let att = Attachment::new(&id, &c);
+        let mut conf = conformance::build_config(&l["plugins"][0], "brnet", "1.0.0", None, &Default::default());
+        let out = rt.invoke("bridge", "ADD", &att, &conf).unwrap();
+        assert!(out.ok(), "{}: {out:?}", suite.name);
+        let nat = nat_rules(&host);
+        let comment = format!("name: \\\"brnet\\\" id: \\\"{}", "c".repeat(255 - 19));
+        let jump =
+            nat.lines().find(|l| l.starts_with("-A POSTROUTING -s 10.77.0.2/32")).unwrap_or_else(|| panic!("{nat}"));
+        assert!(jump.contains(&format!("--comment \"{comment}\" -j CNI-")), "{}: {jump}", suite.name);
+        conf["prevResult"] = out.json().unwrap();
+        let check = rt.invoke("bridge", "CHECK", &att, &conf).unwrap();
+        assert!(check.ok(), "{}: {check:?}", suite.name);
+        let del = rt.invoke("bridge", "DEL", &att, &conf).unwrap();
+        assert!(del.ok(), "{}: {del:?}", suite.name);
+        assert!(!nat_rules(&host).contains(":CNI-"), "{}", suite.name);
+        assert!(reservations(&host).is_empty());
     });
 }
 
