@@ -286,7 +286,8 @@ fn a_second_add_of_an_attachment_leaves_it_as_it_was() {
 }
 
 /// A failure after the bridge and its gateway address were made by this ADD takes both back
-/// (the reference keeps them); with another container on the bridge, both stay.
+/// (the reference keeps them), and puts back a gateway `forceAddress` removed; with another
+/// container on the bridge, everything stays.
 #[test]
 fn a_failed_add_takes_back_the_bridge_and_gateway_it_made() {
     require_root!();
@@ -308,8 +309,20 @@ fn a_failed_add_takes_back_the_bridge_and_gateway_it_made() {
         assert_eq!(veths(&host), 0);
         assert!(!nat_rules(&host).contains(":CNI-"), "{}", nat_rules(&host));
 
+        // An unused bridge left by an earlier network: forceAddress swaps its gateway, and the
+        // failed ADD swaps it back.
         let c0 = host.container().unwrap();
-        rt.add_list(&list(&host, "1.0.0", json!({})), &Attachment::new("ctr-0", &c0)).unwrap();
+        let good = list(&host, "1.0.0", json!({}));
+        rt.add_list(&good, &Attachment::new("ctr-0", &c0)).unwrap();
+        rt.del_list(&good, &Attachment::new("ctr-0", &c0)).unwrap();
+        let mut forced = bad.clone();
+        forced["plugins"][0]["forceAddress"] = json!(true);
+        forced["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.79.0.0/24"}]]);
+        let err = rt.add_list(&forced, &Attachment::new("ctr-r", &c)).unwrap_err().to_string();
+        assert!(err.contains("failed to add route"), "{err}");
+        assert_eq!(addrs(&host.ns, "cnibr0"), vec!["10.77.0.1/24"], "the forced-out gateway is back");
+
+        rt.add_list(&good, &Attachment::new("ctr-0", &c0)).unwrap();
         assert!(rt.add_list(&bad, &Attachment::new("ctr-r", &c)).is_err());
         assert_eq!(addrs(&host.ns, "cnibr0"), vec!["10.77.0.1/24"], "the bridge in use keeps its gateway");
         assert!(c0.succeeds("ping", &["-c1", "-W2", "10.77.0.1"]));

@@ -85,6 +85,8 @@ enum Undo {
     /// A gateway address this ADD put on a bridge that had it not: removed again unless
     /// another port than this ADD's veth uses the bridge.
     BridgeAddr(u32, IpNetwork),
+    /// An address `forceAddress` took off the bridge: put back under the same condition.
+    BridgeAddrRemoved(u32, IpNetwork),
     Veth(u32),
     SpoofCheck,
     Ipam,
@@ -130,20 +132,27 @@ fn bridge_in_use(host: &mut Handle, bridge: u32, except: Option<u32>) -> io::Res
 }
 
 /// `ensureBridge`: create it (tolerating a concurrent creator), check it is a bridge, up.
-/// `found` is the bridge as [`check_add`] saw it; says whether this call created it.
-fn ensure_bridge(host: &mut Handle, conf: &BridgeConf, found: Option<Link>) -> Result<(Link, bool), CniError> {
+/// `found` is the bridge as [`check_add`] saw it; a bridge this call creates is recorded in `undo`.
+fn ensure_bridge(
+    host: &mut Handle,
+    conf: &BridgeConf,
+    found: Option<Link>,
+    undo: &mut Vec<Undo>,
+) -> Result<Link, CniError> {
     let name = &conf.bridge;
     let lookup = |h: &mut Handle| ctx(h.link_by_name(name), || format!("look up bridge {name:?}"));
-    let mut created = false;
     let link = match found {
         Some(l) => l,
         None => {
-            match host.create_bridge(name, conf.mtu, conf.uses_vlans()) {
-                Ok(()) => created = true,
-                Err(e) if is_eexist(&e) => {}
+            let created = match host.create_bridge(name, conf.mtu, conf.uses_vlans()) {
+                Ok(()) => true,
+                Err(e) if is_eexist(&e) => false,
                 Err(e) => return Err(internal(format!("failed to create bridge {name:?}: {e}"))),
-            }
+            };
             let link = lookup(host)?.ok_or_else(|| internal(format!("bridge {name:?} vanished after creation")))?;
+            if created {
+                undo.push(Undo::Bridge(link.index));
+            }
             // A bridge whose address was never set takes its lowest port's MAC and changes it as
             // ports come and go, which breaks neighbours' ARP caches and CHECK; pin it at birth.
             if !link.mac.is_empty() {
@@ -165,7 +174,7 @@ fn ensure_bridge(host: &mut Handle, conf: &BridgeConf, found: Option<Link>) -> R
     if !link.up {
         ctx(host.set_link_up(link.index, true), || format!("set {name} up"))?;
     }
-    Ok((link, created))
+    Ok(link)
 }
 
 /// Creates the veth pair, peer born in the container as `ifname`, host end on the bridge.
@@ -276,8 +285,14 @@ fn calc_gateways(conf: &BridgeConf, result: &mut CniResult) -> Vec<IpNetwork> {
 
 /// Puts a gateway address on the bridge unless it is there, and says whether this call added it;
 /// another IPv4 address there is an error unless `forceAddress` (several networks may not share
-/// one bridge with different IPv4 gateways).
-fn ensure_bridge_addr(host: &mut Handle, bridge: &Link, want: &IpNetwork, force: bool) -> Result<bool, CniError> {
+/// one bridge with different IPv4 gateways). What it adds or removes is recorded in `undo`.
+fn ensure_bridge_addr(
+    host: &mut Handle,
+    bridge: &Link,
+    want: &IpNetwork,
+    force: bool,
+    undo: &mut Vec<Undo>,
+) -> Result<bool, CniError> {
     let existing = ctx(host.addresses(Some(bridge.index)), || format!("list addresses of {}", bridge.name))?;
     for a in existing.iter().filter(|a| a.net.is_ipv4() == want.is_ipv4()) {
         if a.net == *want {
@@ -291,9 +306,13 @@ fn ensure_bridge_addr(host: &mut Handle, bridge: &Link, want: &IpNetwork, force:
             return Err(internal(format!("{:?} already has an IP address different from {want}", bridge.name)));
         }
         ctx(host.del_address(bridge.index, &a.net), || format!("remove {} from {}", a.net, bridge.name))?;
+        undo.push(Undo::BridgeAddrRemoved(bridge.index, a.net));
     }
     match host.add_address(bridge.index, want) {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            undo.push(Undo::BridgeAddr(bridge.index, *want));
+            Ok(true)
+        }
         Err(e) if is_eexist(&e) => Ok(false),
         Err(e) => Err(internal(format!("failed to set bridge addr {want} on {}: {e}", bridge.name))),
     }
@@ -432,12 +451,9 @@ impl Bridge {
     ) -> Result<CniResult, CniError> {
         let t0 = Instant::now();
         let mark = |what: &str| log::debug!("{what} after {:?}", t0.elapsed());
-        let (bridge, created) = ensure_bridge(host, conf, checked.bridge.take())?;
+        let bridge = ensure_bridge(host, conf, checked.bridge.take(), undo)?;
         let ns = checked.ns;
         let cont = &mut checked.cont;
-        if created {
-            undo.push(Undo::Bridge(bridge.index));
-        }
         mark("bridge ensured");
         let veth = create_veth_pair(host, cont, ns, conf, args, &bridge)?;
         undo.push(Undo::Veth(veth.index));
@@ -491,10 +507,7 @@ impl Bridge {
             if conf.is_gateway {
                 let mut added = false;
                 for net in &bridge_addrs {
-                    if ensure_bridge_addr(host, &bridge, net, conf.force_address)? {
-                        added = true;
-                        undo.push(Undo::BridgeAddr(bridge.index, *net));
-                    }
+                    added |= ensure_bridge_addr(host, &bridge, net, conf.force_address, undo)?;
                 }
                 // Pin the bridge MAC so it stops following the lowest port MAC as ports come and go,
                 // when the gateway address goes on, as the reference does. Not on every ADD: setting
@@ -569,6 +582,14 @@ impl Bridge {
                 // reference keeps them; otherwise the failed ADD leaves the host as it found it.
                 Undo::BridgeAddr(index, net) => match bridge_in_use(host, index, veth) {
                     Ok(false) => host.del_address(index, &net).map_err(internal),
+                    Ok(true) => Ok(()),
+                    Err(e) => Err(internal(e)),
+                },
+                Undo::BridgeAddrRemoved(index, net) => match bridge_in_use(host, index, veth) {
+                    Ok(false) => match host.add_address(index, &net) {
+                        Err(e) if !is_eexist(&e) => Err(internal(e)),
+                        _ => Ok(()),
+                    },
                     Ok(true) => Ok(()),
                     Err(e) => Err(internal(e)),
                 },
