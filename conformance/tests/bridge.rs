@@ -580,3 +580,43 @@ fn nftables_masquerade_and_gc() {
         assert!(!rules.contains("masquerade comment"), "{rules}");
     });
 }
+
+/// A FIFO named as the container's namespace is refused at once: the namespace is opened
+/// without blocking and its file system checked (opening a FIFO for reading otherwise waits
+/// for a writer forever).
+#[test]
+fn a_fifo_as_the_namespace_is_refused_at_once() {
+    require_root!();
+    let suite = conformance::ours();
+    let host = FakeHost::new().unwrap();
+    let fifo = host.dir.join("netns-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let l = list(&host, "1.0.0", json!({}));
+    let conf = conformance::build_config(&l["plugins"][0], "brnet", "1.0.0", None, &Default::default());
+    let path = suite.dir.display().to_string();
+    let netns = fifo.display().to_string();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "ctr-fifo"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", path.as_str()),
+    ];
+    let mut child =
+        conformance::plugin_command(&suite.plugin("bridge"), &[], &env, Some(&host.ns)).unwrap().spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.to_string().as_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bridge ADD with a FIFO as CNI_NETNS did not finish within 5 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (stdout, _) = conformance::read_outputs(&mut child);
+    let err: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(err["msg"].as_str().unwrap().contains("is not a network namespace"), "{err}");
+    assert!(reservations(&host).is_empty());
+    assert!(link(&links(&host.ns), "cnibr0").is_none());
+}

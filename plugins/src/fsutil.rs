@@ -272,6 +272,12 @@ mod tests {
         assert!(write_in_place(&pipe, b"x", 0o600).is_err());
         assert!(open_lock(&pipe, 0o600).unwrap_err().to_string().contains("FIFO"));
 
+        assert!(open_append(&pipe).unwrap_err().to_string().contains("FIFO"), "a log FIFO without reader");
+        let log = t.0.join("log");
+        open_append(&log).unwrap().write_all(b"a").unwrap();
+        open_append(&log).unwrap().write_all(b"b").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"ab");
+
         let fresh = t.0.join("fresh");
         write_in_place(&fresh, b"longer content", 0o600).unwrap();
         write_in_place(&fresh, b"short", 0o600).unwrap();
