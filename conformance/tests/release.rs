@@ -58,7 +58,7 @@ fn dist_dir() -> &'static Path {
             .arg(workspace().join("scripts/dev"))
             .arg("dist")
             .env("DIST_DIR", &dir)
-            .env("ARCH", "amd64")
+            .env("DIST_ARCH", "amd64")
             .status()
             .unwrap();
         assert!(status.success(), "scripts/dev dist failed: {status}");
