@@ -309,9 +309,22 @@ fn upgrading_a_live_plugin_directory_fails_no_call() {
     }
     let upgrades = 20;
     upgrading.store(true, Ordering::SeqCst);
-    for _ in 0..upgrades {
-        let out = Command::new("sh").args(["-c", &command]).env("TGZ", &tgz).env("DIR", &bin).output().unwrap();
-        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    // Alternately the README's command and `scripts/dev install-from` (what `scripts/dev install`
+    // does after building), each replacing every plugin under the callers.
+    let source = unpacked("src");
+    for i in 0..upgrades {
+        let out = if i % 2 == 0 {
+            Command::new("sh").args(["-c", &command]).env("TGZ", &tgz).env("DIR", &bin).output().unwrap()
+        } else {
+            Command::new("bash")
+                .arg(workspace().join("scripts/dev"))
+                .arg("install-from")
+                .arg(&source.0)
+                .env("CNI_BIN_DIR", &bin)
+                .output()
+                .unwrap()
+        };
+        assert!(out.status.success(), "upgrade {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
     upgrading.store(false, Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
