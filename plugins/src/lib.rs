@@ -14,6 +14,13 @@ pub mod sysctl;
 
 /// The line a plugin prints first to stderr when run without `CNI_COMMAND`, the shape the
 /// reference prints and runtimes parse (nerdctl, Nomad): `CNI <type> plugin v<semver>`.
+///
+/// The version is the workspace's, `MAJOR.MINOR.PATCH+rs.N`: `MAJOR.MINOR.PATCH` is the reference
+/// release whose behaviour the suite implements (runtimes compare it against reference releases to
+/// decide which features to use, e.g. nerdctl wants a `firewall` at v1.7.1 or later for
+/// `ingressPolicy: isolated`), and the build metadata `rs.N` counts our releases at that level.
+/// Semver ignores build metadata in comparisons, so the line compares exactly as the reference
+/// release does; a prerelease tag would compare lower and is never used.
 pub fn about(plugin: &str) -> String {
     format!("CNI {plugin} plugin v{}", env!("CARGO_PKG_VERSION"))
 }

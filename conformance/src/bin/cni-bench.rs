@@ -6,7 +6,8 @@
 //! `growth.svg`, `portmap-growth.svg` and `portmap-alone-growth.svg`, and never fails because
 //! of a time. See `BENCHMARKS.md` at the workspace root.
 //!
-//! `cni-bench [--quick] [--ours DIR] [--reference DIR] [--out DIR] [--only a,b]`
+//! `cni-bench [--quick] [--ours DIR] [--reference DIR] [--out DIR] [--only a,b]`; the `release`
+//! scenario checks the release targets against the newest reference builds (`--ours` a release).
 
 // A command-line tool whose job is printing figures.
 #![allow(clippy::print_stdout)]
@@ -17,7 +18,7 @@ mod bench;
 use anyhow::{bail, Context, Result};
 use bench::nets::{net, Who};
 use bench::proc::{install_stop_handler, tool};
-use bench::report::{growth_svg, Report, Series, TIMED_PLUGIN};
+use bench::report::{growth_svg, Report, Row, Series, Unit, TIMED_PLUGIN};
 use bench::rootless::RootlessCounts;
 use bench::{scenarios, stats};
 use conformance::{run, Suite};
@@ -42,8 +43,20 @@ const PORTMAP_GROWTH: &str = "portmap-10";
 /// Network whose operations are measured for peak memory.
 const MEMORY: &str = "bridge-masq";
 /// Scenario names `--only` accepts.
-const SCENARIOS: &[&str] =
-    &["start", "size", "memory", "sequential", "concurrent", "portmap", "rootless", "growth", "portmap-growth"];
+const SCENARIOS: &[&str] = &[
+    "start",
+    "size",
+    "memory",
+    "release",
+    "sequential",
+    "concurrent",
+    "portmap",
+    "rootless",
+    "growth",
+    "portmap-growth",
+];
+/// Plugins only the newest reference builds may ship, compared in the release scenario.
+const HEAD_ONLY: &[&str] = &["ptp", "firewall", "tuning", "bandwidth"];
 
 /// How many of everything.
 #[derive(Debug, Clone, Copy)]
@@ -263,6 +276,9 @@ fn real_main() -> Result<()> {
             }
         }
     }
+    if wants("release") {
+        release(&setup.suites[0], &mut report, c)?;
+    }
     if wants("sequential") {
         for key in SEQUENTIAL {
             sequential(&setup, &mut report, key, c.sequential, c.sequential, c.window)?;
@@ -340,6 +356,78 @@ fn real_main() -> Result<()> {
     );
     if report.problems > 0 {
         bail!("{} failed operations or leftovers (see the notes above)", report.problems);
+    }
+    Ok(())
+}
+
+/// The release targets, against the newest reference builds (`conformance::reference_head`),
+/// as notes saying met or missed: every binary at most a third of the size of the reference's
+/// same plugin, VERSION at most 1.2x `/bin/true`'s start in the same run, and the peak memory
+/// of a bridge ADD with its children at most half the reference's. Run it on what ships:
+/// `--ours` an unpacked release tarball (or `target/x86_64-unknown-linux-gnu/release`).
+fn release(ours: &Suite, report: &mut Report, c: Counts) -> Result<()> {
+    const SCENARIO: &str = "release (vs newest reference)";
+    let Some(head) = conformance::reference_head() else {
+        note(&mut report.notes, "release: the newest reference builds are missing; skipped".into());
+        return Ok(());
+    };
+    let plugins: Vec<&str> = PLUGINS.iter().chain(HEAD_ONLY).copied().filter(|p| ours.has(p)).collect();
+    let verdict = |report: &mut Report, what: String, value: f64, limit: f64| {
+        let met = if value <= limit { "met" } else { "MISSED" };
+        note(&mut report.notes, format!("release target {met}: {what} = {value:.2} (at most {limit:.2})"));
+    };
+    let kib = |s: &Suite, p: &str| std::fs::metadata(s.plugin(p)).ok().map(|m| m.len() as f64 / 1024.0);
+    for p in &plugins {
+        let (o, r) = (kib(ours, p), kib(&head, p));
+        report.rows.push(Row {
+            scenario: SCENARIO.into(),
+            figure: format!("{p} size (KiB)"),
+            unit: Unit::KiB,
+            ours: o,
+            reference: r,
+            floor: None,
+        });
+        if let (Some(o), Some(r)) = (o, r) {
+            verdict(report, format!("{p} size ours/reference"), o / r, 1.0 / 3.0);
+        }
+    }
+    eprintln!("== release: VERSION x{} per plugin beside /bin/true", c.start);
+    let (starts, true_ms) = scenarios::start_cost(std::slice::from_ref(ours), &plugins, c.start)?;
+    let truth = stats::median(&true_ms);
+    for s in &starts {
+        let ms = s.per_suite.first().and_then(|(_, ms, _)| stats::median(ms));
+        report.rows.push(Row {
+            scenario: SCENARIO.into(),
+            figure: format!("{} VERSION, median (ms)", s.plugin),
+            unit: Unit::Ms,
+            ours: ms,
+            reference: None,
+            floor: truth,
+        });
+        if let (Some(ms), Some(t)) = (ms, truth) {
+            verdict(report, format!("{} VERSION / /bin/true (median of {})", s.plugin, c.start), ms / t, 1.2);
+        }
+    }
+    eprintln!("== release: peak memory of a bridge ADD, {} runs per suite", c.memory);
+    let suites = [ours.clone(), head];
+    let (mem, notes) = scenarios::memory(net(MEMORY)?, &suites, c.memory)?;
+    report.problems += notes.len();
+    for n in notes {
+        note(&mut report.notes, format!("release memory: {n}"));
+    }
+    let tree = mem.iter().find(|m| m.figure == "bridge ADD (tree)").context("no bridge ADD figure")?;
+    let pick = |who: &str| tree.per_suite.iter().find(|p| p.0 == who).and_then(|p| stats::median(&p.1));
+    let (o, r) = (pick("ours"), pick("reference-head"));
+    report.rows.push(Row {
+        scenario: SCENARIO.into(),
+        figure: "bridge ADD with children, peak RSS (MiB)".into(),
+        unit: Unit::MiB,
+        ours: o.map(|k| k / 1024.0),
+        reference: r.map(|k| k / 1024.0),
+        floor: None,
+    });
+    if let (Some(o), Some(r)) = (o, r) {
+        verdict(report, format!("bridge ADD peak RSS ours/reference (median of {})", c.memory), o / r, 0.5);
     }
     Ok(())
 }
