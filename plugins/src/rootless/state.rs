@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Format version of `state.json`.
@@ -147,9 +146,13 @@ impl State {
     }
 }
 
-/// Reads the state file: `Ok(None)` when there is none, `Err` when it exists but is unusable.
+/// The largest `state.json` read (thousands of attachments take a few megabytes).
+pub const MAX_STATE_BYTES: u64 = 32 << 20;
+
+/// Reads the state file: `Ok(None)` when there is none, `Err` when it exists but is unusable
+/// (also when it is a link, not a regular file, not ours or too large).
 pub fn load(path: &Path) -> Result<Option<State>, String> {
-    match std::fs::read(path) {
+    match super::trust::read_bounded(path, MAX_STATE_BYTES) {
         Ok(bytes) => State::decode(&bytes).map(Some).map_err(|e| format!("state file {}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("read state file {}: {e}", path.display())),
@@ -159,13 +162,8 @@ pub fn load(path: &Path) -> Result<Option<State>, String> {
 /// Replaces the state file atomically, so a crashed writer leaves either the old or the new
 /// state. No fsync: everything the state describes (a netns, a process) dies with the machine,
 /// so surviving a power loss is worth nothing, and a file left torn by one is detected and reset.
-pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(&state.encode())?;
-    drop(file);
-    std::fs::rename(&tmp, path)
+pub fn save(path: &Path, state: &State) -> Result<(), String> {
+    super::trust::write_atomic(path, &state.encode())
 }
 
 #[cfg(test)]
@@ -248,6 +246,11 @@ mod tests {
         save(&path, &sample()).unwrap();
         assert_eq!(load(&path).unwrap(), Some(sample()));
         assert!(!dir.join("state.json.tmp").exists());
+        // Opened as what it must be: a link to a valid state is not read through.
+        std::fs::rename(&path, dir.join("elsewhere.json")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere.json"), &path).unwrap();
+        assert!(load(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"garbage").unwrap();
         assert!(load(&path).unwrap_err().contains("state file"));
         std::fs::remove_dir_all(&dir).unwrap();
