@@ -1480,7 +1480,17 @@ fn stopped_helper_gives_clean_errors_and_blocks_nobody() {
     assert_eq!(members, 2, "c1 is detached all the same");
     assert!(is_running(pid), "a stopped helper serving others is left to its owner");
 
-    // The last DELs: the helper goes, stopped or not, and everything with it.
+    // Resumed, it answers again, and the port c1 left behind is closed by the next call.
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let check = h.check(&c2).unwrap();
+    assert!(check.ok(), "{}{}", check.stdout, check.stderr);
+    let ports: Vec<u64> = h.hostfwd_entries().iter().map(|e| e["host_port"].as_u64().unwrap()).collect();
+    assert_eq!(ports, [18095], "c1's forward removed once the helper answered");
+    assert!(h.state().unwrap().get("staleForwards").is_none());
+
+    // Stopped again, the last DELs: the helper goes, stopped or not, and everything with it.
+    signal(nix::sys::signal::Signal::SIGSTOP);
     h.del(&c2).unwrap_err();
     let (del, t) = timed(|| h.del(&c3));
     del.unwrap();

@@ -296,6 +296,8 @@ impl<'a> Session<'a> {
         let binary = slirp::find_helper(&self.conf.helper)
             .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.conf.helper)))?;
         let expect = self.expect();
+        // A new helper has none of the old one's forwards.
+        st.stale_forwards.clear();
         if let Some(old) = st.helper.take() {
             // Alive without its socket is no use; it must go before a new one takes tap0.
             let _ = slirp::stop(&old, &expect);
@@ -362,6 +364,7 @@ impl<'a> Session<'a> {
             params: self.params(),
             helper: None,
             members: Vec::new(),
+            stale_forwards: Vec::new(),
         };
         let made = self.prepare_dir().and_then(|_| host::create_netns(&st.netns).map_err(internal));
         let made = made.and_then(|_| self.save(&st)).and_then(|_| self.start_helper(&mut st));
@@ -410,10 +413,30 @@ impl<'a> Session<'a> {
                 if !self.helper_running(&s) {
                     log::warn!("slirp4netns for {} is not running; restarting it", s.netns.display());
                     self.start_helper(&mut s)?;
+                } else if !s.stale_forwards.is_empty()
+                    && s.helper.as_ref().is_some_and(|h| slirp::unresponsive(h).is_none())
+                {
+                    self.remove_stale_forwards(&mut s)?;
                 }
                 Ok(Some(s))
             }
         }
+    }
+
+    /// Removes the forwards a stopped helper kept, now that it answers again.
+    fn remove_stale_forwards(&self, st: &mut State) -> Result<(), CniError> {
+        let stale = std::mem::take(&mut st.stale_forwards);
+        for fwd in stale {
+            let Some(id) = fwd.id else { continue };
+            match slirp::remove_hostfwd(&self.paths.api_socket, id) {
+                Ok(()) => log::info!("removed the forward of host port {}/{} left behind", fwd.host_port, fwd.proto),
+                Err(e) => {
+                    log::warn!("remove forward of host port {}/{} (id {id}): {e}", fwd.host_port, fwd.proto);
+                    st.stale_forwards.push(fwd);
+                }
+            }
+        }
+        self.save(st)
     }
 
     /// Adds the forwards `mappings` need; on any failure the ones already added are removed.
@@ -600,7 +623,10 @@ fn remove_forwards(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<Str
     }
     if let Some(why) = slirp::unresponsive(helper) {
         let ports: Vec<String> = ids.iter().map(|(_, f)| format!("{}/{}", f.host_port, f.proto)).collect();
-        return vec![format!("host port(s) {} stay forwarded: {why}", ports.join(", "))];
+        return vec![format!(
+            "host port(s) {} stay forwarded until slirp4netns runs again (they are removed then): {why}",
+            ports.join(", ")
+        )];
     }
     let mut errors = Vec::new();
     for (id, fwd) in ids {
@@ -722,6 +748,10 @@ impl Plugin for RootlessWrapper {
         let mut stuck = Vec::new();
         if let Some(m) = st.take_member(&args.container_id, &args.ifname) {
             stuck = remove_forwards(&s, &st, &m.forwards);
+            if !stuck.is_empty() {
+                // Tried again by every later call, once the helper answers.
+                st.stale_forwards.extend(m.forwards.iter().filter(|f| f.id.is_some()).cloned());
+            }
         }
         let netns = st.netns.clone();
         let count = s.conf.plugins.len();

@@ -105,6 +105,10 @@ pub struct State {
     pub helper: Option<HelperId>,
     /// The attachments, keyed by (container ID, ifname).
     pub members: Vec<Member>,
+    /// Forwards of departed attachments the helper could not remove then (it was stopped);
+    /// removed as soon as it answers again, forgotten when it is restarted.
+    #[serde(rename = "staleForwards", skip_serializing_if = "Vec::is_empty")]
+    pub stale_forwards: Vec<Forward>,
 }
 
 impl State {
@@ -200,6 +204,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+            stale_forwards: Vec::new(),
         }
     }
 
@@ -223,7 +228,9 @@ mod tests {
         assert!(State::decode(br#"{"version": 1}"#).unwrap_err().contains("netns"));
         // Unknown keys from a newer writer are tolerated.
         let st = State::decode(br#"{"version": 1, "netns": "/x", "future": true}"#).unwrap();
-        assert!(st.members.is_empty() && st.helper.is_none());
+        assert!(st.members.is_empty() && st.helper.is_none() && st.stale_forwards.is_empty());
+        // Nothing stale: the key is left out, so the file reads as before.
+        assert!(!String::from_utf8(sample().encode()).unwrap().contains("staleForwards"));
     }
 
     #[test]
