@@ -261,6 +261,14 @@ impl<'a> Session<'a> {
             Err(e) => return Some(e),
             Ok(_) => {}
         }
+        // Opened only once it is known not to be a FIFO (an open would wait for a writer) or a
+        // link: a netns mount point is a regular file.
+        match std::fs::symlink_metadata(&st.netns) {
+            Ok(m) if !m.file_type().is_file() => {
+                return Some(format!("{} is not a regular file ({:?})", st.netns.display(), m.file_type()))
+            }
+            _ => {}
+        }
         match NetNs::open(&st.netns) {
             Ok(_) => None,
             Err(e) => Some(format!("{e} (a reboot, or its mount was lost)")),
