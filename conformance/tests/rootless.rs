@@ -1455,7 +1455,18 @@ fn stopped_helper_gives_clean_errors_and_blocks_nobody() {
         h.add(c).unwrap();
     }
     let pid = h.helper_pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    // A signal takes effect once the helper is scheduled: wait until the kernel says it stopped.
+    let stopped = || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().contains(" T ")
+        {
+            assert!(Instant::now() < deadline, "slirp4netns {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
     let quick = Duration::from_secs(10);
 
     let (check, t) = timed(|| h.check(&c1).unwrap());
@@ -1481,7 +1492,6 @@ fn stopped_helper_gives_clean_errors_and_blocks_nobody() {
     assert!(is_running(pid), "a stopped helper serving others is left to its owner");
 
     // Resumed, it answers again, and the port c1 left behind is closed by the next call.
-    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
     signal(nix::sys::signal::Signal::SIGCONT);
     let check = h.check(&c2).unwrap();
     assert!(check.ok(), "{}{}", check.stdout, check.stderr);
@@ -1491,6 +1501,7 @@ fn stopped_helper_gives_clean_errors_and_blocks_nobody() {
 
     // Stopped again, the last DELs: the helper goes, stopped or not, and everything with it.
     signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
     h.del(&c2).unwrap_err();
     let (del, t) = timed(|| h.del(&c3));
     del.unwrap();

@@ -18,7 +18,7 @@
 //! to be a slirp4netns of this user serving this directory ([`slirp::Expect`]). Teardown removes
 //! only the names of that layout. Every wait has a deadline: the lock (a later call gives up
 //! with a clear error instead of queueing forever behind a stuck one), the helper's API and
-//! readiness, and every child process. Every verb validates the state first: a netns
+//! readiness, the inner plugins, and every other child process. Every verb validates the state first: a netns
 //! file that is no longer a namespace or that belongs to another user namespace is recreated
 //! (its old attachments are orphaned and say so in the log), a dead helper is restarted and its
 //! forwards are replayed. The last DEL (or a GC that leaves nobody) stops the helper, unmounts
@@ -53,6 +53,9 @@ use std::time::{Duration, Instant};
 /// How long a call waits for the state lock. Holders only do bounded work (every wait below
 /// has a deadline); sixteen calls at once each wait for the others' ADDs.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long one inner plugin may run (bridge and portmap take milliseconds; iptables may wait
+/// for its lock a few seconds).
+const INNER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most of the host's `/etc/resolv.conf` read.
 const MAX_RESOLV_CONF: u64 = 1 << 20;
 
@@ -433,9 +436,17 @@ impl<'a> Session<'a> {
 
     /// Removes the forwards a stopped helper kept, now that it answers again.
     fn remove_stale_forwards(&self, st: &mut State) -> Result<(), CniError> {
+        let active = match slirp::list_hostfwd(&self.paths.api_socket) {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::warn!("list_hostfwd: {e}; the forwards left behind stay for now");
+                return Ok(());
+            }
+        };
         let stale = std::mem::take(&mut st.stale_forwards);
         for fwd in stale {
-            let Some(id) = fwd.id else { continue };
+            // Gone already (removed before the helper stopped, or by a restart): nothing to do.
+            let Some(id) = fwd.id.filter(|id| active.contains(id)) else { continue };
             match slirp::remove_hostfwd(&self.paths.api_socket, id) {
                 Ok(()) => log::info!("removed the forward of host port {}/{} left behind", fwd.host_port, fwd.proto),
                 Err(e) => {
@@ -540,7 +551,7 @@ impl<'a> Session<'a> {
 
     fn exec(&self, i: usize, cmd: Command, args: &CmdArgs, conf: &Value) -> Result<Vec<u8>, CniError> {
         let ty = self.conf.plugin_type(i);
-        invoke::exec(ty, cmd, args, conf.to_string().as_bytes())
+        finish_within(invoke::start(ty, cmd, args, conf.to_string().as_bytes())?, INNER_TIMEOUT, ty)
     }
 
     fn inner_conf(&self, i: usize, extras: &InnerExtras<'_>) -> Value {
@@ -606,6 +617,47 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Waits for an inner plugin as [`invoke::Running::finish`] does, but kills it (through a pidfd,
+/// so never another process that reused its PID) when it has not finished within `timeout`:
+/// the state lock is held meanwhile, and every later call of the user waits for it.
+fn finish_within(running: invoke::Running, timeout: Duration, ty: &str) -> Result<Vec<u8>, CniError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let pid = running.id() as nix::libc::pid_t;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    let Ok(raw) = i32::try_from(raw).map_err(drop).and_then(|r| if r < 0 { Err(()) } else { Ok(r) }) else {
+        log::warn!("pidfd_open for plugin {ty}: {}; waiting without a deadline", std::io::Error::last_os_error());
+        return running.finish();
+    };
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (done, cancelled) = std::sync::mpsc::channel::<()>();
+    // The only thread besides the main one, and it lives only while the plugin runs: nothing
+    // forks or changes namespaces meanwhile.
+    let watchdog = std::thread::spawn(move || {
+        if cancelled.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: the pidfd is open for the call; a null siginfo is allowed.
+            let rc = unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    nix::libc::SIGKILL,
+                    std::ptr::null::<nix::libc::siginfo_t>(),
+                    0,
+                )
+            };
+            return rc == 0;
+        }
+        false
+    });
+    let out = running.finish();
+    drop(done);
+    if watchdog.join().unwrap_or(false) {
+        return Err(internal(format!("plugin {ty} did not finish within {timeout:?} and was killed")));
+    }
+    out
+}
+
 /// The host's resolv.conf, read without blocking on a FIFO and up to a bound.
 fn read_host_resolv_conf() -> String {
     use std::io::Read;
@@ -640,6 +692,11 @@ fn remove_forwards(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<Str
     for (id, fwd) in ids {
         if let Err(e) = slirp::remove_hostfwd(&s.paths.api_socket, id) {
             errors.push(format!("remove forward of host port {}/{} (id {id}): {e}", fwd.host_port, fwd.proto));
+            if let Some(why) = slirp::unresponsive(helper) {
+                // Stopped meanwhile: one deadline spent is enough.
+                errors.push(why);
+                break;
+            }
         }
     }
     errors
@@ -797,8 +854,10 @@ impl Plugin for RootlessWrapper {
             return Err(internal(why));
         }
         if !member.forwards.is_empty() {
-            let active =
-                slirp::list_hostfwd(&s.paths.api_socket).map_err(|e| internal(format!("list_hostfwd: {e}")))?;
+            let active = slirp::list_hostfwd(&s.paths.api_socket).map_err(|e| {
+                // It may have been stopped after the check above: say so rather than "no answer".
+                internal(slirp::unresponsive(helper).unwrap_or_else(|| format!("list_hostfwd: {e}")))
+            })?;
             for fwd in &member.forwards {
                 if !fwd.id.is_some_and(|id| active.contains(&id)) {
                     return Err(internal(format!(
@@ -922,6 +981,26 @@ mod tests {
         assert_eq!(combine(vec![one.clone()]).unwrap_err(), one);
         let e = combine(vec![CniError::new(7, "a"), CniError::new(999, "b")]).unwrap_err();
         assert_eq!((e.code, e.msg.as_str()), (7, "a; b"));
+    }
+
+    #[test]
+    fn a_hung_inner_plugin_is_killed_at_its_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rootless-inner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, body) in [("hang", "#!/bin/sh\nexec sleep 30\n"), ("quick", "#!/bin/sh\necho '{}'\n")] {
+            std::fs::write(dir.join(name), body).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let args = CmdArgs { path: dir.display().to_string(), ..Default::default() };
+        let t = Instant::now();
+        let running = invoke::start("hang", Command::Add, &args, b"{}").unwrap();
+        let e = finish_within(running, Duration::from_millis(300), "hang").unwrap_err();
+        assert!(e.msg.contains("did not finish within") && e.msg.contains("hang"), "{e:?}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let running = invoke::start("quick", Command::Add, &args, b"{}").unwrap();
+        assert_eq!(finish_within(running, Duration::from_secs(10), "quick").unwrap(), b"{}\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
