@@ -194,6 +194,8 @@ struct Harness {
 
 impl Harness {
     fn new(m: &'static Machine, wrapper: Value) -> Result<Harness> {
+        // Built (or found) first: a failing build must not leave the directories below behind.
+        let suite = ours();
         let host = FakeHost::new()?;
         let name = unique("rl");
         let xdg = PathBuf::from("/run/user").join(&name);
@@ -206,7 +208,6 @@ impl Harness {
         }
         std::fs::create_dir_all(&bin)?;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-        let suite = ours();
         for p in ["bridge", "host-local", "loopback", "portmap", WRAPPER] {
             let src = suite.plugin(p);
             if src.is_file() {
