@@ -1509,3 +1509,41 @@ fn stopped_helper_gives_clean_errors_and_blocks_nobody() {
     assert!(t < quick, "{t:?}");
     h.assert_clean();
 }
+
+/// An inner plugin that hangs in ADD for one container and answers at once otherwise.
+const HANGING_PLUGIN: &str = "#!/bin/sh\ncat >/dev/null\n\
+case \"$CNI_COMMAND:$CNI_CONTAINERID\" in\n\
+ADD:ctr-stuck) exec sleep 600;;\n\
+ADD:*) echo '{\"cniVersion\": \"1.0.0\"}';;\n\
+esac\nexit 0\n";
+
+/// An inner plugin that hangs holds the state lock only until its deadline: it is killed, its
+/// ADD fails with an error naming it, and a call of the same user waiting for the lock then
+/// goes on instead of queueing forever.
+#[test]
+fn a_hung_inner_plugin_is_killed_and_the_next_call_goes_on() {
+    let h = setup!(wrapper(json!({"plugins": [{"type": "hang"}]})));
+    script(&h.bin.join("hang"), HANGING_PLUGIN).unwrap();
+    let stuck = h.container("stuck").unwrap();
+    let c2 = h.container("c2").unwrap();
+    let t = Instant::now();
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| timed(|| h.add(&stuck)));
+        // Once the first call holds the lock and runs the plugin.
+        std::thread::sleep(Duration::from_secs(2));
+        let second = s.spawn(|| timed(|| h.add(&c2)));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let ((added, t1), (other, t2)) = (first, second);
+    let err = added.unwrap_err().to_string();
+    assert!(err.contains("plugin hang did not finish within 30s and was killed"), "{err}");
+    assert!(t1 < Duration::from_secs(45), "the hung ADD took {t1:?}");
+    other.unwrap();
+    assert!(t2 < Duration::from_secs(50), "the waiting ADD took {t2:?}");
+    eprintln!("hung ADD failed after {t1:?}; the next ADD finished {:?} after the start", t.elapsed());
+    let sleepers = Command::new("pgrep").args(["-u", USER, "-f", "sleep 600"]).output().unwrap();
+    assert!(sleepers.stdout.is_empty(), "the hung plugin was not killed");
+    assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 1);
+    h.del(&c2).unwrap();
+    h.assert_clean();
+}
