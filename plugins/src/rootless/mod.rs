@@ -81,8 +81,9 @@ pub struct Paths {
     pub resolv: PathBuf,
 }
 
-/// The names the wrapper makes in a state directory; teardown removes these and nothing else.
-pub const LAYOUT: [&str; 9] = [
+/// The names the wrapper makes in a state directory; teardown removes these and nothing else
+/// (`resolv.tmp`: the temporary name earlier versions used).
+pub const LAYOUT: [&str; 10] = [
     "state.json",
     "state.json.tmp",
     "netns",
@@ -90,6 +91,7 @@ pub const LAYOUT: [&str; 9] = [
     "slirp.log",
     "resolv.conf",
     "resolv.conf.tmp",
+    "resolv.tmp",
     "run",
     "var",
 ];
