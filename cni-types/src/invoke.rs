@@ -63,6 +63,11 @@ pub fn start(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) 
 }
 
 impl Running {
+    /// The plugin's process ID, for a caller that bounds how long it may run.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the plugin; returns its stdout, or its own error object unchanged.
     pub fn finish(self) -> Result<Vec<u8>, CniError> {
         let Running { child, path } = self;

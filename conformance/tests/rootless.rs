@@ -194,6 +194,8 @@ struct Harness {
 
 impl Harness {
     fn new(m: &'static Machine, wrapper: Value) -> Result<Harness> {
+        // Built (or found) first: a failing build must not leave the directories below behind.
+        let suite = ours();
         let host = FakeHost::new()?;
         let name = unique("rl");
         let xdg = PathBuf::from("/run/user").join(&name);
@@ -206,7 +208,6 @@ impl Harness {
         }
         std::fs::create_dir_all(&bin)?;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-        let suite = ours();
         for p in ["bridge", "host-local", "loopback", "portmap", WRAPPER] {
             let src = suite.plugin(p);
             if src.is_file() {
@@ -536,7 +537,14 @@ impl Harness {
 
     /// After the last DEL: no helper, no netns mount, no state.
     fn assert_clean(&self) {
-        assert!(self.live_helpers().is_empty(), "slirp4netns still running: {:?}", self.live_helpers());
+        self.assert_clean_except(&[]);
+    }
+
+    /// [`Harness::assert_clean`], not counting the processes in `others` (which merely look
+    /// like helpers).
+    fn assert_clean_except(&self, others: &[u32]) {
+        let helpers: Vec<u32> = self.live_helpers().into_iter().filter(|p| !others.contains(p)).collect();
+        assert!(helpers.is_empty(), "slirp4netns still running: {helpers:?}");
         assert!(self.pause_mounts().is_empty(), "mounts left: {:?}", self.pause_mounts());
         assert!(
             !self.state_dir().exists(),
@@ -1263,4 +1271,279 @@ fn figures() {
         }
         h.assert_clean();
     }
+}
+
+/// The start time (`/proc/<pid>/stat` field 22) of a live process.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z"))
+}
+
+/// A state directory someone else owns, one anybody can write, and one reached through a link
+/// someone else planted are refused with a clear error before anything in them is used or
+/// made; so is a lock file that is a planted link. The directory the wrapper makes is 0700.
+#[test]
+fn unsafe_state_dirs_are_refused_before_anything_is_used() {
+    let h = setup!(wrapper(json!({})));
+    let c1 = h.container("c1").unwrap();
+    let dir = h.state_dir();
+    let conf = build_config(&h.wrapper_conf(), h.list["name"].as_str().unwrap(), "1.0.0", None, &c1.caps);
+    let refused = |what: &str, needle: &str| {
+        for verb in ["ADD", "DEL"] {
+            let (out, t) = timed(|| h.invoke(WRAPPER, verb, Some(&c1), &conf, &[]).unwrap());
+            let (code, msg, _) = out.error().unwrap_or_else(|e| panic!("{what}: {verb} was not refused: {e}"));
+            assert_eq!(code, 999, "{what}: {msg}");
+            assert!(msg.contains(needle), "{what}: {verb}: {msg}");
+            assert!(t < Duration::from_secs(10), "{what}: {t:?}");
+        }
+        assert!(h.live_helpers().is_empty(), "{what}: a helper was started");
+        assert!(h.pause_mounts().is_empty(), "{what}: something was mounted");
+    };
+    let own = |p: &Path| std::os::unix::fs::lchown(p, Some(h.m.uid), Some(h.m.gid)).unwrap();
+
+    // Another user's directory, with a file of theirs in it.
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("theirs"), b"keep").unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    refused("another user's directory", "unsafe stateDir");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "nothing made or removed in it");
+    assert_eq!(std::fs::read(dir.join("theirs")).unwrap(), b"keep");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Our own directory, writable by everybody.
+    std::fs::create_dir(&dir).unwrap();
+    own(&dir);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused("a world-writable directory", "writable by other users");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    std::fs::remove_dir(&dir).unwrap();
+
+    // A link planted by someone else (root here) in the user's XDG_RUNTIME_DIR, pointing at a
+    // directory that is fine in itself.
+    let target = h.xdg.join("elsewhere");
+    std::fs::create_dir(&target).unwrap();
+    own(&target);
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&target, &dir).unwrap();
+    refused("a planted symbolic link", "planted");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+    std::fs::remove_file(&dir).unwrap();
+
+    // The lock file as a planted link: not written through.
+    let victim = h.xdg.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    own(&victim);
+    let lock = h.xdg.join("cni-rootless.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    refused("a planted lock link", "lock");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    std::fs::remove_file(&lock).unwrap();
+
+    // With all that gone: made by the wrapper, 0700, the user's, and removed at the end.
+    h.add(&c1).unwrap();
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (h.m.uid, 0o700));
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
+/// A forged `state.json` cannot make the wrapper signal a process it did not start (an
+/// innocent process of the user that looks like the helper in every recorded fact and whose
+/// arguments name the netns and the socket), unmount another container's netns, or delete a
+/// file it names; teardown removes only what the wrapper made; a state file that is a FIFO is
+/// not waited on.
+#[test]
+fn forged_state_signals_unmounts_and_deletes_nothing_it_did_not_make() {
+    let h = setup!(wrapper(json!({})));
+    let c1 = h.container("c1").unwrap().with_port(18093, 80);
+    // Another container's netns: a mount in the runtime's mount namespace.
+    let c2 = h.container("c2").unwrap();
+    let nsfs = |p: &str| h.runtime_sh(&format!("stat -f -c %T {p}")).unwrap().trim() == "nsfs";
+    h.add(&c1).unwrap();
+    let real = h.helper_pid();
+
+    // The impostor: a shell named slirp4netns, run by the user, whose command line carries
+    // the same arguments a helper of this directory has.
+    let fake_bin = h.extra_run.join("impostor");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    std::os::unix::fs::symlink("/bin/bash", fake_bin.join("slirp4netns")).unwrap();
+    let exe = fake_bin.join("slirp4netns").display().to_string();
+    let sock = h.state_dir().join("slirp.sock").display().to_string();
+    let netns = h.rootless_netns();
+    // It waits on a pipe this test holds: no child of its own outlives it.
+    let mut impostor = h
+        .user_cmd(
+            &[&exe, "-c", "read -t 3600 x", "slirp4netns", "--api-socket", &sock, "--netns-type=path", &netns, "tap0"],
+            &[],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ipid = impostor.id();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(std::fs::read_to_string(format!("/proc/{ipid}/comm")).unwrap().trim() == "slirp4netns");
+
+    let forge = |f: &dyn Fn(&mut Value)| {
+        let mut st = h.state().unwrap();
+        f(&mut st);
+        std::fs::write(h.state_dir().join("state.json"), serde_json::to_vec(&st).unwrap()).unwrap();
+    };
+    forge(&|st| {
+        st["helper"]["pid"] = json!(ipid);
+        st["helper"]["startTime"] = json!(start_time(ipid));
+        st["netns"] = json!(c2.netns);
+    });
+    h.del(&c1).unwrap();
+    assert!(is_running(ipid), "the impostor was signalled");
+    assert!(nsfs(&c2.netns), "another container's netns was unmounted");
+    assert!(!is_running(real), "the real helper, verified, was stopped");
+    h.assert_clean_except(&[ipid]);
+
+    // A netns and a socket named elsewhere, and a file of the user's in the state directory.
+    h.add(&c1).unwrap();
+    let victim = h.xdg.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::chown(&victim, Some(h.m.uid), Some(h.m.gid)).unwrap();
+    let keep = h.state_dir().join("notes.txt");
+    std::fs::write(&keep, b"mine").unwrap();
+    forge(&|st| {
+        st["netns"] = json!(victim);
+        st["helper"]["apiSocket"] = json!(victim);
+    });
+    h.del(&c1).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "a file the record names was deleted");
+    assert_eq!(std::fs::read(&keep).unwrap(), b"mine", "teardown removed a file it did not make");
+    let left: Vec<_> = std::fs::read_dir(h.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, ["notes.txt"], "only the layout is removed");
+    std::fs::remove_dir_all(h.state_dir()).unwrap();
+    h.assert_clean_except(&[ipid]);
+
+    // A state file that is a FIFO: reset, not waited on.
+    h.add(&c1).unwrap();
+    let state = h.state_dir().join("state.json");
+    std::fs::remove_file(&state).unwrap();
+    nix::unistd::mkfifo(&state, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::os::unix::fs::chown(&state, Some(h.m.uid), Some(h.m.gid)).unwrap();
+    let (added, t) = timed(|| h.add(&c1));
+    added.unwrap();
+    assert!(t < Duration::from_secs(20), "{t:?}");
+    assert!(std::fs::symlink_metadata(&state).unwrap().is_file());
+    h.del(&c1).unwrap();
+    h.assert_clean_except(&[ipid]);
+
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}
+
+/// A stopped helper (SIGSTOP) gives CHECK and DEL a clean error within seconds instead of
+/// hanging on its API socket with the state lock held; calls at the same time are not
+/// blocked; the last DEL still stops it and cleans up.
+#[test]
+fn stopped_helper_gives_clean_errors_and_blocks_nobody() {
+    let h = setup!(wrapper(json!({})));
+    let c1 = h.container("c1").unwrap().with_port(18094, 80);
+    let c2 = h.container("c2").unwrap().with_port(18095, 80);
+    let c3 = h.container("c3").unwrap();
+    for c in [&c1, &c2, &c3] {
+        h.add(c).unwrap();
+    }
+    let pid = h.helper_pid();
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    // A signal takes effect once the helper is scheduled: wait until the kernel says it stopped.
+    let stopped = || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().contains(" T ")
+        {
+            assert!(Instant::now() < deadline, "slirp4netns {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
+    let quick = Duration::from_secs(10);
+
+    let (check, t) = timed(|| h.check(&c1).unwrap());
+    let (_, msg, _) = check.error().unwrap();
+    assert!(msg.contains("stopped"), "{msg}");
+    assert!(t < quick, "CHECK took {t:?}");
+
+    // Several calls at once: none waits behind another for long.
+    let outs: Vec<(Output, Duration)> = std::thread::scope(|s| {
+        let a = s.spawn(|| timed(|| h.check(&c2).unwrap()));
+        let b = s.spawn(|| timed(|| h.check(&c3).unwrap()));
+        let c = s.spawn(|| timed(|| h.verb_list(&h.list, "DEL", &c1, &[]).unwrap()));
+        [a, b, c].into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for (out, t) in &outs {
+        let (_, msg, _) = out.error().unwrap();
+        assert!(msg.contains("stopped"), "{msg}");
+        assert!(*t < quick, "{t:?}: {msg}");
+    }
+    assert!(outs[2].0.error().unwrap().1.contains("18094/tcp"), "DEL names the port it could not close");
+    let members = h.state().unwrap()["members"].as_array().unwrap().len();
+    assert_eq!(members, 2, "c1 is detached all the same");
+    assert!(is_running(pid), "a stopped helper serving others is left to its owner");
+
+    // Resumed, it answers again, and the port c1 left behind is closed by the next call.
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let check = h.check(&c2).unwrap();
+    assert!(check.ok(), "{}{}", check.stdout, check.stderr);
+    let ports: Vec<u64> = h.hostfwd_entries().iter().map(|e| e["host_port"].as_u64().unwrap()).collect();
+    assert_eq!(ports, [18095], "c1's forward removed once the helper answered");
+    assert!(h.state().unwrap().get("staleForwards").is_none());
+
+    // Stopped again, the last DELs: the helper goes, stopped or not, and everything with it.
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
+    h.del(&c2).unwrap_err();
+    let (del, t) = timed(|| h.del(&c3));
+    del.unwrap();
+    assert!(t < quick, "{t:?}");
+    h.assert_clean();
+}
+
+/// An inner plugin that hangs in ADD for one container and answers at once otherwise.
+const HANGING_PLUGIN: &str = "#!/bin/sh\ncat >/dev/null\n\
+case \"$CNI_COMMAND:$CNI_CONTAINERID\" in\n\
+ADD:ctr-stuck) exec sleep 600;;\n\
+ADD:*) echo '{\"cniVersion\": \"1.0.0\"}';;\n\
+esac\nexit 0\n";
+
+/// An inner plugin that hangs holds the state lock only until its deadline: it is killed, its
+/// ADD fails with an error naming it, and a call of the same user waiting for the lock then
+/// goes on instead of queueing forever.
+#[test]
+fn a_hung_inner_plugin_is_killed_and_the_next_call_goes_on() {
+    let h = setup!(wrapper(json!({"plugins": [{"type": "hang"}]})));
+    script(&h.bin.join("hang"), HANGING_PLUGIN).unwrap();
+    let stuck = h.container("stuck").unwrap();
+    let c2 = h.container("c2").unwrap();
+    let t = Instant::now();
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| timed(|| h.add(&stuck)));
+        // Once the first call holds the lock and runs the plugin.
+        std::thread::sleep(Duration::from_secs(2));
+        let second = s.spawn(|| timed(|| h.add(&c2)));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let ((added, t1), (other, t2)) = (first, second);
+    let err = added.unwrap_err().to_string();
+    assert!(err.contains("plugin hang did not finish within 30s and was killed"), "{err}");
+    assert!(t1 < Duration::from_secs(45), "the hung ADD took {t1:?}");
+    other.unwrap();
+    assert!(t2 < Duration::from_secs(50), "the waiting ADD took {t2:?}");
+    eprintln!("hung ADD failed after {t1:?}; the next ADD finished {:?} after the start", t.elapsed());
+    let sleepers = Command::new("pgrep").args(["-u", USER, "-f", "sleep 600"]).output().unwrap();
+    assert!(sleepers.stdout.is_empty(), "the hung plugin was not killed");
+    assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 1);
+    h.del(&c2).unwrap();
+    h.assert_clean();
 }

@@ -3,6 +3,7 @@
 //! everything under the state directory.
 
 use super::mounts::mounts_within;
+use super::slirp::Expect;
 use super::state::{Forward, HelperId};
 use cni_types::PortMapping;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -11,12 +12,15 @@ use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The start of the error for a process without the rights a user namespace gives.
 pub const NEED_USERNS: &str = "rootless-wrapper must run inside the runtime's user namespace";
 /// The device slirp4netns opens for its tap.
 pub const TUN: &str = "/dev/net/tun";
 const CAP_NET_ADMIN: u32 = 12;
+/// How long work in a forked child (creating a netns, a sysctl) may take.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(10);
 const CAP_SYS_ADMIN: u32 = 21;
 
 /// `CapEff` from `/proc/self/status` text.
@@ -129,10 +133,30 @@ pub fn in_child(work: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8
         }
         ForkResult::Parent { child } => {
             drop(child_end);
+            let deadline = Instant::now() + CHILD_TIMEOUT;
             let mut message = Vec::new();
-            let read = parent_end.read_to_end(&mut message);
+            let mut buf = [0u8; 4096];
+            let read = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                    break Err(format!("child {child} did not finish within {CHILD_TIMEOUT:?}"));
+                }
+                let _ = parent_end.set_read_timeout(Some(left));
+                match parent_end.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => message.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e) => {
+                        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                        break Err(format!("read from child {child}: {e}"));
+                    }
+                }
+            };
+            // It closed its end (it is in _exit) or was killed: the wait is short.
             let status = waitpid(child, None).map_err(|e| format!("wait for child {child}: {e}"))?;
-            read.map_err(|e| format!("read from child {child}: {e}"))?;
+            read?;
             if let Some(payload) = message.strip_prefix(b"ok:") {
                 return Ok(payload.to_vec());
             }
@@ -151,16 +175,9 @@ pub fn in_child(work: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8
 /// makes the namespace and the mount (both land in the shared mount namespace); this process
 /// stays in its netns.
 pub fn create_netns(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
     // A leftover mount from an interrupted run would be mounted over, not replaced.
-    let _ = umount2(path, MntFlags::MNT_DETACH);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("create netns mount point {}: {e}", path.display()))?;
+    let _ = umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+    super::trust::create_fresh(path, 0o600).map_err(|e| format!("create netns mount point {}: {e}", path.display()))?;
     let made = in_child(|| {
         unshare(CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("{NEED_USERNS} (creating a network namespace failed: {e})"))?;
@@ -195,7 +212,7 @@ pub fn swap_sysctl_in(netns: &Path, key: &str, value: &str) -> Result<String, St
 
 /// Unmounts (lazily: a helper may still hold it) and removes a netns file; gone is fine.
 pub fn remove_netns(path: &Path) -> Result<(), String> {
-    match umount2(path, MntFlags::MNT_DETACH) {
+    match umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => return Err(format!("unmount {}: {e}", path.display())),
     }
@@ -206,12 +223,14 @@ pub fn remove_netns(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Removes `dir` and everything in it after detaching any mount below it; refuses when a mount
-/// remains, since deleting through a mount would delete someone else's files.
-pub fn remove_tree(dir: &Path) -> Result<(), String> {
+/// Removes what the wrapper made in `dir` (the `entries` of its layout) after detaching any
+/// mount below `dir`, then `dir` itself if that left it empty: whatever else is in it was not
+/// made by the wrapper and stays. Refuses when a mount remains, since deleting through a mount
+/// would delete someone else's files.
+pub fn remove_state_dir(dir: &Path, entries: &[&str]) -> Result<(), String> {
     let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read mountinfo: {e}"));
     for m in mounts_within(&mountinfo()?, dir) {
-        if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
+        if let Err(e) = umount2(&m, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
             log::warn!("detach {}: {e}", m.display());
         }
     }
@@ -220,28 +239,44 @@ pub fn remove_tree(dir: &Path) -> Result<(), String> {
         let list: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
         return Err(format!("not removing {}: still mounted: {}", dir.display(), list.join(", ")));
     }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("remove {}: {e}", dir.display())),
+    let mut errors = Vec::new();
+    for name in entries {
+        let path = dir.join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        // remove_dir_all removes links, never what they point to.
+        let gone = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match gone {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("remove {}: {e}", path.display())),
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            log::warn!("{} keeps files the wrapper did not make; leaving it", dir.display());
+        }
+        Err(e) => errors.push(format!("remove {}: {e}", dir.display())),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
     }
 }
 
-/// slirp4netns processes serving `netns` (found by their command line), for the helpers that
-/// no state records: started by a run that crashed before saving, or by an earlier user
-/// namespace whose state was reset.
-pub fn helpers_serving(netns: &Path) -> Vec<HelperId> {
-    let want = netns.as_os_str().as_encoded_bytes();
+/// The helpers serving one state directory that no state records (started by a run that
+/// crashed before saving, or by an earlier user namespace whose state was reset): only
+/// processes that pass every check of [`Expect`], never merely any process of the user whose
+/// arguments mention the netns path.
+pub fn helpers_serving(expect: &Expect) -> Vec<HelperId> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if !args.contains(&want) || !args.contains(&b"--netns-type=path".as_slice()) {
-            continue;
-        }
-        if let Some(stat) = super::slirp::proc_stat(pid) {
+        let Some(stat) = super::slirp::proc_stat(pid) else { continue };
+        if stat.comm == "slirp4netns" && expect.matches(pid) {
             found.push(HelperId { pid, start_time: stat.start_time, comm: stat.comm, ..Default::default() });
         }
     }

@@ -10,7 +10,15 @@
 //! writable `/run` and `/var/lib/cni` (see [`mounts`]).
 //!
 //! Everything is remembered in `<stateDir>/state.json` ([`state`]) under one flock on
-//! `<stateDir>.lock`, which teardown never deletes. Every verb validates the state first: a netns
+//! `<stateDir>.lock`, which teardown never deletes. Nothing found on disk is trusted as found
+//! ([`trust`]): the path to the state directory is checked component by component (owner, mode,
+//! links someone else planted), the directory is the wrapper's own (0700), its files are opened
+//! without following links and read up to a bound, a record naming files outside the directory's
+//! fixed layout is reset, and a recorded helper is signalled only once the process is verified
+//! to be a slirp4netns of this user serving this directory ([`slirp::Expect`]). Teardown removes
+//! only the names of that layout. Every wait has a deadline: the lock (a later call gives up
+//! with a clear error instead of queueing forever behind a stuck one), the helper's API and
+//! readiness, the inner plugins, and every other child process. Every verb validates the state first: a netns
 //! file that is no longer a namespace or that belongs to another user namespace is recreated
 //! (its old attachments are orphaned and say so in the log), a dead helper is restarted and its
 //! forwards are replayed. The last DEL (or a GC that leaves nobody) stops the helper, unmounts
@@ -30,8 +38,8 @@ pub mod host;
 pub mod mounts;
 pub mod slirp;
 pub mod state;
+pub mod trust;
 
-use crate::lock::FileLock;
 use crate::ns::NetNs;
 use cni_types::error::{INTERNAL, PLUGIN_NOT_AVAILABLE};
 use cni_types::invoke;
@@ -40,7 +48,16 @@ use config::{lookup, InnerExtras, WrapperConf};
 use serde_json::{Map, Value};
 use state::{Forward, Member, NetParams, State, STATE_VERSION};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a call waits for the state lock. Holders only do bounded work (every wait below
+/// has a deadline); sixteen calls at once each wait for the others' ADDs.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long one inner plugin may run (bridge and portmap take milliseconds; iptables may wait
+/// for its lock a few seconds).
+const INNER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of the host's `/etc/resolv.conf` read.
+const MAX_RESOLV_CONF: u64 = 1 << 20;
 
 /// The rootless-wrapper meta-plugin.
 pub struct RootlessWrapper;
@@ -63,6 +80,21 @@ pub struct Paths {
     /// The generated resolv.conf.
     pub resolv: PathBuf,
 }
+
+/// The names the wrapper makes in a state directory; teardown removes these and nothing else
+/// (`resolv.tmp`: the temporary name earlier versions used).
+pub const LAYOUT: [&str; 10] = [
+    "state.json",
+    "state.json.tmp",
+    "netns",
+    "slirp.sock",
+    "slirp.log",
+    "resolv.conf",
+    "resolv.conf.tmp",
+    "resolv.tmp",
+    "run",
+    "var",
+];
 
 impl Paths {
     /// The layout under `dir`.
@@ -112,26 +144,57 @@ struct Session<'a> {
     conf: WrapperConf,
     args: &'a CmdArgs,
     paths: Paths,
-    _lock: FileLock,
+    _lock: trust::StateLock,
 }
 
 impl<'a> Session<'a> {
-    /// Takes the state lock (blocking: holders only ever wait for bounded work and the inner
-    /// plugins, never for the runtime, so lock order is always runtime lock → this lock).
+    /// Checks the path to the state directory, then takes the state lock, waiting at most
+    /// [`LOCK_WAIT`] (holders never wait for the runtime, so lock order is always runtime lock
+    /// → this lock), then checks the state directory itself if it exists.
     fn open(conf: WrapperConf, args: &'a CmdArgs) -> Result<Session<'a>, CniError> {
-        let paths = Paths::new(&conf.state_dir);
-        if let Some(parent) = paths.lock.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| internal(format!("create {}: {e}", parent.display())))?;
-        }
-        let lock =
-            FileLock::acquire(&paths.lock).map_err(|e| internal(format!("lock {}: {e}", paths.lock.display())))?;
+        let unsafe_dir = |e: String| internal(format!("rootless-wrapper: unsafe stateDir: {e}"));
+        let (parent, name) = match (conf.state_dir.parent(), conf.state_dir.file_name()) {
+            (Some(p), Some(n)) => (p, n.to_os_string()),
+            _ => return Err(unsafe_dir(format!("{} cannot be a state directory", conf.state_dir.display()))),
+        };
+        let parent = trust::secure_dir(parent, true)
+            .map_err(unsafe_dir)?
+            .ok_or_else(|| unsafe_dir(format!("{} is missing", parent.display())))?;
+        let mut lock_name = name.clone();
+        lock_name.push(".lock");
+        let lock = trust::lock(&parent.join(lock_name), LOCK_WAIT).map_err(internal)?;
+        let dir = trust::secure_dir(&parent.join(&name), false).map_err(unsafe_dir)?.unwrap_or(parent.join(name));
+        let mut paths = Paths::new(&dir);
+        // Beside the name the configuration gives, even when that name is a link.
+        paths.lock = Paths::new(&conf.state_dir).lock;
         Ok(Session { conf, args, paths, _lock: lock })
+    }
+
+    /// What a helper of this state directory must be (see [`slirp::Expect`]).
+    fn expect(&self) -> slirp::Expect {
+        slirp::Expect::new(slirp::find_helper(&self.conf.helper).as_deref(), &self.paths.netns, &self.paths.api_socket)
+    }
+
+    /// Why a record cannot have been written by this wrapper for this directory, if it cannot:
+    /// every path in it is fixed by the layout.
+    fn foreign(&self, st: &State) -> Option<String> {
+        if st.netns != self.paths.netns {
+            return Some(format!("it names {} as the netns, not {}", st.netns.display(), self.paths.netns.display()));
+        }
+        let socket = st.helper.as_ref().map(|h| &h.api_socket).filter(|s| **s != self.paths.api_socket);
+        socket.map(|s| {
+            format!("it names {} as the helper's socket, not {}", s.display(), self.paths.api_socket.display())
+        })
     }
 
     /// The recorded state; an unreadable one is reset (nothing in it can be trusted, so the
     /// netns and any helper serving it are removed) unless `keep_broken` asks to report it.
     fn load(&self, keep_broken: bool) -> Result<Option<State>, CniError> {
-        match state::load(&self.paths.state) {
+        let loaded = state::load(&self.paths.state).and_then(|st| match st.as_ref().and_then(|s| self.foreign(s)) {
+            Some(why) => Err(format!("state file {}: {why}", self.paths.state.display())),
+            None => Ok(st),
+        });
+        match loaded {
             Ok(st) => Ok(st),
             Err(e) if keep_broken => Err(not_available(format!("rootless-wrapper: broken state: {e}"))),
             Err(e) => {
@@ -156,7 +219,7 @@ impl<'a> Session<'a> {
     }
 
     fn save(&self, st: &State) -> Result<(), CniError> {
-        state::save(&self.paths.state, st).map_err(|e| internal(format!("write {}: {e}", self.paths.state.display())))
+        state::save(&self.paths.state, st).map_err(internal)
     }
 
     fn params(&self) -> NetParams {
@@ -203,30 +266,39 @@ impl<'a> Session<'a> {
             Err(e) => return Some(e),
             Ok(_) => {}
         }
+        // Opened only once it is known not to be a FIFO (an open would wait for a writer) or a
+        // link: a netns mount point is a regular file.
+        match std::fs::symlink_metadata(&st.netns) {
+            Ok(m) if !m.file_type().is_file() => {
+                return Some(format!("{} is not a regular file ({:?})", st.netns.display(), m.file_type()))
+            }
+            _ => {}
+        }
         match NetNs::open(&st.netns) {
             Ok(_) => None,
             Err(e) => Some(format!("{e} (a reboot, or its mount was lost)")),
         }
     }
 
-    fn helper_running(st: &State) -> bool {
-        st.helper.as_ref().is_some_and(|h| slirp::is_alive(h) && h.api_socket.exists())
+    fn helper_running(&self, st: &State) -> bool {
+        st.helper.as_ref().is_some_and(|h| slirp::is_ours(h, &self.expect()) && self.paths.api_socket.exists())
     }
 
-    /// Stops the helper (only if it is still the one recorded, plus any unrecorded one serving
-    /// the same netns path), unmounts the netns and removes the state directory.
+    /// Stops the helper (only if it is verifiably ours, plus any unrecorded one that is
+    /// verifiably serving this directory), unmounts this directory's netns and removes what the
+    /// wrapper made in the directory. Only paths of the layout are touched, whatever `st` says.
     fn teardown(&self, st: Option<&State>) -> Vec<String> {
         let mut errors = Vec::new();
-        let netns = st.map(|s| s.netns.clone()).unwrap_or_else(|| self.paths.netns.clone());
+        let expect = self.expect();
         if let Some(h) = st.and_then(|s| s.helper.as_ref()) {
-            errors.extend(slirp::stop(h).err());
+            errors.extend(slirp::stop(h, &expect).err());
         }
-        for stray in host::helpers_serving(&netns) {
-            log::warn!("stopping unrecorded slirp4netns pid {} serving {}", stray.pid, netns.display());
-            errors.extend(slirp::stop(&stray).err());
+        for stray in host::helpers_serving(&expect) {
+            log::warn!("stopping unrecorded slirp4netns pid {} serving {}", stray.pid, self.paths.netns.display());
+            errors.extend(slirp::stop(&stray, &expect).err());
         }
-        errors.extend(host::remove_netns(&netns).err());
-        errors.extend(host::remove_tree(&self.paths.dir).err());
+        errors.extend(host::remove_netns(&self.paths.netns).err());
+        errors.extend(host::remove_state_dir(&self.paths.dir, &LAYOUT).err());
         log::debug!("tore down the rootless netns in {}", self.paths.dir.display());
         errors
     }
@@ -236,12 +308,15 @@ impl<'a> Session<'a> {
         host::check_tun().map_err(internal)?;
         let binary = slirp::find_helper(&self.conf.helper)
             .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.conf.helper)))?;
+        let expect = self.expect();
+        // A new helper has none of the old one's forwards.
+        st.stale_forwards.clear();
         if let Some(old) = st.helper.take() {
             // Alive without its socket is no use; it must go before a new one takes tap0.
-            let _ = slirp::stop(&old);
+            let _ = slirp::stop(&old, &expect);
         }
-        for stray in host::helpers_serving(&st.netns) {
-            let _ = slirp::stop(&stray);
+        for stray in host::helpers_serving(&expect) {
+            let _ = slirp::stop(&stray, &expect);
         }
         let started = Instant::now();
         let helper =
@@ -302,6 +377,7 @@ impl<'a> Session<'a> {
             params: self.params(),
             helper: None,
             members: Vec::new(),
+            stale_forwards: Vec::new(),
         };
         let made = self.prepare_dir().and_then(|_| host::create_netns(&st.netns).map_err(internal));
         let made = made.and_then(|_| self.save(&st)).and_then(|_| self.start_helper(&mut st));
@@ -315,15 +391,12 @@ impl<'a> Session<'a> {
         Ok(st)
     }
 
+    /// Creates the state directory (0700, ours) and its `run` and `var/lib/cni`, each checked
+    /// as it is walked.
     fn prepare_dir(&self) -> Result<(), CniError> {
-        use std::os::unix::fs::DirBuilderExt;
         let run = self.paths.dir.join("run");
-        for dir in [run.clone(), mounts::rebase(&self.paths.dir, Path::new(mounts::VAR_LIB_CNI))] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| internal(format!("create {}: {e}", dir.display())))?;
+        for dir in [&self.paths.dir, &run, &mounts::rebase(&self.paths.dir, Path::new(mounts::VAR_LIB_CNI))] {
+            trust::secure_dir(dir, true).map_err(|e| internal(format!("rootless-wrapper: unsafe stateDir: {e}")))?;
         }
         mounts::relabel_run_dir(&run).map_err(internal)
     }
@@ -350,13 +423,41 @@ impl<'a> Session<'a> {
             None if create => self.create().map(Some),
             None => Ok(None),
             Some(mut s) => {
-                if !Self::helper_running(&s) {
+                if !self.helper_running(&s) {
                     log::warn!("slirp4netns for {} is not running; restarting it", s.netns.display());
                     self.start_helper(&mut s)?;
+                } else if !s.stale_forwards.is_empty()
+                    && s.helper.as_ref().is_some_and(|h| slirp::unresponsive(h).is_none())
+                {
+                    self.remove_stale_forwards(&mut s)?;
                 }
                 Ok(Some(s))
             }
         }
+    }
+
+    /// Removes the forwards a stopped helper kept, now that it answers again.
+    fn remove_stale_forwards(&self, st: &mut State) -> Result<(), CniError> {
+        let active = match slirp::list_hostfwd(&self.paths.api_socket) {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::warn!("list_hostfwd: {e}; the forwards left behind stay for now");
+                return Ok(());
+            }
+        };
+        let stale = std::mem::take(&mut st.stale_forwards);
+        for fwd in stale {
+            // Gone already (removed before the helper stopped, or by a restart): nothing to do.
+            let Some(id) = fwd.id.filter(|id| active.contains(id)) else { continue };
+            match slirp::remove_hostfwd(&self.paths.api_socket, id) {
+                Ok(()) => log::info!("removed the forward of host port {}/{} left behind", fwd.host_port, fwd.proto),
+                Err(e) => {
+                    log::warn!("remove forward of host port {}/{} (id {id}): {e}", fwd.host_port, fwd.proto);
+                    st.stale_forwards.push(fwd);
+                }
+            }
+        }
+        self.save(st)
     }
 
     /// Adds the forwards `mappings` need; on any failure the ones already added are removed.
@@ -370,7 +471,11 @@ impl<'a> Session<'a> {
                 )));
             }
         }
-        let socket = st.helper.as_ref().map(|h| h.api_socket.clone()).ok_or_else(|| internal("no helper running"))?;
+        let helper = st.helper.as_ref().ok_or_else(|| internal("no helper running"))?;
+        if let Some(why) = (!wanted.is_empty()).then(|| slirp::unresponsive(helper)).flatten() {
+            return Err(internal(why));
+        }
+        let socket = self.paths.api_socket.clone();
         let guest = self.conf.net.guest.to_string();
         let mut added: Vec<Forward> = Vec::new();
         for fwd in wanted {
@@ -382,7 +487,7 @@ impl<'a> Session<'a> {
             match result {
                 Ok(id) => added.push(Forward { id: Some(id), ..fwd }),
                 Err(e) => {
-                    remove_forwards(st, &added);
+                    remove_forwards_logged(self, st, &added);
                     return Err(internal(e));
                 }
             }
@@ -395,9 +500,9 @@ impl<'a> Session<'a> {
     /// [`mounts::Inside`]), so only netns-independent work may follow.
     fn inside<T>(&self, netns: Option<&Path>, work: impl FnOnce() -> T) -> Result<T, CniError> {
         self.prepare_dir()?;
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let host_resolv = read_host_resolv_conf();
         let conf = mounts::build_resolv_conf(&host_resolv, self.conf.net.dns.into(), self.conf.enable_ipv6);
-        write_atomic(&self.paths.resolv, conf.as_bytes()).map_err(internal)?;
+        trust::write_atomic(&self.paths.resolv, conf.as_bytes()).map_err(internal)?;
         let resolv_target = match mounts::resolve_first_run_path(Path::new("/"), "/etc/resolv.conf") {
             Ok(t) => Some(PathBuf::from(t)),
             Err(e) => {
@@ -448,7 +553,7 @@ impl<'a> Session<'a> {
 
     fn exec(&self, i: usize, cmd: Command, args: &CmdArgs, conf: &Value) -> Result<Vec<u8>, CniError> {
         let ty = self.conf.plugin_type(i);
-        invoke::exec(ty, cmd, args, conf.to_string().as_bytes())
+        finish_within(invoke::start(ty, cmd, args, conf.to_string().as_bytes())?, INNER_TIMEOUT, ty)
     }
 
     fn inner_conf(&self, i: usize, extras: &InnerExtras<'_>) -> Value {
@@ -514,23 +619,95 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Writes a file by rename so a reader never sees half of it.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+/// Waits for an inner plugin as [`invoke::Running::finish`] does, but kills it (through a pidfd,
+/// so never another process that reused its PID) when it has not finished within `timeout`:
+/// the state lock is held meanwhile, and every later call of the user waits for it.
+fn finish_within(running: invoke::Running, timeout: Duration, ty: &str) -> Result<Vec<u8>, CniError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let pid = running.id() as nix::libc::pid_t;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    let Ok(raw) = i32::try_from(raw).map_err(drop).and_then(|r| if r < 0 { Err(()) } else { Ok(r) }) else {
+        log::warn!("pidfd_open for plugin {ty}: {}; waiting without a deadline", std::io::Error::last_os_error());
+        return running.finish();
+    };
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (done, cancelled) = std::sync::mpsc::channel::<()>();
+    // The only thread besides the main one, and it lives only while the plugin runs: nothing
+    // forks or changes namespaces meanwhile.
+    let watchdog = std::thread::spawn(move || {
+        if cancelled.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: the pidfd is open for the call; a null siginfo is allowed.
+            let rc = unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    nix::libc::SIGKILL,
+                    std::ptr::null::<nix::libc::siginfo_t>(),
+                    0,
+                )
+            };
+            return rc == 0;
+        }
+        false
+    });
+    let out = running.finish();
+    drop(done);
+    if watchdog.join().unwrap_or(false) {
+        return Err(internal(format!("plugin {ty} did not finish within {timeout:?} and was killed")));
+    }
+    out
 }
 
-/// Removes forwards from the helper; failures only matter to the log (the port is released
-/// when the helper stops anyway).
-fn remove_forwards(st: &State, forwards: &[Forward]) {
-    let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_alive(h)) else { return };
-    for fwd in forwards {
-        if let Some(id) = fwd.id {
-            if let Err(e) = slirp::remove_hostfwd(&helper.api_socket, id) {
-                log::warn!("remove forward of host port {}/{} (id {id}): {e}", fwd.host_port, fwd.proto);
+/// The host's resolv.conf, read without blocking on a FIFO and up to a bound.
+fn read_host_resolv_conf() -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open("/etc/resolv.conf");
+    let Ok(file) = file.and_then(|f| f.metadata().map(|m| (f, m))) else { return String::new() };
+    if !file.1.is_file() {
+        log::warn!("/etc/resolv.conf is not a regular file; the inner plugins get only slirp4netns' DNS");
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.0.take(MAX_RESOLV_CONF).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Removes forwards from the helper and returns what could not be removed. A helper that is
+/// gone took its forwards with it; one that is stopped cannot answer, and is not waited for.
+fn remove_forwards(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<String> {
+    let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_ours(h, &s.expect())) else { return Vec::new() };
+    let ids: Vec<(i64, &Forward)> = forwards.iter().filter_map(|f| f.id.map(|id| (id, f))).collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    if let Some(why) = slirp::unresponsive(helper) {
+        let ports: Vec<String> = ids.iter().map(|(_, f)| format!("{}/{}", f.host_port, f.proto)).collect();
+        return vec![format!(
+            "host port(s) {} stay forwarded until slirp4netns runs again (they are removed then): {why}",
+            ports.join(", ")
+        )];
+    }
+    let mut errors = Vec::new();
+    for (id, fwd) in ids {
+        if let Err(e) = slirp::remove_hostfwd(&s.paths.api_socket, id) {
+            errors.push(format!("remove forward of host port {}/{} (id {id}): {e}", fwd.host_port, fwd.proto));
+            if let Some(why) = slirp::unresponsive(helper) {
+                // Stopped meanwhile: one deadline spent is enough.
+                errors.push(why);
+                break;
             }
         }
+    }
+    errors
+}
+
+/// Logs what [`remove_forwards`] could not do, where nothing better can be done about it.
+fn remove_forwards_logged(s: &Session<'_>, st: &State, forwards: &[Forward]) {
+    for problem in remove_forwards(s, st, forwards) {
+        log::warn!("{problem}");
     }
 }
 
@@ -565,7 +742,7 @@ impl Plugin for RootlessWrapper {
         s.adopt(&st);
         // A runtime retrying ADD: the earlier record and its ports are replaced.
         if let Some(old) = st.take_member(&args.container_id, &args.ifname) {
-            remove_forwards(&st, &old.forwards);
+            remove_forwards_logged(&s, &st, &old.forwards);
         }
         let forwards = match s.add_forwards(&st) {
             Ok(f) => f,
@@ -608,7 +785,7 @@ impl Plugin for RootlessWrapper {
             }
             Err(e) => {
                 if let Some(m) = st.take_member(&args.container_id, &args.ifname) {
-                    remove_forwards(&st, &m.forwards);
+                    remove_forwards_logged(&s, &st, &m.forwards);
                 }
                 finish(&s, &st);
                 Err(e)
@@ -635,8 +812,13 @@ impl Plugin for RootlessWrapper {
             }
         };
         let mut errors = Vec::new();
+        let mut stuck = Vec::new();
         if let Some(m) = st.take_member(&args.container_id, &args.ifname) {
-            remove_forwards(&st, &m.forwards);
+            stuck = remove_forwards(&s, &st, &m.forwards);
+            if !stuck.is_empty() {
+                // Tried again by every later call, once the helper answers.
+                st.stale_forwards.extend(m.forwards.iter().filter(|f| f.id.is_some()).cloned());
+            }
         }
         let netns = st.netns.clone();
         let count = s.conf.plugins.len();
@@ -645,6 +827,10 @@ impl Plugin for RootlessWrapper {
         {
             Ok(errs) => errors.extend(errs),
             Err(e) => errors.push(e),
+        }
+        // The last member leaving stops the helper, and its forwards go with it.
+        if !st.members.is_empty() {
+            errors.extend(stuck.into_iter().map(internal));
         }
         errors.extend(s.settle(&st));
         combine(errors)
@@ -665,9 +851,15 @@ impl Plugin for RootlessWrapper {
                 args.container_id, args.ifname
             )));
         };
+        let helper = st.helper.as_ref().ok_or_else(|| internal("no helper"))?;
+        if let Some(why) = slirp::unresponsive(helper) {
+            return Err(internal(why));
+        }
         if !member.forwards.is_empty() {
-            let socket = st.helper.as_ref().map(|h| h.api_socket.clone()).ok_or_else(|| internal("no helper"))?;
-            let active = slirp::list_hostfwd(&socket).map_err(|e| internal(format!("list_hostfwd: {e}")))?;
+            let active = slirp::list_hostfwd(&s.paths.api_socket).map_err(|e| {
+                // It may have been stopped after the check above: say so rather than "no answer".
+                internal(slirp::unresponsive(helper).unwrap_or_else(|| format!("list_hostfwd: {e}")))
+            })?;
             for fwd in &member.forwards {
                 if !fwd.id.is_some_and(|id| active.contains(&id)) {
                     return Err(internal(format!(
@@ -699,7 +891,7 @@ impl Plugin for RootlessWrapper {
         st.members = keep;
         let mut errors = Vec::new();
         for m in &stale {
-            remove_forwards(&st, &m.forwards);
+            remove_forwards_logged(&s, &st, &m.forwards);
         }
         let netns = st.netns.clone();
         let lists = gc_lists(args);
@@ -791,6 +983,26 @@ mod tests {
         assert_eq!(combine(vec![one.clone()]).unwrap_err(), one);
         let e = combine(vec![CniError::new(7, "a"), CniError::new(999, "b")]).unwrap_err();
         assert_eq!((e.code, e.msg.as_str()), (7, "a; b"));
+    }
+
+    #[test]
+    fn a_hung_inner_plugin_is_killed_at_its_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rootless-inner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, body) in [("hang", "#!/bin/sh\nexec sleep 30\n"), ("quick", "#!/bin/sh\necho '{}'\n")] {
+            std::fs::write(dir.join(name), body).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let args = CmdArgs { path: dir.display().to_string(), ..Default::default() };
+        let t = Instant::now();
+        let running = invoke::start("hang", Command::Add, &args, b"{}").unwrap();
+        let e = finish_within(running, Duration::from_millis(300), "hang").unwrap_err();
+        assert!(e.msg.contains("did not finish within") && e.msg.contains("hang"), "{e:?}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let running = invoke::start("quick", Command::Add, &args, b"{}").unwrap();
+        assert_eq!(finish_within(running, Duration::from_secs(10), "quick").unwrap(), b"{}\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -285,6 +285,7 @@ pub fn apply(step: &Step) -> Result<(), String> {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(p)
             .map(drop)
             .map_err(|e| format!("create mount point {}: {e}", p.display())),

@@ -1,15 +1,33 @@
-//! slirp4netns: starting it into the shared netns, knowing it again later (PID + start time +
-//! name, so a recycled PID is never killed), stopping it, and its JSON API for host forwards.
+//! slirp4netns: starting it into the shared netns, knowing it again later, stopping it, and its
+//! JSON API for host forwards.
+//!
+//! Knowing it again: `state.json` records the helper's PID, start time and name, but a record
+//! can be forged or stale, so before the wrapper signals a process it checks facts about the
+//! process itself, none of which the record supplies ([`Expect`]): the process runs the helper
+//! binary the configuration names (the same file: device and inode of `/proc/<pid>/exe`), it
+//! runs as this user (not as another host user, not as a container's user), and its command
+//! line says it serves this state directory's netns through this state directory's API socket.
+//! Nobody but this user (or root) can create files in the state directory, and a process that
+//! passes all three checks *is* a slirp4netns serving our netns, which teardown must stop
+//! anyway; the record's PID and start time only choose among such processes. An innocent
+//! process, another user's helper, or podman's slirp4netns for another netns never passes.
+//! One gap the kernel leaves: the binary of a process in another user namespace cannot be
+//! looked at from this one. For a helper started in an earlier user namespace of this user (the
+//! pause process was restarted), recognised by a `uid_map` and `gid_map` that map exactly our
+//! IDs to themselves, the name (`slirp4netns`) stands in for the binary; the user and
+//! command-line checks still hold. A process of any other namespace is never ours.
 //!
 //! The API takes one request per connection: the client writes the JSON, half-closes, and
 //! reads the answer until EOF. Answers come as `{"return": …}`, as `{"error": {"desc": …}}`,
 //! or, for `list_hostfwd` on 1.2.0, as a bare `{"entries": […]}` although the manual shows a
-//! `return` wrapper; all three are accepted.
+//! `return` wrapper; all three are accepted. Every step has a deadline: a stopped helper
+//! (SIGSTOP) accepts nothing, and `connect()` to its full backlog would otherwise block forever.
 
 use super::state::{Forward, HelperId, NetParams};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,19 +35,23 @@ use std::time::{Duration, Instant};
 
 /// How long slirp4netns may take to report ready (it takes 3–7 ms here).
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an API request may take.
-const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one API request may take, connect to last byte (answers take well under 1 ms).
+pub const API_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `slirp4netns --help` may take.
+const HELP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The tap device slirp4netns creates in the rootless netns.
 pub const TAP: &str = "tap0";
 /// Directories searched after `PATH` for the helper, since runtimes pass minimal `PATH`s.
 const FALLBACK_DIRS: [&str; 5] = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"];
+/// The bytes of its log kept for an error message.
+const LOG_TAIL: u64 = 2000;
 
 /// The fields of `/proc/<pid>/stat` the identity check needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcStat {
     /// Process name (field 2, without parentheses; may itself contain spaces and parentheses).
     pub comm: String,
-    /// State letter (field 3); `Z` and `X` are dead.
+    /// State letter (field 3); `Z` and `X` are dead, `T` and `t` stopped.
     pub state: char,
     /// Start time in clock ticks after boot (field 22).
     pub start_time: u64,
@@ -48,28 +70,149 @@ pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
 
 /// The stat of a live process, `None` when it is gone or a zombie.
 pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    if pid <= 0 {
+        return None;
+    }
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_proc_stat(&text).filter(|s| s.state != 'Z' && s.state != 'X')
 }
 
-/// Whether the recorded helper is still running: the same PID, start time and name.
+/// Whether the recorded process still runs: the same PID, start time and name. Necessary, not
+/// sufficient, for it to be our helper: see [`Expect`].
 pub fn is_alive(helper: &HelperId) -> bool {
-    helper.pid > 0 && proc_stat(helper.pid).is_some_and(|s| s.start_time == helper.start_time && s.comm == helper.comm)
+    proc_stat(helper.pid).is_some_and(|s| s.start_time == helper.start_time && s.comm == helper.comm)
 }
 
-/// Stops the recorded helper if it is still the process we started; anything else with its PID
-/// is left alone. Waits for it to exit so the netns is released before it is unmounted.
-pub fn stop(helper: &HelperId) -> Result<(), String> {
+/// What a process must be to count as the helper of one state directory (module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    /// Device and inode of the helper binary; `None` when it cannot be found (nothing matches).
+    pub binary: Option<(u64, u64)>,
+    /// The UID the helper runs as, as this process sees it (its own effective UID).
+    pub uid: u32,
+    /// The netns it must serve.
+    pub netns: PathBuf,
+    /// The API socket it must listen on.
+    pub api_socket: PathBuf,
+}
+
+impl Expect {
+    /// The helper of `netns` and `api_socket`, running `binary` as this process's user.
+    pub fn new(binary: Option<&Path>, netns: &Path, api_socket: &Path) -> Expect {
+        let binary = binary.and_then(|b| std::fs::metadata(b).ok()).map(|m| (m.dev(), m.ino()));
+        Expect {
+            binary,
+            uid: nix::unistd::geteuid().as_raw(),
+            netns: netns.to_path_buf(),
+            api_socket: api_socket.to_path_buf(),
+        }
+    }
+
+    /// Whether the command line serves exactly this netns through exactly this socket.
+    pub fn matches_args(&self, args: &[&[u8]]) -> bool {
+        let want = |flag: &[u8], value: &Path| {
+            args.windows(2).any(|w| w[0] == flag && w[1] == value.as_os_str().as_encoded_bytes())
+        };
+        want(b"--api-socket", &self.api_socket) && want(b"--netns-type=path", &self.netns)
+    }
+
+    /// Whether process `pid` is a helper serving this state directory.
+    pub fn matches(&self, pid: i32) -> bool {
+        let Some((dev, ino)) = self.binary else { return false };
+        if pid <= 0 {
+            return false;
+        }
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        if !std::fs::metadata(&proc).is_ok_and(|m| m.uid() == self.uid) {
+            log::debug!("pid {pid} does not run as uid {}", self.uid);
+            return false;
+        }
+        let same_binary = match std::fs::metadata(proc.join("exe")) {
+            Ok(m) => (m.dev(), m.ino()) == (dev, ino),
+            // A helper started in an earlier user namespace of this user: the kernel hides the
+            // binary of a process in another user namespace, and there its name stands in for it.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                sibling_userns(pid) && proc_stat(pid).is_some_and(|s| s.comm == "slirp4netns")
+            }
+            Err(_) => false,
+        };
+        if !same_binary {
+            log::debug!("pid {pid} does not run the helper binary");
+            return false;
+        }
+        let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else { return false };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        self.matches_args(&args)
+    }
+}
+
+/// `(inside, outside, count)` lines of a `uid_map`.
+fn parse_id_map(text: &str) -> Vec<(u64, u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            (f.len() == 3).then(|| (f[0], f[1], f[2]))
+        })
+        .collect()
+}
+
+/// Whether the maps describe another user namespace that maps the same IDs as ours, the same
+/// way: `theirs` is read from inside ours, so each of its IDs must map to itself here, over the
+/// same ranges (a process of the init namespace or of someone else's maps to nothing here).
+pub fn same_mapping(ours: &str, theirs: &str) -> bool {
+    let (ours, theirs) = (parse_id_map(ours), parse_id_map(theirs));
+    let ranges = |m: &[(u64, u64, u64)]| m.iter().map(|(i, _, c)| (*i, *c)).collect::<Vec<_>>();
+    !theirs.is_empty() && theirs.iter().all(|(i, o, _)| i == o) && ranges(&ours) == ranges(&theirs)
+}
+
+/// Whether process `pid` lives in a user namespace of this user that maps exactly what ours
+/// maps (the namespace of an earlier pause process), read where no ptrace rights are needed.
+fn sibling_userns(pid: i32) -> bool {
+    let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+    same_mapping(&read("/proc/self/uid_map".into()), &read(format!("/proc/{pid}/uid_map")))
+        && same_mapping(&read("/proc/self/gid_map".into()), &read(format!("/proc/{pid}/gid_map")))
+}
+
+/// Whether the recorded helper still runs and is verifiably ours.
+pub fn is_ours(helper: &HelperId, expect: &Expect) -> bool {
+    is_alive(helper) && expect.matches(helper.pid)
+}
+
+/// Why the helper cannot answer now, if it cannot: it is stopped (SIGSTOP, a debugger).
+pub fn unresponsive(helper: &HelperId) -> Option<String> {
+    let st = proc_stat(helper.pid)?;
+    matches!(st.state, 'T' | 't').then(|| {
+        format!(
+            "slirp4netns (pid {}) is stopped and cannot answer; resume it (kill -CONT {}) or remove the last \
+             container to restart it",
+            helper.pid, helper.pid
+        )
+    })
+}
+
+/// Stops the recorded helper if it is still, verifiably, ours; anything else with its PID is
+/// left alone. Waits for it to exit so the netns is released before it is unmounted.
+pub fn stop(helper: &HelperId, expect: &Expect) -> Result<(), String> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    if !is_alive(helper) {
-        log::debug!("helper pid {} is gone or no longer ours; nothing to stop", helper.pid);
+    if !is_ours(helper, expect) {
+        log::debug!("helper pid {} is gone or not ours; nothing to stop", helper.pid);
         return Ok(());
     }
+    let pid = Pid::from_raw(helper.pid);
     for (signal, wait) in [(Signal::SIGTERM, Duration::from_secs(2)), (Signal::SIGKILL, Duration::from_secs(2))] {
-        match kill(Pid::from_raw(helper.pid), signal) {
+        // Checked again right before each signal, so the PID cannot have been reused in between
+        // by anything but another process that passes the same checks.
+        if !is_ours(helper, expect) {
+            return Ok(());
+        }
+        match kill(pid, signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => return Err(format!("kill helper pid {}: {e}", helper.pid)),
+        }
+        if signal == Signal::SIGTERM {
+            // A stopped helper would keep SIGTERM pending forever.
+            let _ = kill(pid, Signal::SIGCONT);
         }
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
@@ -118,14 +261,59 @@ pub fn parse_features(help: &str) -> Result<Features, String> {
 }
 
 fn detect_features(binary: &Path) -> Result<Features, String> {
-    let out = Command::new(binary)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("run {} --help: {e}", binary.display()))?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    parse_features(&text).map_err(|e| format!("{}: {e}", binary.display()))
+    let mut cmd = Command::new(binary);
+    cmd.arg("--help");
+    let out = output_within(cmd, HELP_TIMEOUT, 1 << 20).map_err(|e| format!("run {} --help: {e}", binary.display()))?;
+    parse_features(&String::from_utf8_lossy(&out)).map_err(|e| format!("{}: {e}", binary.display()))
+}
+
+/// Runs `cmd` and returns its stdout and stderr together (at most `max` bytes kept); a command
+/// that does not finish within `timeout` is killed and is an error.
+pub fn output_within(mut cmd: Command, timeout: Duration, max: usize) -> Result<Vec<u8>, String> {
+    let (reader, writer) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let writer2 = writer.try_clone().map_err(|e| format!("dup: {e}"))?;
+    cmd.stdin(Stdio::null()).stdout(OwnedFd::from(writer)).stderr(OwnedFd::from(writer2));
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    // The Command holds the write ends until it is dropped; EOF needs them gone.
+    drop(cmd);
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let failed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Some(format!("no answer within {timeout:?}"));
+        }
+        let _ = reader.set_read_timeout(Some(left));
+        match (&reader).read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => {
+                if out.len() < max {
+                    out.extend_from_slice(&buf[..n.min(max - out.len())]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => break Some(format!("read its output: {e}")),
+        }
+    };
+    // EOF: it closed its output, so it is exiting; a short grace, then it is killed.
+    let grace = Instant::now() + Duration::from_millis(500);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if failed.is_none() && Instant::now() < grace => std::thread::sleep(Duration::from_millis(1)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// The command line for one helper start.
@@ -166,14 +354,14 @@ pub struct HelperPaths {
 }
 
 fn read_log(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let text = text.trim();
     // Keep the end: that is where the failure is.
-    let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+    let bytes = super::trust::read_tail(path, LOG_TAIL).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let tail = text.trim();
     if tail.is_empty() {
         "(no output)".into()
     } else {
-        tail
+        tail.to_string()
     }
 }
 
@@ -183,7 +371,8 @@ pub fn start(binary: &Path, params: &NetParams, paths: &HelperPaths) -> Result<H
     use std::os::unix::process::CommandExt;
     let features = detect_features(binary)?;
     let _ = std::fs::remove_file(&paths.api_socket);
-    let log = std::fs::File::create(&paths.log).map_err(|e| format!("create {}: {e}", paths.log.display()))?;
+    let log =
+        super::trust::create_fresh(&paths.log, 0o600).map_err(|e| format!("create {}: {e}", paths.log.display()))?;
     let log_err = log.try_clone().map_err(|e| format!("dup {}: {e}", paths.log.display()))?;
     // A socket pair instead of a pipe: reads can time out, and EOF tells that the helper died
     // before it was ready (its end is its only open copy once we drop ours).
@@ -300,18 +489,98 @@ pub fn parse_response(bytes: &[u8]) -> Result<Value, String> {
     Err(format!("unexpected answer {text:?}"))
 }
 
-/// Sends one request to the API socket and returns the interpreted answer.
+/// Connects to a unix socket, giving up after `timeout` (a listener whose backlog is full, as
+/// a stopped one's soon is, would otherwise block `connect()` forever).
+pub fn connect_within(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use nix::libc;
+    let path = socket.as_os_str().as_encoded_bytes();
+    // SAFETY: a plain C struct for which all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.len() >= addr.sun_path.len() || path.contains(&0) {
+        return Err(std::io::Error::other(format!("socket path {} is too long", socket.display())));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket() takes no pointers; the result is checked and owned exactly once.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    // For unix sockets, connect() waits for room in the listener's backlog at most SO_SNDTIMEO.
+    // SAFETY: the option value points at a live timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a live, initialised sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no room to connect within {timeout:?}"))
+            }
+            _ => e,
+        });
+    }
+    Ok(UnixStream::from(fd))
+}
+
+/// Sends one request to the API socket and returns the interpreted answer, all within
+/// [`API_TIMEOUT`].
 pub fn request(socket: &Path, req: &Value) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
-    let _ = stream.set_read_timeout(Some(API_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(API_TIMEOUT));
+    request_within(socket, req, API_TIMEOUT)
+}
+
+/// [`request`] with another deadline.
+pub fn request_within(socket: &Path, req: &Value, timeout: Duration) -> Result<Value, String> {
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        let l = deadline.saturating_duration_since(Instant::now());
+        (!l.is_zero()).then_some(l).ok_or_else(|| format!("slirp4netns did not answer within {timeout:?}"))
+    };
+    let mut stream = connect_within(socket, timeout).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    stream.set_write_timeout(Some(left()?)).map_err(|e| format!("set timeout: {e}"))?;
     stream.write_all(req.to_string().as_bytes()).map_err(|e| format!("send request: {e}"))?;
     // slirp4netns answers only after EOF on the request.
     stream.shutdown(std::net::Shutdown::Write).map_err(|e| format!("half-close: {e}"))?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(|e| format!("read answer: {e}"))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        stream.set_read_timeout(Some(left()?)).map_err(|e| format!("set timeout: {e}"))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if answer.len() + n > MAX_ANSWER => return Err(format!("answer longer than {MAX_ANSWER} bytes")),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(format!("slirp4netns did not answer within {timeout:?}"))
+            }
+            Err(e) => return Err(format!("read answer: {e}")),
+        }
+    }
     parse_response(&answer)
 }
+
+/// The longest API answer read (a `list_hostfwd` of every port is about 7 MB).
+const MAX_ANSWER: usize = 16 << 20;
 
 /// `add_hostfwd`: forwards `host_addr:host_port` to `guest_addr:guest_port`; returns its ID.
 pub fn add_hostfwd(socket: &Path, fwd: &Forward, guest_addr: &str) -> Result<i64, String> {
@@ -369,9 +638,78 @@ mod tests {
         assert!(!is_alive(&HelperId { start_time: me.start_time + 1, ..id.clone() }), "a recycled PID is not ours");
         assert!(!is_alive(&HelperId { comm: "other".into(), ..id.clone() }));
         assert!(!is_alive(&HelperId { pid: 0, ..id }));
-        // stop() refuses to signal a process that is not the recorded one.
-        let impostor = HelperId { pid, start_time: me.start_time + 1, comm: me.comm, ..Default::default() };
-        assert!(stop(&impostor).is_ok());
+        // stop() refuses to signal a process that is not the recorded one, and one that is
+        // recorded exactly but is not a helper of ours (this test binary serves no netns).
+        let exe = std::env::current_exe().unwrap();
+        let expect = Expect::new(Some(&exe), Path::new("/s/netns"), Path::new("/s/slirp.sock"));
+        let impostor = HelperId { pid, start_time: me.start_time + 1, comm: me.comm.clone(), ..Default::default() };
+        assert!(stop(&impostor, &expect).is_ok());
+        let exact = HelperId { pid, start_time: me.start_time, comm: me.comm, ..Default::default() };
+        assert!(!is_ours(&exact, &expect));
+        assert!(stop(&exact, &expect).is_ok(), "and we are still here");
+        assert!(unresponsive(&exact).is_none());
+    }
+
+    #[test]
+    fn identity_needs_our_paths_in_the_command_line() {
+        let expect = Expect::new(None, Path::new("/s/netns"), Path::new("/s/slirp.sock"));
+        let ours = helper_args(&NetParams::default(), Features::default(), &expect.netns, &expect.api_socket);
+        let ours: Vec<&[u8]> = ours.iter().map(|a| a.as_bytes()).collect();
+        assert!(expect.matches_args(&ours));
+        let other = helper_args(&NetParams::default(), Features::default(), Path::new("/s/netns2"), &expect.api_socket);
+        let other: Vec<&[u8]> = other.iter().map(|a| a.as_bytes()).collect();
+        assert!(!expect.matches_args(&other));
+        // The paths merely mentioned somewhere are not enough.
+        let mention: Vec<&[u8]> = vec![b"sleep", b"/s/netns", b"/s/slirp.sock"];
+        assert!(!expect.matches_args(&mention));
+        // Without a helper binary to compare with, nothing is ours.
+        assert!(!expect.matches(std::process::id() as i32));
+    }
+
+    #[test]
+    fn sibling_user_namespaces_map_the_same_ids_to_themselves() {
+        let ours = "         0       1001          1\n         1     100000      65536\n";
+        assert!(same_mapping(ours, "0 0 1\n1 1 65536\n"));
+        // A process of the initial namespace, seen from ours.
+        assert!(!same_mapping(ours, "0 4294967295 4294967295\n"));
+        // Another user's namespace: its IDs map to nothing here.
+        assert!(!same_mapping(ours, "0 4294967295 1\n"));
+        assert!(!same_mapping(ours, "0 0 1\n"), "fewer IDs mapped");
+        assert!(!same_mapping(ours, ""));
+    }
+
+    #[test]
+    fn a_listener_that_never_answers_fails_within_the_deadline() {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("rootless-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).unwrap();
+        // As a stopped slirp4netns: nothing accepted, a backlog that fills at once.
+        // SAFETY: listen() on a live descriptor takes no pointers.
+        assert_eq!(unsafe { nix::libc::listen(listener.as_raw_fd(), 0) }, 0);
+        for _ in 0..3 {
+            let t = Instant::now();
+            let e = request_within(&sock, &json!({"execute": "list_hostfwd"}), Duration::from_millis(300)).unwrap_err();
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            assert!(e.contains("within") || e.contains("connect"), "{e}");
+        }
+        drop(listener);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn commands_have_a_deadline() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo out; echo err >&2"]);
+        let out = output_within(cmd, Duration::from_secs(5), 1 << 10).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out).lines().count(), 2);
+        let t = Instant::now();
+        let mut cmd = Command::new("/bin/sleep");
+        cmd.arg("30");
+        assert!(output_within(cmd, Duration::from_millis(200), 10).unwrap_err().contains("within"));
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Format version of `state.json`.
@@ -106,6 +105,10 @@ pub struct State {
     pub helper: Option<HelperId>,
     /// The attachments, keyed by (container ID, ifname).
     pub members: Vec<Member>,
+    /// Forwards of departed attachments the helper could not remove then (it was stopped);
+    /// removed as soon as it answers again, forgotten when it is restarted.
+    #[serde(rename = "staleForwards", skip_serializing_if = "Vec::is_empty")]
+    pub stale_forwards: Vec<Forward>,
 }
 
 impl State {
@@ -147,9 +150,13 @@ impl State {
     }
 }
 
-/// Reads the state file: `Ok(None)` when there is none, `Err` when it exists but is unusable.
+/// The largest `state.json` read (thousands of attachments take a few megabytes).
+pub const MAX_STATE_BYTES: u64 = 32 << 20;
+
+/// Reads the state file: `Ok(None)` when there is none, `Err` when it exists but is unusable
+/// (also when it is a link, not a regular file, not ours or too large).
 pub fn load(path: &Path) -> Result<Option<State>, String> {
-    match std::fs::read(path) {
+    match super::trust::read_bounded(path, MAX_STATE_BYTES) {
         Ok(bytes) => State::decode(&bytes).map(Some).map_err(|e| format!("state file {}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("read state file {}: {e}", path.display())),
@@ -159,13 +166,8 @@ pub fn load(path: &Path) -> Result<Option<State>, String> {
 /// Replaces the state file atomically, so a crashed writer leaves either the old or the new
 /// state. No fsync: everything the state describes (a netns, a process) dies with the machine,
 /// so surviving a power loss is worth nothing, and a file left torn by one is detected and reset.
-pub fn save(path: &Path, state: &State) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(&state.encode())?;
-    drop(file);
-    std::fs::rename(&tmp, path)
+pub fn save(path: &Path, state: &State) -> Result<(), String> {
+    super::trust::write_atomic(path, &state.encode())
 }
 
 #[cfg(test)]
@@ -202,6 +204,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+            stale_forwards: Vec::new(),
         }
     }
 
@@ -225,7 +228,9 @@ mod tests {
         assert!(State::decode(br#"{"version": 1}"#).unwrap_err().contains("netns"));
         // Unknown keys from a newer writer are tolerated.
         let st = State::decode(br#"{"version": 1, "netns": "/x", "future": true}"#).unwrap();
-        assert!(st.members.is_empty() && st.helper.is_none());
+        assert!(st.members.is_empty() && st.helper.is_none() && st.stale_forwards.is_empty());
+        // Nothing stale: the key is left out, so the file reads as before.
+        assert!(!String::from_utf8(sample().encode()).unwrap().contains("staleForwards"));
     }
 
     #[test]
@@ -248,6 +253,11 @@ mod tests {
         save(&path, &sample()).unwrap();
         assert_eq!(load(&path).unwrap(), Some(sample()));
         assert!(!dir.join("state.json.tmp").exists());
+        // Opened as what it must be: a link to a valid state is not read through.
+        std::fs::rename(&path, dir.join("elsewhere.json")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere.json"), &path).unwrap();
+        assert!(load(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"garbage").unwrap();
         assert!(load(&path).unwrap_err().contains("state file"));
         std::fs::remove_dir_all(&dir).unwrap();
