@@ -1,0 +1,254 @@
+//! The bandwidth configuration (research wave2-anchors §1.6): the four limits from the top level
+//! (which wins when any of its keys is present) or from `runtimeConfig.bandwidth`, validated
+//! before anything changes, and the reference's formulas that turn them into tbf parameters.
+
+use crate::netlink::Tbf;
+use cni_types::error::INVALID_NETWORK_CONFIG;
+use cni_types::{CmdArgs, CniError};
+use serde::Deserialize;
+use sha2::{Digest, Sha512};
+
+/// The reference's `TIME_UNITS_PER_SEC`: tc's time unit is the microsecond.
+const TIME_UNITS_PER_SEC: f64 = 1_000_000.0;
+/// The queueing latency the reference allows on top of the burst.
+const LATENCY_MS: f64 = 25.0;
+/// The ifb name prefix and the kernel's name length limit.
+const IFB_PREFIX: &str = "bwp";
+const IFNAMSIZ_MAX: usize = 15;
+/// What our ifb's alias starts with; the rest names the attachment (GC reads it).
+pub const ALIAS_PREFIX: &str = "cni-bandwidth";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct Raw {
+    #[serde(rename = "ingressRate")]
+    ingress_rate: Option<u64>,
+    #[serde(rename = "ingressBurst")]
+    ingress_burst: Option<u64>,
+    #[serde(rename = "egressRate")]
+    egress_rate: Option<u64>,
+    #[serde(rename = "egressBurst")]
+    egress_burst: Option<u64>,
+}
+
+/// One direction's limit: rate in bit/s, burst in bits, both non-zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Bits per second.
+    pub rate: u64,
+    /// Bits.
+    pub burst: u64,
+}
+
+/// A validated bandwidth configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BandwidthConf {
+    /// Network name (part of the ifb's name).
+    pub network: String,
+    /// Traffic to the container: a tbf on the host-side veth.
+    pub ingress: Option<Limit>,
+    /// Traffic from the container: a tbf on the ifb the host veth's ingress is redirected to.
+    pub egress: Option<Limit>,
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(INVALID_NETWORK_CONFIG, msg)
+}
+
+/// Checks one direction the way the reference does (rate and burst together, burst below
+/// 4 GiB), naming the keys, plus what the reference turns into a garbage tbf: a rate under one
+/// byte per second, or a burst whose time at that rate overflows the kernel's 32-bit fields.
+fn limit(direction: &str, rate: u64, burst: u64, tick_in_usec: f64) -> Result<Option<Limit>, CniError> {
+    match (rate, burst) {
+        (0, 0) => return Ok(None),
+        (_, 0) => {
+            return Err(invalid(format!(
+                "{direction}Rate is set but {direction}Burst is not: if rate is set, burst must also be set"
+            )))
+        }
+        (0, _) => {
+            return Err(invalid(format!(
+                "{direction}Burst is set but {direction}Rate is not: if burst is set, rate must also be set"
+            )))
+        }
+        _ => {}
+    }
+    if burst / 8 >= u64::from(u32::MAX) {
+        return Err(invalid(format!("{direction}Burst {burst}: burst cannot be more than 4GB")));
+    }
+    if rate < 8 {
+        return Err(invalid(format!(
+            "{direction}Rate {rate}: the rate must be at least 8 bit/s (one byte per second)"
+        )));
+    }
+    let limit = Limit { rate, burst };
+    if tbf_checked(limit, tick_in_usec).is_none() {
+        return Err(invalid(format!(
+            "{direction}Burst {burst} at {direction}Rate {rate}: the bucket takes too long to fill for the kernel's 32-bit fields"
+        )));
+    }
+    Ok(Some(limit))
+}
+
+/// The reference's tbf parameters (`createTBF`): rate in bytes, `buffer` the burst's duration at
+/// that rate in scheduler ticks, `limit` 25 ms of traffic plus the burst in bytes. The
+/// floating-point steps are the reference's, in its order, so the numbers are bit-identical.
+/// `None` when a step leaves 32 bits (where the reference's conversions wrap).
+fn tbf_checked(limit: Limit, tick_in_usec: f64) -> Option<Tbf> {
+    let rate = limit.rate / 8;
+    let burst = u32::try_from(limit.burst / 8).ok()?;
+    let fits = |x: f64| (0.0..=f64::from(u32::MAX)).contains(&x).then_some(x as u32);
+    let time = fits(f64::from(burst) * TIME_UNITS_PER_SEC / rate as f64)?;
+    let buffer = fits(f64::from(time) * tick_in_usec)?;
+    let latency = TIME_UNITS_PER_SEC * (LATENCY_MS / 1000.0);
+    let queued = fits(rate as f64 * latency / TIME_UNITS_PER_SEC)?;
+    let limit = queued.checked_add(burst)?;
+    Some(Tbf { rate, limit, buffer })
+}
+
+impl Limit {
+    /// The tbf parameters for this limit (validated at load, so they fit).
+    pub fn tbf(&self, tick_in_usec: f64) -> Tbf {
+        tbf_checked(*self, tick_in_usec).unwrap_or_default()
+    }
+}
+
+/// Microseconds per scheduler tick from `/proc/net/psched`, read the way the reference's netlink
+/// library reads it (15.625 on every kernel since 2.6.x with high-resolution timers).
+pub fn tick_in_usec() -> Result<f64, CniError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open("/proc/net/psched")
+        .and_then(|f| f.take(128).read_to_string(&mut text))
+        .map_err(|e| CniError::internal(format!("cannot read the scheduler clock from /proc/net/psched: {e}")))?;
+    parse_psched(&text).ok_or_else(|| CniError::internal(format!("unexpected /proc/net/psched: {text:?}")))
+}
+
+/// Parses `/proc/net/psched` (four hex words: t2us, us2t, clock resolution, hz).
+pub fn parse_psched(text: &str) -> Option<f64> {
+    let words: Vec<u64> =
+        text.split_whitespace().take(4).map(|w| u64::from_str_radix(w, 16).ok()).collect::<Option<_>>()?;
+    let [mut t2us, us2t, clock_res, _] = <[u64; 4]>::try_from(words).ok()?;
+    if us2t == 0 {
+        return None;
+    }
+    if clock_res == 1_000_000_000 {
+        t2us = us2t;
+    }
+    let clock_factor = clock_res as f64 / TIME_UNITS_PER_SEC;
+    Some(t2us as f64 / us2t as f64 * clock_factor)
+}
+
+/// The reference's ifb name: `bwp` and the hex SHA-512 of network name and container ID, cut to
+/// 15 characters.
+pub fn ifb_name(network: &str, container_id: &str) -> String {
+    let digest = Sha512::digest(format!("{network}{container_id}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{IFB_PREFIX}{hex}")[..IFNAMSIZ_MAX].to_string()
+}
+
+/// Whether a link name has the shape of a bandwidth ifb.
+pub fn is_ifb_name(name: &str) -> bool {
+    name.len() == IFNAMSIZ_MAX
+        && name.starts_with(IFB_PREFIX)
+        && name[IFB_PREFIX.len()..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The alias recording which attachment an ifb belongs to: `cni-bandwidth <network> <id>`
+/// (neither may contain a space; the kernel takes at most 255 bytes).
+pub fn ifb_alias(network: &str, container_id: &str) -> Option<String> {
+    let alias = format!("{ALIAS_PREFIX} {network} {container_id}");
+    (alias.len() < 256).then_some(alias)
+}
+
+/// The (network, container ID) an alias written by [`ifb_alias`] names.
+pub fn parse_ifb_alias(alias: &str) -> Option<(&str, &str)> {
+    let rest = alias.strip_prefix(ALIAS_PREFIX)?.strip_prefix(' ')?;
+    let (network, id) = rest.split_once(' ')?;
+    (!network.is_empty() && !id.is_empty() && !id.contains(' ')).then_some((network, id))
+}
+
+impl BandwidthConf {
+    /// Decodes and validates the configuration of one invocation.
+    pub fn load(args: &CmdArgs, tick_in_usec: f64) -> Result<BandwidthConf, CniError> {
+        let raw: Raw = args.decode()?;
+        let net = args.net_conf()?;
+        let top_level = raw.ingress_rate.is_some()
+            || raw.ingress_burst.is_some()
+            || raw.egress_rate.is_some()
+            || raw.egress_burst.is_some();
+        let (ir, ib, er, eb) = if top_level {
+            (
+                raw.ingress_rate.unwrap_or(0),
+                raw.ingress_burst.unwrap_or(0),
+                raw.egress_rate.unwrap_or(0),
+                raw.egress_burst.unwrap_or(0),
+            )
+        } else {
+            let bw = net.runtime_config.bandwidth.unwrap_or_default();
+            (bw.ingress_rate, bw.ingress_burst, bw.egress_rate, bw.egress_burst)
+        };
+        let from = if top_level { "" } else { "runtimeConfig.bandwidth." };
+        let ingress = limit(&format!("{from}ingress"), ir, ib, tick_in_usec)?;
+        let egress = limit(&format!("{from}egress"), er, eb, tick_in_usec)?;
+        Ok(BandwidthConf { network: net.name, ingress, egress })
+    }
+
+    /// Whether nothing is to be shaped.
+    pub fn is_empty(&self) -> bool {
+        self.ingress.is_none() && self.egress.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: f64 = 15.625;
+
+    #[test]
+    fn psched_of_a_high_resolution_kernel() {
+        assert_eq!(parse_psched("000003e8 00000040 000f4240 3b9aca00\n"), Some(15.625));
+        assert_eq!(parse_psched("00000001 00000001 3b9aca00 3b9aca00"), Some(1000.0));
+        assert_eq!(parse_psched("garbage"), None);
+    }
+
+    #[test]
+    fn tbf_matches_the_reference_numbers() {
+        // The reference's kernel state for 2 Mbit/s, 100 kbit burst: rate 250000 B/s,
+        // burst 12500 B ("12500b" in tc), latency 25 ms.
+        let tbf = Limit { rate: 2_000_000, burst: 100_000 }.tbf(TICK);
+        assert_eq!(tbf, Tbf { rate: 250_000, limit: 6250 + 12_500, buffer: 50_000 * 15 + 50_000 * 5 / 8 });
+        let big = Limit { rate: 100_000_000_000, burst: 8_000_000 }.tbf(TICK);
+        assert_eq!(big.rate, 12_500_000_000);
+    }
+
+    #[test]
+    fn limits_are_validated_in_pairs_and_bounds() {
+        assert_eq!(limit("ingress", 0, 0, TICK).ok(), Some(None));
+        assert!(limit("ingress", 1000, 0, TICK).unwrap_err().msg.contains("ingressBurst"));
+        assert!(limit("egress", 0, 1000, TICK).unwrap_err().msg.contains("egressRate"));
+        assert!(limit("egress", 1000, 8 * u64::from(u32::MAX), TICK).unwrap_err().msg.contains("4GB"));
+        assert!(limit("egress", 7, 1000, TICK).is_err());
+        // 4 GB of burst at 8 bit/s would take 136 years to fill.
+        assert!(limit("egress", 8, 8 * u64::from(u32::MAX - 1), TICK).is_err());
+        assert!(limit("egress", 1_000_000, 80_000, TICK).unwrap().is_some());
+    }
+
+    #[test]
+    fn ifb_names_are_the_references() {
+        assert_eq!(ifb_name("mynet", "ctr1"), "bwp5145007e2a84");
+        assert!(is_ifb_name("bwp5145007e2a84"));
+        assert!(!is_ifb_name("bwp5145007e2a8"));
+        assert!(!is_ifb_name("bwpX145007e2a84"));
+    }
+
+    #[test]
+    fn aliases_name_the_attachment() {
+        let alias = ifb_alias("mynet", "ctr1").unwrap();
+        assert_eq!(parse_ifb_alias(&alias), Some(("mynet", "ctr1")));
+        assert_eq!(parse_ifb_alias("something else"), None);
+        assert_eq!(parse_ifb_alias("cni-bandwidth onlyone"), None);
+        assert!(ifb_alias(&"n".repeat(200), &"c".repeat(64)).is_none());
+    }
+}
