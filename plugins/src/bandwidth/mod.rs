@@ -94,7 +94,7 @@ fn undo(host: &mut Handle, steps: Vec<Undo>) {
 }
 
 /// The ifb for this attachment: created, or a leftover of an earlier ADD brought back to the
-/// state a fresh one has (MTU, up, alias).
+/// state a fresh one has (MTU, no transmit queue, up, alias).
 fn ensure_ifb(
     host: &mut Handle,
     name: &str,
@@ -105,8 +105,8 @@ fn ensure_ifb(
     let existing = host.link_by_name(name)?;
     let link = match existing {
         Some(l) if l.kind == "ifb" => {
-            if l.mtu != mtu {
-                host.set_link_mtu(l.index, mtu)?;
+            if l.mtu != mtu || l.txqlen != 0 {
+                host.set_link_mtu_txqlen(l.index, mtu, 0)?;
             }
             if !l.up {
                 host.set_link_up(l.index, true)?;
@@ -156,10 +156,20 @@ fn setup_egress(
         host.add_ingress_qdisc(veth.index).map_err(|e| internal(format!("create ingress qdisc: {e}")))?;
         created.push(Undo::IngressQdisc(veth.index));
     }
-    // A retried ADD finds its own filter: replace it rather than add a second one.
-    host.del_filters(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ETH_P_ALL)
-        .and_then(|()| host.add_redirect_filter(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ifb.index))
-        .map_err(|e| internal(format!("add filter: {e}")))?;
+    // A retried ADD finds its own filter and keeps it; anything else at that priority is
+    // replaced, so there is never a second one.
+    let filters = host.filters(veth.index, INGRESS_HANDLE).map_err(|e| internal(format!("list filters: {e}")))?;
+    let redirecting: Vec<_> = filters.iter().filter(|f| !f.redirects.is_empty()).collect();
+    let in_place = matches!(redirecting.as_slice(), [f] if f.priority == FILTER_PRIORITY
+        && f.protocol == ETH_P_ALL
+        && f.kind == "u32"
+        && f.redirects.len() == 2
+        && f.redirects.iter().all(|r| r.egress_redirect && r.ifindex == ifb.index));
+    if !in_place {
+        host.del_filters(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ETH_P_ALL)
+            .and_then(|()| host.add_redirect_filter(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ifb.index))
+            .map_err(|e| internal(format!("add filter: {e}")))?;
+    }
     host.replace_root_tbf(ifb.index, &limit.tbf(tick)).map_err(|e| internal(format!("create ifb qdisc: {e}")))?;
     Ok(ifb)
 }

@@ -37,6 +37,8 @@ pub struct Link {
     pub peer_index: Option<u32>,
     /// `IFLA_IFALIAS`, empty when unset.
     pub alias: String,
+    /// Transmit queue length (`IFLA_TXQLEN`).
+    pub txqlen: u32,
     /// `net.ipv6.conf.<name>.accept_ra`, when the link has IPv6.
     pub ipv6_accept_ra: Option<i32>,
     /// `net.ipv6.conf.<name>.accept_dad`, when the link has IPv6.
@@ -73,6 +75,7 @@ impl Link {
                 LinkAttribute::OperState(st) => link.oper_state = Some(*st),
                 LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
                 LinkAttribute::IfAlias(a) => link.alias = a.clone(),
+                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -259,11 +262,12 @@ impl Handle {
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }
 
-    /// `ip link set <index> mtu <mtu>`.
-    pub fn set_link_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+    /// `ip link set <index> mtu <mtu> txqueuelen <txqlen>`.
+    pub fn set_link_mtu_txqlen(&mut self, index: u32, mtu: u32, txqlen: u32) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::TxQueueLen(txqlen));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }
 
