@@ -126,8 +126,19 @@ fn kernel_state_matches_the_references() {
         let r1 = rt.add_list(&top, &a1).unwrap();
         let r2 = rt.add_list(&cap, &a2).unwrap();
         let r3 = rt.add_list(&mixed, &a3).unwrap();
-        let (v1, v2, v3) = (host_veth(&r1), host_veth(&r2), host_veth(&r3));
-        let roles = [(v1.as_str(), "VETH-1"), (v2.as_str(), "VETH-2"), (v3.as_str(), "VETH-3")];
+        // What containerd sends for a pod annotated with 2M both ways: a burst of 2³²−1 bits,
+        // whose bucket in ticks overflows 32 bits (the reference wraps it; so must we).
+        let c4 = host.container().unwrap();
+        let huge = u64::from(u32::MAX);
+        let a4 = with_bandwidth(
+            "ctr-4",
+            &c4,
+            json!({"ingressRate": RATE, "ingressBurst": huge, "egressRate": RATE, "egressBurst": huge}),
+        );
+        let r4 = rt.add_list(&cap, &a4).unwrap();
+        let (v1, v2, v3, v4) = (host_veth(&r1), host_veth(&r2), host_veth(&r3), host_veth(&r4));
+        let roles =
+            [(v1.as_str(), "VETH-1"), (v2.as_str(), "VETH-2"), (v3.as_str(), "VETH-3"), (v4.as_str(), "VETH-4")];
         let n = suite.name;
         // The ifb is appended to the result with its MAC, no sandbox.
         let last = r1["interfaces"].as_array().unwrap().last().unwrap().clone();
@@ -143,6 +154,8 @@ fn kernel_state_matches_the_references() {
         assert!(!link_names(&host.ns).contains(&ifb(NET, "ctr-1")), "{n}: DEL leaves the ifb");
         rt.del_list(&cap, &a2).unwrap();
         rt.del_list(&mixed, &a3).unwrap();
+        rt.check_list(&cap, &a4).unwrap();
+        rt.del_list(&cap, &a4).unwrap();
         assert!(!link_names(&host.ns).iter().any(|l| l.starts_with("bwp")), "{n}: {:?}", link_names(&host.ns));
         // The numbers the reference computes (rate in bytes, tc's "burst" is the bucket).
         let veth1 = &after_add["VETH-1"]["qdiscs"][0];

@@ -56,9 +56,9 @@ fn invalid(msg: impl Into<String>) -> CniError {
 }
 
 /// Checks one direction the way the reference does (rate and burst together, burst below
-/// 4 GiB), naming the keys, plus what the reference turns into a garbage tbf: a rate under one
-/// byte per second, or a burst whose time at that rate overflows the kernel's 32-bit fields.
-fn limit(direction: &str, rate: u64, burst: u64, tick_in_usec: f64) -> Result<Option<Limit>, CniError> {
+/// 4 GiB), naming the keys; and a rate under one byte per second, which the reference turns
+/// into a zero-rate tbf.
+fn limit(direction: &str, rate: u64, burst: u64) -> Result<Option<Limit>, CniError> {
     match (rate, burst) {
         (0, 0) => return Ok(None),
         (_, 0) => {
@@ -81,35 +81,35 @@ fn limit(direction: &str, rate: u64, burst: u64, tick_in_usec: f64) -> Result<Op
             "{direction}Rate {rate}: the rate must be at least 8 bit/s (one byte per second)"
         )));
     }
-    let limit = Limit { rate, burst };
-    if tbf_checked(limit, tick_in_usec).is_none() {
-        return Err(invalid(format!(
-            "{direction}Burst {burst} at {direction}Rate {rate}: the bucket takes too long to fill for the kernel's 32-bit fields"
-        )));
-    }
-    Ok(Some(limit))
+    Ok(Some(Limit { rate, burst }))
 }
 
-/// The reference's tbf parameters (`createTBF`): rate in bytes, `buffer` the burst's duration at
-/// that rate in scheduler ticks, `limit` 25 ms of traffic plus the burst in bytes. The
-/// floating-point steps are the reference's, in its order, so the numbers are bit-identical.
-/// `None` when a step leaves 32 bits (where the reference's conversions wrap).
-fn tbf_checked(limit: Limit, tick_in_usec: f64) -> Option<Tbf> {
-    let rate = limit.rate / 8;
-    let burst = u32::try_from(limit.burst / 8).ok()?;
-    let fits = |x: f64| (0.0..=f64::from(u32::MAX)).contains(&x).then_some(x as u32);
-    let time = fits(f64::from(burst) * TIME_UNITS_PER_SEC / rate as f64)?;
-    let buffer = fits(f64::from(time) * tick_in_usec)?;
-    let latency = TIME_UNITS_PER_SEC * (LATENCY_MS / 1000.0);
-    let queued = fits(rate as f64 * latency / TIME_UNITS_PER_SEC)?;
-    let limit = queued.checked_add(burst)?;
-    Some(Tbf { rate, limit, buffer })
+/// Go's `uint32(f)` for a float64 on amd64 (the reference's platform): truncation to a 64-bit
+/// integer whose low 32 bits are kept; out of the 64-bit range (and NaN) the result is 0.
+/// containerd's default burst for annotated pods (2³²−1 bits) overflows the bucket's ticks at
+/// rates below ~34 Mbit/s, and the kernel must get the same wrapped value from us.
+fn go_u32(x: f64) -> u32 {
+    if x.is_nan() || !(-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&x) {
+        0
+    } else {
+        (x as i64) as u32
+    }
 }
 
 impl Limit {
-    /// The tbf parameters for this limit (validated at load, so they fit).
+    /// The reference's tbf parameters (`createTBF`): rate in bytes, `buffer` the burst's
+    /// duration at that rate in scheduler ticks, `limit` 25 ms of traffic plus the burst in
+    /// bytes. The floating-point steps and the 32-bit conversions are the reference's, in its
+    /// order, so the numbers are bit-identical.
     pub fn tbf(&self, tick_in_usec: f64) -> Tbf {
-        tbf_checked(*self, tick_in_usec).unwrap_or_default()
+        let rate = self.rate / 8;
+        // Validated: below u32::MAX.
+        let burst = (self.burst / 8) as u32;
+        let time = go_u32(f64::from(burst) * TIME_UNITS_PER_SEC / rate as f64);
+        let buffer = go_u32(f64::from(time) * tick_in_usec);
+        let latency = TIME_UNITS_PER_SEC * (LATENCY_MS / 1000.0);
+        let limit = go_u32(rate as f64 * latency / TIME_UNITS_PER_SEC).wrapping_add(burst);
+        Tbf { rate, limit, buffer }
     }
 }
 
@@ -170,7 +170,7 @@ pub fn parse_ifb_alias(alias: &str) -> Option<(&str, &str)> {
 
 impl BandwidthConf {
     /// Decodes and validates the configuration of one invocation.
-    pub fn load(args: &CmdArgs, tick_in_usec: f64) -> Result<BandwidthConf, CniError> {
+    pub fn load(args: &CmdArgs) -> Result<BandwidthConf, CniError> {
         let raw: Raw = args.decode()?;
         let net = args.net_conf()?;
         let top_level = raw.ingress_rate.is_some()
@@ -189,8 +189,8 @@ impl BandwidthConf {
             (bw.ingress_rate, bw.ingress_burst, bw.egress_rate, bw.egress_burst)
         };
         let from = if top_level { "" } else { "runtimeConfig.bandwidth." };
-        let ingress = limit(&format!("{from}ingress"), ir, ib, tick_in_usec)?;
-        let egress = limit(&format!("{from}egress"), er, eb, tick_in_usec)?;
+        let ingress = limit(&format!("{from}ingress"), ir, ib)?;
+        let egress = limit(&format!("{from}egress"), er, eb)?;
         Ok(BandwidthConf { network: net.name, ingress, egress })
     }
 
@@ -225,14 +225,23 @@ mod tests {
 
     #[test]
     fn limits_are_validated_in_pairs_and_bounds() {
-        assert_eq!(limit("ingress", 0, 0, TICK).ok(), Some(None));
-        assert!(limit("ingress", 1000, 0, TICK).unwrap_err().msg.contains("ingressBurst"));
-        assert!(limit("egress", 0, 1000, TICK).unwrap_err().msg.contains("egressRate"));
-        assert!(limit("egress", 1000, 8 * u64::from(u32::MAX), TICK).unwrap_err().msg.contains("4GB"));
-        assert!(limit("egress", 7, 1000, TICK).is_err());
-        // 4 GB of burst at 8 bit/s would take 136 years to fill.
-        assert!(limit("egress", 8, 8 * u64::from(u32::MAX - 1), TICK).is_err());
-        assert!(limit("egress", 1_000_000, 80_000, TICK).unwrap().is_some());
+        assert_eq!(limit("ingress", 0, 0).ok(), Some(None));
+        assert!(limit("ingress", 1000, 0).unwrap_err().msg.contains("ingressBurst"));
+        assert!(limit("egress", 0, 1000).unwrap_err().msg.contains("egressRate"));
+        assert!(limit("egress", 1000, 8 * u64::from(u32::MAX)).unwrap_err().msg.contains("4GB"));
+        assert!(limit("egress", 7, 1000).is_err());
+        assert!(limit("egress", 1_000_000, 80_000).unwrap().is_some());
+    }
+
+    #[test]
+    fn overflowing_buckets_wrap_as_the_reference_does() {
+        // containerd's burst for annotated pods at 2 Mbit/s: 2147483 ms of bucket, 3.36e10
+        // ticks, wrapped to 32 bits as Go's conversion on amd64 wraps it.
+        let tbf = Limit { rate: 2_000_000, burst: u64::from(u32::MAX) }.tbf(TICK);
+        assert_eq!(tbf.buffer, ((536_870_911u64 * 1_000_000 / 250_000) as f64 * TICK) as u64 as u32);
+        assert_eq!(tbf.limit, 6250 + 536_870_911);
+        assert_eq!(go_u32(f64::INFINITY), 0);
+        assert_eq!(go_u32(4_294_967_296.0 + 5.0), 5);
     }
 
     #[test]

@@ -12,8 +12,7 @@
 //! the tbfs and the filter instead of failing with EEXIST, a leaked ifb is reused) and a failed
 //! ADD undoes what it created; without a prevResult and without limits ADD prints an empty
 //! result instead of crashing; configuration errors carry code 7 and name the key, and limits
-//! the reference turns into garbage kernel values (rates below 8 bit/s, bucket times beyond 32
-//! bits) are rejected; DEL needs no valid limits; CHECK also verifies the ingress redirect and
+//! rates below 8 bit/s (a zero-rate tbf in the reference) are rejected; DEL needs no valid limits; CHECK also verifies the ingress redirect and
 //! finds the root tbf wherever it sits in the qdisc list; our ifb carries the alias
 //! `cni-bandwidth <network> <containerID>`, which lets GC remove the ifbs of attachments that
 //! are no longer valid (the name alone is a hash and cannot tell one network's ifbs from
@@ -176,7 +175,7 @@ fn setup_egress(
 
 fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
     let tick = tick_in_usec()?;
-    let conf = BandwidthConf::load(args, tick)?;
+    let conf = BandwidthConf::load(args)?;
     let prev = args.prev_result()?;
     if conf.is_empty() {
         return Ok(prev.unwrap_or_else(|| CniResult { cni_version: args.cni_version.clone(), ..Default::default() }));
@@ -246,7 +245,7 @@ fn check_tbf(host: &mut Handle, link: &Link, limit: Limit, tick: f64) -> Result<
 
 fn check(args: &CmdArgs) -> Result<(), CniError> {
     let tick = tick_in_usec()?;
-    let conf = BandwidthConf::load(args, tick)?;
+    let conf = BandwidthConf::load(args)?;
     let prev = args.prev_result()?.ok_or_else(|| internal("must be called as a chained plugin"))?;
     let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
     let veth = host_interface(&prev, args, &mut host)?;
