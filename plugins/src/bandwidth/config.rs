@@ -89,7 +89,9 @@ fn limit(direction: &str, rate: u64, burst: u64) -> Result<Option<Limit>, CniErr
 /// containerd's default burst for annotated pods (2³²−1 bits) overflows the bucket's ticks at
 /// rates below ~34 Mbit/s, and the kernel must get the same wrapped value from us.
 fn go_u32(x: f64) -> u32 {
-    if x.is_nan() || !(-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&x) {
+    // 2^63, exactly representable.
+    let bound = -(i64::MIN as f64);
+    if x.is_nan() || !(-bound..bound).contains(&x) {
         0
     } else {
         (x as i64) as u32
