@@ -289,6 +289,13 @@ fn del(args: &CmdArgs) -> Result<(), CniError> {
     }
 }
 
+/// GC. The valid list gives the names of the ifbs to keep (hash of this network and each valid
+/// container ID), but not which of the other `bwp*` ifbs are this network's: another network's
+/// attachments, or one whose runtime runs GC later, hash to names just as well formed, and
+/// deleting one would cut that container's egress (its redirect would point nowhere). So an
+/// ifb is removed only when its alias, written at ADD, names this network and a container ID
+/// that hashes with it to that very name, and that ID is not valid. Ifbs without our alias
+/// (made by the reference, or by an ADD that crashed before naming it) are left to DEL.
 fn gc(args: &CmdArgs) -> Result<(), CniError> {
     let net = args.net_conf()?;
     let Some(valid) = net.gc_valid_attachments() else { return Ok(()) };
