@@ -136,22 +136,20 @@ fn ensure_ifb(
     Ok(link)
 }
 
-/// The egress path: ifb, ingress qdisc and redirect filter on the host veth, tbf on the ifb.
+/// The egress path: ifb, ingress qdisc (unless `has_ingress`) and redirect filter on the host
+/// veth, tbf on the ifb.
 fn setup_egress(
     host: &mut Handle,
     veth: &Link,
-    conf: &BandwidthConf,
-    container_id: &str,
+    has_ingress: bool,
+    ifb: (&str, Option<&str>),
     limit: Limit,
     tick: f64,
     created: &mut Vec<Undo>,
 ) -> Result<Link, CniError> {
-    let name = ifb_name(&conf.network, container_id);
-    let alias = ifb_alias(&conf.network, container_id);
-    let ifb = ensure_ifb(host, &name, veth.mtu, alias.as_deref(), created)
-        .map_err(|e| internal(format!("adding link: {e}")))?;
-    let qdiscs = host.qdiscs(veth.index).map_err(|e| internal(format!("list qdiscs of {}: {e}", veth.name)))?;
-    if !qdiscs.iter().any(|q| q.parent == TC_H_INGRESS && q.handle == INGRESS_HANDLE && q.kind == "ingress") {
+    let (name, alias) = ifb;
+    let ifb = ensure_ifb(host, name, veth.mtu, alias, created).map_err(|e| internal(format!("adding link: {e}")))?;
+    if !has_ingress {
         host.add_ingress_qdisc(veth.index).map_err(|e| internal(format!("create ingress qdisc: {e}")))?;
         created.push(Undo::IngressQdisc(veth.index));
     }
@@ -185,12 +183,12 @@ fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
     let veth = host_interface(&result, args, &mut host)?;
     let mut created = Vec::new();
     let mut shape = || -> Result<Option<Link>, CniError> {
+        // What an earlier ADD left, so a retry neither fails nor undoes it.
+        let qdiscs = host.qdiscs(veth.index).map_err(|e| internal(format!("list qdiscs of {}: {e}", veth.name)))?;
+        let had_tbf = qdiscs.iter().any(|q| q.parent == TC_H_ROOT && q.kind == "tbf");
+        let has_ingress =
+            qdiscs.iter().any(|q| q.parent == TC_H_INGRESS && q.handle == INGRESS_HANDLE && q.kind == "ingress");
         if let Some(limit) = conf.ingress {
-            let had_tbf = host
-                .qdiscs(veth.index)
-                .map_err(|e| internal(format!("list qdiscs of {}: {e}", veth.name)))?
-                .iter()
-                .any(|q| q.parent == TC_H_ROOT && q.kind == "tbf");
             host.replace_root_tbf(veth.index, &limit.tbf(tick)).map_err(|e| internal(format!("create qdisc: {e}")))?;
             if !had_tbf {
                 created.push(Undo::RootQdisc(veth.index));
@@ -198,7 +196,10 @@ fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
         }
         match conf.egress {
             Some(limit) => {
-                setup_egress(&mut host, &veth, &conf, &args.container_id, limit, tick, &mut created).map(Some)
+                let name = ifb_name(&conf.network, &args.container_id);
+                let alias = ifb_alias(&conf.network, &args.container_id);
+                let ifb = (name.as_str(), alias.as_deref());
+                setup_egress(&mut host, &veth, has_ingress, ifb, limit, tick, &mut created).map(Some)
             }
             None => Ok(None),
         }

@@ -235,9 +235,9 @@ impl Handle {
         self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
     }
 
-    /// `ip link add <name> mtu <mtu> txqueuelen 0 [alias <alias>] up type ifb`, in one request;
-    /// EEXIST passes through.
-    pub fn create_ifb(&mut self, name: &str, mtu: u32, alias: Option<&str>) -> io::Result<()> {
+    /// `ip link add <name> mtu <mtu> txqueuelen 0 up type ifb` and `ip link set <name> alias
+    /// <alias>`; returns the new link. EEXIST passes through.
+    pub fn create_ifb(&mut self, name: &str, mtu: u32, alias: Option<&str>) -> io::Result<Link> {
         let mut msg = LinkMessage::default();
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
@@ -246,12 +246,15 @@ impl Handle {
         msg.attributes.push(LinkAttribute::TxQueueLen(0));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
         self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)?;
+        let mut link = self
+            .link_by_name(name)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} vanished after creation")))?;
         if let Some(alias) = alias {
-            // An alias is only taken by RTM_SETLINK, not at creation.
-            let Some(link) = self.link_by_name(name)? else { return Ok(()) };
+            // The kernel takes an alias only in RTM_SETLINK, not at creation.
             self.set_link_alias(link.index, alias)?;
+            link.alias = alias.to_string();
         }
-        Ok(())
+        Ok(link)
     }
 
     /// `ip link set <index> alias <alias>`.
