@@ -1,5 +1,6 @@
 //! The plugins' shared machinery (namespaces, netlink, sysctl, firewall, locks) and the plugins.
 
+pub mod bandwidth;
 pub mod bridge;
 pub mod firewall;
 pub mod fsutil;

@@ -71,6 +71,27 @@ fn portmap_list(dir: &Path) -> Value {
 const PORTMAP_CHECK_BUG: &str = "CHECK not measured for the reference: v1.1.1 portmap CHECK fails for every IPv4-only \
      container (checks ip6tables too; containernetworking/plugins#819)";
 
+/// The k3s chain (flannel delegates to bridge + host-local): bridge with masquerading, portmap
+/// and bandwidth, both declaring their capabilities as k3s's conflist does.
+fn k3s_list(dir: &Path) -> Value {
+    let mut l = portmap_list(dir);
+    if let Some(plugins) = l["plugins"].as_array_mut() {
+        plugins.push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+    }
+    l
+}
+
+/// One port and the limits a pod's `kubernetes.io/{ingress,egress}-bandwidth: 10M` annotations
+/// become (containerd: rate in bit/s, burst the largest the kubelet allows for that rate).
+fn k3s_caps(i: usize) -> Map<String, Value> {
+    let mut caps = port_caps(i, 1);
+    caps.insert(
+        "bandwidth".into(),
+        json!({"ingressRate": 10_000_000, "ingressBurst": 10_000_000, "egressRate": 10_000_000, "egressBurst": 10_000_000}),
+    );
+    caps
+}
+
 fn bridge_list(dir: &Path, masq: bool) -> Value {
     json!({"cniVersion": "1.0.0", "name": NET_NAME, "plugins": [{
         "type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": masq,
@@ -152,6 +173,16 @@ pub const NETS: &[Net] = &[
         floor: Some(Floor { masq: true, ports: 100 }),
         list: portmap_list,
         caps: |i| port_caps(i, 100),
+        reference_check_broken: PORTMAP_CHECK_BUG,
+    },
+    Net {
+        key: "k3s",
+        title: "k3s chain: bridge + host-local + portmap (1 port) + bandwidth (both directions)",
+        note: "",
+        plugins: &["bridge", "host-local", "portmap", "bandwidth"],
+        floor: None,
+        list: k3s_list,
+        caps: k3s_caps,
         reference_check_broken: PORTMAP_CHECK_BUG,
     },
 ];
@@ -509,7 +540,9 @@ impl Lane {
 
     /// Counts what is left in the fake host after every container was deleted.
     pub fn leftovers(&self) -> Result<Leftovers> {
-        let veths = self.host.ns.ip_json(&["link", "show", "type", "veth"])?.as_array().map_or(0, Vec::len);
+        // bandwidth's ifbs count as the veths they shape.
+        let veths = self.host.ns.ip_json(&["link", "show", "type", "veth"])?.as_array().map_or(0, Vec::len)
+            + self.host.ns.ip_json(&["link", "show", "type", "ifb"])?.as_array().map_or(0, Vec::len);
         let store = self.host.dir.join("ipam").join(NET_NAME);
         let reservations = std::fs::read_dir(store)
             .map(|d| {

@@ -149,6 +149,9 @@ fn last_window(t: &LaneTimes, w: usize) -> Option<f64> {
 /// The plugin of a chain whose own ADD time gets rows of its own (the portmap targets
 /// are about portmap's ADD, not the chain's).
 pub const TIMED_PLUGIN: &str = "portmap";
+/// Further plugins of a chain whose own ADD p50 and p90 get rows (bandwidth, which k3s chains
+/// after portmap).
+const ALSO_TIMED: &[&str] = &["bandwidth"];
 
 fn round3(v: &[f64]) -> Value {
     Value::Array(v.iter().map(|x| json!((x * 1000.0).round() / 1000.0)).collect())
@@ -227,10 +230,15 @@ impl Report {
         self.lane_notes(scenario, t);
     }
 
-    /// Rows of [`TIMED_PLUGIN`]'s own ADD time, when the chain has it: p50 and p90, and with a
+    /// Rows of [`ALSO_TIMED`]'s own ADD time (p50, p90) and of [`TIMED_PLUGIN`]'s, when the
+    /// chain has them: p50 and p90, and for the latter with a
     /// growth window `w` also the first and last window medians and the slope. No floor: the
     /// floor makes the chain's kernel objects in one batch and has no portmap part of its own.
     fn plugin_rows(&mut self, scenario: &str, t: &[LaneTimes], w: Option<usize>) {
+        for ty in ALSO_TIMED.iter().filter(|ty| t.iter().any(|l| l.plugin_series.contains_key(**ty))) {
+            self.row(scenario, &format!("{ty} alone: ADD p50"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 50.0));
+            self.row(scenario, &format!("{ty} alone: ADD p90"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 90.0));
+        }
         let ty = TIMED_PLUGIN;
         if !t.iter().any(|l| l.plugin_series.contains_key(ty)) {
             return;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Every plugin either suite may ship; absent ones are skipped with a note.
-const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "rootless-wrapper"];
+const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "bandwidth", "rootless-wrapper"];
 /// Networks of the sequential scenario, by key (see `bench::nets::NETS`).
 const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "loopback"];
 /// Networks of the concurrent scenario.
@@ -40,6 +40,8 @@ const PORTMAP: &[&str] = &["portmap-1", "portmap-10", "portmap-100"];
 const PORTMAP_CAPPED: &str = "portmap-100";
 /// Network of the portmap growth scenario.
 const PORTMAP_GROWTH: &str = "portmap-10";
+/// Network of the k3s chain scenario (sequential, every plugin of one suite).
+const K3S: &str = "k3s";
 /// Network whose operations are measured for peak memory.
 const MEMORY: &str = "bridge-masq";
 /// Scenario names `--only` accepts.
@@ -51,6 +53,7 @@ const SCENARIOS: &[&str] = &[
     "sequential",
     "concurrent",
     "portmap",
+    "k3s",
     "rootless",
     "growth",
     "portmap-growth",
@@ -302,6 +305,9 @@ fn real_main() -> Result<()> {
             let reference_n = if *key == PORTMAP_CAPPED { c.portmap_reference_100 } else { c.portmap };
             sequential(&setup, &mut report, key, c.portmap, reference_n, c.portmap_window)?;
         }
+    }
+    if wants("k3s") {
+        sequential(&setup, &mut report, K3S, c.portmap, c.portmap, c.portmap_window)?;
     }
     if wants("rootless") {
         rootless(&setup, &mut report, c.rootless)?;

@@ -35,6 +35,10 @@ pub struct Link {
     pub oper_state: Option<State>,
     /// For a veth: the peer's interface index (`IFLA_LINK`), in whichever namespace it lives.
     pub peer_index: Option<u32>,
+    /// `IFLA_IFALIAS`, empty when unset.
+    pub alias: String,
+    /// Transmit queue length (`IFLA_TXQLEN`).
+    pub txqlen: u32,
     /// `net.ipv6.conf.<name>.accept_ra`, when the link has IPv6.
     pub ipv6_accept_ra: Option<i32>,
     /// `net.ipv6.conf.<name>.accept_dad`, when the link has IPv6.
@@ -70,6 +74,8 @@ impl Link {
                 LinkAttribute::Controller(m) => link.master = Some(*m),
                 LinkAttribute::OperState(st) => link.oper_state = Some(*st),
                 LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
+                LinkAttribute::IfAlias(a) => link.alias = a.clone(),
+                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -227,6 +233,45 @@ impl Handle {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip link add <name> mtu <mtu> txqueuelen 0 up type ifb` and `ip link set <name> alias
+    /// <alias>`; returns the new link. EEXIST passes through.
+    pub fn create_ifb(&mut self, name: &str, mtu: u32, alias: Option<&str>) -> io::Result<Link> {
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::TxQueueLen(0));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)?;
+        let mut link = self
+            .link_by_name(name)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} vanished after creation")))?;
+        if let Some(alias) = alias {
+            // The kernel takes an alias only in RTM_SETLINK, not at creation.
+            self.set_link_alias(link.index, alias)?;
+            link.alias = alias.to_string();
+        }
+        Ok(link)
+    }
+
+    /// `ip link set <index> alias <alias>`.
+    pub fn set_link_alias(&mut self, index: u32, alias: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set <index> mtu <mtu> txqueuelen <txqlen>`.
+    pub fn set_link_mtu_txqlen(&mut self, index: u32, mtu: u32, txqlen: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::TxQueueLen(txqlen));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }
 
     /// `ip link del <index>`; a link that is already gone is not an error.

@@ -10,12 +10,14 @@ mod link;
 mod netconf;
 mod nftables;
 mod route;
+mod tc;
 
 pub use addr::Address;
 pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
 pub use netconf::all_forwarding;
 pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
 pub use route::RouteSpec;
+pub use tc::{Filter, Qdisc, Redirect, Tbf, ETH_P_ALL, INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
