@@ -332,9 +332,9 @@ impl Plugin for Tuning {
         args.prev_result()?.ok_or_else(|| internal("Required prevResult missing"))?;
         let ns = NetNs::open(&args.netns).map_err(internal)?;
         let mut opened = open_in(&ns, &conf, false, true)?;
-        for (s, f) in conf.sysctls.iter().zip(opened.sysctls.iter_mut()) {
-            let current = read_value(&mut f.file).map_err(|e| internal(format!("read /proc/sys/{}: {e}", s.rel)))?;
-            if !same_value(&current, &s.value) {
+        for (s, f) in conf.sysctls.iter().zip(&opened.sysctls) {
+            let current = f.original.as_deref().unwrap_or_default();
+            if !same_value(current, &s.value) {
                 return Err(internal(format!(
                     "Error: Tuning configured value of /proc/sys/{} is {}, current value is {}",
                     s.rel,
