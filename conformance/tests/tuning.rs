@@ -15,7 +15,9 @@
 //!   link is promiscuous, e.g. while tcpdump runs in the container), and compares sysctl values
 //!   field by field (`32768 60999` matches the kernel's `32768\t60999`);
 //! - DEL removes the backup when the namespace or the link is gone (the references leave it);
-//! - a MAC in the result is written as the kernel reports it (lower case, colons).
+//! - a MAC in the result is written as the kernel reports it (lower case, colons);
+//! - GC exists (the references have none): it removes this network's backups of attachments
+//!   that are no longer valid, and only backups ours tagged with the network's name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +38,7 @@ struct Ctx {
     ns: Netns,
     ifname: String,
     data: PathBuf,
+    cid: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +61,7 @@ impl Ctx {
         ns.run("ip", &["link", "add", ifname, "address", ORIG_MAC, "type", "veth", "peer", "name", "p0"]).unwrap();
         ns.run("ip", &["link", "set", ifname, "up"]).unwrap();
         let data = host.dir.join("tuning");
-        Ctx { suite: suite.clone(), host, ns, ifname: ifname.into(), data }
+        Ctx { suite: suite.clone(), host, ns, ifname: ifname.into(), data, cid: CID.into() }
     }
 
     fn env<'a>(
@@ -70,7 +73,7 @@ impl Ctx {
     ) -> Vec<(&'a str, &'a str)> {
         vec![
             ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", CID),
+            ("CNI_CONTAINERID", self.cid.as_str()),
             ("CNI_NETNS", netns),
             ("CNI_IFNAME", self.ifname.as_str()),
             ("CNI_ARGS", cni_args),
@@ -141,7 +144,7 @@ impl Ctx {
     }
 
     fn backup(&self) -> PathBuf {
-        self.data.join(format!("{CID}_{}.json", self.ifname))
+        self.data.join(format!("{}_{}.json", self.cid, self.ifname))
     }
 
     fn original() -> LinkState {
@@ -531,4 +534,46 @@ fn del_is_idempotent_when_the_link_or_the_namespace_is_gone() {
     assert!(ctx.call("DEL", &conf, "").ok());
     assert_eq!(ctx.link().mtu, 1500, "a symlinked backup is not followed");
     assert!(target.exists());
+}
+
+#[test]
+fn gc_removes_only_this_networks_stale_backups() {
+    require_root!();
+    let ours = conformance::ours();
+    let first = Ctx::new(&ours);
+    let mut others = Vec::new();
+    // (container, network, suite): ctr3 is stale on this network; ctr2 belongs to another
+    // network sharing the directory; ctr4 was written by the newest reference (not tagged).
+    let head = conformance::reference_head().filter(|h| h.has("tuning"));
+    for (cid, net, suite) in [("ctr2", "othernet", &ours), ("ctr3", "tunenet", &ours)]
+        .into_iter()
+        .chain(head.as_ref().map(|h| ("ctr4", "tunenet", h)))
+    {
+        let mut ctx = Ctx::new(suite);
+        ctx.cid = cid.into();
+        ctx.data = first.data.clone();
+        let mut conf = ctx.conf("1.0.0", json!({"mac": NEW_MAC}));
+        conf["name"] = json!(net);
+        assert!(ctx.call("ADD", &conf, "").ok(), "{cid}");
+        others.push(ctx);
+    }
+    assert!(first.call("ADD", &first.conf("1.0.0", json!({"mac": NEW_MAC})), "").ok());
+    let gc = |valid: Option<Value>| {
+        let mut conf = json!({"cniVersion": "1.1.0", "name": "tunenet", "type": "tuning",
+            "dataDir": first.data.display().to_string()});
+        if let Some(v) = valid {
+            conf["cni.dev/valid-attachments"] = v;
+        }
+        first.call("GC", &conf, "")
+    };
+    assert!(gc(None).ok());
+    assert!(others.iter().all(|c| c.backup().exists()), "GC without a valid list removes nothing");
+    let out = gc(Some(json!([{"containerID": CID, "ifname": "eth0"}])));
+    assert!(out.ok(), "{out:?}");
+    assert!(first.backup().exists(), "a valid attachment keeps its backup");
+    let left: Vec<bool> = others.iter().map(|c| c.backup().exists()).collect();
+    assert_eq!(left[..2], [true, false], "ctr2 (another network) stays, ctr3 (stale) goes");
+    if left.len() > 2 {
+        assert!(left[2], "an untagged backup is left to DEL");
+    }
 }

@@ -59,9 +59,67 @@ pub fn path(data_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
     data_dir.join(format!("{container_id}_{ifname}.json"))
 }
 
+/// The extended attribute naming the network a backup belongs to. File names carry only the
+/// container ID and interface, and `dataDir` is shared by every network by default, so GC of one
+/// network needs it to leave the others' backups alone. `trusted.*` needs CAP_SYS_ADMIN, which
+/// is what keeps a container's own root from forging it; tmpfs supports it.
+const NETWORK_XATTR: &std::ffi::CStr = c"trusted.cni-tuning.network";
+
+/// Tags an open backup with its network; best effort (a filesystem without `trusted.*`
+/// attributes only means GC will leave this backup to DEL).
+fn tag_network(file: &File, network: &str) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fsetxattr(2) on an fd we own, with a NUL-terminated name and a value pointer and
+    // length taken from one live slice.
+    let rc = unsafe {
+        nix::libc::fsetxattr(file.as_raw_fd(), NETWORK_XATTR.as_ptr(), network.as_ptr().cast(), network.len(), 0)
+    };
+    if rc != 0 {
+        log::debug!("tag backup with network {network}: {}", io::Error::last_os_error());
+    }
+}
+
+/// The network an open backup was tagged with, if any.
+fn network_of(file: &File) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 256];
+    // SAFETY: fgetxattr(2) on an fd we own, writing at most `buf.len()` bytes into `buf`.
+    let n =
+        unsafe { nix::libc::fgetxattr(file.as_raw_fd(), NETWORK_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = usize::try_from(n).ok()?;
+    String::from_utf8(buf.get(..n)?.to_vec()).ok()
+}
+
+/// The backups in `dir` that `network` wrote (the file names), for GC: regular files only, never
+/// followed through a symlink. A missing directory has none.
+pub fn list_network(dir: &Path, network: &str) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(entry.path());
+        let Ok(file) = opened else { continue };
+        if file.metadata().is_ok_and(|m| m.is_file()) && network_of(&file).as_deref() == Some(network) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes `bytes` to `path` atomically (a temporary file renamed over it, never following a
-/// symlink), mode 0600, creating the directory (0700) when needed.
-pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// symlink), mode 0600, tagged with `network` when given, creating the directory (0700) when
+/// needed.
+pub fn write(path: &Path, bytes: &[u8], network: Option<&str>) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -75,6 +133,9 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        if let Some(network) = network {
+            tag_network(&f, network);
+        }
         std::fs::rename(&tmp, path)
     })();
     if written.is_err() {
@@ -150,13 +211,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tuning-backup-{}", std::process::id()));
         let p = path(&dir.join("sub"), "c1", "eth0");
         assert_eq!(read(&p).unwrap(), None);
-        write(&p, b"{}").unwrap();
+        write(&p, b"{}", None).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(read(&p).unwrap().unwrap(), b"{}");
         remove(&p).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
         assert!(read(&p).is_err(), "a symlink is not followed");
-        write(&p, b"{}").unwrap();
+        write(&p, b"{}", None).unwrap();
         assert!(std::fs::symlink_metadata(&p).unwrap().is_file(), "the symlink is replaced, its target untouched");
         remove(&p).unwrap();
         remove(&p).unwrap();

@@ -191,7 +191,7 @@ impl Undo {
         }
         if let Some((path, previous)) = self.backup {
             let undone = match previous {
-                Some(bytes) => backup::write(&path, &bytes),
+                Some(bytes) => backup::write(&path, &bytes, None),
                 None => backup::remove(&path),
             };
             if let Err(e) = undone {
@@ -228,7 +228,7 @@ fn apply(conf: &TuningConf, args: &CmdArgs, opened: &mut Opened, undo: &mut Undo
     let original = backup_of(conf, &link);
     let path = backup::path(&conf.data_dir, &args.container_id, &args.ifname);
     let previous = backup::read(&path).ok().flatten();
-    backup::write(&path, &original.to_bytes())
+    backup::write(&path, &original.to_bytes(), Some(&args.net_conf()?.name))
         .map_err(|e| internal(format!("failed to save backup {}: {e}", path.display())))?;
     undo.backup = Some((path, previous));
 
@@ -382,6 +382,30 @@ impl Plugin for Tuning {
             )));
         }
         Ok(())
+    }
+
+    /// Removes this network's backups of attachments the runtime no longer has. Their links
+    /// went with their namespaces, so there is nothing to restore. Only backups ours tagged with
+    /// this network are touched: the file names do not say which network wrote them.
+    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let net = args.net_conf()?;
+        let Some(valid) = net.gc_valid_attachments() else { return Ok(()) };
+        let dir = config::data_dir(args)?;
+        let keep: std::collections::HashSet<String> =
+            valid.iter().map(|a| format!("{}_{}.json", a.container_id, a.ifname)).collect();
+        let names = backup::list_network(&dir, &net.name)
+            .map_err(|e| internal(format!("list backups in {}: {e}", dir.display())))?;
+        let mut errors = Vec::new();
+        for name in names.iter().filter(|n| !keep.contains(*n)) {
+            if let Err(e) = backup::remove(&dir.join(name)) {
+                errors.push(format!("remove {}: {e}", dir.join(name).display()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(internal(errors.join("; ")))
+        }
     }
 }
 
