@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Every plugin either suite may ship; absent ones are skipped with a note.
-const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "rootless-wrapper"];
+const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "rootless-wrapper", "tuning"];
 /// Networks of the sequential scenario, by key (see `bench::nets::NETS`).
 const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "loopback"];
 /// Networks of the concurrent scenario.
@@ -42,8 +42,18 @@ const PORTMAP_GROWTH: &str = "portmap-10";
 /// Network whose operations are measured for peak memory.
 const MEMORY: &str = "bridge-masq";
 /// Scenario names `--only` accepts.
-const SCENARIOS: &[&str] =
-    &["start", "size", "memory", "sequential", "concurrent", "portmap", "rootless", "growth", "portmap-growth"];
+const SCENARIOS: &[&str] = &[
+    "start",
+    "size",
+    "memory",
+    "sequential",
+    "concurrent",
+    "portmap",
+    "tuning",
+    "rootless",
+    "growth",
+    "portmap-growth",
+];
 
 /// How many of everything.
 #[derive(Debug, Clone, Copy)]
@@ -286,6 +296,13 @@ fn real_main() -> Result<()> {
             let reference_n = if *key == PORTMAP_CAPPED { c.portmap_reference_100 } else { c.portmap };
             sequential(&setup, &mut report, key, c.portmap, reference_n, c.portmap_window)?;
         }
+    }
+    if wants("tuning") {
+        // Beside the suites of the run, the newest reference builds when they are at hand.
+        let mut references: Vec<Suite> = setup.suites[1..].to_vec();
+        references.extend(conformance::reference_head());
+        eprintln!("== tuning alone, N={}", c.sequential);
+        bench::tuning::run(&setup.suites[0], &references, c.sequential, &mut report)?;
     }
     if wants("rootless") {
         rootless(&setup, &mut report, c.rootless)?;
