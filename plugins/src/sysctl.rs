@@ -69,15 +69,8 @@ static PROC: Mutex<PrivateProc> = Mutex::new(PrivateProc::Untried);
 /// Opens a sysctl file for reading and writing, through the private procfs instance when there
 /// is one.
 fn open_rw(key: &str) -> io::Result<std::fs::File> {
-    open_relative(&relative(key), nix::fcntl::OFlag::O_RDWR)
-}
-
-/// Opens `/proc/sys/<rel>` (`rel` slash-separated, already checked by the caller) with `access`
-/// (`O_RDONLY`, `O_WRONLY` or `O_RDWR`), through the private procfs instance when there is one.
-/// A file under `net/` stays bound to the network namespace of the thread that opened it, so a
-/// plugin can open in the container's namespace, switch back, and read or write from the host.
-pub fn open_relative(rel: &str, access: nix::fcntl::OFlag) -> io::Result<std::fs::File> {
     use nix::fcntl::OFlag;
+    let rel = relative(key);
     {
         let mut state = PROC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if matches!(*state, PrivateProc::Untried) {
@@ -85,17 +78,26 @@ pub fn open_relative(rel: &str, access: nix::fcntl::OFlag) -> io::Result<std::fs
         }
         if let PrivateProc::Open(proc_fd) = &*state {
             let path = format!("sys/{rel}");
-            let flags = access | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+            let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC;
             match nix::fcntl::openat(proc_fd, path.as_str(), flags, nix::sys::stat::Mode::empty()) {
                 Ok(fd) => return Ok(std::fs::File::from(fd)),
-                Err(e @ (nix::errno::Errno::ENOENT | nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)) => {
-                    return Err(e.into())
-                }
+                Err(nix::errno::Errno::ENOENT) => return Err(io::ErrorKind::NotFound.into()),
                 // Anything else (e.g. a security module refusing the private mount): use /proc.
                 Err(e) => log::debug!("private procfs open of {path}: {e}; using /proc"),
             }
         }
     }
+    open_relative(&rel, OFlag::O_RDWR)
+}
+
+/// Opens `/proc/sys/<rel>` (`rel` slash-separated, already checked by the caller) with `access`
+/// (`O_RDONLY`, `O_WRONLY` or `O_RDWR`), never following a symlink. A file under `net/` stays
+/// bound to the network namespace of the thread that opened it, so a plugin can open it in the
+/// container's namespace, switch back, and read or write it from the host side. It goes through
+/// the machine's `/proc`, not a private instance: for a few files the private instance's
+/// teardown (an RCU grace period, milliseconds, paid at exit) costs more than the lookups save.
+pub fn open_relative(rel: &str, access: nix::fcntl::OFlag) -> io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
     use std::os::unix::fs::OpenOptionsExt;
     let mut options = std::fs::OpenOptions::new();
     options.read(access != OFlag::O_WRONLY).write(access != OFlag::O_RDONLY);

@@ -82,7 +82,6 @@ fn open_in(ns: &NetNs, conf: &TuningConf, writable: bool, netlink: bool) -> Resu
         };
         Ok(Opened { sysctls, handle })
     });
-    crate::sysctl::release();
     opened.map_err(internal)?
 }
 
