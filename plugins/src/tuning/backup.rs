@@ -101,7 +101,8 @@ pub fn list_network(dir: &Path, network: &str) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let Ok(name) = entry.file_name().into_string() else { continue };
-        if name.starts_with('.') || !name.ends_with(".json") {
+        // Only regular files are opened at all (readdir's type, no symlink followed).
+        if name.starts_with('.') || !name.ends_with(".json") || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         let opened = std::fs::OpenOptions::new()

@@ -53,6 +53,8 @@ pub fn format_mac(bytes: &[u8]) -> String {
 /// A validated tuning configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TuningConf {
+    /// Network name (tags the backups for GC).
+    pub network: String,
     /// Directory of the backups.
     pub data_dir: PathBuf,
     /// Sysctls in configuration order (`args.cni.sysctl` replacing same-file entries in place).
@@ -214,6 +216,7 @@ pub fn parse(args: &CmdArgs) -> Result<TuningConf, CniError> {
     }
 
     Ok(TuningConf {
+        network: args.net_conf()?.name,
         data_dir,
         sysctls,
         mac,

@@ -227,7 +227,7 @@ fn apply(conf: &TuningConf, args: &CmdArgs, opened: &mut Opened, undo: &mut Undo
     let original = backup_of(conf, &link);
     let path = backup::path(&conf.data_dir, &args.container_id, &args.ifname);
     let previous = backup::read(&path).ok().flatten();
-    backup::write(&path, &original.to_bytes(), Some(&args.net_conf()?.name))
+    backup::write(&path, &original.to_bytes(), Some(&conf.network))
         .map_err(|e| internal(format!("failed to save backup {}: {e}", path.display())))?;
     undo.backup = Some((path, previous));
 
