@@ -16,6 +16,8 @@
 //!   field by field (`32768 60999` matches the kernel's `32768\t60999`);
 //! - DEL removes the backup when the namespace or the link is gone (the references leave it);
 //! - a MAC in the result is written as the kernel reports it (lower case, colons);
+//! - the backup directory, when ours creates it, is 0700 (the references create it 0600, which
+//!   only root's CAP_DAC_OVERRIDE can enter); the backup file itself is 0600 in every suite;
 //! - GC exists (the references have none): it removes this network's backups of attachments
 //!   that are no longer valid, and only backups ours tagged with the network's name.
 
@@ -575,5 +577,37 @@ fn gc_removes_only_this_networks_stale_backups() {
     assert_eq!(left[..2], [true, false], "ctr2 (another network) stays, ctr3 (stale) goes");
     if left.len() > 2 {
         assert!(left[2], "an untagged backup is left to DEL");
+    }
+}
+
+/// podman's chain (cniVersion 0.4.0): bridge + host-local, then tuning with the `mac`
+/// capability, through the libcni-like driver; CHECK of the whole chain after ADD (as CRI-O
+/// does), DEL restoring the MAC before bridge removes the veth.
+#[test]
+fn a_podman_chain_with_the_mac_capability() {
+    require_root!();
+    for suite in suites_with_head("tuning").into_iter().filter(|s| s.has("bridge") && s.has("host-local")) {
+        let host = FakeHost::new().unwrap();
+        let c = host.container().unwrap();
+        let rt = conformance::Runtime::new(&suite, &host.ns, host.dir.clone());
+        let bridge = json!({"type": "bridge", "bridge": "cnitun0", "isGateway": true, "hairpinMode": true,
+            "ipam": {"type": "host-local", "dataDir": host.dir.join("ipam").display().to_string(),
+                     "ranges": [[{"subnet": "10.93.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}});
+        let tuning = json!({"type": "tuning", "capabilities": {"mac": true},
+            "dataDir": host.dir.join("tuning").display().to_string()});
+        let list = json!({"cniVersion": "0.4.0", "name": "podnet", "plugins": [bridge, tuning]});
+        let mut att = conformance::Attachment::new("podctr", &c);
+        att.cni_args = "IgnoreUnknown=1;K8S_POD_NAME=web".into();
+        att.caps.insert("mac".into(), json!(NEW_MAC));
+        let result = rt.add_list(&list, &att).unwrap_or_else(|e| panic!("{}: {e:#}", suite.name));
+        let eth0 = result["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == "eth0").unwrap();
+        assert_eq!(eth0["mac"], NEW_MAC, "{}", suite.name);
+        assert_eq!(c.ip_json(&["link", "show", "eth0"]).unwrap()[0]["address"], NEW_MAC, "{}", suite.name);
+        rt.check_list(&list, &att).unwrap_or_else(|e| panic!("{}: CHECK: {e:#}", suite.name));
+        let backup = host.dir.join("tuning").join("podctr_eth0.json");
+        assert!(backup.exists(), "{}", suite.name);
+        rt.del_list(&list, &att).unwrap_or_else(|e| panic!("{}: DEL: {e:#}", suite.name));
+        assert!(!backup.exists(), "{}", suite.name);
+        assert!(c.ip_json(&["link", "show", "type", "veth"]).unwrap().as_array().unwrap().is_empty());
     }
 }
