@@ -15,7 +15,8 @@
 //!   link is promiscuous, e.g. while tcpdump runs in the container), and compares sysctl values
 //!   field by field (`32768 60999` matches the kernel's `32768\t60999`);
 //! - DEL removes the backup when the namespace or the link is gone (the references leave it);
-//! - a MAC in the result is written as the kernel reports it (lower case, colons);
+//! - a MAC in the result is written as the kernel reports it (lower case, colons), and a 1.1.0
+//!   result's interface `mtu` follows a changed MTU (the newest reference leaves it stale);
 //! - the backup directory, when ours creates it, is 0700 (the references create it 0600, which
 //!   only root's CAP_DAC_OVERRIDE can enter); the backup file itself is 0600 in every suite;
 //! - GC exists (the references have none): it removes this network's backups of attachments
@@ -609,5 +610,21 @@ fn a_podman_chain_with_the_mac_capability() {
         rt.del_list(&list, &att).unwrap_or_else(|e| panic!("{}: DEL: {e:#}", suite.name));
         assert!(!backup.exists(), "{}", suite.name);
         assert!(c.ip_json(&["link", "show", "type", "veth"]).unwrap().as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_changed_mtu_shows_in_a_1_1_0_result() {
+    require_root!();
+    for suite in suites_with_head("tuning").into_iter().filter(|s| !s.is_reference()) {
+        let ctx = Ctx::new(&suite);
+        let mut conf = ctx.conf("1.1.0", json!({"mtu": 1400}));
+        conf["prevResult"]["interfaces"][1]["mtu"] = json!(1500);
+        let out = ctx.call("ADD", &conf, "");
+        let r = out.json().unwrap();
+        assert_eq!(ctx.link().mtu, 1400, "{}", suite.name);
+        let want = if suite.is_ours() { 1400 } else { 1500 };
+        assert_eq!(r["interfaces"][1]["mtu"], want, "{}", suite.name);
+        assert!(r["interfaces"][0].get("mtu").is_none(), "{}: other interfaces untouched", suite.name);
     }
 }

@@ -119,7 +119,7 @@ fn check_fits(conf: &TuningConf, link: &Link) -> Result<(), CniError> {
 /// The backup of what `conf` is about to change on `link`.
 fn backup_of(conf: &TuningConf, link: &Link) -> Backup {
     Backup {
-        mac: if conf.mac.is_some() { config::format_mac(&link.mac) } else { String::new() },
+        mac: if conf.mac.is_some() { link.mac_string() } else { String::new() },
         promisc: conf.promisc.then_some(link.promisc),
         mtu: if conf.mtu.is_some() { i64::from(link.mtu) } else { 0 },
         allmulti: conf.allmulti.map(|_| link.allmulti),
