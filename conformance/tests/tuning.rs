@@ -394,6 +394,16 @@ fn every_bad_input_is_an_error_with_nothing_changed() {
     assert!(msg.contains("duplicated sysctl keys"), "{msg}");
     assert_eq!((ctx.link(), ctx.sysctl("net/core/somaxconn")), (Ctx::original(), somaxconn));
 
+    // A MAC for a device that has no hardware address (a TUN device).
+    let tun = Ctx::new(&ours);
+    tun.ns.run("ip", &["link", "del", "eth0"]).unwrap();
+    tun.ns.run("ip", &["tuntap", "add", "mode", "tun", "name", "eth0"]).unwrap();
+    let conf = tun.conf("1.0.0", json!({"sysctl": good_sysctl, "mac": NEW_MAC}));
+    let (code, msg, _) = tun.call("ADD", &conf, "").error().unwrap();
+    assert_eq!(code, 7, "{msg}");
+    assert_eq!(tun.sysctl(ARP_IGNORE), "0");
+    assert!(!tun.backup().exists());
+
     // A link that is not there: nothing is written, not even the sysctls.
     let gone = Ctx::with_ifname(&ours, "eth0");
     gone.ns.run("ip", &["link", "del", "eth0"]).unwrap();

@@ -94,7 +94,10 @@ fn container_link(h: &mut Handle, ifname: &str) -> Result<Link, CniError> {
 /// Checks the requested attributes against what this link accepts, before anything changes.
 fn check_fits(conf: &TuningConf, link: &Link) -> Result<(), CniError> {
     if let Some(mac) = &conf.mac {
-        if !link.mac.is_empty() && mac.bytes.len() != link.mac.len() {
+        if link.mac.is_empty() {
+            return Err(CniError::invalid_config(format!("mac: {} has no hardware address to set", link.name)));
+        }
+        if mac.bytes.len() != link.mac.len() {
             return Err(CniError::invalid_config(format!(
                 "mac: {} has {} bytes, but {} takes {}-byte hardware addresses",
                 mac.text(),
