@@ -14,7 +14,8 @@
 //! - CHECK fails on promiscuous mode only when it was asked for (the references fail whenever the
 //!   link is promiscuous, e.g. while tcpdump runs in the container), and compares sysctl values
 //!   field by field (`32768 60999` matches the kernel's `32768\t60999`);
-//! - DEL removes the backup when the namespace or the link is gone (the references leave it);
+//! - DEL removes the backup when the namespace or the link is gone (the references leave it),
+//!   and reads only `dataDir` (the references fail DEL on CNI_ARGS they do not know);
 //! - a MAC in the result is written as the kernel reports it (lower case, colons), and a 1.1.0
 //!   result's interface `mtu` follows a changed MTU (the newest reference leaves it stale);
 //! - the backup directory, when ours creates it, is 0700 (the references create it 0600, which
