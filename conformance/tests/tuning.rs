@@ -515,6 +515,12 @@ fn del_is_idempotent_when_the_link_or_the_namespace_is_gone() {
         let ctx = Ctx::new(&suite);
         let conf = ctx.conf("1.0.0", extra.clone());
         assert!(ctx.call("ADD", &conf, "").ok());
+        let out = ctx.call("DEL", &conf, "FOO=1");
+        assert_eq!(out.ok(), suite.is_ours(), "{}: DEL with unknown CNI_ARGS: {out:?}", suite.name);
+        if suite.is_ours() {
+            assert_eq!(ctx.link(), Ctx::original());
+            assert!(ctx.call("ADD", &conf, "").ok());
+        }
         ctx.ns.run("ip", &["link", "del", "eth0"]).unwrap();
         for _ in 0..2 {
             assert!(ctx.call("DEL", &conf, "").ok(), "{}", suite.name);
