@@ -6,3 +6,4 @@ pub mod report;
 pub mod rootless;
 pub mod scenarios;
 pub mod stats;
+pub mod tuning;

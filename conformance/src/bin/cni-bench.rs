@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Every plugin either suite may ship; absent ones are skipped with a note.
-const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "bandwidth", "rootless-wrapper"];
+const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "bandwidth", "tuning", "rootless-wrapper"];
 /// Networks of the sequential scenario, by key (see `bench::nets::NETS`).
 const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "loopback"];
 /// Networks of the concurrent scenario.
@@ -54,6 +54,7 @@ const SCENARIOS: &[&str] = &[
     "concurrent",
     "portmap",
     "k3s",
+    "tuning",
     "rootless",
     "growth",
     "portmap-growth",
@@ -309,6 +310,13 @@ fn real_main() -> Result<()> {
     if wants("k3s") {
         sequential(&setup, &mut report, K3S, c.portmap, c.portmap, c.portmap_window)?;
     }
+    if wants("tuning") {
+        // Beside the suites of the run, the newest reference builds when they are at hand.
+        let mut references: Vec<Suite> = setup.suites[1..].to_vec();
+        references.extend(conformance::reference_head());
+        eprintln!("== tuning alone, N={}", c.sequential);
+        bench::tuning::run(&setup.suites[0], &references, c.sequential, &mut report)?;
+    }
     if wants("rootless") {
         rootless(&setup, &mut report, c.rootless)?;
     }
@@ -377,7 +385,9 @@ fn release(ours: &Suite, report: &mut Report, c: Counts) -> Result<()> {
         note(&mut report.notes, "release: the newest reference builds are missing; skipped".into());
         return Ok(());
     };
-    let plugins: Vec<&str> = PLUGINS.iter().chain(HEAD_ONLY).copied().filter(|p| ours.has(p)).collect();
+    let mut plugins: Vec<&str> = PLUGINS.iter().chain(HEAD_ONLY).copied().filter(|p| ours.has(p)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    plugins.retain(|p| seen.insert(*p));
     let verdict = |report: &mut Report, what: String, value: f64, limit: f64| {
         let met = if value <= limit { "met" } else { "MISSED" };
         note(&mut report.notes, format!("release target {met}: {what} = {value:.2} (at most {limit:.2})"));

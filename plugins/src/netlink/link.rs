@@ -31,6 +31,14 @@ pub struct Link {
     pub master: Option<u32>,
     /// `IFF_PROMISC` is set.
     pub promisc: bool,
+    /// `IFF_ALLMULTI` is set.
+    pub allmulti: bool,
+    /// Transmit queue length (`IFLA_TXQLEN`).
+    pub tx_queue_len: u32,
+    /// Smallest MTU the device accepts (`IFLA_MIN_MTU`), where the kernel reports it.
+    pub min_mtu: Option<u32>,
+    /// Largest MTU the device accepts (`IFLA_MAX_MTU`), where the kernel reports it.
+    pub max_mtu: Option<u32>,
     /// Operational state (`IFLA_OPERSTATE`), e.g. `Up`, `Down`, `LowerLayerDown`.
     pub oper_state: Option<State>,
     /// For a veth: the peer's interface index (`IFLA_LINK`), in whichever namespace it lives.
@@ -64,6 +72,7 @@ impl Link {
             index: msg.header.index,
             up: msg.header.flags.contains(LinkFlags::Up),
             promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            allmulti: msg.header.flags.contains(LinkFlags::Allmulti),
             ..Default::default()
         };
         for attr in &msg.attributes {
@@ -71,6 +80,9 @@ impl Link {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Address(a) => link.mac = a.clone(),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::MinMtu(m) => link.min_mtu = Some(*m),
+                LinkAttribute::MaxMtu(m) => link.max_mtu = Some(*m),
+                LinkAttribute::TxQueueLen(q) => link.tx_queue_len = *q,
                 LinkAttribute::Controller(m) => link.master = Some(*m),
                 LinkAttribute::OperState(st) => link.oper_state = Some(*st),
                 LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
@@ -298,6 +310,31 @@ impl Handle {
         msg.header.index = index;
         msg.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
         msg.header.change_mask = LinkFlags::Promisc;
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set <index> allmulticast on|off`.
+    pub fn set_link_allmulti(&mut self, index: u32, on: bool) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = if on { LinkFlags::Allmulti } else { LinkFlags::empty() };
+        msg.header.change_mask = LinkFlags::Allmulti;
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set <index> mtu <mtu>`.
+    pub fn set_link_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set <index> txqueuelen <len>`.
+    pub fn set_link_txqlen(&mut self, index: u32, len: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::TxQueueLen(len));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }
 
