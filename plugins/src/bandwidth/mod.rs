@@ -104,7 +104,7 @@ fn ensure_ifb(
     let existing = host.link_by_name(name)?;
     let link = match existing {
         Some(l) if l.kind == "ifb" => {
-            if l.mtu != mtu || l.txqlen != 0 {
+            if l.mtu != mtu || l.tx_queue_len != 0 {
                 host.set_link_mtu_txqlen(l.index, mtu, 0)?;
             }
             if !l.up {

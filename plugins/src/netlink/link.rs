@@ -45,8 +45,6 @@ pub struct Link {
     pub peer_index: Option<u32>,
     /// `IFLA_IFALIAS`, empty when unset.
     pub alias: String,
-    /// Transmit queue length (`IFLA_TXQLEN`).
-    pub txqlen: u32,
     /// `net.ipv6.conf.<name>.accept_ra`, when the link has IPv6.
     pub ipv6_accept_ra: Option<i32>,
     /// `net.ipv6.conf.<name>.accept_dad`, when the link has IPv6.
@@ -87,7 +85,6 @@ impl Link {
                 LinkAttribute::OperState(st) => link.oper_state = Some(*st),
                 LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
                 LinkAttribute::IfAlias(a) => link.alias = a.clone(),
-                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
