@@ -10,6 +10,7 @@ pub mod ns;
 pub mod portmap;
 pub mod rootless;
 pub mod sysctl;
+pub mod veth;
 
 /// The line a plugin prints first to stderr when run without `CNI_COMMAND`, the shape the
 /// reference prints and runtimes parse (nerdctl, Nomad): `CNI <type> plugin v<semver>`.
