@@ -8,6 +8,7 @@ pub mod loopback;
 pub mod netlink;
 pub mod ns;
 pub mod portmap;
+pub mod ptp;
 pub mod rootless;
 pub mod sysctl;
 pub mod veth;
