@@ -23,7 +23,8 @@ use crate::netlink::{self, Handle, Link, RouteSpec};
 use crate::ns::{NetNs, NsError};
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, create_veth_pair, ctx, handle_in, internal, is_eexist, masq_backend, Started,
+    all_or_errors, configure_container, create_veth_pair, ctx, handle_in, internal, is_eexist, masq_backend,
+    wait_for_dad, Started,
 };
 use cni_types::net::network_of;
 use cni_types::skel::Command;
@@ -250,6 +251,11 @@ impl Ptp {
         mark("host veth configured");
         // DAD is off in the container: its only neighbour is the host end, which holds the gateway.
         configure_container(ns, &mut cont, &cont_link, &args.ifname, false, &result)?;
+        // A route's source must be a usable address: an IPv6 one is tentative until the kernel
+        // has seen the link up.
+        if result.ips.iter().any(|i| !i.address.is_ipv4()) {
+            wait_for_dad(&mut cont, cont_link.index)?;
+        }
         route_through_gateways(&mut cont, &cont_link, &args.ifname, &result.ips, &gws)?;
         mark("container configured");
         wait_carrier(&mut cont, cont_link.index, &args.ifname)?;
