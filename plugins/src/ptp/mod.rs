@@ -505,3 +505,36 @@ impl Plugin for Ptp {
         invoke::delegate(&conf.ipam_type, Command::Status, args)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(addr: &str, gw: Option<&str>) -> IpConfig {
+        IpConfig { interface: None, address: addr.parse().unwrap(), gateway: gw.map(|g| g.parse().unwrap()) }
+    }
+
+    #[test]
+    fn every_address_needs_a_gateway_of_its_family() {
+        let ok = gateways(&[ip("10.1.0.5/24", Some("10.1.0.1")), ip("fd00::5/64", Some("fd00::1"))]).unwrap();
+        assert_eq!(ok, vec!["10.1.0.1".parse::<IpAddr>().unwrap(), "fd00::1".parse().unwrap()]);
+        let e = gateways(&[ip("10.1.0.5/24", None)]).unwrap_err();
+        assert!(e.msg.contains("no gateway for 10.1.0.5/24"), "{}", e.msg);
+        assert!(gateways(&[ip("10.1.0.5/24", Some("fd00::1"))]).is_err());
+        assert!(gateways(&[ip("10.1.0.5/24", Some("10.1.0.5"))]).is_err());
+    }
+
+    #[test]
+    fn routes_have_the_reference_layout() {
+        let a = ip("10.1.0.5/24", Some("10.1.0.1"));
+        let [gw, subnet] = container_routes(&a, "10.1.0.1".parse().unwrap(), 7);
+        assert_eq!(
+            (gw.dst.to_string(), gw.gw, gw.scope, gw.oif),
+            ("10.1.0.1/32".into(), None, Some(SCOPE_LINK), Some(7))
+        );
+        assert_eq!(subnet.dst.to_string(), "10.1.0.0/24");
+        assert_eq!((subnet.gw, subnet.scope), (Some("10.1.0.1".parse().unwrap()), None));
+        let h = host_route(&ip("fd00::5/64", Some("fd00::1")), 9);
+        assert_eq!((h.dst.to_string(), h.scope, h.oif), ("fd00::5/128".into(), Some(SCOPE_HOST), Some(9)));
+    }
+}
