@@ -4,9 +4,11 @@
 
 use crate::firewall::{self, Backend};
 use crate::netlink::{Handle, Ipv4Conf, Link, RouteSpec, VethSpec};
-use crate::ns::NetNs;
+use crate::ns::{NetNs, NsError};
 use crate::sysctl;
-use cni_types::{invoke, CniError, CniResult, IpConfig};
+use cni_types::skel::Command;
+use cni_types::{invoke, CmdArgs, CniError, CniResult, IpConfig};
+use ipnetwork::IpNetwork;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -62,6 +64,16 @@ pub(crate) struct Started {
     pub(crate) ipam: Option<invoke::PendingAdd>,
     /// An `iptables-restore` waiting for its batch.
     pub(crate) restore: Option<firewall::PendingRestore>,
+}
+
+impl Started {
+    /// Waits for whatever is still running, before a rollback: a DEL of the IPAM plugin must
+    /// not race its own ADD, and a dropped masquerade batch must have finished.
+    pub(crate) fn settle(mut self) {
+        if let Some(p) = self.ipam.take() {
+            let _ = p.wait();
+        }
+    }
 }
 
 /// Creates the veth pair, peer born in the container as `ifname` (with `mac` if given), host
@@ -216,6 +228,57 @@ pub(crate) fn wait_for_dad(cont: &mut Handle, index: u32) -> Result<(), CniError
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// DEL's container side: deletes `CNI_IFNAME` in `CNI_NETNS` (its veth peer goes with it) and
+/// returns whether the container is gone (no netns given, or its file no longer exists) and
+/// the addresses the interface had. Errors are collected: DEL goes on with the rest.
+pub(crate) fn del_container_end(args: &CmdArgs, errors: &mut Vec<String>) -> (bool, Vec<IpNetwork>) {
+    let mut addrs = Vec::new();
+    if args.netns.is_empty() {
+        return (true, addrs);
+    }
+    match NetNs::open(&args.netns) {
+        Ok(ns) => match handle_in(&ns) {
+            Ok(mut cont) => match cont.link_by_name(&args.ifname) {
+                Ok(Some(link)) => {
+                    if let Ok(a) = cont.addresses(Some(link.index)) {
+                        addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
+                    }
+                    if let Err(e) = cont.del_link(link.index) {
+                        errors.push(format!("failed to delete {}: {e}", args.ifname));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
+            },
+            Err(e) => errors.push(e.msg),
+        },
+        Err(NsError::NotExist(_)) => return (true, addrs),
+        Err(e) => errors.push(e.to_string()),
+    }
+    (false, addrs)
+}
+
+/// GC: forwarded to the IPAM plugin (when there is one), then the masquerade rules of
+/// `network` whose attachment the runtime no longer lists are removed. Both run; all errors
+/// are reported.
+pub(crate) fn gc_ipam_and_masq(ipam_type: Option<&str>, network: &str, args: &CmdArgs) -> Result<(), CniError> {
+    let net = args.net_conf()?;
+    let mut errors = Vec::new();
+    if let Some(ipam) = ipam_type {
+        if let Err(e) = invoke::delegate(ipam, Command::Gc, args) {
+            errors.push(e.to_string());
+        }
+    }
+    // Without a list from the runtime nothing can be known to be stale.
+    if let Some(valid) = net.gc_valid_attachments() {
+        let valid: Vec<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+        if let Err(e) = firewall::gc_ipmasq(network, &valid) {
+            errors.push(format!("IP masquerade GC: {e}"));
+        }
+    }
+    all_or_errors(errors)
 }
 
 /// The masquerade backend `ipMasqBackend` names, else the host's default.

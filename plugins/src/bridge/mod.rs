@@ -12,10 +12,11 @@ pub use config::BridgeConf;
 
 use crate::firewall::{self, Backend, MasqTarget};
 use crate::netlink::{self, Handle, Link};
-use crate::ns::{NetNs, NsError};
+use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, create_veth_pair, ctx, handle_in, internal, is_eexist, masq_backend, Started,
+    all_or_errors, configure_container, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq, handle_in,
+    internal, is_eexist, masq_backend, Started,
 };
 use cni_types::skel::Command;
 use cni_types::version::Version;
@@ -359,11 +360,7 @@ impl Plugin for Bridge {
         match self.add_steps(args, &conf, &ns, &mut host, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {
-                // A DEL of the IPAM plugin must not race its own ADD.
-                if let Some(p) = started.ipam.take() {
-                    let _ = p.wait();
-                }
-                drop(started);
+                started.settle();
                 self.rollback(args, &conf, &mut host, undo);
                 Err(e)
             }
@@ -373,29 +370,7 @@ impl Plugin for Bridge {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
         let mut errors: Vec<String> = Vec::new();
-        let mut addrs: Vec<IpNetwork> = Vec::new();
-        let mut container_gone = args.netns.is_empty();
-        if !args.netns.is_empty() {
-            match NetNs::open(&args.netns) {
-                Ok(ns) => match handle_in(&ns) {
-                    Ok(mut cont) => match cont.link_by_name(&args.ifname) {
-                        Ok(Some(link)) => {
-                            if let Ok(a) = cont.addresses(Some(link.index)) {
-                                addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
-                            }
-                            if let Err(e) = cont.del_link(link.index) {
-                                errors.push(format!("failed to delete {}: {e}", args.ifname));
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
-                    },
-                    Err(e) => errors.push(e.msg),
-                },
-                Err(NsError::NotExist(_)) => container_gone = true,
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let (container_gone, mut addrs) = del_container_end(args, &mut errors);
         // With the namespace gone its veth end went with it, and with it the host end; but a
         // namespace file that was unmounted while still alive keeps the pair, so remove the
         // host end named in prevResult if it is still ours.
@@ -525,22 +500,7 @@ impl Plugin for Bridge {
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
-        let net = args.net_conf()?;
-        let mut errors = Vec::new();
-        if conf.is_layer3() {
-            if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Gc, args) {
-                errors.push(e.to_string());
-            }
-        }
-        // Without a list from the runtime nothing can be known to be stale.
-        if let Some(valid) = net.gc_valid_attachments() {
-            let valid: Vec<(String, String)> =
-                valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
-            if let Err(e) = firewall::gc_ipmasq(&conf.network, &valid) {
-                errors.push(format!("IP masquerade GC: {e}"));
-            }
-        }
-        all_or_errors(errors)
+        gc_ipam_and_masq(conf.is_layer3().then_some(conf.ipam_type.as_str()), &conf.network, args)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {

@@ -20,11 +20,11 @@ pub use config::PtpConf;
 
 use crate::firewall::{self, Backend, MasqTarget};
 use crate::netlink::{self, Handle, Link, RouteSpec};
-use crate::ns::{NetNs, NsError};
+use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, create_veth_pair, ctx, handle_in, internal, is_eexist, masq_backend,
-    wait_for_dad, Started,
+    all_or_errors, configure_container, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq, handle_in,
+    internal, is_eexist, masq_backend, wait_for_dad, Started,
 };
 use cni_types::net::network_of;
 use cni_types::skel::Command;
@@ -339,11 +339,7 @@ impl Plugin for Ptp {
         match self.add_steps(args, &conf, &ns, &mut host, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {
-                // A DEL of the IPAM plugin must not race its own ADD.
-                if let Some(p) = started.ipam.take() {
-                    let _ = p.wait();
-                }
-                drop(started);
+                started.settle();
                 self.rollback(args, &conf, &mut host, undo);
                 Err(e)
             }
@@ -353,29 +349,7 @@ impl Plugin for Ptp {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = PtpConf::load(args)?;
         let mut errors: Vec<String> = Vec::new();
-        let mut addrs: Vec<IpNetwork> = Vec::new();
-        let mut container_gone = args.netns.is_empty();
-        if !args.netns.is_empty() {
-            match NetNs::open(&args.netns) {
-                Ok(ns) => match handle_in(&ns) {
-                    Ok(mut cont) => match cont.link_by_name(&args.ifname) {
-                        Ok(Some(link)) => {
-                            if let Ok(a) = cont.addresses(Some(link.index)) {
-                                addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
-                            }
-                            if let Err(e) = cont.del_link(link.index) {
-                                errors.push(format!("failed to delete {}: {e}", args.ifname));
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
-                    },
-                    Err(e) => errors.push(e.msg),
-                },
-                Err(NsError::NotExist(_)) => container_gone = true,
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let (container_gone, mut addrs) = del_container_end(args, &mut errors);
         if container_gone {
             let prev_addrs = del_host_end_from_prev(args, &mut errors);
             if addrs.is_empty() {
@@ -484,20 +458,7 @@ impl Plugin for Ptp {
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = PtpConf::load(args)?;
-        let net = args.net_conf()?;
-        let mut errors = Vec::new();
-        if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Gc, args) {
-            errors.push(e.to_string());
-        }
-        // Without a list from the runtime nothing can be known to be stale.
-        if let Some(valid) = net.gc_valid_attachments() {
-            let valid: Vec<(String, String)> =
-                valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
-            if let Err(e) = firewall::gc_ipmasq(&conf.network, &valid) {
-                errors.push(format!("IP masquerade GC: {e}"));
-            }
-        }
-        all_or_errors(errors)
+        gc_ipam_and_masq(Some(&conf.ipam_type), &conf.network, args)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
