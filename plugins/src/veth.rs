@@ -2,7 +2,7 @@
 //! the container side configured from an IPAM result, the helpers ADD starts early, and the
 //! error plumbing of their ADD, DEL and GC.
 
-use crate::firewall::{self, Backend};
+use crate::firewall::{self, Backend, MasqTarget};
 use crate::netlink::{Handle, Ipv4Conf, Link, RouteSpec, VethSpec};
 use crate::ns::{NetNs, NsError};
 use crate::sysctl;
@@ -227,6 +227,41 @@ pub(crate) fn wait_for_dad(cont: &mut Handle, index: u32) -> Result<(), CniError
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Something ADD created, and so must undo if a later step fails.
+pub(crate) enum Undo {
+    /// The host end of the veth pair (its peer, addresses and routes go with it).
+    Veth(u32),
+    /// bridge's MAC spoof check rules.
+    SpoofCheck,
+    /// The IPAM plugin's reservation.
+    Ipam,
+    /// The masquerade rules for these addresses.
+    IpMasq(Vec<IpNetwork>),
+}
+
+/// Undoes what a failed ADD created, newest first; what cannot be undone is logged.
+pub(crate) fn rollback(args: &CmdArgs, network: &str, ipam_type: &str, host: &mut Handle, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let r = match step {
+            Undo::IpMasq(addresses) => {
+                let target = MasqTarget {
+                    network,
+                    container_id: &args.container_id,
+                    ifname: &args.ifname,
+                    addresses: &addresses,
+                };
+                firewall::teardown_ipmasq(&target).map_err(internal)
+            }
+            Undo::Ipam => invoke::delegate(ipam_type, Command::Del, args),
+            Undo::SpoofCheck => firewall::teardown_spoofcheck(&args.container_id, &args.ifname).map_err(internal),
+            Undo::Veth(index) => host.del_link(index).map_err(internal),
+        };
+        if let Err(e) = r {
+            log::error!("rollback after failed ADD: {e}");
+        }
     }
 }
 

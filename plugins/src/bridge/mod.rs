@@ -16,7 +16,7 @@ use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
     all_or_errors, configure_container, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq, handle_in,
-    internal, is_eexist, masq_backend, Started,
+    internal, is_eexist, masq_backend, rollback, Started, Undo,
 };
 use cni_types::skel::Command;
 use cni_types::version::Version;
@@ -31,14 +31,6 @@ pub struct Bridge;
 /// This attachment's masquerade target.
 fn masq_target<'a>(conf: &'a BridgeConf, args: &'a CmdArgs, addresses: &'a [IpNetwork]) -> MasqTarget<'a> {
     MasqTarget { network: &conf.network, container_id: &args.container_id, ifname: &args.ifname, addresses }
-}
-
-/// Something ADD created, and so must undo if a later step fails.
-enum Undo {
-    Veth(u32),
-    SpoofCheck,
-    Ipam,
-    IpMasq(Vec<IpNetwork>),
 }
 
 /// `ensureBridge`: create it (tolerating a concurrent creator), check it is a bridge, up.
@@ -308,20 +300,6 @@ impl Bridge {
         result.cni_version = args.cni_version.clone();
         Ok(result)
     }
-
-    fn rollback(&self, args: &CmdArgs, conf: &BridgeConf, host: &mut Handle, undo: Vec<Undo>) {
-        for step in undo.into_iter().rev() {
-            let r = match step {
-                Undo::IpMasq(addrs) => firewall::teardown_ipmasq(&masq_target(conf, args, &addrs)).map_err(internal),
-                Undo::Ipam => invoke::delegate(&conf.ipam_type, Command::Del, args),
-                Undo::SpoofCheck => firewall::teardown_spoofcheck(&args.container_id, &args.ifname).map_err(internal),
-                Undo::Veth(index) => host.del_link(index).map_err(internal),
-            };
-            if let Err(e) = r {
-                log::error!("rollback after failed ADD: {e}");
-            }
-        }
-    }
 }
 
 impl Plugin for Bridge {
@@ -361,7 +339,7 @@ impl Plugin for Bridge {
             Ok(r) => Ok(r),
             Err(e) => {
                 started.settle();
-                self.rollback(args, &conf, &mut host, undo);
+                rollback(args, &conf.network, &conf.ipam_type, &mut host, undo);
                 Err(e)
             }
         }

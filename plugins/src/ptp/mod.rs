@@ -24,7 +24,7 @@ use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
     all_or_errors, configure_container, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq, handle_in,
-    internal, is_eexist, masq_backend, wait_for_dad, Started,
+    internal, is_eexist, masq_backend, rollback, wait_for_dad, Started, Undo,
 };
 use cni_types::net::network_of;
 use cni_types::skel::Command;
@@ -40,14 +40,6 @@ pub struct Ptp;
 const SCOPE_LINK: u8 = 253;
 /// `RT_SCOPE_HOST`.
 const SCOPE_HOST: u8 = 254;
-
-/// Something ADD created, and so must undo if a later step fails.
-enum Undo {
-    /// The host end (its peer, addresses and routes go with it).
-    Veth(u32),
-    Ipam,
-    IpMasq(Vec<IpNetwork>),
-}
 
 /// This attachment's masquerade target.
 fn masq_target<'a>(conf: &'a PtpConf, args: &'a CmdArgs, addresses: &'a [IpNetwork]) -> MasqTarget<'a> {
@@ -280,19 +272,6 @@ impl Ptp {
         result.cni_version = args.cni_version.clone();
         Ok(result)
     }
-
-    fn rollback(&self, args: &CmdArgs, conf: &PtpConf, host: &mut Handle, undo: Vec<Undo>) {
-        for step in undo.into_iter().rev() {
-            let r = match step {
-                Undo::IpMasq(addrs) => firewall::teardown_ipmasq(&masq_target(conf, args, &addrs)).map_err(internal),
-                Undo::Ipam => invoke::delegate(&conf.ipam_type, Command::Del, args),
-                Undo::Veth(index) => host.del_link(index).map_err(internal),
-            };
-            if let Err(e) = r {
-                log::error!("rollback after failed ADD: {e}");
-            }
-        }
-    }
 }
 
 /// DEL without the container's namespace: the host end named in prevResult, if it is still a
@@ -340,7 +319,7 @@ impl Plugin for Ptp {
             Ok(r) => Ok(r),
             Err(e) => {
                 started.settle();
-                self.rollback(args, &conf, &mut host, undo);
+                rollback(args, &conf.network, &conf.ipam_type, &mut host, undo);
                 Err(e)
             }
         }
