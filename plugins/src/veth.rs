@@ -67,6 +67,24 @@ pub(crate) struct Started {
 }
 
 impl Started {
+    /// Starts the IPAM plugin's ADD and, when masquerading with iptables, an `iptables-restore`
+    /// for the batch; records the IPAM undo, since the spec asks for a DEL of the delegate
+    /// whenever ADD fails after starting it, its own failure included.
+    pub(crate) fn begin(
+        ipam_type: &str,
+        args: &CmdArgs,
+        masq: Option<Backend>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Started, CniError> {
+        let ipam = Some(invoke::delegate_add_start(ipam_type, args)?);
+        undo.push(Undo::Ipam);
+        // Most containers have an IPv4 address; for others this loads nothing.
+        let restore = (masq == Some(Backend::Iptables))
+            .then(|| firewall::PendingRestore::spawn(firewall::Family::V4).ok())
+            .flatten();
+        Ok(Started { ipam, restore })
+    }
+
     /// Waits for whatever is still running, before a rollback: a DEL of the IPAM plugin must
     /// not race its own ADD, and a dropped masquerade batch must have finished.
     pub(crate) fn settle(mut self) {

@@ -10,7 +10,7 @@ mod config;
 
 pub use config::BridgeConf;
 
-use crate::firewall::{self, Backend, MasqTarget};
+use crate::firewall::{self, MasqTarget};
 use crate::netlink::{self, Handle, Link};
 use crate::ns::NetNs;
 use crate::sysctl;
@@ -325,16 +325,12 @@ impl Plugin for Bridge {
         let ns = NetNs::open(&args.netns).map_err(internal)?;
         let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
         let mut undo = Vec::new();
-        let mut started = Started::default();
-        if conf.is_layer3() {
-            started.ipam = Some(invoke::delegate_add_start(&conf.ipam_type, args)?);
-            // The spec asks for a DEL of the delegate whenever ADD fails after starting it, its own failure included.
-            undo.push(Undo::Ipam);
-            if conf.ip_masq && masq_backend(conf.ip_masq_backend.as_deref())? == Backend::Iptables {
-                // Most containers have an IPv4 address; for others this loads nothing.
-                started.restore = firewall::PendingRestore::spawn(firewall::Family::V4).ok();
-            }
-        }
+        let mut started = if conf.is_layer3() {
+            let masq = if conf.ip_masq { Some(masq_backend(conf.ip_masq_backend.as_deref())?) } else { None };
+            Started::begin(&conf.ipam_type, args, masq, &mut undo)?
+        } else {
+            Started::default()
+        };
         match self.add_steps(args, &conf, &ns, &mut host, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {

@@ -18,7 +18,7 @@ mod config;
 
 pub use config::PtpConf;
 
-use crate::firewall::{self, Backend, MasqTarget};
+use crate::firewall::{self, MasqTarget};
 use crate::netlink::{self, Handle, Link, RouteSpec};
 use crate::ns::NetNs;
 use crate::sysctl;
@@ -308,13 +308,7 @@ impl Plugin for Ptp {
         let ns = NetNs::open(&args.netns).map_err(internal)?;
         let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
         let mut undo = Vec::new();
-        let mut started = Started { ipam: Some(invoke::delegate_add_start(&conf.ipam_type, args)?), restore: None };
-        // The spec asks for a DEL of the delegate whenever ADD fails after starting it, its own failure included.
-        undo.push(Undo::Ipam);
-        if backend == Some(Backend::Iptables) {
-            // Most containers have an IPv4 address; for others this loads nothing.
-            started.restore = firewall::PendingRestore::spawn(firewall::Family::V4).ok();
-        }
+        let mut started = Started::begin(&conf.ipam_type, args, backend, &mut undo)?;
         match self.add_steps(args, &conf, &ns, &mut host, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {
