@@ -86,9 +86,10 @@ fn routes(ns: &Netns, family: &str, dev: &str) -> Vec<String> {
         .map(|r| {
             let field = |k: &str| r.get(k).and_then(Value::as_str).map(|v| format!(" {k} {v}")).unwrap_or_default();
             format!(
-                "{}{}{}{}{}",
+                "{}{}{}{}{}{}",
                 r["dst"].as_str().unwrap(),
                 field("gateway"),
+                field("protocol"),
                 field("scope"),
                 field("prefsrc"),
                 r.get("metric").map(|m| format!(" metric {m}")).unwrap_or_default()
