@@ -497,3 +497,40 @@ fn nftables_masquerade_gc_and_status() {
         assert!(!table().contains("masquerade comment"), "{}: {}", suite.name, table());
     }
 }
+
+/// ptp shares nothing between containers but the gateway address and the nat table: twenty ADDs
+/// at once get twenty addresses, twenty working pairs and rules, and twenty DELs leave nothing.
+#[test]
+fn twenty_concurrent_adds_and_dels() {
+    require_root!();
+    each_suite(true, |suite| {
+        let host = FakeHost::new().unwrap();
+        let l = list(&host, "1.0.0", json!({}));
+        let containers: Vec<Netns> = (0..20).map(|_| host.container().unwrap()).collect();
+        let each = |f: &(dyn Fn(&Runtime, &Attachment) + Sync)| {
+            std::thread::scope(|s| {
+                for (i, c) in containers.iter().enumerate() {
+                    let host = &host;
+                    s.spawn(move || {
+                        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+                        f(&rt, &Attachment::new(&format!("ctr-{i}"), c));
+                    });
+                }
+            })
+        };
+        each(&|rt, att| {
+            rt.add_list(&l, att).unwrap();
+        });
+        assert_eq!(reservations(&host).len(), 20);
+        assert_eq!(veths(&host.ns).len(), 20);
+        let chains = nat_rules(&host, "iptables-save").iter().filter(|r| r.starts_with(":CNI-")).count();
+        assert_eq!(chains, 20, "{:?}", nat_rules(&host, "iptables-save"));
+        for c in &containers {
+            assert!(c.succeeds("ping", &["-c1", "-W2", "10.77.0.1"]), "{}: gateway", c.name());
+        }
+        each(&|rt, att| rt.del_list(&l, att).unwrap());
+        assert!(veths(&host.ns).is_empty());
+        assert!(reservations(&host).is_empty());
+        assert!(nat_rules(&host, "iptables-save").is_empty(), "{:?}", nat_rules(&host, "iptables-save"));
+    });
+}
