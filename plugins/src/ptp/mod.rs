@@ -392,8 +392,6 @@ impl Plugin for Ptp {
         let host_addrs = ctx(host.addresses(Some(host_end.index)), || format!("list addresses of {}", host_end.name))?;
         let mut cont_routes = ctx(cont.routes(true), || "list routes".into())?;
         cont_routes.extend(ctx(cont.routes(false), || "list routes".into())?);
-        let mut host_routes = ctx(host.routes(true), || "list host routes".into())?;
-        host_routes.extend(ctx(host.routes(false), || "list host routes".into())?);
         let has_route = |routes: &[RouteSpec], want: &RouteSpec| {
             routes.iter().any(|k| k.dst == want.dst && k.oif == want.oif && (want.gw.is_none() || k.gw == want.gw))
         };
@@ -404,7 +402,9 @@ impl Plugin for Ptp {
             if !host_addrs.iter().any(|a| a.net == host_net(*gw)) {
                 return Err(internal(format!("{} has no gateway address {gw}", host_end.name)));
             }
-            if !has_route(&host_routes, &host_route(ip, host_end.index)) {
+            // Asked of the kernel rather than found in a dump of every container's routes.
+            let via = ctx(host.route_get(ip.address.ip()), || format!("look up the host route to {}", ip.address))?;
+            if via != Some(host_end.index) {
                 return Err(internal(format!("host route {} dev {} not found", ip.address.ip(), host_end.name)));
             }
             for r in container_routes(ip, *gw, cl.index) {
