@@ -250,12 +250,13 @@ impl Ptp {
         }
         route_through_gateways(&mut cont, &cont_link, &args.ifname, &result.ips, &gws)?;
         mark("container configured");
-        wait_carrier(&mut cont, cont_link.index, &args.ifname)?;
-        mark("carrier up");
         if let Some(masq) = masq {
             ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
             mark("masquerade installed");
         }
+        // Last: the kernel reports the carrier while the masquerade batch loads.
+        wait_carrier(&mut cont, cont_link.index, &args.ifname)?;
+        mark("carrier up");
 
         result.interfaces = vec![
             Interface { name: veth.name.clone(), mac: veth.mac_string(), ..Default::default() },
