@@ -2,8 +2,9 @@
 //! v1 API as kubelet drives it: pod sandboxes on the containerd default conflist (bridge +
 //! host-local + portmap, dual-stack; containerd runs `loopback` itself), a published port (CRI
 //! `PortMapping` → the `portMappings` capability), pod-to-pod, host-to-pod and outside-to-pod
-//! traffic, and StopPodSandbox/RemovePodSandbox leaving nothing behind; and a pod whose
-//! bandwidth annotations the chain's `bandwidth` turns into tbfs and an ifb.
+//! traffic, and StopPodSandbox/RemovePodSandbox leaving nothing behind. The same life runs on
+//! kind's node conflist (`ptp` + host-local, then portmap) made only of our plugins; and a pod
+//! whose bandwidth annotations the chain's `bandwidth` turns into tbfs and an ifb.
 //!
 //! containerd runs inside the fake host's network namespace with a private config, root, state
 //! and socket; its `bin_dir` is a directory of symlinks (containerd 1.6 takes a single one):
@@ -45,8 +46,8 @@ const OUTSIDE_IP: &str = "198.51.100.2";
 const NODE_IP6: &str = "2001:db8:51::1";
 const OUTSIDE_IP6: &str = "2001:db8:51::2";
 const HOST_PORT: i32 = 8080;
-/// The plugins the conflist (and containerd's own loopback network) runs.
-const UNDER_TEST: [&str; 4] = ["bridge", "host-local", "portmap", "loopback"];
+/// The plugins the conflists (and containerd's own loopback network) run.
+const UNDER_TEST: [&str; 5] = ["bridge", "host-local", "portmap", "loopback", "ptp"];
 
 /// containerd, runc and a static busybox, or a visible skip.
 fn tools_present() -> bool {
@@ -187,6 +188,22 @@ fn conflist(net: &str, ipam_dir: &Path) -> Value {
         "name": net,
         "plugins": [
             {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "promiscMode": true,
+             "ipam": {"type": "host-local", "dataDir": ipam_dir.display().to_string(),
+                      "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
+                      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    })
+}
+
+/// kind's node conflist (kindnetd: `ptp` with `ipMasq` off, dual-stack host-local, then
+/// `portmap`), with a private IPAM store and a name unique to this run.
+fn kind_conflist(net: &str, ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "0.3.1",
+        "name": net,
+        "plugins": [
+            {"type": "ptp", "ipMasq": false, "mtu": 1500,
              "ipam": {"type": "host-local", "dataDir": ipam_dir.display().to_string(),
                       "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
                       "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
@@ -678,8 +695,8 @@ fn retry<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> 
 }
 
 /// The whole kubelet-like life of two pods on `plugins` (the directory linked first into
-/// containerd's bin_dir).
-fn two_pods(suite: &str, plugins: &Path) {
+/// containerd's bin_dir) with the network `conflist` makes (bridge or ptp first).
+fn two_pods(suite: &str, plugins: &Path, conflist: fn(&str, &Path) -> Value) {
     let started = Instant::now();
     let host = FakeHost::new().unwrap();
     let outside = outside_world(&host);
@@ -748,12 +765,20 @@ fn two_pods(suite: &str, plugins: &Path) {
         assert!(p.netns.starts_with(&ctrd.state().display().to_string()) && Path::new(&p.netns).exists(), "{p:?}");
     }
     assert!(web_net.ip != client_net.ip && web_net.ip6 != client_net.ip6);
-    // Kernel state of the fake host: one veth per pod on cni0, the pod addresses inside the pod.
+    // Kernel state of the fake host: one veth per pod, on cni0 for bridge, holding the gateway
+    // for ptp; the pod addresses inside the pod.
     let host_veths = veths(&host);
     assert_eq!(host_veths.len(), 2, "{host_veths:?}");
+    let on_bridge = conflist(&net, &ipam)["plugins"][0]["type"] == "bridge";
     for v in &host_veths {
         let l = host.ns.ip_json(&["link", "show", "dev", v]).unwrap();
-        assert_eq!(l[0]["master"], "cni0", "{l}");
+        if on_bridge {
+            assert_eq!(l[0]["master"], "cni0", "{l}");
+        } else {
+            assert!(l[0].get("master").is_none(), "{l}");
+            let a = host.ns.run("ip", &["-o", "addr", "show", "dev", v]).unwrap();
+            assert!(a.contains(&format!("{GATEWAY}/32")), "{a}");
+        }
     }
     let in_pod =
         run("nsenter", &[&format!("--net={}", web_net.netns), "ip", "-o", "addr", "show", "dev", "eth0"]).unwrap();
@@ -834,7 +859,7 @@ fn containerd_pods_on_our_plugins() {
     let ours = ours();
     let missing: Vec<&str> = UNDER_TEST.iter().copied().filter(|p| !ours.has(p)).collect();
     assert!(missing.is_empty(), "our plugins missing from {}: {missing:?}", ours.dir.display());
-    two_pods("ours", &ours.dir);
+    two_pods("ours", &ours.dir, conflist);
 }
 
 #[test]
@@ -844,7 +869,7 @@ fn containerd_pods_on_reference_plugins() {
         return;
     }
     match reference() {
-        Some(r) => two_pods("reference", &r.dir),
+        Some(r) => two_pods("reference", &r.dir, conflist),
         None => skip("reference plugins are not installed (apt-get install containernetworking-plugins)"),
     }
 }
@@ -1005,4 +1030,18 @@ fn containerd_bandwidth_annotations_on_reference_plugins() {
         Some(r) => shaped_pod("reference", &r.dir),
         None => skip("reference plugins are not installed (apt-get install containernetworking-plugins)"),
     }
+}
+
+/// kind's pod network on our plugins alone: ptp + host-local, then portmap (and loopback, which
+/// containerd runs itself).
+#[test]
+fn containerd_kind_pods_on_our_ptp() {
+    require_root!();
+    if !tools_present() {
+        return;
+    }
+    let ours = ours();
+    let missing: Vec<&str> = UNDER_TEST.iter().copied().filter(|p| !ours.has(p)).collect();
+    assert!(missing.is_empty(), "our plugins missing from {}: {missing:?}", ours.dir.display());
+    two_pods("ours, kind", &ours.dir, kind_conflist);
 }

@@ -219,7 +219,7 @@ fn every_example_config_works() {
             }
         };
         assert!(result.is_object(), "{file}: {result}");
-        if has(&list, "bridge") {
+        if has(&list, "bridge") || has(&list, "ptp") {
             assert_eq!(veths(&host), 0, "{file}: veths left");
         }
         assert_eq!(reservations(&host), 0, "{file}: reservations left");

@@ -10,9 +10,11 @@ pub mod loopback;
 pub mod netlink;
 pub mod ns;
 pub mod portmap;
+pub mod ptp;
 pub mod rootless;
 pub mod sysctl;
 pub mod tuning;
+pub mod veth;
 
 /// The line a plugin prints first to stderr when run without `CNI_COMMAND`, the shape the
 /// reference prints and runtimes parse (nerdctl, Nomad): `CNI <type> plugin v<semver>`.

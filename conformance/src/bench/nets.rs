@@ -99,6 +99,14 @@ fn bridge_list(dir: &Path, masq: bool) -> Value {
                  "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "0.0.0.0/0"}]}}]})
 }
 
+/// ptp + host-local with masquerading: a routed veth per container, no bridge.
+fn ptp_list(dir: &Path) -> Value {
+    json!({"cniVersion": "1.0.0", "name": NET_NAME, "plugins": [{
+        "type": "ptp", "ipMasq": true,
+        "ipam": {"type": "host-local", "dataDir": dir.join("ipam").display().to_string(),
+                 "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "0.0.0.0/0"}]}}]})
+}
+
 /// Every network a scenario may name.
 pub const NETS: &[Net] = &[
     Net {
@@ -132,6 +140,16 @@ pub const NETS: &[Net] = &[
         plugins: &["bridge", "host-local"],
         floor: Some(Floor { masq: false, ports: 0 }),
         list: |d| bridge_list(d, false),
+        caps: no_caps,
+        reference_check_broken: "",
+    },
+    Net {
+        key: "ptp-masq",
+        title: "ptp + host-local, ipMasq on",
+        note: "",
+        plugins: &["ptp", "host-local"],
+        floor: None,
+        list: ptp_list,
         caps: no_caps,
         reference_check_broken: "",
     },

@@ -27,9 +27,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Every plugin either suite may ship; absent ones are skipped with a note.
-const PLUGINS: &[&str] = &["bridge", "host-local", "loopback", "portmap", "bandwidth", "tuning", "rootless-wrapper"];
+const PLUGINS: &[&str] =
+    &["bridge", "host-local", "loopback", "portmap", "ptp", "bandwidth", "tuning", "rootless-wrapper"];
 /// Networks of the sequential scenario, by key (see `bench::nets::NETS`).
-const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "loopback"];
+const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "ptp-masq", "loopback"];
 /// Networks of the concurrent scenario.
 const CONCURRENT: &[&str] = &["bridge-masq", "bridge"];
 /// Network of the growth scenario.

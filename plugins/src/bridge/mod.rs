@@ -10,87 +10,27 @@ mod config;
 
 pub use config::BridgeConf;
 
-use crate::firewall::{self, Backend, MasqTarget};
-use crate::netlink::{self, Handle, Ipv4Conf, Link, RouteSpec, VethSpec};
-use crate::ns::{NetNs, NsError};
+use crate::firewall::{self, MasqTarget};
+use crate::netlink::{self, Handle, Link};
+use crate::ns::NetNs;
 use crate::sysctl;
+use crate::veth::{
+    all_or_errors, configure_container, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq, handle_in,
+    internal, is_eexist, masq_backend, rollback, Started, Undo,
+};
 use cni_types::skel::Command;
 use cni_types::version::Version;
 use cni_types::{invoke, CmdArgs, CniError, CniResult, Interface, IpConfig, Plugin, Route};
 use ipnetwork::IpNetwork;
-use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// The bridge plugin.
 pub struct Bridge;
 
-/// How many random host-side veth names to try before giving up.
-const VETH_NAME_TRIES: usize = 10;
-
-fn internal(e: impl std::fmt::Display) -> CniError {
-    CniError::internal(e)
-}
-
-fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, CniError> {
-    r.map_err(|e| CniError::internal(format!("{}: {e}", what())))
-}
-
 /// This attachment's masquerade target.
 fn masq_target<'a>(conf: &'a BridgeConf, args: &'a CmdArgs, addresses: &'a [IpNetwork]) -> MasqTarget<'a> {
     MasqTarget { network: &conf.network, container_id: &args.container_id, ifname: &args.ifname, addresses }
-}
-
-/// Success, or every collected error in one (DEL and GC report all they could not do).
-fn all_or_errors(errors: Vec<String>) -> Result<(), CniError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(internal(errors.join("; ")))
-    }
-}
-
-fn is_eexist(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(nix::libc::EEXIST)
-}
-
-/// A host-side veth name like the reference's: `veth` and 8 random hex digits.
-fn random_veth_name() -> io::Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 4];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(format!("veth{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3]))
-}
-
-/// A netlink socket inside `ns`.
-fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
-    ns.run(Handle::new)
-        .map_err(internal)?
-        .map_err(|e| internal(format!("netlink socket in {}: {e}", ns.path().display())))
-}
-
-/// Helpers started at the beginning of ADD so their start-up overlaps the netlink work: the IPAM
-/// plugin allocates and `iptables-restore` loads its libraries while the veth pair is made.
-#[derive(Default)]
-struct Started {
-    ipam: Option<invoke::PendingAdd>,
-    restore: Option<firewall::PendingRestore>,
-}
-
-/// Something ADD created, and so must undo if a later step fails.
-enum Undo {
-    /// The bridge this ADD created: removed again unless a port appeared on it meanwhile.
-    Bridge(u32),
-    /// A gateway address this ADD put on a bridge that had it not: removed again unless
-    /// another port than this ADD's veth uses the bridge.
-    BridgeAddr(u32, IpNetwork),
-    /// An address `forceAddress` took off the bridge: put back under the same condition.
-    BridgeAddrRemoved(u32, IpNetwork),
-    Veth(u32),
-    SpoofCheck,
-    Ipam,
-    IpMasq(Vec<IpNetwork>),
 }
 
 /// Looks up the bridge; one of that name that is not a bridge refuses the ADD.
@@ -124,11 +64,6 @@ struct Checked<'a> {
     ns: &'a NetNs,
     cont: Handle,
     bridge: Option<Link>,
-}
-
-/// Whether `bridge` has a port other than `except`.
-fn bridge_in_use(host: &mut Handle, bridge: u32, except: Option<u32>) -> io::Result<bool> {
-    Ok(host.links()?.iter().any(|l| l.master == Some(bridge) && Some(l.index) != except))
 }
 
 /// `ensureBridge`: create it (tolerating a concurrent creator), check it is a bridge, up.
@@ -177,54 +112,6 @@ fn ensure_bridge(
     Ok(link)
 }
 
-/// Creates the veth pair, peer born in the container as `ifname`, host end on the bridge.
-fn create_veth_pair(
-    host: &mut Handle,
-    cont: &mut Handle,
-    ns: &NetNs,
-    conf: &BridgeConf,
-    args: &CmdArgs,
-    bridge: &Link,
-) -> Result<Link, CniError> {
-    for _ in 0..VETH_NAME_TRIES {
-        let name = random_veth_name().map_err(internal)?;
-        let spec = VethSpec {
-            host_name: &name,
-            peer_name: &args.ifname,
-            mtu: conf.mtu,
-            peer_mac: conf.mac,
-            master: Some(bridge.index),
-        };
-        match host.create_veth(&spec, ns.file().as_fd()) {
-            Ok(()) => {
-                return ctx(host.link_by_name(&name), || format!("look up {name}"))?
-                    .ok_or_else(|| internal(format!("veth {name} vanished after creation")));
-            }
-            Err(e) if is_eexist(&e) => {
-                if ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?.is_some() {
-                    return Err(internal(format!("container veth name provided ({}) already exists", args.ifname)));
-                }
-                // The random host name collided; try another.
-            }
-            // The kernel numbers bridge ports in 10 bits: 1023 ports at most.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EXFULL) => {
-                return Err(internal(format!(
-                    "failed to create veth pair {name}/{}: bridge {:?} already has the kernel's maximum of 1023 ports",
-                    args.ifname, bridge.name
-                )))
-            }
-            Err(e) => {
-                return Err(internal(format!(
-                    "failed to create veth pair {name}/{} in {}: {e}",
-                    args.ifname,
-                    ns.path().display()
-                )))
-            }
-        }
-    }
-    Err(internal("failed to find a free host veth name"))
-}
-
 /// Access VLAN as PVID untagged, trunks tagged; the default VLAN 1 goes unless preserved.
 fn configure_port_vlans(host: &mut Handle, index: u32, conf: &BridgeConf) -> Result<(), CniError> {
     if !conf.uses_vlans() {
@@ -240,12 +127,6 @@ fn configure_port_vlans(host: &mut Handle, index: u32, conf: &BridgeConf) -> Res
         ctx(host.bridge_port_vlan(index, vid, false, true), || format!("add trunk VLAN {vid} to port"))?;
     }
     Ok(())
-}
-
-/// The gateway of the first address of each family that has one.
-fn family_gateways(ips: &[IpConfig]) -> (Option<IpAddr>, Option<IpAddr>) {
-    let gw = |v4: bool| ips.iter().filter(|i| i.address.is_ipv4() == v4).find_map(|i| i.gateway);
-    (gw(true), gw(false))
 }
 
 /// The first address after the network address (`10.1.0.0/24` → `10.1.0.1`).
@@ -318,104 +199,6 @@ fn ensure_bridge_addr(
     }
 }
 
-/// Sysctls, addresses, link up and routes inside the container (reference `ConfigureIface`).
-fn configure_container(
-    ns: &NetNs,
-    cont: &mut Handle,
-    link: &Link,
-    args: &CmdArgs,
-    conf: &BridgeConf,
-    result: &CniResult,
-) -> Result<(), CniError> {
-    let ifname = &args.ifname;
-    let index = link.index;
-    let has_v6 = result.ips.iter().any(|i| !i.address.is_ipv4());
-    let has_v4 = result.ips.iter().any(|i| i.address.is_ipv4());
-    // What the link already reports (its devconf comes with it) is not written again, and
-    // arp_notify goes over rtnetlink: each /proc/sys/net path costs more with every namespace.
-    let arp_notify_done = !has_v4
-        || link.ipv4_arp_notify == Some(1)
-        || match cont.enable_ipv4_conf(index, Ipv4Conf::ArpNotify) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("arp_notify over rtnetlink: {e}; writing the sysctl");
-                false
-            }
-        };
-    ns.run(|| -> io::Result<()> {
-        if has_v6 {
-            sysctl::ensure_if_present("net/ipv6/conf/lo/disable_ipv6", "0")?;
-            sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
-            sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1")?;
-        }
-        // DAD costs seconds per container and the bridge owns the subnet, so it is off unless asked.
-        if conf.enable_dad {
-            sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1")?;
-            sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1")?;
-        } else if link.ipv6_accept_dad != Some(0) {
-            sysctl::ensure_if_present(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
-        }
-        if !arp_notify_done {
-            sysctl::ensure_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
-        }
-        Ok(())
-    })
-    .map_err(internal)?
-    .map_err(|e| internal(format!("container sysctls for {ifname}: {e}")))?;
-    // The last sysctl of an ADD.
-    sysctl::release();
-
-    for ip in &result.ips {
-        match cont.add_address(index, &ip.address) {
-            Err(e) if !is_eexist(&e) => {
-                return Err(internal(format!("failed to add IP addr {} to {ifname}: {e}", ip.address)))
-            }
-            _ => {}
-        }
-    }
-    ctx(cont.set_link_up(index, true), || format!("failed to set {ifname} up"))?;
-    if has_v6 && conf.enable_dad {
-        wait_for_dad(cont, index)?;
-    }
-    let (gw4, gw6) = family_gateways(&result.ips);
-    for r in &result.routes {
-        let gw = r.gw.or(if r.dst.is_ipv4() { gw4 } else { gw6 });
-        let spec = RouteSpec {
-            dst: r.dst,
-            gw,
-            oif: Some(index),
-            priority: r.priority,
-            table: r.table,
-            scope: r.scope,
-            mtu: r.mtu,
-            advmss: r.advmss,
-        };
-        match cont.add_route(&spec) {
-            Err(e) if !is_eexist(&e) => {
-                let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(internal(format!("failed to add route '{}{via} dev {ifname}': {e}", r.dst)));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Waits (at most 5 s) until no address on the link is still tentative.
-fn wait_for_dad(cont: &mut Handle, index: u32) -> Result<(), CniError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let addrs = ctx(cont.addresses(Some(index)), || "list container addresses".into())?;
-        if !addrs.iter().any(|a| a.tentative) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(internal("IPv6 duplicate address detection did not finish within 5s"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits for the host end to reach operstate UP, as the reference does (0, 50, 500, 1000, 1000 ms).
 /// Returns the link as last read.
 fn wait_port_up(host: &mut Handle, index: u32) -> Result<Link, CniError> {
@@ -430,13 +213,6 @@ fn wait_port_up(host: &mut Handle, index: u32) -> Result<Link, CniError> {
         }
     }
     Err(internal(format!("bridge port in error state: {:?}", last.unwrap_or(State::Unknown))))
-}
-
-fn masq_backend(conf: &BridgeConf) -> Result<Backend, CniError> {
-    match &conf.ip_masq_backend {
-        Some(b) => Backend::parse(b).map_err(CniError::invalid_config),
-        None => Ok(firewall::default_backend()),
-    }
 }
 
 impl Bridge {
@@ -455,7 +231,7 @@ impl Bridge {
         let ns = checked.ns;
         let cont = &mut checked.cont;
         mark("bridge ensured");
-        let veth = create_veth_pair(host, cont, ns, conf, args, &bridge)?;
+        let veth = create_veth_pair(host, cont, ns, &args.ifname, conf.mtu, conf.mac, Some(&bridge))?;
         undo.push(Undo::Veth(veth.index));
         let cont_link = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
             .ok_or_else(|| internal(format!("{} vanished from {}", args.ifname, ns.path().display())))?;
@@ -498,7 +274,11 @@ impl Bridge {
             let masq_target = masq_target(conf, args, &masq_addrs);
             let masq = if conf.ip_masq {
                 undo.push(Undo::IpMasq(masq_addrs.clone()));
-                Some(firewall::begin_ipmasq(masq_backend(conf)?, masq_target, started.restore.take()))
+                Some(firewall::begin_ipmasq(
+                    masq_backend(conf.ip_masq_backend.as_deref())?,
+                    masq_target,
+                    started.restore.take(),
+                ))
             } else {
                 None
             };
@@ -527,7 +307,7 @@ impl Bridge {
                     ctx(sysctl::ensure("net/ipv6/conf/all/forwarding", "1"), || "enable IPv6 forwarding".into())?;
                 }
             }
-            configure_container(ns, cont, &cont_link, args, conf, &result)?;
+            configure_container(ns, cont, &cont_link, &args.ifname, conf.enable_dad, &result)?;
             mark("container configured");
             if let Some(masq) = masq {
                 ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
@@ -573,41 +353,6 @@ impl Bridge {
         result.cni_version = args.cni_version.clone();
         Ok(result)
     }
-
-    fn rollback(&self, args: &CmdArgs, conf: &BridgeConf, host: &mut Handle, undo: Vec<Undo>) {
-        let veth = undo.iter().find_map(|u| if let Undo::Veth(i) = u { Some(*i) } else { None });
-        for step in undo.into_iter().rev() {
-            let r = match step {
-                // Another container that joined meanwhile keeps the bridge and its gateway, as the
-                // reference keeps them; otherwise the failed ADD leaves the host as it found it.
-                Undo::BridgeAddr(index, net) => match bridge_in_use(host, index, veth) {
-                    Ok(false) => host.del_address(index, &net).map_err(internal),
-                    Ok(true) => Ok(()),
-                    Err(e) => Err(internal(e)),
-                },
-                Undo::BridgeAddrRemoved(index, net) => match bridge_in_use(host, index, veth) {
-                    Ok(false) => match host.add_address(index, &net) {
-                        Err(e) if !is_eexist(&e) => Err(internal(e)),
-                        _ => Ok(()),
-                    },
-                    Ok(true) => Ok(()),
-                    Err(e) => Err(internal(e)),
-                },
-                Undo::Bridge(index) => match bridge_in_use(host, index, None) {
-                    Ok(false) => host.del_link(index).map_err(internal),
-                    Ok(true) => Ok(()),
-                    Err(e) => Err(internal(e)),
-                },
-                Undo::IpMasq(addrs) => firewall::teardown_ipmasq(&masq_target(conf, args, &addrs)).map_err(internal),
-                Undo::Ipam => invoke::delegate(&conf.ipam_type, Command::Del, args),
-                Undo::SpoofCheck => firewall::teardown_spoofcheck(&args.container_id, &args.ifname).map_err(internal),
-                Undo::Veth(index) => host.del_link(index).map_err(internal),
-            };
-            if let Err(e) = r {
-                log::error!("rollback after failed ADD: {e}");
-            }
-        }
-    }
 }
 
 impl Plugin for Bridge {
@@ -622,7 +367,7 @@ impl Plugin for Bridge {
             return Err(internal("cannot convert: no valid IP addresses"));
         }
         if conf.ip_masq {
-            masq_backend(&conf)?;
+            masq_backend(conf.ip_masq_backend.as_deref())?;
         }
         if conf.uses_vlans() && conf.is_gateway {
             return Err(CniError::new(
@@ -634,25 +379,17 @@ impl Plugin for Bridge {
         let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
         let mut checked = check_add(&mut host, &ns, &conf, args)?;
         let mut undo = Vec::new();
-        let mut started = Started::default();
-        if conf.is_layer3() {
-            started.ipam = Some(invoke::delegate_add_start(&conf.ipam_type, args)?);
-            // The spec asks for a DEL of the delegate whenever ADD fails after starting it, its own failure included.
-            undo.push(Undo::Ipam);
-            if conf.ip_masq && masq_backend(&conf)? == Backend::Iptables {
-                // Most containers have an IPv4 address; for others this loads nothing.
-                started.restore = firewall::PendingRestore::spawn(firewall::Family::V4).ok();
-            }
-        }
+        let mut started = if conf.is_layer3() {
+            let masq = if conf.ip_masq { Some(masq_backend(conf.ip_masq_backend.as_deref())?) } else { None };
+            Started::begin(&conf.ipam_type, args, masq, &mut undo)?
+        } else {
+            Started::default()
+        };
         match self.add_steps(args, &conf, &mut host, &mut checked, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {
-                // A DEL of the IPAM plugin must not race its own ADD.
-                if let Some(p) = started.ipam.take() {
-                    let _ = p.wait();
-                }
-                drop(started);
-                self.rollback(args, &conf, &mut host, undo);
+                started.settle();
+                rollback(args, &conf.network, &conf.ipam_type, &mut host, undo);
                 Err(e)
             }
         }
@@ -661,29 +398,7 @@ impl Plugin for Bridge {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
         let mut errors: Vec<String> = Vec::new();
-        let mut addrs: Vec<IpNetwork> = Vec::new();
-        let mut container_gone = args.netns.is_empty();
-        if !args.netns.is_empty() {
-            match NetNs::open(&args.netns) {
-                Ok(ns) => match handle_in(&ns) {
-                    Ok(mut cont) => match cont.link_by_name(&args.ifname) {
-                        Ok(Some(link)) => {
-                            if let Ok(a) = cont.addresses(Some(link.index)) {
-                                addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
-                            }
-                            if let Err(e) = cont.del_link(link.index) {
-                                errors.push(format!("failed to delete {}: {e}", args.ifname));
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
-                    },
-                    Err(e) => errors.push(e.msg),
-                },
-                Err(NsError::NotExist(_)) => container_gone = true,
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        let (container_gone, mut addrs) = del_container_end(args, &mut errors);
         // With the namespace gone its veth end went with it, and with it the host end; but a
         // namespace file that was unmounted while still alive keeps the pair, so remove the
         // host end named in prevResult if it is still ours.
@@ -804,29 +519,16 @@ impl Plugin for Bridge {
         if conf.is_layer3() && conf.ip_masq {
             let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
             let target = masq_target(&conf, args, &addrs);
-            ctx(firewall::check_ipmasq(masq_backend(&conf)?, &target), || "IP masquerading".into())?;
+            ctx(firewall::check_ipmasq(masq_backend(conf.ip_masq_backend.as_deref())?, &target), || {
+                "IP masquerading".into()
+            })?;
         }
         Ok(())
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
-        let net = args.net_conf()?;
-        let mut errors = Vec::new();
-        if conf.is_layer3() {
-            if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Gc, args) {
-                errors.push(e.to_string());
-            }
-        }
-        // Without a list from the runtime nothing can be known to be stale.
-        if let Some(valid) = net.gc_valid_attachments() {
-            let valid: Vec<(String, String)> =
-                valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
-            if let Err(e) = firewall::gc_ipmasq(&conf.network, &valid) {
-                errors.push(format!("IP masquerade GC: {e}"));
-            }
-        }
-        all_or_errors(errors)
+        gc_ipam_and_masq(conf.is_layer3().then_some(conf.ipam_type.as_str()), &conf.network, args)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {

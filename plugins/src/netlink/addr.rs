@@ -74,6 +74,14 @@ impl Handle {
         self.request(RouteNetlinkMessage::NewAddress(address_message(index, net)), NLM_F_CREATE | NLM_F_EXCL)
     }
 
+    /// `ip addr add <net> dev <index> nodad`: an IPv6 address usable at once (no duplicate address
+    /// detection); EEXIST is returned as is.
+    pub fn add_address_nodad(&mut self, index: u32, net: &IpNetwork) -> io::Result<()> {
+        let mut msg = address_message(index, net);
+        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
     /// `ip addr del <net> dev <index>`; an address that is already gone is not an error.
     pub fn del_address(&mut self, index: u32, net: &IpNetwork) -> io::Result<()> {
         match self.request(RouteNetlinkMessage::DelAddress(address_message(index, net)), 0) {

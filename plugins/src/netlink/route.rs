@@ -1,4 +1,4 @@
-//! Routes: add, list and look up.
+//! Routes: add, delete, list and look up.
 
 use super::Handle;
 use ipnetwork::IpNetwork;
@@ -48,43 +48,70 @@ fn from_route_address(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+/// The request message for `r`.
+fn route_message(r: &RouteSpec, protocol: RouteProtocol) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    let table = r.table.unwrap_or(RT_TABLE_MAIN);
+    msg.header = RouteHeader {
+        address_family: if r.dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 },
+        destination_prefix_length: r.dst.prefix(),
+        table: u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC),
+        protocol,
+        scope: r.scope.map(RouteScope::from).unwrap_or(RouteScope::Universe),
+        kind: RouteType::Unicast,
+        ..Default::default()
+    };
+    msg.attributes.push(RouteAttribute::Destination(to_route_address(r.dst.network())));
+    msg.attributes.push(RouteAttribute::Table(table));
+    if let Some(gw) = r.gw {
+        msg.attributes.push(RouteAttribute::Gateway(to_route_address(gw)));
+    }
+    if let Some(oif) = r.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if let Some(p) = r.priority {
+        msg.attributes.push(RouteAttribute::Priority(p));
+    }
+    let mut metrics = Vec::new();
+    if let Some(m) = r.mtu.filter(|m| *m > 0) {
+        metrics.push(RouteMetric::Mtu(m));
+    }
+    if let Some(m) = r.advmss.filter(|m| *m > 0) {
+        metrics.push(RouteMetric::Advmss(m));
+    }
+    if !metrics.is_empty() {
+        msg.attributes.push(RouteAttribute::Metrics(metrics));
+    }
+    msg
+}
+
 impl Handle {
     /// `ip route add <dst> [via gw] [dev oif] [metric] [table] [scope] [mtu] [advmss]`; EEXIST is
     /// returned as is so callers can treat an identical route as present.
     pub fn add_route(&mut self, r: &RouteSpec) -> io::Result<()> {
-        let mut msg = RouteMessage::default();
-        let table = r.table.unwrap_or(RT_TABLE_MAIN);
-        msg.header = RouteHeader {
-            address_family: if r.dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 },
-            destination_prefix_length: r.dst.prefix(),
-            table: u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC),
-            protocol: RouteProtocol::Boot,
-            scope: r.scope.map(RouteScope::from).unwrap_or(RouteScope::Universe),
-            kind: RouteType::Unicast,
-            ..Default::default()
-        };
-        msg.attributes.push(RouteAttribute::Destination(to_route_address(r.dst.network())));
-        msg.attributes.push(RouteAttribute::Table(table));
-        if let Some(gw) = r.gw {
-            msg.attributes.push(RouteAttribute::Gateway(to_route_address(gw)));
-        }
-        if let Some(oif) = r.oif {
-            msg.attributes.push(RouteAttribute::Oif(oif));
-        }
-        if let Some(p) = r.priority {
-            msg.attributes.push(RouteAttribute::Priority(p));
-        }
-        let mut metrics = Vec::new();
-        if let Some(m) = r.mtu.filter(|m| *m > 0) {
-            metrics.push(RouteMetric::Mtu(m));
-        }
-        if let Some(m) = r.advmss.filter(|m| *m > 0) {
-            metrics.push(RouteMetric::Advmss(m));
-        }
-        if !metrics.is_empty() {
-            msg.attributes.push(RouteAttribute::Metrics(metrics));
+        self.add_route_src(r, None)
+    }
+
+    /// [`Handle::add_route`] with a preferred source address (`src <ip>`).
+    pub fn add_route_src(&mut self, r: &RouteSpec, src: Option<IpAddr>) -> io::Result<()> {
+        let mut msg = route_message(r, RouteProtocol::Boot);
+        if let Some(src) = src {
+            msg.attributes.push(RouteAttribute::PrefSource(to_route_address(src)));
         }
         self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// `ip route del <dst> [via gw] [dev oif] [table]` whatever its protocol and scope (unless
+    /// `r.scope` names one); a route that is already gone is not an error.
+    pub fn del_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+        let mut msg = route_message(r, RouteProtocol::Unspec);
+        if r.scope.is_none() {
+            msg.header.scope = RouteScope::NoWhere;
+        }
+        match self.request(RouteNetlinkMessage::DelRoute(msg), 0) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(()),
+            other => other,
+        }
     }
 
     /// `ip route get <dst>`: the interface index the kernel would send a packet for `dst` out of,
