@@ -210,7 +210,9 @@ fn every_plugin_is_static_and_answers_in_a_root_holding_only_the_binaries() {
         assert_eq!(stdout, "", "{p}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines[0], format!("CNI {p} plugin v{VERSION}"), "{p}");
-        assert!(lines[1].starts_with("CNI protocol versions supported: 0.1.0, "), "{p}: {stderr}");
+        // Every plugin lists its spec versions (bandwidth, like the reference's, starts at 0.3.0).
+        assert!(lines[1].starts_with("CNI protocol versions supported: 0."), "{p}: {stderr}");
+        assert!(lines[1].ends_with(", 1.0.0, 1.1.0"), "{p}: {stderr}");
 
         let (code, stdout, stderr) =
             in_empty_root(&root.0, &format!("/{p}"), &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#, None);
