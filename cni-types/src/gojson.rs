@@ -41,9 +41,48 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Er
     from_value(serde_json::from_slice(bytes)?)
 }
 
-/// Whether `key` names `field` under Go's rules (exact, else simple case folding).
-fn go_key_matches(key: &str, field: &str) -> bool {
-    key.eq_ignore_ascii_case(field) || (!key.is_ascii() && key.to_lowercase() == field.to_lowercase())
+/// One character folded as Go's decoder folds field names: upper case of lower case, so that
+/// `ſ` (U+017F) folds to `S` and the Kelvin sign (U+212A) to `K`, as they do in Go.
+fn go_fold(c: char) -> char {
+    let mut lower = c.to_lowercase();
+    let l = match (lower.next(), lower.next()) {
+        (Some(l), None) => l,
+        _ => c,
+    };
+    let mut upper = l.to_uppercase();
+    match (upper.next(), upper.next()) {
+        (Some(u), None) => u,
+        _ => l,
+    }
+}
+
+/// Whether `key` names `field` under Go's rules (exact, else case folding, `ſ` and `K` included).
+pub fn go_key_matches(key: &str, field: &str) -> bool {
+    if key.is_ascii() {
+        return key.eq_ignore_ascii_case(field);
+    }
+    key.chars().map(go_fold).eq(field.chars().map(go_fold))
+}
+
+/// Rewrites the keys of `map` that Go would decode into one of `fields` to that field's exact
+/// name, keeping the value Go keeps (the last non-`null` one); other keys stay as they are. After
+/// this, an exact lookup, a case-insensitive one and [`from_value`] all see the same value, so a
+/// value validated is the value used.
+pub fn canonicalize(map: Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
+    let mut out = Map::with_capacity(map.len());
+    for (key, value) in map {
+        let field = fields.iter().find(|f| **f == key).or_else(|| fields.iter().find(|f| go_key_matches(&key, f)));
+        match field {
+            Some(_) if value.is_null() => {}
+            Some(field) => {
+                out.insert((*field).to_string(), value);
+            }
+            None => {
+                out.insert(key, value);
+            }
+        }
+    }
+    out
 }
 
 /// Renames the keys of a struct's object to the field names, drops `null`s, keeps the last of
@@ -64,6 +103,46 @@ fn fold_keys(map: Map<String, Value>, fields: &'static [&'static str]) -> Map<St
         out.insert(name, value);
     }
     out
+}
+
+/// The JSON field names of the struct `T` decodes into (what serde hands to `deserialize_struct`).
+pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct Probe;
+    #[derive(Debug)]
+    struct Found(&'static [&'static str]);
+    impl std::fmt::Display for Found {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "fields probed")
+        }
+    }
+    impl std::error::Error for Found {}
+    impl de::Error for Found {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Found(&[])
+        }
+    }
+    impl<'de> Deserializer<'de> for Probe {
+        type Error = Found;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+            Err(Found(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Found> {
+            Err(Found(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    match T::deserialize(Probe) {
+        Err(Found(fields)) => fields,
+        Ok(_) => &[],
+    }
 }
 
 struct Folded(Value);
@@ -262,6 +341,21 @@ mod tests {
         let o: Outer = from_value(json!({"name": "x", "NAME": "y", "flag": null})).unwrap();
         assert_eq!(o.name, "y");
         assert!(!o.flag);
+    }
+
+    #[test]
+    fn folds_like_go_beyond_ascii() {
+        assert!(go_key_matches("\u{17f}ubnet", "subnet"));
+        assert!(go_key_matches("\u{212a}ey", "key"));
+        assert!(!go_key_matches("nam\u{e9}", "name"));
+        let o: Outer = from_value(json!({"name": "a", "NAME": "b", "N\u{41c}ME": "c"})).unwrap();
+        assert_eq!(o.name, "b");
+        assert_eq!(fields_of::<Mapping>(), ["hostPort", "containerPort", "protocol", "hostIP"]);
+        let m = canonicalize(
+            json!({"Name": "a", "x": null, "name": "b", "NAME": null, "Other": 1}).as_object().unwrap().clone(),
+            &["name"],
+        );
+        assert_eq!(Value::Object(m), json!({"name": "b", "x": null, "Other": 1}));
     }
 
     #[test]
