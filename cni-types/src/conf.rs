@@ -247,7 +247,7 @@ impl NetConfList {
             gojson::from_value(value).map_err(|e| invalid(format!("error parsing configuration list: {e}")))?
         } else {
             let single: NetConf =
-                gojson::from_value(value.clone()).map_err(|e| invalid(format!("error parsing configuration: {e}")))?;
+                gojson::from_ref(&value).map_err(|e| invalid(format!("error parsing configuration: {e}")))?;
             NetConfList {
                 cni_version: single.cni_version,
                 name: single.name,

@@ -13,6 +13,12 @@ use serde_json::{Map, Value};
 /// Decodes `value` into `T`, matching struct fields the way Go does. A type error names the
 /// path of the offending value (`ipam.ranges[0][0].subnet: invalid type …`).
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {
+    from_ref(&value)
+}
+
+/// Decodes a borrowed `value` into `T` as [`from_value`] does, without copying the value (a
+/// configuration may be decoded several times, each into its own struct).
+pub fn from_ref<T: DeserializeOwned>(value: &Value) -> Result<T, serde_json::Error> {
     T::deserialize(Folded(value)).map_err(|e| {
         let text = e.to_string();
         match text.strip_prefix(PATH_MARK).and_then(|rest| rest.split_once(PATH_MARK)) {
@@ -85,22 +91,27 @@ pub fn canonicalize(map: Map<String, Value>, fields: &[&str]) -> Map<String, Val
     out
 }
 
-/// Renames the keys of a struct's object to the field names, drops `null`s, keeps the last of
-/// several keys that name one field, and leaves unknown keys for serde to ignore.
-fn fold_keys(map: Map<String, Value>, fields: &'static [&'static str]) -> Map<String, Value> {
-    let mut out = Map::with_capacity(map.len());
+/// The entries of a struct's object with keys renamed to the field names, `null`s dropped, the
+/// last of several keys that name one field kept (in the first one's place), and unknown keys left
+/// for serde to ignore.
+fn fold_keys<'a>(map: &'a Map<String, Value>, fields: &'static [&'static str]) -> Vec<(&'a str, &'a Value)> {
+    let mut out: Vec<(&'a str, &'a Value)> = Vec::with_capacity(map.len());
+    let mut placed: Vec<Option<usize>> = vec![None; fields.len()];
     for (key, value) in map {
         if value.is_null() {
             continue;
         }
-        let name = if fields.contains(&key.as_str()) {
-            key
-        } else if let Some(field) = fields.iter().find(|f| go_key_matches(&key, f)) {
-            (*field).to_string()
-        } else {
-            key
-        };
-        out.insert(name, value);
+        let field = fields.iter().position(|f| f == key).or_else(|| fields.iter().position(|f| go_key_matches(key, f)));
+        match field {
+            Some(i) => match placed[i] {
+                Some(at) => out[at].1 = value,
+                None => {
+                    placed[i] = Some(out.len());
+                    out.push((fields[i], value));
+                }
+            },
+            None => out.push((key.as_str(), value)),
+        }
     }
     out
 }
@@ -145,26 +156,26 @@ pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
     }
 }
 
-struct Folded(Value);
+struct Folded<'a>(&'a Value);
 
-struct FoldedMap {
-    iter: serde_json::map::IntoIter,
-    pending: Option<(String, Value)>,
+struct FoldedMap<'a> {
+    iter: std::vec::IntoIter<(&'a str, &'a Value)>,
+    pending: Option<(&'a str, &'a Value)>,
 }
 
-struct FoldedSeq {
-    iter: std::vec::IntoIter<Value>,
+struct FoldedSeq<'a> {
+    iter: std::slice::Iter<'a, Value>,
     index: usize,
 }
 
-impl<'de> MapAccess<'de> for FoldedMap {
+impl<'de> MapAccess<'de> for FoldedMap<'de> {
     type Error = serde_json::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
         match self.iter.next() {
             Some((key, value)) => {
-                self.pending = Some((key.clone(), value));
-                seed.deserialize(Value::String(key)).map(Some)
+                self.pending = Some((key, value));
+                seed.deserialize(de::value::BorrowedStrDeserializer::<serde_json::Error>::new(key)).map(Some)
             }
             None => Ok(None),
         }
@@ -172,7 +183,7 @@ impl<'de> MapAccess<'de> for FoldedMap {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
         let (key, value) = self.pending.take().ok_or_else(|| de::Error::custom("value requested before key"))?;
-        seed.deserialize(Folded(value)).map_err(|e| with_segment(e, &key))
+        seed.deserialize(Folded(value)).map_err(|e| with_segment(e, key))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -180,7 +191,7 @@ impl<'de> MapAccess<'de> for FoldedMap {
     }
 }
 
-impl<'de> SeqAccess<'de> for FoldedSeq {
+impl<'de> SeqAccess<'de> for FoldedSeq<'de> {
     type Error = serde_json::Error;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Self::Error> {
@@ -197,8 +208,15 @@ impl<'de> SeqAccess<'de> for FoldedSeq {
     }
 }
 
-fn visit_map<'de, V: Visitor<'de>>(map: Map<String, Value>, visitor: V) -> Result<V::Value, serde_json::Error> {
-    visitor.visit_map(FoldedMap { iter: map.into_iter(), pending: None })
+fn visit_entries<'de, V: Visitor<'de>>(
+    entries: Vec<(&'de str, &'de Value)>,
+    visitor: V,
+) -> Result<V::Value, serde_json::Error> {
+    visitor.visit_map(FoldedMap { iter: entries.into_iter(), pending: None })
+}
+
+fn visit_map<'de, V: Visitor<'de>>(map: &'de Map<String, Value>, visitor: V) -> Result<V::Value, serde_json::Error> {
+    visit_entries(map.iter().map(|(k, v)| (k.as_str(), v)).collect(), visitor)
 }
 
 macro_rules! forward_to_value {
@@ -209,13 +227,13 @@ macro_rules! forward_to_value {
     };
 }
 
-impl<'de> Deserializer<'de> for Folded {
+impl<'de> Deserializer<'de> for Folded<'de> {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
             Value::Object(map) => visit_map(map, visitor),
-            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.into_iter(), index: 0 }),
+            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.iter(), index: 0 }),
             other => other.deserialize_any(visitor),
         }
     }
@@ -234,7 +252,7 @@ impl<'de> Deserializer<'de> for Folded {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Object(map) => visit_map(fold_keys(map, fields), visitor),
+            Value::Object(map) => visit_entries(fold_keys(map, fields), visitor),
             other => other.deserialize_struct(name, fields, visitor),
         }
     }
@@ -248,7 +266,7 @@ impl<'de> Deserializer<'de> for Folded {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.into_iter(), index: 0 }),
+            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.iter(), index: 0 }),
             other => other.deserialize_seq(visitor),
         }
     }

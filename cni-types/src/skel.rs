@@ -86,7 +86,7 @@ impl CmdArgs {
     /// Decodes the configuration into a plugin's own type with Go's key matching; a type error
     /// is a decoding failure that names the key.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, CniError> {
-        gojson::from_value(self.config.clone())
+        gojson::from_ref(&self.config)
             .map_err(|e| CniError::new(DECODING_FAILURE, format!("failed to load netconf: {e}")))
     }
 
