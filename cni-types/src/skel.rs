@@ -263,9 +263,14 @@ fn dispatch(
     let read = stdin.take(limits::MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut raw);
     if cmd_name == "VERSION" {
         // The spec echoes the input's cniVersion; the libcni probe sends one, a person may not.
+        // Go's key rules here too: the version echoed is the one a Go decoder would read.
         let asked = serde_json::from_slice::<Value>(&raw)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+            .and_then(|v| match v {
+                Value::Object(map) => Some(gojson::canonicalize(map, &["cniVersion"])),
+                _ => None,
+            })
+            .and_then(|m| m.get("cniVersion").and_then(Value::as_str).map(str::to_string))
             .filter(|v| Version::parse(v).is_ok())
             .unwrap_or_else(|| version::CURRENT.to_string());
         return Ok(Outcome::Print(version::version_info(&asked, supported)));

@@ -324,6 +324,9 @@ fn spec_keys_fold_like_go_everywhere() {
     assert_eq!(e.0, 1, "the folded cniVersion is the version used: {e:?}");
     let o = invoke(&f, ENV_ADD, r#"{"name":"n","cniVersion":"0.4.0","CNIVERSION":"1.0.0","type":"fake"}"#);
     assert_eq!(o.json()["cniVersion"], "1.0.0");
+    let version = with(ENV_ADD, "CNI_COMMAND", "VERSION");
+    let o = invoke(&f, &version, r#"{"cniVersion":"0.4.0","CniVersion":"0.3.1"}"#);
+    assert_eq!(o.json()["cniVersion"], "0.3.1");
 }
 
 #[test]
