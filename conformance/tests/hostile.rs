@@ -146,7 +146,7 @@ fn rule_text_cannot_be_split_into_commands() {
 #[test]
 fn nft_conditions_cannot_be_cut_short() {
     require_root!();
-    if !conformance::run("nft", &["--version"]).is_ok() {
+    if conformance::run("nft", &["--version"]).is_err() {
         conformance::skip("nft is not installed");
         return;
     }
