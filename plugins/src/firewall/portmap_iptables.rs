@@ -443,10 +443,15 @@ fn plan_setup(saved: &SavedTable, t: &Portmap, address: &IpNetwork) -> Option<Ba
 pub fn setup_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
     let shared_known = shared_rules_in_place(t, family);
-    match restore::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
-        Ok(()) => return Ok(()),
-        Err(FirewallError::ToolNotFound(tool)) => return Err(FirewallError::ToolNotFound(tool)),
-        Err(e) => log::debug!("portmap: planning from {} after the one-batch ADD failed: {e}", save_tool(family)),
+    // Where the kernel could be asked (iptables-nft) and said the shared rules are missing, the
+    // one-batch ADD would fail after the tool parsed every rule of it: plan from the dump at once.
+    let shared_missing = !shared_known && super::ipmasq::iptables_is_nft(family);
+    if !shared_missing {
+        match restore::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
+            Ok(()) => return Ok(()),
+            Err(FirewallError::ToolNotFound(tool)) => return Err(FirewallError::ToolNotFound(tool)),
+            Err(e) => log::debug!("portmap: planning from {} after the one-batch ADD failed: {e}", save_tool(family)),
+        }
     }
     restore::apply_iptables(family, NAT, false, |saved| plan_setup(saved, t, address))
 }
