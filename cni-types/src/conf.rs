@@ -242,12 +242,12 @@ impl NetConfList {
         let invalid = |m: String| CniError::new(INVALID_NETWORK_CONFIG, m);
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| invalid(format!("error parsing configuration list: {e}")))?;
-        let has_plugins = value.as_object().is_some_and(|m| m.keys().any(|k| k.eq_ignore_ascii_case("plugins")));
+        let has_plugins = value.as_object().is_some_and(|m| m.keys().any(|k| gojson::go_key_matches(k, "plugins")));
         let mut list: NetConfList = if has_plugins {
             gojson::from_value(value).map_err(|e| invalid(format!("error parsing configuration list: {e}")))?
         } else {
             let single: NetConf =
-                gojson::from_value(value.clone()).map_err(|e| invalid(format!("error parsing configuration: {e}")))?;
+                gojson::from_ref(&value).map_err(|e| invalid(format!("error parsing configuration: {e}")))?;
             NetConfList {
                 cni_version: single.cni_version,
                 name: single.name,

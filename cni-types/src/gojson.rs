@@ -13,6 +13,12 @@ use serde_json::{Map, Value};
 /// Decodes `value` into `T`, matching struct fields the way Go does. A type error names the
 /// path of the offending value (`ipam.ranges[0][0].subnet: invalid type …`).
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {
+    from_ref(&value)
+}
+
+/// Decodes a borrowed `value` into `T` as [`from_value`] does, without copying the value (a
+/// configuration may be decoded several times, each into its own struct).
+pub fn from_ref<T: DeserializeOwned>(value: &Value) -> Result<T, serde_json::Error> {
     T::deserialize(Folded(value)).map_err(|e| {
         let text = e.to_string();
         match text.strip_prefix(PATH_MARK).and_then(|rest| rest.split_once(PATH_MARK)) {
@@ -41,51 +47,135 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Er
     from_value(serde_json::from_slice(bytes)?)
 }
 
-/// Whether `key` names `field` under Go's rules (exact, else simple case folding).
-fn go_key_matches(key: &str, field: &str) -> bool {
-    key.eq_ignore_ascii_case(field) || (!key.is_ascii() && key.to_lowercase() == field.to_lowercase())
+/// One character folded as Go's decoder folds field names: upper case of lower case, so that
+/// `ſ` (U+017F) folds to `S` and the Kelvin sign (U+212A) to `K`, as they do in Go.
+fn go_fold(c: char) -> char {
+    let mut lower = c.to_lowercase();
+    let l = match (lower.next(), lower.next()) {
+        (Some(l), None) => l,
+        _ => c,
+    };
+    let mut upper = l.to_uppercase();
+    match (upper.next(), upper.next()) {
+        (Some(u), None) => u,
+        _ => l,
+    }
 }
 
-/// Renames the keys of a struct's object to the field names, drops `null`s, keeps the last of
-/// several keys that name one field, and leaves unknown keys for serde to ignore.
-fn fold_keys(map: Map<String, Value>, fields: &'static [&'static str]) -> Map<String, Value> {
+/// Whether `key` names `field` under Go's rules (exact, else case folding, `ſ` and `K` included).
+pub fn go_key_matches(key: &str, field: &str) -> bool {
+    if key.is_ascii() {
+        return key.eq_ignore_ascii_case(field);
+    }
+    key.chars().map(go_fold).eq(field.chars().map(go_fold))
+}
+
+/// Rewrites the keys of `map` that Go would decode into one of `fields` to that field's exact
+/// name, keeping the value Go keeps (the last non-`null` one); other keys stay as they are. After
+/// this, an exact lookup, a case-insensitive one and [`from_value`] all see the same value, so a
+/// value validated is the value used.
+pub fn canonicalize(map: Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
     let mut out = Map::with_capacity(map.len());
     for (key, value) in map {
-        if value.is_null() {
-            continue;
+        let field = fields.iter().find(|f| **f == key).or_else(|| fields.iter().find(|f| go_key_matches(&key, f)));
+        match field {
+            Some(_) if value.is_null() => {}
+            Some(field) => {
+                out.insert((*field).to_string(), value);
+            }
+            None => {
+                out.insert(key, value);
+            }
         }
-        let name = if fields.contains(&key.as_str()) {
-            key
-        } else if let Some(field) = fields.iter().find(|f| go_key_matches(&key, f)) {
-            (*field).to_string()
-        } else {
-            key
-        };
-        out.insert(name, value);
     }
     out
 }
 
-struct Folded(Value);
-
-struct FoldedMap {
-    iter: serde_json::map::IntoIter,
-    pending: Option<(String, Value)>,
+/// The entries of a struct's object with keys renamed to the field names, `null`s dropped, the
+/// last of several keys that name one field kept (in the first one's place), and unknown keys left
+/// for serde to ignore.
+fn fold_keys<'a>(map: &'a Map<String, Value>, fields: &'static [&'static str]) -> Vec<(&'a str, &'a Value)> {
+    let mut out: Vec<(&'a str, &'a Value)> = Vec::with_capacity(map.len());
+    let mut placed: Vec<Option<usize>> = vec![None; fields.len()];
+    for (key, value) in map {
+        if value.is_null() {
+            continue;
+        }
+        let field = fields.iter().position(|f| f == key).or_else(|| fields.iter().position(|f| go_key_matches(key, f)));
+        match field {
+            Some(i) => match placed[i] {
+                Some(at) => out[at].1 = value,
+                None => {
+                    placed[i] = Some(out.len());
+                    out.push((fields[i], value));
+                }
+            },
+            None => out.push((key.as_str(), value)),
+        }
+    }
+    out
 }
 
-struct FoldedSeq {
-    iter: std::vec::IntoIter<Value>,
+/// The JSON field names of the struct `T` decodes into (what serde hands to `deserialize_struct`).
+pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct Probe;
+    #[derive(Debug)]
+    struct Found(&'static [&'static str]);
+    impl std::fmt::Display for Found {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "fields probed")
+        }
+    }
+    impl std::error::Error for Found {}
+    impl de::Error for Found {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Found(&[])
+        }
+    }
+    impl<'de> Deserializer<'de> for Probe {
+        type Error = Found;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+            Err(Found(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Found> {
+            Err(Found(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    match T::deserialize(Probe) {
+        Err(Found(fields)) => fields,
+        Ok(_) => &[],
+    }
+}
+
+struct Folded<'a>(&'a Value);
+
+struct FoldedMap<'a> {
+    iter: std::vec::IntoIter<(&'a str, &'a Value)>,
+    pending: Option<(&'a str, &'a Value)>,
+}
+
+struct FoldedSeq<'a> {
+    iter: std::slice::Iter<'a, Value>,
     index: usize,
 }
 
-impl<'de> MapAccess<'de> for FoldedMap {
+impl<'de> MapAccess<'de> for FoldedMap<'de> {
     type Error = serde_json::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
         match self.iter.next() {
             Some((key, value)) => {
-                self.pending = Some((key.clone(), value));
-                seed.deserialize(Value::String(key)).map(Some)
+                self.pending = Some((key, value));
+                seed.deserialize(de::value::BorrowedStrDeserializer::<serde_json::Error>::new(key)).map(Some)
             }
             None => Ok(None),
         }
@@ -93,7 +183,7 @@ impl<'de> MapAccess<'de> for FoldedMap {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
         let (key, value) = self.pending.take().ok_or_else(|| de::Error::custom("value requested before key"))?;
-        seed.deserialize(Folded(value)).map_err(|e| with_segment(e, &key))
+        seed.deserialize(Folded(value)).map_err(|e| with_segment(e, key))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -101,7 +191,7 @@ impl<'de> MapAccess<'de> for FoldedMap {
     }
 }
 
-impl<'de> SeqAccess<'de> for FoldedSeq {
+impl<'de> SeqAccess<'de> for FoldedSeq<'de> {
     type Error = serde_json::Error;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Self::Error> {
@@ -118,8 +208,15 @@ impl<'de> SeqAccess<'de> for FoldedSeq {
     }
 }
 
-fn visit_map<'de, V: Visitor<'de>>(map: Map<String, Value>, visitor: V) -> Result<V::Value, serde_json::Error> {
-    visitor.visit_map(FoldedMap { iter: map.into_iter(), pending: None })
+fn visit_entries<'de, V: Visitor<'de>>(
+    entries: Vec<(&'de str, &'de Value)>,
+    visitor: V,
+) -> Result<V::Value, serde_json::Error> {
+    visitor.visit_map(FoldedMap { iter: entries.into_iter(), pending: None })
+}
+
+fn visit_map<'de, V: Visitor<'de>>(map: &'de Map<String, Value>, visitor: V) -> Result<V::Value, serde_json::Error> {
+    visit_entries(map.iter().map(|(k, v)| (k.as_str(), v)).collect(), visitor)
 }
 
 macro_rules! forward_to_value {
@@ -130,13 +227,13 @@ macro_rules! forward_to_value {
     };
 }
 
-impl<'de> Deserializer<'de> for Folded {
+impl<'de> Deserializer<'de> for Folded<'de> {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
             Value::Object(map) => visit_map(map, visitor),
-            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.into_iter(), index: 0 }),
+            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.iter(), index: 0 }),
             other => other.deserialize_any(visitor),
         }
     }
@@ -155,7 +252,7 @@ impl<'de> Deserializer<'de> for Folded {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Object(map) => visit_map(fold_keys(map, fields), visitor),
+            Value::Object(map) => visit_entries(fold_keys(map, fields), visitor),
             other => other.deserialize_struct(name, fields, visitor),
         }
     }
@@ -169,7 +266,7 @@ impl<'de> Deserializer<'de> for Folded {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.into_iter(), index: 0 }),
+            Value::Array(items) => visitor.visit_seq(FoldedSeq { iter: items.iter(), index: 0 }),
             other => other.deserialize_seq(visitor),
         }
     }
@@ -262,6 +359,21 @@ mod tests {
         let o: Outer = from_value(json!({"name": "x", "NAME": "y", "flag": null})).unwrap();
         assert_eq!(o.name, "y");
         assert!(!o.flag);
+    }
+
+    #[test]
+    fn folds_like_go_beyond_ascii() {
+        assert!(go_key_matches("\u{17f}ubnet", "subnet"));
+        assert!(go_key_matches("\u{212a}ey", "key"));
+        assert!(!go_key_matches("nam\u{e9}", "name"));
+        let o: Outer = from_value(json!({"name": "a", "NAME": "b", "N\u{41c}ME": "c"})).unwrap();
+        assert_eq!(o.name, "b");
+        assert_eq!(fields_of::<Mapping>(), ["hostPort", "containerPort", "protocol", "hostIP"]);
+        let m = canonicalize(
+            json!({"Name": "a", "x": null, "name": "b", "NAME": null, "Other": 1}).as_object().unwrap().clone(),
+            &["name"],
+        );
+        assert_eq!(Value::Object(m), json!({"name": "b", "x": null, "Other": 1}));
     }
 
     #[test]

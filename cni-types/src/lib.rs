@@ -8,6 +8,7 @@ pub mod conf;
 pub mod error;
 pub mod gojson;
 pub mod invoke;
+pub mod limits;
 pub mod net;
 pub mod result;
 pub mod skel;

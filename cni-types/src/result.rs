@@ -171,7 +171,13 @@ impl CniResult {
         }
         let version = value
             .as_object()
-            .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("cniVersion")).map(|(_, v)| v.clone()))
+            // Go's rules, as for every key: the last non-null key that folds to `cniVersion`.
+            .and_then(|m| {
+                m.iter()
+                    .rev()
+                    .find(|(k, v)| !v.is_null() && gojson::go_key_matches(k, "cniVersion"))
+                    .map(|(_, v)| v.clone())
+            })
             .and_then(|v| v.as_str().map(str::to_string))
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| default_version.to_string());
@@ -464,6 +470,14 @@ mod tests {
             .unwrap();
         assert_eq!(r.cni_version, "0.4.0");
         assert_eq!(r.ips.len(), 1);
+    }
+
+    #[test]
+    fn result_version_is_the_one_go_decodes() {
+        let r = CniResult::parse(json!({"cniVersion": "0.2.0", "CNIVERSION": "1.0.0", "ips": []}), "0.4.0").unwrap();
+        assert_eq!(r.cni_version, "1.0.0");
+        let r = CniResult::parse(json!({"cniVersion": "0.3.1", "CniVersion": null}), "0.4.0").unwrap();
+        assert_eq!(r.cni_version, "0.3.1");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::error::{
 };
 use crate::result::CniResult;
 use crate::version::{self, Version};
-use crate::{gojson, validate, NetConf};
+use crate::{gojson, limits, validate, NetConf};
 use serde_json::Value;
 use std::io::{Read, Write};
 
@@ -86,7 +86,7 @@ impl CmdArgs {
     /// Decodes the configuration into a plugin's own type with Go's key matching; a type error
     /// is a decoding failure that names the key.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, CniError> {
-        gojson::from_value(self.config.clone())
+        gojson::from_ref(&self.config)
             .map_err(|e| CniError::new(DECODING_FAILURE, format!("failed to load netconf: {e}")))
     }
 
@@ -97,14 +97,8 @@ impl CmdArgs {
 
     /// `prevResult` converted to the current shape, if present.
     pub fn prev_result(&self) -> Result<Option<CniResult>, CniError> {
-        let prev = self
-            .config
-            .as_object()
-            .and_then(|m| {
-                let exact = m.get("prevResult");
-                exact.or_else(|| m.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case("prevResult")).map(|(_, v)| v))
-            })
-            .filter(|v| !v.is_null());
+        // The skeleton left one `prevResult` key, the one Go's decoder would use.
+        let prev = self.config.get("prevResult").filter(|v| !v.is_null());
         match prev {
             None => Ok(None),
             Some(v) => CniResult::parse(v.clone(), &self.cni_version)
@@ -265,17 +259,24 @@ fn dispatch(
     }
 
     let mut raw = Vec::new();
-    let read = stdin.read_to_end(&mut raw);
+    // One byte past the cap tells "at the cap" from "over it" without reading the rest.
+    let read = stdin.take(limits::MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut raw);
     if cmd_name == "VERSION" {
         // The spec echoes the input's cniVersion; the libcni probe sends one, a person may not.
+        // Go's key rules here too: the version echoed is the one a Go decoder would read.
         let asked = serde_json::from_slice::<Value>(&raw)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+            .and_then(|v| match v {
+                Value::Object(map) => Some(gojson::canonicalize(map, &["cniVersion"])),
+                _ => None,
+            })
+            .and_then(|m| m.get("cniVersion").and_then(Value::as_str).map(str::to_string))
             .filter(|v| Version::parse(v).is_ok())
             .unwrap_or_else(|| version::CURRENT.to_string());
         return Ok(Outcome::Print(version::version_info(&asked, supported)));
     }
     read.map_err(|e| (CniError::new(IO_FAILURE, format!("error reading from stdin: {e}")), None))?;
+    limits::config_size(&raw).map_err(|e| (e, None))?;
 
     let config = validate_config(&raw).map_err(|e| (e, None))?;
     let cni_version = config_version(&config).map_err(|e| (e, None))?;
@@ -353,17 +354,22 @@ fn dispatch(
 }
 
 /// Parses the configuration and checks its name, with the reference's codes.
+///
+/// The spec's keys are decoded once, with Go's rules (the last of several keys that fold to one
+/// field wins), and the configuration every plugin sees keeps only that value under the exact key:
+/// `{"name":"ok","Name":"../x"}` is checked, and used, as `../x`. A plugin can then look a spec key
+/// up any way it likes and still get the value that was validated.
 fn validate_config(raw: &[u8]) -> Result<Value, CniError> {
     let value: Value = serde_json::from_slice(raw)
         .map_err(|e| CniError::new(DECODING_FAILURE, format!("error unmarshall network config: {e}")))?;
-    let Value::Object(map) = &value else {
+    let Value::Object(map) = value else {
         return Err(CniError::new(
             DECODING_FAILURE,
             "error unmarshall network config: the configuration must be a JSON object",
         ));
     };
-    let name = lookup(map, "name");
-    let name = match name {
+    let map = gojson::canonicalize(map, gojson::fields_of::<NetConf>());
+    let name = match map.get("name") {
         None | Some(Value::Null) => "",
         Some(Value::String(s)) => s.as_str(),
         Some(other) => {
@@ -377,18 +383,13 @@ fn validate_config(raw: &[u8]) -> Result<Value, CniError> {
         return Err(CniError::new(INVALID_NETWORK_CONFIG, "missing network name"));
     }
     validate::network_name(name)?;
-    Ok(value)
-}
-
-/// Looks a key up as Go matches struct fields: exact, else the last case-insensitive match.
-fn lookup<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
-    map.get(key).or_else(|| map.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    Ok(Value::Object(map))
 }
 
 /// The configuration's version; `0.1.0` when absent or empty, as the reference decoder assumes.
 fn config_version(config: &Value) -> Result<String, CniError> {
     let map = config.as_object();
-    match map.and_then(|m| lookup(m, "cniVersion")) {
+    match map.and_then(|m| m.get("cniVersion")) {
         None | Some(Value::Null) => Ok("0.1.0".into()),
         Some(Value::String(s)) if s.is_empty() => Ok("0.1.0".into()),
         Some(Value::String(s)) => Ok(s.clone()),

@@ -292,3 +292,53 @@ fn prev_result_is_converted_from_any_version() {
     assert_eq!(prev.cni_version, "0.4.0");
     assert_eq!(prev.ips[0].address.to_string(), "10.9.0.3/16");
 }
+
+#[test]
+fn the_name_validated_is_the_name_used() {
+    // Go's decoder keeps the last key that folds to `name`; so does the check (the reference: code 7).
+    let f = Fake::default();
+    for conf in [
+        r#"{"name":"hlnet","Name":"../../../victim"}"#,
+        r#"{"name":"hlnet","NAME":"/abs/path"}"#,
+        r#"{"Name":"hlnet","name":"a/b"}"#,
+    ] {
+        let e = invoke(&f, ENV_ADD, conf).err();
+        assert_eq!((e.0, e.1.as_str()), (7, "invalid characters found in network name"), "{conf}");
+    }
+    assert!(f.calls.borrow().is_empty(), "no handler may run on bad input");
+    // A later `null` leaves the value as Go leaves it; the plugin sees one exact `name` key.
+    let o = invoke(&f, ENV_ADD, r#"{"cniVersion":"1.0.0","NAME":"first","name":"net1","Name":null,"type":"fake"}"#);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    let calls = f.calls.borrow();
+    let config = calls[0].1.config.as_object().unwrap();
+    assert_eq!(config.get("name"), Some(&Value::String("net1".into())));
+    assert_eq!(config.keys().filter(|k| k.eq_ignore_ascii_case("name")).count(), 1);
+    assert_eq!(calls[0].1.net_conf().unwrap().name, "net1");
+}
+
+#[test]
+fn spec_keys_fold_like_go_everywhere() {
+    // U+017F folds to `S` in Go, so `cniVerſion` is a spelling of `cniVersion`.
+    let f = Fake::default();
+    let e = invoke(&f, ENV_ADD, r#"{"name":"n","cniVer\u017fion":"9.9.9"}"#).err();
+    assert_eq!(e.0, 1, "the folded cniVersion is the version used: {e:?}");
+    let o = invoke(&f, ENV_ADD, r#"{"name":"n","cniVersion":"0.4.0","CNIVERSION":"1.0.0","type":"fake"}"#);
+    assert_eq!(o.json()["cniVersion"], "1.0.0");
+    let version = with(ENV_ADD, "CNI_COMMAND", "VERSION");
+    let o = invoke(&f, &version, r#"{"cniVersion":"0.4.0","CniVersion":"0.3.1"}"#);
+    assert_eq!(o.json()["cniVersion"], "0.3.1");
+}
+
+#[test]
+fn oversized_configs_are_refused_before_decoding() {
+    let f = Fake::default();
+    let mut conf = String::from(r#"{"name":"n","junk":["#);
+    conf.push_str(&"0,".repeat(crate::limits::MAX_CONFIG_VALUES));
+    conf.push_str("0]}");
+    let e = invoke(&f, ENV_ADD, &conf).err();
+    assert_eq!(e.0, 7);
+    assert!(e.1.starts_with("network configuration too large"), "{}", e.1);
+    let big = format!(r#"{{"name":"n","junk":"{}"}}"#, "x".repeat(crate::limits::MAX_CONFIG_BYTES));
+    assert!(invoke(&f, ENV_ADD, &big).err().1.contains("more than 8388608 bytes"));
+    assert!(f.calls.borrow().is_empty());
+}

@@ -90,7 +90,7 @@ fn hex_char(chars: &mut std::str::Chars, digits: usize) -> Option<char> {
 }
 
 /// One rule: the chain it lives in and its arguments (matches and target), unquoted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// The chain holding the rule.
     pub chain: String,
@@ -303,12 +303,13 @@ impl Batch {
         self.lines.is_empty()
     }
 
-    /// The restore input: `*<table>`, the commands, `COMMIT`.
+    /// The restore input: `*<table>`, the commands, `COMMIT`. A control character inside a command
+    /// (an argument holding a line break would start a new command) is written as NUL, which
+    /// [`super::restore`] refuses to run: the text of one command never becomes two.
     pub fn render(&self) -> String {
         let mut text = format!("*{}\n", self.table);
         for line in &self.lines {
-            text.push_str(line);
-            text.push('\n');
+            super::restore::push_line(&mut text, line);
         }
         text.push_str("COMMIT\n");
         text

@@ -106,12 +106,12 @@ impl Script {
         self.lines.is_empty()
     }
 
-    /// The script text, one command per line.
+    /// The script text, one command per line; a control character inside a command is written as
+    /// NUL, which [`super::restore::nft_apply`] refuses to run.
     pub fn render(&self) -> String {
         let mut text = String::new();
         for line in &self.lines {
-            text.push_str(line);
-            text.push('\n');
+            super::restore::push_line(&mut text, line);
         }
         text
     }

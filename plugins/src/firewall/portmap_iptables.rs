@@ -33,6 +33,8 @@ pub const DNAT_CHAIN: &str = "CNI-HOSTPORT-DNAT";
 pub const SETMARK_CHAIN: &str = "CNI-HOSTPORT-SETMARK";
 /// The shared chain that masquerades marked connections.
 pub const MASQ_CHAIN: &str = "CNI-HOSTPORT-MASQ";
+/// The top-level chain of plugin versions before 2018, which jumped to per-container `CNI-SN-…` chains.
+pub const OLD_SNAT_CHAIN: &str = "CNI-HOSTPORT-SNAT";
 
 const NAT: &str = "nat";
 /// `multiport` takes at most 15 ports per rule.
@@ -355,14 +357,10 @@ fn container_rules(t: &Portmap, address: &IpNetwork) -> Vec<Rule> {
 }
 
 /// Rules not yet seen, in order (a duplicate mapping yields one rule, as check-then-append does).
+/// Hashed, so that 10000 mappings cost 10000 lookups rather than 50 million comparisons.
 fn unique(rules: Vec<Rule>) -> Vec<Rule> {
-    let mut out: Vec<Rule> = Vec::with_capacity(rules.len());
-    for rule in rules {
-        if !out.contains(&rule) {
-            out.push(rule);
-        }
-    }
-    out
+    let mut seen: HashSet<Rule> = HashSet::with_capacity(rules.len());
+    rules.into_iter().filter(|rule| seen.insert(rule.clone())).collect()
 }
 
 /// Whether the kernel shows the shared chains in place (iptables-nft only): every entry jump from
@@ -409,32 +407,34 @@ fn plan_setup(saved: &SavedTable, t: &Portmap, address: &IpNetwork) -> Option<Ba
     let family = Family::of(&address.ip());
     let chain = dnat_chain_name(t.network, t.container_id);
     let (shared_chains, shared) = shared_rules(t);
+    let container = container_rules(t, address);
+    let entries = entry_rules(t, family);
     let mut batch = Batch::new(NAT);
-    let mut added: Vec<Rule> = Vec::new();
-    let mut add = |batch: &mut Batch, rule: &Rule, position: Position| {
-        if saved.contains(rule) || added.contains(rule) {
+    // Every rule of the table and of the batch, hashed: one lookup per planned rule.
+    let mut present: HashSet<&Rule> = saved.rules.iter().collect();
+    fn add<'r>(batch: &mut Batch, present: &mut HashSet<&'r Rule>, rule: &'r Rule, position: Position) {
+        if !present.insert(rule) {
             return;
         }
         match position {
             Position::Append => batch.append(rule),
             Position::First => batch.insert(rule, 1),
         }
-        added.push(rule.clone());
-    };
+    }
     // Chains before the rules that jump to them, in the reference's order.
     for name in shared_chains {
         if !saved.has_chain(name) {
             batch.new_chain(name);
         }
         for (rule, position) in shared.iter().filter(|(r, _)| r.chain == name || r.target() == Some(name)) {
-            add(&mut batch, rule, *position);
+            add(&mut batch, &mut present, rule, *position);
         }
     }
     if !saved.has_chain(&chain) {
         batch.new_chain(&chain);
     }
-    for rule in container_rules(t, address).iter().chain(entry_rules(t, family).iter()) {
-        add(&mut batch, rule, Position::Append);
+    for rule in container.iter().chain(entries.iter()) {
+        add(&mut batch, &mut present, rule, Position::Append);
     }
     (!batch.is_empty()).then_some(batch)
 }
@@ -443,10 +443,15 @@ fn plan_setup(saved: &SavedTable, t: &Portmap, address: &IpNetwork) -> Option<Ba
 pub fn setup_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
     let shared_known = shared_rules_in_place(t, family);
-    match restore::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
-        Ok(()) => return Ok(()),
-        Err(FirewallError::ToolNotFound(tool)) => return Err(FirewallError::ToolNotFound(tool)),
-        Err(e) => log::debug!("portmap: planning from {} after the one-batch ADD failed: {e}", save_tool(family)),
+    // Where the kernel could be asked (iptables-nft) and said the shared rules are missing, the
+    // one-batch ADD would fail after the tool parsed every rule of it: plan from the dump at once.
+    let shared_missing = !shared_known && super::ipmasq::iptables_is_nft(family);
+    if !shared_missing {
+        match restore::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
+            Ok(()) => return Ok(()),
+            Err(FirewallError::ToolNotFound(tool)) => return Err(FirewallError::ToolNotFound(tool)),
+            Err(e) => log::debug!("portmap: planning from {} after the one-batch ADD failed: {e}", save_tool(family)),
+        }
     }
     restore::apply_iptables(family, NAT, false, |saved| plan_setup(saved, t, address))
 }
@@ -484,12 +489,14 @@ pub fn check_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), Fi
 /// that exist. `None` when there is nothing.
 fn plan_remove_chains(saved: &SavedTable, chains: &[String]) -> Option<Batch> {
     let mut batch = Batch::new(NAT);
-    for rule in saved.rules.iter().filter(|r| !chains.contains(&r.chain)) {
-        if rule.target().is_some_and(|t| chains.iter().any(|c| c == t)) {
+    let doomed: HashSet<&str> = chains.iter().map(String::as_str).collect();
+    for rule in saved.rules.iter().filter(|r| !doomed.contains(r.chain.as_str())) {
+        if rule.target().is_some_and(|t| doomed.contains(t)) {
             batch.delete(rule);
         }
     }
-    let existing: Vec<&String> = chains.iter().filter(|c| saved.has_chain(c)).collect();
+    let declared: HashSet<&str> = saved.chains.iter().map(String::as_str).collect();
+    let existing: Vec<&String> = chains.iter().filter(|c| declared.contains(c.as_str())).collect();
     existing.iter().for_each(|c| batch.flush_chain(c));
     existing.iter().for_each(|c| batch.delete_chain(c));
     (!batch.is_empty()).then_some(batch)
@@ -512,7 +519,10 @@ pub fn teardown_portmap_iptables(network: &str, container_id: &str, present: &[F
             continue;
         }
         let chains = [dnat_chain_name(network, container_id), chain_name("SN-", network, container_id)];
-        match restore::remove_chains_nft(family, NAT, &chains, None) {
+        // Only the reference's chains jump to these; listing just them keeps DEL from reading every
+        // rule of a large container chain (the kernel's rule dump restarts from the head of the
+        // table for each batch it returns, so a whole-table dump grows with its square).
+        match restore::remove_chains_nft(family, NAT, &chains, Some(&[DNAT_CHAIN, OLD_SNAT_CHAIN])) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => log::debug!("portmap teardown by handle failed, reading the table: {e}"),
@@ -532,6 +542,7 @@ pub fn teardown_portmap_iptables(network: &str, container_id: &str, present: &[F
 fn plan_gc(saved: &SavedTable, network: &str, valid_ids: &HashSet<&str>) -> Option<Batch> {
     let prefix = format!("dnat name: \"{network}\" id: \"");
     let mut stale: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for rule in saved.rules_in(DNAT_CHAIN) {
         let Some(id) = rule.comment().and_then(|c| c.strip_prefix(&prefix)).and_then(|r| r.strip_suffix('"')) else {
             continue;
@@ -540,7 +551,7 @@ fn plan_gc(saved: &SavedTable, network: &str, valid_ids: &HashSet<&str>) -> Opti
             continue;
         }
         let chain = dnat_chain_name(network, id);
-        if rule.target() == Some(chain.as_str()) && !stale.contains(&chain) {
+        if rule.target() == Some(chain.as_str()) && seen.insert(chain.clone()) {
             stale.push(chain);
         }
     }
@@ -654,9 +665,6 @@ COMMIT
 -A CNI-HOSTPORT-DNAT ! -d 192.0.2.0/24 -p udp -m comment --comment "dnat name: \"specnet\" id: \"c1\"" -m multiport --dports 8084 -j CNI-DN-aecf3b8c19c82cf5a79c5
 COMMIT
 "#;
-
-    /// The top-level chain of plugin versions before 2018, whose per-container chains DEL removes.
-    const OLD_SNAT_CHAIN: &str = "CNI-HOSTPORT-SNAT";
 
     const EMPTY_NAT: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
                              :POSTROUTING ACCEPT [0:0]\nCOMMIT\n";

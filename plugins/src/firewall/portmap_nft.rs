@@ -28,6 +28,7 @@ use super::restore;
 use super::{Family, FirewallError};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 /// The table name, in both the `ip` and `ip6` families.
@@ -179,9 +180,15 @@ fn chain_is(listing: &Listing, chain: &str, want: &[String]) -> bool {
     listing.rules_in(chain).map(render).eq(want.iter().cloned())
 }
 
-/// Whether `chain` has a rule with this text and the container's comment.
-fn has_rule(listing: &Listing, chain: &str, text: &str, container_id: &str) -> bool {
-    listing.rules_in(chain).any(|r| r.comment.as_deref() == Some(container_id) && render(r) == text)
+/// The `(chain, text)` of every rule in the container's chains that carries its comment, rendered
+/// once, so that looking up each planned rule costs one hash rather than a walk of the listing.
+fn own_rules<'a>(listing: &'a Listing, container_id: &str) -> HashSet<(&'a str, String)> {
+    [HOSTPORTS, HOSTIP_HOSTPORTS, MASQUERADING]
+        .into_iter()
+        .flat_map(|chain| listing.rules_in(chain))
+        .filter(|r| r.comment.as_deref() == Some(container_id))
+        .map(|r| (r.chain.as_str(), render(r)))
+        .collect()
 }
 
 /// Plans ADD from a listing of the family's table: create what is missing, rewrite
@@ -220,12 +227,12 @@ fn plan_setup(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<Scr
     if t.snat && !listing.has_chain(MASQUERADING) {
         script.add_chain(fam, TABLE, MASQUERADING, Some(MASQUERADING_SPEC));
     }
-    let mut seen: Vec<String> = Vec::new();
+    let mut present = own_rules(listing, t.container_id);
     let own = hostport_rules(t, address).into_iter().map(|r| (HOSTPORTS, r));
     for (chain, rule) in own.chain(masquerade_rules(t, address).into_iter().map(|r| (MASQUERADING, r))) {
-        if !has_rule(listing, chain, &rule, t.container_id) && !seen.contains(&rule) {
-            script.add_rule(fam, TABLE, chain, &format!("{rule} comment {comment}"));
-            seen.push(rule);
+        let line = format!("{rule} comment {comment}");
+        if present.insert((chain, rule)) {
+            script.add_rule(fam, TABLE, chain, &line);
         }
     }
     Ok(script)
@@ -236,12 +243,12 @@ fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> Result<Script, FirewallE
     let fam = keyword(Family::of(&address.ip()));
     let comment = nft::quote("container ID", t.container_id)?;
     let mut script = Script::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: HashSet<(&str, String)> = HashSet::new();
     let own = hostport_rules(t, address).into_iter().map(|r| (HOSTPORTS, r));
     for (chain, rule) in own.chain(masquerade_rules(t, address).into_iter().map(|r| (MASQUERADING, r))) {
-        if !seen.contains(&rule) {
-            script.add_rule(fam, TABLE, chain, &format!("{rule} comment {comment}"));
-            seen.push(rule);
+        let line = format!("{rule} comment {comment}");
+        if seen.insert((chain, rule)) {
+            script.add_rule(fam, TABLE, chain, &line);
         }
     }
     Ok(script)
@@ -279,9 +286,10 @@ fn verify(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<(), Str
     if !listing.rules_in(HOSTPORTS_ALL).any(|r| r.has_verdict_to("jump", HOSTPORTS)) {
         return Err(format!("chain {HOSTPORTS_ALL} of table {fam} {TABLE} does not jump to {HOSTPORTS}"));
     }
+    let present = own_rules(listing, t.container_id);
     let own = hostport_rules(t, address).into_iter().map(|r| (HOSTPORTS, r));
     for (chain, rule) in own.chain(masquerade_rules(t, address).into_iter().map(|r| (MASQUERADING, r))) {
-        if !has_rule(listing, chain, &rule, t.container_id) {
+        if !present.contains(&(chain, rule.clone())) {
             return Err(format!(
                 "missing hostport rule in chain {chain} of table {fam} {TABLE}: {rule} comment {:?}",
                 t.container_id

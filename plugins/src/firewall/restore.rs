@@ -92,8 +92,45 @@ pub fn iptables_save(family: Family, table: &str) -> Result<SavedTable, Firewall
         .map_err(|reason| FirewallError::Parse { command: format!("{tool} -t {table}"), reason })
 }
 
+/// Longest line `iptables-restore` reads as one: it reads lines into a 10240-byte buffer, so a
+/// longer one is cut and its tail read as the next command.
+pub const MAX_RESTORE_LINE: usize = 10238;
+
+/// Appends one command and its newline to rule text, with every control character in it (a line
+/// break inside an argument, a NUL) written as NUL, so [`check_text`] refuses the whole text.
+pub fn push_line(text: &mut String, line: &str) {
+    let bad = |c: char| c.is_control() && c != '\t';
+    if line.contains(bad) {
+        text.extend(line.chars().map(|c| if bad(c) { '\0' } else { c }));
+    } else {
+        text.push_str(line);
+    }
+    text.push('\n');
+}
+
+/// Refuses rule text whose meaning the tool would not see as written, before anything runs: a NUL
+/// (where an argument held a control character; the tools stop reading at it, `nft` with success),
+/// a carriage return, or (for `iptables-restore`, `max_line` set) a line it would cut in two.
+pub fn check_text(tool: &str, text: &str, max_line: Option<usize>) -> Result<(), FirewallError> {
+    let refuse = |line: &str, reason: &'static str| FirewallError::Invalid {
+        what: "rule text",
+        value: format!("{tool}: {}", line.chars().take(120).collect::<String>().replace('\0', "\\0")),
+        reason,
+    };
+    for line in text.split('\n') {
+        if line.contains(['\0', '\r']) {
+            return Err(refuse(line, "an argument holds a NUL, line break or other control character"));
+        }
+        if max_line.is_some_and(|max| line.len() > max) {
+            return Err(refuse(line, "longer than the 10238 bytes iptables-restore reads as one line"));
+        }
+    }
+    Ok(())
+}
+
 /// Loads a batch without touching anything it does not name: `iptables-restore --noflush -w`.
 pub fn iptables_restore(family: Family, batch: &str) -> Result<(), FirewallError> {
+    check_text(restore_tool(family), batch, Some(MAX_RESTORE_LINE))?;
     PendingRestore::spawn(family)?.load(batch)
 }
 
@@ -108,6 +145,8 @@ pub struct PendingRestore {
     /// What [`PendingRestore::feed`] gave it, kept to name a failing line.
     batch: String,
     fed: std::io::Result<()>,
+    /// Why the batch was not fed at all ([`check_text`] refused it).
+    refused: Option<FirewallError>,
 }
 
 impl PendingRestore {
@@ -125,7 +164,7 @@ impl PendingRestore {
             .spawn()
             .map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
         let stdin = child.stdin.take();
-        Ok(PendingRestore { child, stdin, command, family, batch: String::new(), fed: Ok(()) })
+        Ok(PendingRestore { child, stdin, command, family, batch: String::new(), fed: Ok(()), refused: None })
     }
 
     /// The family whose tables it loads into.
@@ -142,6 +181,12 @@ impl PendingRestore {
     /// Feeds `batch` and closes the input without waiting, so the tool loads it while the caller
     /// goes on; [`PendingRestore::finish`] collects the outcome (dropping waits too).
     pub fn feed(&mut self, batch: &str) {
+        if let Err(e) = check_text(restore_tool(self.family), batch, Some(MAX_RESTORE_LINE)) {
+            // Closing the input unfed: the tool reads nothing and changes nothing.
+            self.stdin.take();
+            self.refused = Some(e);
+            return;
+        }
         log::debug!("running {} with input:\n{batch}", self.command);
         self.fed = match self.stdin.take() {
             Some(mut pipe) => pipe.write_all(batch.as_bytes()),
@@ -156,6 +201,9 @@ impl PendingRestore {
         let fed = std::mem::replace(&mut self.fed, Ok(()));
         let command = self.command.clone();
         let output = self.wait_output().map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         if !output.status.success() {
             // Drop the usage hint; name the failing input line unless it is the COMMIT, which the
             // nft variant blames for any error in the table.
@@ -207,6 +255,7 @@ fn failed_line(stderr: &str) -> Option<usize> {
 
 /// Applies an nft script as one transaction: `nft -f -`.
 pub fn nft_apply(script: &str) -> Result<(), FirewallError> {
+    check_text("nft", script, None)?;
     run("nft", &["-f", "-"], Some(script)).map(drop)
 }
 
@@ -225,7 +274,7 @@ pub fn nft_list(what: &[&str]) -> Result<Option<serde_json::Value>, FirewallErro
 
 /// Removes iptables chains of `table` and every rule elsewhere that jumps to them, when
 /// iptables is the nf_tables variant: the kernel lists the rules over netlink (those of the
-/// `sources` chains, or of the whole table) and one `nft` transaction deletes the jumps by handle
+/// `sources` chains that exist, or of the whole table) and one `nft` transaction deletes the jumps by handle
 /// and the chains. Reading the table through `iptables-save` instead grows with every container
 /// on the host. `Ok(false)` when this way does not apply (legacy iptables, no `nft`); any error
 /// leaves the table as it was, for the caller to fall back on `apply_iptables`.
@@ -258,6 +307,12 @@ pub fn remove_chains_nft(
         Some(sources) => {
             let mut all = Vec::new();
             for source in sources {
+                // A source chain that does not exist holds no jump.
+                if !nft_chain_exists(nft_fam, table, source)
+                    .map_err(netlink(format!("get chain {fam_name} {table} {source}")))?
+                {
+                    continue;
+                }
                 all.extend(
                     nft_rules(nft_fam, table, source).map_err(netlink(format!("list {fam_name} {table} {source}")))?,
                 );
@@ -336,6 +391,35 @@ pub fn apply_nft(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::iptables::{Batch, Rule};
+
+    #[test]
+    fn rule_text_that_would_change_meaning_is_refused() {
+        // An argument with a line break would become a second command: rendered as NUL, refused.
+        let mut batch = Batch::new("nat");
+        batch.append(&Rule::new("CNI-X", ["-d", "10.0.0.1\n-A PREROUTING -p tcp --dport 22 -j DNAT", "-j", "ACCEPT"]));
+        let text = batch.render();
+        assert_eq!(text.lines().count(), 3, "one command stays one line: {text:?}");
+        let e = check_text("iptables-restore", &text, Some(MAX_RESTORE_LINE)).unwrap_err();
+        assert!(e.to_string().contains("control character"), "{e}");
+        for arg in ["a\0b", "a\rb", "a\u{85}b"] {
+            let mut batch = Batch::new("nat");
+            batch.append(&Rule::new("CNI-X", ["-d", arg]));
+            assert!(check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).is_err(), "{arg:?}");
+        }
+        // iptables-restore reads 10239 bytes a line: one byte more and the tail is a new command.
+        let mut batch = Batch::new("nat");
+        batch.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", &"x".repeat(MAX_RESTORE_LINE)]));
+        let e = check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).unwrap_err();
+        assert!(e.to_string().contains("10238 bytes"), "{e}");
+        assert!(check_text("nft", &batch.render(), None).is_ok(), "nft reads lines of any length");
+        let mut ok = Batch::new("nat");
+        ok.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", "a\tb \"c\"", "-j", "ACCEPT"]));
+        assert!(check_text("iptables-restore", &ok.render(), Some(MAX_RESTORE_LINE)).is_ok());
+        let mut script = crate::firewall::nft::Script::new();
+        script.add_rule("ip", "t", "c", "ip daddr 10.0.0.1\0 accept");
+        assert!(check_text("nft", &script.render(), None).is_err());
+    }
 
     #[test]
     fn finds_the_blamed_line() {

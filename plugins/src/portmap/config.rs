@@ -4,6 +4,7 @@
 use crate::firewall::portmap_iptables::{PortForward, Portmap, Protocol};
 use crate::firewall::{self, Backend, Family};
 use cni_types::error::INVALID_NETWORK_CONFIG;
+use cni_types::limits::MAX_PORT_MAPPINGS;
 use cni_types::{CmdArgs, CniError, CniResult, PortMapping};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -91,12 +92,65 @@ pub fn parse_mapping(m: &PortMapping) -> Result<PortForward, CniError> {
     Ok(PortForward { host_port, container_port, protocol, host_ip })
 }
 
-/// Rejects condition tokens that would break out of the one line a rule occupies in a batch.
-fn check_tokens(key: &str, tokens: &[String]) -> Result<(), CniError> {
-    match tokens.iter().find(|t| t.contains(['\n', '\r', ';', '#'])) {
-        Some(t) => Err(invalid(format!("{key}: invalid token {t:?} (no line breaks, ';' or '#')"))),
-        None => Ok(()),
+/// Most tokens in one `conditionsV4`/`conditionsV6` list.
+pub const MAX_CONDITION_TOKENS: usize = 64;
+/// Most bytes in one condition token (`iptables-restore` refuses longer parameters).
+pub const MAX_CONDITION_TOKEN_LEN: usize = 1023;
+/// Most bytes in one condition list, all tokens together: with the rest of its rule, the line
+/// stays well under the 10239 bytes `iptables-restore` reads as one line.
+pub const MAX_CONDITIONS_LEN: usize = 4096;
+
+/// Checks condition tokens as what they become: one argument of an `iptables-restore` line each, or
+/// words of one `nft` rule. Neither may hold a control character (a NUL ends the text the tool
+/// sees, a line break starts a new command); nft conditions may not hold `;` or `#` (a new command,
+/// a comment to the end of the line) or an unpaired `"` (a string that runs into the next line);
+/// counts and lengths are bounded so no line grows past what the tools read as one line.
+fn check_tokens(key: &str, tokens: &[String], backend: Backend) -> Result<(), CniError> {
+    if tokens.len() > MAX_CONDITION_TOKENS {
+        return Err(invalid(format!("{key}: {} tokens, at most {MAX_CONDITION_TOKENS} are accepted", tokens.len())));
     }
+    let total: usize = tokens.iter().map(String::len).sum();
+    if total > MAX_CONDITIONS_LEN {
+        return Err(invalid(format!("{key}: {total} bytes in all, at most {MAX_CONDITIONS_LEN} are accepted")));
+    }
+    for t in tokens {
+        let shown = || t.chars().take(64).collect::<String>();
+        if t.len() > MAX_CONDITION_TOKEN_LEN {
+            return Err(invalid(format!(
+                "{key}: token {:?}… is {} bytes, at most {MAX_CONDITION_TOKEN_LEN} are accepted",
+                shown(),
+                t.len()
+            )));
+        }
+        if t.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "{key}: invalid token {t:?} (no NUL, line breaks or other control characters)"
+            )));
+        }
+        if backend == Backend::Nftables && t.contains([';', '#']) {
+            return Err(invalid(format!("{key}: invalid token {t:?} (no ';' or '#' in nftables conditions)")));
+        }
+    }
+    if backend == Backend::Nftables && tokens.iter().map(|t| t.matches('"').count()).sum::<usize>() % 2 != 0 {
+        return Err(invalid(format!("{key}: unpaired '\"' in nftables conditions")));
+    }
+    Ok(())
+}
+
+/// Longest chain name iptables accepts (`XT_EXTENSION_MAXNAMELEN` - 1).
+pub const MAX_CHAIN_NAME_LEN: usize = 28;
+
+/// Checks `externalSetMarkChain` as the iptables chain name it becomes: 1 to 28 printable ASCII
+/// characters, no quote or backslash, not starting with `-` or `!` (which iptables reads as options).
+fn check_chain_name(name: &str) -> Result<(), CniError> {
+    let printable = name.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\'));
+    if name.is_empty() || name.len() > MAX_CHAIN_NAME_LEN || !printable || name.starts_with(['-', '!']) {
+        return Err(invalid(format!(
+            "invalid externalSetMarkChain {name:?}: a chain name is 1 to {MAX_CHAIN_NAME_LEN} printable characters \
+             without quotes or backslashes, not starting with '-' or '!'"
+        )));
+    }
+    Ok(())
 }
 
 impl PortmapConf {
@@ -104,7 +158,14 @@ impl PortmapConf {
     pub fn load(args: &CmdArgs) -> Result<PortmapConf, CniError> {
         let mut conf = PortmapConf::load_options(args)?;
         let net = args.net_conf()?;
-        conf.forwards = net.runtime_config.port_mappings.iter().map(parse_mapping).collect::<Result<_, _>>()?;
+        let mappings = &net.runtime_config.port_mappings;
+        if mappings.len() > MAX_PORT_MAPPINGS {
+            return Err(invalid(format!(
+                "too many port mappings: {}, at most {MAX_PORT_MAPPINGS} are accepted",
+                mappings.len()
+            )));
+        }
+        conf.forwards = mappings.iter().map(parse_mapping).collect::<Result<_, _>>()?;
         Ok(conf)
     }
 
@@ -123,12 +184,8 @@ impl PortmapConf {
                 .filter(|b| *b <= 31)
                 .ok_or_else(|| invalid("MasqMarkBit must be between 0 and 31"))?,
         };
-        if raw
-            .external_set_mark_chain
-            .as_deref()
-            .is_some_and(|c| c.trim().is_empty() || c.contains(char::is_whitespace))
-        {
-            return Err(invalid(format!("invalid externalSetMarkChain {:?}", raw.external_set_mark_chain)));
+        if let Some(chain) = raw.external_set_mark_chain.as_deref() {
+            check_chain_name(chain)?;
         }
         let backend = match raw.backend.as_deref() {
             None => firewall::default_backend(),
@@ -144,7 +201,7 @@ impl PortmapConf {
             if conditions_backend(conditions).is_some_and(|b| b != backend) {
                 foreign.push(key);
             }
-            check_tokens(key, conditions.as_deref().unwrap_or_default())?;
+            check_tokens(key, conditions.as_deref().unwrap_or_default(), backend)?;
         }
         if !foreign.is_empty() {
             let other = if backend == Backend::Iptables { Backend::Nftables } else { Backend::Iptables };
@@ -301,6 +358,45 @@ mod tests {
         );
         assert!(load(json!({"conditionsV4": ["!", "-d", "192.0.2.0/24"], "markMasqBit": 0})).is_ok());
         assert!(load(json!({"backend": "nftables", "conditionsV4": ["ip daddr 1.2.3.4; flush ruleset"]})).is_err());
+    }
+
+    #[test]
+    fn condition_tokens_are_checked_as_what_they_become() {
+        let v4 = |c: serde_json::Value| load(json!({"conditionsV4": c}));
+        let nft = |c: serde_json::Value| load(json!({"backend": "nftables", "conditionsV4": c}));
+        for bad in ["10.0.0.0/8\0", "1.2.3.4\n-A PREROUTING -j ACCEPT", "a\rb", "a\u{7f}"] {
+            let e = v4(json!(["-d", bad])).unwrap_err();
+            assert_eq!(e.code, 7);
+            assert!(e.msg.starts_with("conditionsV4: invalid token"), "{}", e.msg);
+        }
+        // One token longer than iptables-restore takes, or a list padded past a line.
+        let e = v4(json!(["-d", "1".repeat(MAX_CONDITION_TOKEN_LEN + 1)])).unwrap_err();
+        assert!(e.msg.contains("at most 1023"), "{}", e.msg);
+        let padded: Vec<String> = (0..8).map(|_| "x".repeat(1000)).collect();
+        assert!(v4(json!(padded)).unwrap_err().msg.contains("at most 4096"));
+        let many: Vec<&str> = vec!["!"; MAX_CONDITION_TOKENS + 1];
+        assert!(v4(json!(many)).unwrap_err().msg.contains("at most 64"));
+        // iptables arguments are quoted, so ';' and '#' mean nothing there; in nft they do.
+        assert!(v4(json!(["-m", "comment", "--comment", "a;b #c \"d\""])).is_ok());
+        assert!(nft(json!(["ip", "saddr", "1.2.3.4", "#", "x"])).unwrap_err().msg.contains("no ';' or '#'"));
+        assert!(nft(json!(["iifname", "\"eth0", "accept"])).unwrap_err().msg.contains("unpaired"));
+        assert!(nft(json!(["iifname", "\"eth0\""])).is_ok());
+    }
+
+    #[test]
+    fn external_chain_and_mapping_count_are_bounded() {
+        for bad in ["", "-j", "!X", "a b", "a\"b", &"C".repeat(29), "a\0"] {
+            let e = load(json!({"externalSetMarkChain": bad})).unwrap_err();
+            assert!(e.msg.starts_with("invalid externalSetMarkChain"), "{bad:?}: {}", e.msg);
+        }
+        assert!(load(json!({"externalSetMarkChain": "KUBE-MARK-MASQ"})).is_ok());
+        let one = json!({"hostPort": 80, "containerPort": 80, "protocol": "tcp"});
+        let e = load(mappings(json!(vec![one; MAX_PORT_MAPPINGS + 1]))).unwrap_err();
+        assert_eq!(e.msg, "too many port mappings: 65537, at most 65536 are accepted");
+        // podman's -p 1000-9000:1000-9000 is one mapping per port.
+        let podman: Vec<_> =
+            (1000..=9000).map(|p| json!({"hostPort": p, "containerPort": p, "protocol": "tcp"})).collect();
+        assert_eq!(load(mappings(json!(podman))).unwrap().forwards.len(), 8001);
     }
 
     #[test]

@@ -83,7 +83,7 @@ fn find<'a>(attrs: &'a [Attr<'a>], kind: u16) -> Option<&'a Attr<'a>> {
 }
 
 /// The attributes to delete an entry by (its original tuple, and its zone if any) when it is a
-/// UDP entry for one of `ports`.
+/// UDP entry for one of `ports` (sorted).
 fn victim(attrs: &[Attr], ports: &[u16]) -> Option<Vec<u8>> {
     let tuple = find(attrs, CTA_TUPLE_ORIG)?;
     let inner = attributes(tuple.payload);
@@ -91,7 +91,7 @@ fn victim(attrs: &[Attr], ports: &[u16]) -> Option<Vec<u8>> {
     let number = *find(&proto, CTA_PROTO_NUM)?.payload.first()?;
     let port = find(&proto, CTA_PROTO_DST_PORT)?.payload;
     let port = u16::from_be_bytes([*port.first()?, *port.get(1)?]);
-    if number != IPPROTO_UDP || !ports.contains(&port) {
+    if number != IPPROTO_UDP || ports.binary_search(&port).is_err() {
         return None;
     }
     let mut request = tuple.raw.to_vec();
