@@ -1,10 +1,13 @@
 //! Every plugin's configuration loader over fuzzed JSON (already through the skeleton's checks).
 #![no_main]
 
+use cni_plugins::bandwidth::BandwidthConf;
 use cni_plugins::bridge::BridgeConf;
 use cni_plugins::host_local::config as host_local;
 use cni_plugins::portmap::PortmapConf;
+use cni_plugins::ptp::PtpConf;
 use cni_plugins::rootless::config::WrapperConf;
+use cni_plugins::tuning::config as tuning;
 use cni_types::CmdArgs;
 use libfuzzer_sys::fuzz_target;
 
@@ -34,6 +37,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = PortmapConf::load_options(&args);
     let _ = BridgeConf::load(&args);
     let _ = host_local::load(&args);
+    let _ = PtpConf::load(&args);
+    let _ = BandwidthConf::load(&args);
+    if let Ok(conf) = tuning::parse(&args) {
+        // Every sysctl accepted names a file under /proc/sys/net without a way out of it.
+        for s in &conf.sysctls {
+            assert!(s.rel.starts_with("net/"), "sysctl outside net/: {:?}", s.rel);
+            assert!(!s.rel.split('/').any(|c| c == ".." || c == "." || c.is_empty()), "sysctl path escapes: {:?}", s.rel);
+        }
+    }
     let getenv = |_: &str| -> Option<String> { None };
     let _ = WrapperConf::load(&args, &getenv);
 });
