@@ -8,12 +8,14 @@
 mod addr;
 mod link;
 mod netconf;
+mod nft_batch;
 mod nftables;
 mod route;
 
 pub use addr::Address;
 pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
 pub use netconf::all_forwarding;
+pub use nft_batch::{AddrField, CmpOp, Expr, NftBatch, NftOp, PayloadBase, Verdict};
 pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
 pub use route::RouteSpec;
 

@@ -65,6 +65,8 @@ pub struct NftRule {
     pub comment: Option<String>,
     /// Chains the rule jumps or goes to.
     pub jumps: Vec<String>,
+    /// Its expressions.
+    pub exprs: Vec<super::nft_batch::Expr>,
 }
 
 /// One GET request: netlink header, `nfgenmsg`, string attributes.
@@ -130,7 +132,7 @@ fn exists(req: &[u8], seq: u32) -> io::Result<bool> {
 }
 
 /// Walks the netlink attributes of `buf`.
-fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut off = 0;
     std::iter::from_fn(move || {
         if off + 4 > buf.len() {
@@ -176,7 +178,7 @@ fn verdict_chains(expressions: &[u8]) -> Vec<String> {
 
 /// Parses one NEWRULE payload (after `nfgenmsg`) into handle and comment.
 fn parse_rule(payload: &[u8]) -> Option<NftRule> {
-    let mut rule = NftRule { chain: String::new(), handle: 0, comment: None, jumps: Vec::new() };
+    let mut rule = NftRule { chain: String::new(), handle: 0, comment: None, jumps: Vec::new(), exprs: Vec::new() };
     let mut have_handle = false;
     for (kind, value) in attributes(payload.get(4..)?) {
         match kind {
@@ -189,7 +191,10 @@ fn parse_rule(payload: &[u8]) -> Option<NftRule> {
                 rule.handle = u64::from_be_bytes(b);
                 have_handle = true;
             }
-            NFTA_RULE_EXPRESSIONS => rule.jumps = verdict_chains(value),
+            NFTA_RULE_EXPRESSIONS => {
+                rule.jumps = verdict_chains(value);
+                rule.exprs = super::nft_batch::decode_exprs(value);
+            }
             NFTA_RULE_USERDATA => {
                 // Userdata is its own TLV list: u8 type, u8 length, value.
                 let mut i = 0;
@@ -270,7 +275,13 @@ mod tests {
         p.extend_from_slice(&[0, 0]);
         assert_eq!(
             parse_rule(&p),
-            Some(NftRule { chain: String::new(), handle: 42, comment: Some("abc".into()), jumps: vec![] })
+            Some(NftRule {
+                chain: String::new(),
+                handle: 42,
+                comment: Some("abc".into()),
+                jumps: vec![],
+                exprs: vec![]
+            })
         );
         let mut named = vec![1, 0, 0, 0, 8, 0, 2, 0, b'F', b'O', b'O', 0];
         named.extend_from_slice(&p[4..]);
