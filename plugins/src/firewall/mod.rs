@@ -12,6 +12,7 @@
 
 mod ipmasq;
 pub mod iptables;
+mod masq_nft;
 pub mod nft;
 pub mod portmap_iptables;
 pub mod portmap_nft;
@@ -116,6 +117,15 @@ pub enum FirewallError {
         value: String,
         /// Why it is rejected.
         reason: &'static str,
+    },
+    /// The kernel refused or failed an nf_tables netlink exchange.
+    #[error("nf_tables {what}: {source}")]
+    Netlink {
+        /// The operation and the object it concerns.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
     },
     /// CHECK found the installed rules differ from what ADD installs.
     #[error("{0}")]
