@@ -240,6 +240,9 @@ pub fn gc_ipmasq(network: &str, valid: &[(String, String)]) -> Result<(), Firewa
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
         }
+        if nothing_to_collect(family, network, &valid_ids) {
+            continue;
+        }
         if let Err(e) =
             restore::apply_iptables(family, NAT, false, |saved| plan_iptables_gc(saved, network, &valid_ids))
         {
@@ -250,6 +253,25 @@ pub fn gc_ipmasq(network: &str, valid: &[(String, String)]) -> Result<(), Firewa
         errors.push(e);
     }
     FirewallError::collect(errors)
+}
+
+/// Whether the kernel shows (iptables-nft, over netlink) that the nat table holds no rule of `network`
+/// for a container outside `valid_ids`, so GC need not run `iptables-save`. Any doubt answers `false`.
+fn nothing_to_collect(family: Family, network: &str, valid_ids: &HashSet<&str>) -> bool {
+    if !iptables_is_nft(family) {
+        return false;
+    }
+    let prefix = format!("name: {} id: ", go_quote(network));
+    match crate::netlink::nft_table_rules(nft_family(family), NAT) {
+        Ok(rules) => !rules.iter().any(|r| {
+            r.comment
+                .as_deref()
+                .and_then(|c| c.strip_prefix(&prefix))
+                .and_then(go_unquote)
+                .is_some_and(|id| !valid_ids.contains(id.as_str()))
+        }),
+        Err(_) => false,
+    }
 }
 
 /// The target's addresses of one family, without duplicates, in the caller's order.
