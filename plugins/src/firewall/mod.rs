@@ -16,6 +16,7 @@ mod masq_nft;
 pub mod nft;
 pub mod portmap_iptables;
 pub mod portmap_nft;
+mod portmap_nftnl;
 pub mod restore;
 mod spoofcheck;
 

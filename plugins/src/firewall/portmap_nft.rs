@@ -250,6 +250,9 @@ fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> Result<Script, FirewallE
 /// ADD for the family of `address`.
 pub fn setup_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
+    if t.conditions(family).is_empty() {
+        return super::portmap_nftnl::setup(t, address);
+    }
     let fam = keyword(family);
     // `prerouting` right means a complete, current layout was written before (all chains are
     // created in one transaction); a missing `masquerading` fails the transaction below instead.
@@ -293,6 +296,9 @@ fn verify(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<(), Str
 
 /// CHECK for the family of `address`.
 pub fn check_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+    if t.conditions(Family::of(&address.ip())).is_empty() || !restore::has_tool("nft") {
+        return super::portmap_nftnl::check(t, address);
+    }
     let fam = keyword(Family::of(&address.ip()));
     let listing = Listing::fetch(&["table", fam, TABLE])?;
     verify(&listing, t, address).map_err(FirewallError::Check)
@@ -312,6 +318,9 @@ fn plan_teardown(listing: &Listing, container_id: &str) -> Option<Script> {
 
 /// DEL: deletes this container's rules from both families' tables (what is not there is success).
 pub fn teardown_portmap_nft(container_id: &str) -> Result<(), FirewallError> {
+    if super::portmap_nftnl::teardown(container_id).is_ok() {
+        return Ok(());
+    }
     let mut errors = Vec::new();
     for family in Family::ALL {
         let what = ["table", keyword(family), TABLE];
@@ -324,6 +333,9 @@ pub fn teardown_portmap_nft(container_id: &str) -> Result<(), FirewallError> {
 
 /// STATUS: whether `nft` runs and the kernel has nf_tables.
 pub fn nft_usable() -> Result<(), FirewallError> {
+    if !restore::has_tool("nft") {
+        return super::portmap_nftnl::usable();
+    }
     restore::run("nft", &["list", "tables"], None).map(drop)
 }
 

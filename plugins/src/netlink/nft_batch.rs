@@ -152,14 +152,56 @@ pub enum Expr {
     Verdict(Verdict),
     /// `masq` without options.
     Masquerade,
+    /// `immediate reg <dreg> <data>`: loads a constant.
+    Load {
+        /// Destination register.
+        dreg: u32,
+        /// The constant.
+        data: Vec<u8>,
+    },
+    /// `nat dnat ip|ip6 addr_min reg <addr> proto_min reg <proto> flags <flags>`.
+    Dnat {
+        /// Whether the address is IPv6.
+        v6: bool,
+        /// Register holding the address.
+        addr_reg: u32,
+        /// Register holding the port.
+        proto_reg: u32,
+        /// `NF_NAT_RANGE_*` flags as nft sends them (`PROTO_SPECIFIED`); the kernel's implied
+        /// `MAP_IPS` is left out when read back.
+        flags: u32,
+    },
+    /// `fib <flags> <result> => reg <dreg>`.
+    Fib {
+        /// Destination register.
+        dreg: u32,
+        /// `NFT_FIB_RESULT_*`.
+        result: u32,
+        /// `NFTA_FIB_F_*`.
+        flags: u32,
+    },
     /// An expression this model does not decode, by name (read back only).
     Other(String),
 }
 
 /// `NFT_META_NFPROTO`.
 const NFT_META_NFPROTO: u32 = 15;
+/// `NFT_META_L4PROTO`.
+const NFT_META_L4PROTO: u32 = 16;
 /// `NFT_REG_1`.
 const REG1: u32 = 1;
+/// `NFT_REG_2`.
+const REG2: u32 = 2;
+/// `NF_NAT_RANGE_MAP_IPS`, which the kernel adds whenever an address register is given.
+const NF_NAT_RANGE_MAP_IPS: u32 = 1;
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+/// `NFT_FIB_RESULT_ADDRTYPE`.
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+/// `NFTA_FIB_F_DADDR`.
+const NFTA_FIB_F_DADDR: u32 = 2;
+/// `RTN_LOCAL`.
+const RTN_LOCAL: u32 = 2;
 
 /// Which address of the IP header a match reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +219,37 @@ impl Expr {
         vec![
             Expr::Meta { key: NFT_META_NFPROTO, dreg: REG1 },
             Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: vec![proto] },
+        ]
+    }
+
+    /// `<tcp|udp|sctp> dport <port>` (protocol number `l4proto`), as nft encodes it.
+    pub fn dport(l4proto: u8, port: u16) -> Vec<Expr> {
+        vec![
+            Expr::Meta { key: NFT_META_L4PROTO, dreg: REG1 },
+            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: vec![l4proto] },
+            Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: REG1 },
+            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: port.to_be_bytes().to_vec() },
+        ]
+    }
+
+    /// `dnat to <ip>:<port>` (`[ip]:port` for IPv6).
+    pub fn dnat_to(ip: IpAddr, port: u16) -> Vec<Expr> {
+        let (v6, addr) = match ip {
+            IpAddr::V4(a) => (false, a.octets().to_vec()),
+            IpAddr::V6(a) => (true, a.octets().to_vec()),
+        };
+        vec![
+            Expr::Load { dreg: REG1, data: addr },
+            Expr::Load { dreg: REG2, data: port.to_be_bytes().to_vec() },
+            Expr::Dnat { v6, addr_reg: REG1, proto_reg: REG2, flags: NF_NAT_RANGE_PROTO_SPECIFIED },
+        ]
+    }
+
+    /// `fib daddr type local`.
+    pub fn fib_daddr_local() -> Vec<Expr> {
+        vec![
+            Expr::Fib { dreg: REG1, result: NFT_FIB_RESULT_ADDRTYPE, flags: NFTA_FIB_F_DADDR },
+            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: RTN_LOCAL.to_ne_bytes().to_vec() },
         ]
     }
 
@@ -222,6 +295,9 @@ impl Expr {
             Expr::Bitwise { .. } => "bitwise",
             Expr::Verdict(_) => "immediate",
             Expr::Masquerade => "masq",
+            Expr::Load { .. } => "immediate",
+            Expr::Dnat { .. } => "nat",
+            Expr::Fib { .. } => "fib",
             Expr::Other(name) => name.as_str(),
         };
         out.put_str(NFTA_EXPR_NAME, name);
@@ -259,6 +335,22 @@ impl Expr {
                         }
                     })
                 });
+            }
+            Expr::Load { dreg, data: value } => {
+                data.put_u32(1, *dreg);
+                data.nest(2, |d| d.put_bytes(NFTA_DATA_VALUE, value));
+            }
+            Expr::Dnat { v6, addr_reg, proto_reg, flags } => {
+                data.put_u32(1, 1);
+                data.put_u32(2, u32::from(if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }));
+                data.put_u32(3, *addr_reg);
+                data.put_u32(5, *proto_reg);
+                data.put_u32(7, *flags);
+            }
+            Expr::Fib { dreg, result, flags } => {
+                data.put_u32(1, *dreg);
+                data.put_u32(2, *result);
+                data.put_u32(3, *flags);
             }
             Expr::Masquerade | Expr::Other(_) => {}
         }
@@ -337,6 +429,21 @@ impl Expr {
                 }))
             })(),
             b"masq" if data.is_empty() => Some(Expr::Masquerade),
+            b"immediate" => (|| Some(Expr::Load { dreg: u32s[1]?, data: value(2)? }))(),
+            // NFT_NAT_DNAT; the kernel reports the max registers too (equal to the min ones).
+            b"nat" if u32s[1] == Some(1) => (|| {
+                let v6 = match u8::try_from(u32s[2]?).ok()? {
+                    NFPROTO_IPV4 => false,
+                    NFPROTO_IPV6 => true,
+                    _ => return None,
+                };
+                let (addr_reg, proto_reg) = (u32s[3]?, u32s[5]?);
+                if u32s[4].is_some_and(|r| r != addr_reg) || u32s[6].is_some_and(|r| r != proto_reg) {
+                    return None;
+                }
+                Some(Expr::Dnat { v6, addr_reg, proto_reg, flags: u32s[7].unwrap_or(0) & !NF_NAT_RANGE_MAP_IPS })
+            })(),
+            b"fib" => (|| Some(Expr::Fib { dreg: u32s[1]?, result: u32s[2]?, flags: u32s[3]? }))(),
             _ => None,
         };
         decoded.unwrap_or_else(other)
@@ -678,6 +785,9 @@ mod tests {
         exprs.push(Expr::Verdict(Verdict::Goto("masq_checks".into())));
         exprs.push(Expr::Verdict(Verdict::Return));
         exprs.push(Expr::Masquerade);
+        exprs.extend(Expr::dport(6, 8080));
+        exprs.extend(Expr::dnat_to("fd00::5".parse().unwrap(), 80));
+        exprs.extend(Expr::fib_daddr_local());
         let mut list = Attrs::default();
         for e in &exprs {
             list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));
