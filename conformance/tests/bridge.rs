@@ -575,57 +575,15 @@ fn a_host_moves_between_the_newest_reference_and_ours_with_containers_attached()
     assert!(reservations(&host).is_empty());
 }
 
-/// A suite whose `bridge` runs ours under `strace -f -e trace=execve`, logging to `<log>.<pid>`,
-/// beside ours `host-local`.
-fn traced_suite(host: &FakeHost, plugin: &str, log: &std::path::Path) -> Suite {
-    use std::os::unix::fs::PermissionsExt;
-    let ours = conformance::ours();
-    let dir = host.dir.join("traced");
-    std::fs::create_dir_all(&dir).unwrap();
-    for other in ["host-local", "bridge", "portmap"] {
-        if other != plugin {
-            std::os::unix::fs::symlink(ours.plugin(other), dir.join(other)).unwrap();
-        }
-    }
-    let script = format!(
-        "#!/bin/sh\nexec strace -f -qq -e trace=execve -o {}.$$ {} \"$@\"\n",
-        log.display(),
-        ours.plugin(plugin).display()
-    );
-    std::fs::write(dir.join(plugin), script).unwrap();
-    std::fs::set_permissions(dir.join(plugin), std::fs::Permissions::from_mode(0o755)).unwrap();
-    Suite { name: "ours", dir }
-}
-
-/// The programs the traced plugin runs started, from every `<log>.*` (failed lookups left out).
-fn traced_execs(log: &std::path::Path) -> Vec<String> {
-    let prefix = log.file_name().unwrap().to_string_lossy().to_string();
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(log.parent().unwrap()).unwrap().flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
-            continue;
-        }
-        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
-            if let Some(rest) = line.split("execve(\"").nth(1) {
-                if !line.contains("= -1 ") {
-                    out.push(rest.split('"').next().unwrap().to_string());
-                }
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn nftables_masquerade_runs_no_program_but_ipam() {
     require_root!();
-    if conformance::run("strace", &["-V"]).is_err() {
+    if !conformance::trace::have_strace() {
         conformance::skip("strace is not installed");
         return;
     }
     let host = FakeHost::new().unwrap();
-    let log = host.dir.join("execve");
-    let suite = traced_suite(&host, "bridge", &log);
+    let suite = conformance::trace::traced_suite(&host.dir.join("traced"), &["bridge"]).unwrap();
     let rt = Runtime::new(&suite, &host.ns, host.dir.clone());
     let l = nft_list(&host);
     let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
@@ -638,7 +596,7 @@ fn nftables_masquerade_runs_no_program_but_ipam() {
     rt.del_list(&l, &a1).unwrap();
     let rules = host.ns.run("nft", &["list", "table", "inet", "cni_plugins_masquerade"]).unwrap();
     assert!(!rules.contains("masquerade comment"), "{rules}");
-    let execs = traced_execs(&log);
+    let execs = conformance::trace::traced_execs(&suite.dir).unwrap();
     let bridge = conformance::ours().plugin("bridge").display().to_string();
     let ipam = suite.plugin("host-local").display().to_string();
     // ADD, ADD, CHECK, GC, DEL: five bridge runs, each calling host-local once.

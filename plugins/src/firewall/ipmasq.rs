@@ -258,18 +258,20 @@ pub fn gc_ipmasq(network: &str, valid: &[(String, String)]) -> Result<(), Firewa
 /// Whether the kernel shows (iptables-nft, over netlink) that the nat table holds no rule of `network`
 /// for a container outside `valid_ids`, so GC need not run `iptables-save`. Any doubt answers `false`.
 fn nothing_to_collect(family: Family, network: &str, valid_ids: &HashSet<&str>) -> bool {
+    let prefix = format!("name: {} id: ", go_quote(network));
+    nat_surely_without(family, |comment| {
+        comment.strip_prefix(&prefix).and_then(go_unquote).is_some_and(|id| !valid_ids.contains(id.as_str()))
+    })
+}
+
+/// Whether the kernel shows (iptables-nft, over netlink) that no rule of the family's nat table has
+/// a comment `wanted` selects. Legacy iptables or a failing dump answer `false`.
+pub(super) fn nat_surely_without(family: Family, wanted: impl Fn(&str) -> bool) -> bool {
     if !iptables_is_nft(family) {
         return false;
     }
-    let prefix = format!("name: {} id: ", go_quote(network));
     match crate::netlink::nft_table_rules(nft_family(family), NAT) {
-        Ok(rules) => !rules.iter().any(|r| {
-            r.comment
-                .as_deref()
-                .and_then(|c| c.strip_prefix(&prefix))
-                .and_then(go_unquote)
-                .is_some_and(|id| !valid_ids.contains(id.as_str()))
-        }),
+        Ok(rules) => !rules.iter().any(|r| r.comment.as_deref().is_some_and(&wanted)),
         Err(_) => false,
     }
 }
