@@ -573,67 +573,89 @@ impl Plugin for Bridge {
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
-        let mut errors: Vec<String> = Vec::new();
-        let mut addrs: Vec<IpNetwork> = Vec::new();
-        let mut container_gone = args.netns.is_empty();
-        if !args.netns.is_empty() {
-            match NetNs::open(&args.netns) {
-                Ok(ns) => match handle_in(&ns) {
-                    Ok(mut cont) => match cont.link_by_name(&args.ifname) {
-                        Ok(Some(link)) => {
-                            if let Ok(a) = cont.addresses(Some(link.index)) {
-                                addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
+        let masquerading = conf.is_layer3() && conf.ip_masq;
+        // The masquerade teardown runs on its own thread beside the link deletion: both end waiting
+        // for the kernel's RCU grace period (the veth's unregistering, nf_tables freeing deleted
+        // rules when the socket closes), and waiting together costs one period instead of two.
+        let conf = &conf;
+        std::thread::scope(|scope| {
+            let teardown_masq = |addrs: Vec<IpNetwork>| {
+                scope.spawn(move || {
+                    firewall::teardown_ipmasq(&masq_target(conf, args, &addrs))
+                        .map_err(|e| format!("failed to tear down IP masquerading: {e}"))
+                })
+            };
+            let mut masq = None;
+            let mut errors: Vec<String> = Vec::new();
+            let mut addrs: Vec<IpNetwork> = Vec::new();
+            let mut container_gone = args.netns.is_empty();
+            if !args.netns.is_empty() {
+                match NetNs::open(&args.netns) {
+                    Ok(ns) => match handle_in(&ns) {
+                        Ok(mut cont) => match cont.link_by_name(&args.ifname) {
+                            Ok(Some(link)) => {
+                                if let Ok(a) = cont.addresses(Some(link.index)) {
+                                    addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
+                                }
+                                if masquerading {
+                                    masq = Some(teardown_masq(addrs.clone()));
+                                }
+                                if let Err(e) = cont.del_link(link.index) {
+                                    errors.push(format!("failed to delete {}: {e}", args.ifname));
+                                }
                             }
-                            if let Err(e) = cont.del_link(link.index) {
-                                errors.push(format!("failed to delete {}: {e}", args.ifname));
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
+                            Ok(None) => {}
+                            Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
+                        },
+                        Err(e) => errors.push(e.msg),
                     },
-                    Err(e) => errors.push(e.msg),
-                },
-                Err(NsError::NotExist(_)) => container_gone = true,
-                Err(e) => errors.push(e.to_string()),
+                    Err(NsError::NotExist(_)) => container_gone = true,
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
-        }
-        // With the namespace gone its veth end went with it, and with it the host end; but a
-        // namespace file that was unmounted while still alive keeps the pair, so remove the
-        // host end named in prevResult if it is still ours.
-        if container_gone {
-            if let Ok(Some(prev)) = args.prev_result() {
-                if let (Some(hv), Ok(mut host)) = (prev.interfaces.get(1), Handle::new()) {
-                    if let (Ok(Some(l)), Ok(Some(br))) = (host.link_by_name(&hv.name), host.link_by_name(&conf.bridge))
-                    {
-                        if l.kind == "veth" && l.master == Some(br.index) {
-                            if let Err(e) = host.del_link(l.index) {
-                                errors.push(format!("failed to delete {}: {e}", hv.name));
+            // With the namespace gone its veth end went with it, and with it the host end; but a
+            // namespace file that was unmounted while still alive keeps the pair, so remove the
+            // host end named in prevResult if it is still ours.
+            if container_gone {
+                if let Ok(Some(prev)) = args.prev_result() {
+                    if let (Some(hv), Ok(mut host)) = (prev.interfaces.get(1), Handle::new()) {
+                        if let (Ok(Some(l)), Ok(Some(br))) =
+                            (host.link_by_name(&hv.name), host.link_by_name(&conf.bridge))
+                        {
+                            if l.kind == "veth" && l.master == Some(br.index) {
+                                if let Err(e) = host.del_link(l.index) {
+                                    errors.push(format!("failed to delete {}: {e}", hv.name));
+                                }
                             }
                         }
                     }
+                    if addrs.is_empty() {
+                        addrs = prev.ips.iter().map(|i| i.address).collect();
+                    }
                 }
-                if addrs.is_empty() {
-                    addrs = prev.ips.iter().map(|i| i.address).collect();
+            }
+            if conf.is_layer3() {
+                if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Del, args) {
+                    errors.push(e.to_string());
                 }
             }
-        }
-        if conf.is_layer3() {
-            if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Del, args) {
-                errors.push(e.to_string());
+            if conf.mac_spoof_check {
+                if let Err(e) = firewall::teardown_spoofcheck(&args.container_id, &args.ifname) {
+                    log::warn!("MAC spoof check teardown: {e}");
+                }
             }
-        }
-        if conf.mac_spoof_check {
-            if let Err(e) = firewall::teardown_spoofcheck(&args.container_id, &args.ifname) {
-                log::warn!("MAC spoof check teardown: {e}");
+            if masquerading {
+                let result = match masq.take() {
+                    Some(job) => job.join().unwrap_or_else(|_| Err("IP masquerading teardown panicked".into())),
+                    None => firewall::teardown_ipmasq(&masq_target(conf, args, &addrs))
+                        .map_err(|e| format!("failed to tear down IP masquerading: {e}")),
+                };
+                if let Err(e) = result {
+                    errors.push(e);
+                }
             }
-        }
-        if conf.is_layer3() && conf.ip_masq {
-            let target = masq_target(&conf, args, &addrs);
-            if let Err(e) = firewall::teardown_ipmasq(&target) {
-                errors.push(format!("failed to tear down IP masquerading: {e}"));
-            }
-        }
-        all_or_errors(errors)
+            all_or_errors(errors)
+        })
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
