@@ -5,7 +5,9 @@
 //! * iptables: one `iptables-restore --noflush -w` (or `ip6tables-restore`) batch per family and
 //!   operation, planned from one `iptables-save -t <table>` dump ([`iptables`] is the chain model,
 //!   [`restore`] runs the tools);
-//! * nftables: one `nft -f -` transaction per operation, planned from `nft -j list …` ([`nft`]).
+//! * nftables: one NETLINK_NETFILTER batch per operation ([`crate::netlink::NftBatch`]), planned as
+//!   data from what the kernel lists over netlink (`masq_nft`, `portmap_nftnl`); only a portmap ADD
+//!   with user `conditionsV4`/`conditionsV6` (nft text) still goes through `nft -f -` ([`nft`]).
 //!
 //! Chain names, comments and rules are those of the reference plugins, so a host can move between
 //! the suites without leaking rules.
