@@ -30,8 +30,7 @@ use ipnetwork::IpNetwork;
 use serde_json::Value;
 use std::net::IpAddr;
 
-/// The table name, in both the `ip` and `ip6` families.
-pub const TABLE: &str = "cni_hostport";
+pub use super::portmap_nftnl::{keyword, TABLE};
 const TABLE_COMMENT: &str = "CNI portmap plugin";
 const HOSTPORTS: &str = "hostports";
 const HOSTIP_HOSTPORTS: &str = "hostip_hostports";
@@ -46,14 +45,6 @@ const MASQUERADING_SPEC: &str = "type nat hook postrouting priority 100 ;";
 /// The tail of the `prerouting` and `output` rules; `fib daddr type local` keeps a hostIP rule
 /// from catching traffic that only passes through the host (plugins#1209).
 const ENTRY_TAIL: &str = "fib daddr type local jump hostports_all";
-
-/// The nft family keyword of a family (`ip` or `ip6`).
-pub fn keyword(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    }
-}
 
 /// The `prerouting`/`output` rule: the family's conditions, then the local-destination jump.
 fn entry_rule(t: &Portmap, family: Family) -> String {

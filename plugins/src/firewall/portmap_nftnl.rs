@@ -11,7 +11,8 @@ use crate::netlink::{
 use ipnetwork::IpNetwork;
 use std::io;
 
-const TABLE: &str = super::portmap_nft::TABLE;
+/// The table name, in both the `ip` and `ip6` families.
+pub const TABLE: &str = "cni_hostport";
 const TABLE_COMMENT: &str = "CNI portmap plugin";
 const HOSTPORTS: &str = "hostports";
 const HOSTIP_HOSTPORTS: &str = "hostip_hostports";
@@ -23,6 +24,14 @@ const CHAINS: [&str; 6] = [HOSTPORTS, HOSTIP_HOSTPORTS, HOSTPORTS_ALL, PREROUTIN
 /// `(chain, hook number, priority)` of the base chains: `NF_INET_PRE_ROUTING` at dstnat,
 /// `NF_INET_LOCAL_OUT` at -100, `NF_INET_POST_ROUTING` at srcnat.
 const BASE_CHAINS: [(&str, u32, i32); 3] = [(PREROUTING, 0, -100), (OUTPUT, 3, -100), (MASQUERADING, 4, 100)];
+
+/// The nft family keyword of a family (`ip` or `ip6`).
+pub fn keyword(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
 
 fn nft_family(family: Family) -> NftFamily {
     match family {
@@ -95,7 +104,7 @@ type OwnRule = (&'static str, Vec<Expr>, String);
 /// masquerade and, for IPv4 without masqAll, the localhost one.
 pub(super) fn own_rules(t: &Portmap, address: &IpNetwork) -> Vec<OwnRule> {
     let family = Family::of(&address.ip());
-    let ip = super::portmap_nft::keyword(family);
+    let ip = keyword(family);
     let full = if family == Family::V4 { 32 } else { 128 };
     let host = |ip| IpNetwork::new(ip, full).unwrap_or(*address);
     let mut out: Vec<OwnRule> = Vec::new();
@@ -197,7 +206,7 @@ fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> NftBatch {
 }
 
 fn netlink_error(what: &str, family: Family, source: io::Error) -> FirewallError {
-    let fam = super::portmap_nft::keyword(family);
+    let fam = keyword(family);
     FirewallError::Netlink { what: format!("{what} of table {fam} {TABLE}"), source }
 }
 
@@ -233,7 +242,7 @@ pub(super) fn setup(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallErro
 /// CHECK: the entry chains lead to `hostports_all` (whatever their conditions), which jumps to
 /// `hostports`, and every rule ADD adds for this container is there with its comment.
 pub(super) fn verify(state: &TableState, t: &Portmap, address: &IpNetwork) -> Result<(), String> {
-    let fam = super::portmap_nft::keyword(Family::of(&address.ip()));
+    let fam = keyword(Family::of(&address.ip()));
     let tail = entry_rule();
     for chain in [PREROUTING, OUTPUT] {
         if !state.rules_in(chain).any(|r| r.exprs.ends_with(&tail)) {
