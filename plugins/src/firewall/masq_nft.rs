@@ -245,7 +245,9 @@ pub(super) fn setup(network: &str, ifname: &str, container_id: &str, addrs: &[Ip
 
 /// CHECK.
 pub(super) fn check(network: &str, ifname: &str, container_id: &str, addrs: &[IpNetwork]) -> Result<(), FirewallError> {
-    let state = TableState::read().map_err(|e| netlink_error("reading", e))?;
+    // Only rules are verified, so one dump is the whole read.
+    let rules = nft_table_rules(NftFamily::Inet, TABLE).map_err(|e| netlink_error("reading", e))?;
+    let state = TableState { checks: true, postrouting: true, rules };
     verify(&state, network, ifname, container_id, addrs).map_err(FirewallError::Check)
 }
 

@@ -266,8 +266,9 @@ pub(super) fn verify(state: &TableState, t: &Portmap, address: &IpNetwork) -> Re
 /// CHECK for the family of `address`.
 pub(super) fn check(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
-    let state = TableState::read(family).map_err(|e| netlink_error("reading", family, e))?;
-    verify(&state, t, address).map_err(FirewallError::Check)
+    // Only rules are verified, so one dump is the whole read.
+    let rules = nft_table_rules(nft_family(family), TABLE).map_err(|e| netlink_error("reading", family, e))?;
+    verify(&TableState { chains: Vec::new(), rules }, t, address).map_err(FirewallError::Check)
 }
 
 /// Plans deleting the rules whose comment is exactly the container ID, from the chains the
