@@ -17,6 +17,7 @@ use std::sync::{Mutex, Once};
 
 pub mod driver;
 pub mod rootless_user;
+pub mod trace;
 pub use driver::{Attachment, Runtime};
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.

@@ -620,3 +620,145 @@ fn a_fifo_as_the_namespace_is_refused_at_once() {
     assert!(reservations(&host).is_empty());
     assert!(link(&links(&host.ns), "cnibr0").is_none());
 }
+
+/// Dual-stack bridge list with the nftables masquerade backend.
+fn nft_list(host: &FakeHost) -> Value {
+    let mut l = list(host, "1.1.0", json!({"ipMasqBackend": "nftables"}));
+    l["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd00:77::/64"}]]);
+    l["plugins"][0]["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+    l
+}
+
+/// The masquerade table as the kernel holds it, in three renderings (nft's text, its JSON and the
+/// netlink expressions with registers and comment userdata), with kernel handles removed.
+fn masquerade_table(host: &FakeHost) -> String {
+    let table = ["list", "table", "inet", "cni_plugins_masquerade"];
+    let text = host.ns.run("nft", &table).unwrap_or_default();
+    let mut json_args = vec!["-j"];
+    json_args.extend(table);
+    let mut json: Value = serde_json::from_str(&host.ns.run("nft", &json_args).unwrap_or("{}".into())).unwrap();
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                m.remove("metainfo");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut json);
+    let mut netlink_args = vec!["--debug=netlink"];
+    netlink_args.extend(table);
+    // Rule headers end with the rule's handle and its predecessor's: drop the numbers.
+    let netlink: Vec<String> = host
+        .ns
+        .run("nft", &netlink_args)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim_end_matches(|c: char| c.is_ascii_digit() || c == ' ').to_string())
+        .collect();
+    format!("{text}\n{json}\n{}", netlink.join("\n"))
+}
+
+#[test]
+fn nftables_masquerade_is_the_newest_references_table() {
+    require_root!();
+    let Some(head) = conformance::reference_head() else { return };
+    let mut seen: Vec<(String, String, String)> = Vec::new();
+    for suite in [conformance::ours(), head] {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(&suite, &host.ns, host.dir.clone());
+        let l = nft_list(&host);
+        let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+        let (a1, a2) = (Attachment::new("ctr-n1", &c1), Attachment::new("ctr-n2", &c2));
+        rt.add_list(&l, &a1).unwrap();
+        rt.add_list(&l, &a2).unwrap();
+        let added = masquerade_table(&host);
+        assert!(added.contains("ip6 saddr fd00:77::2 ip6 daddr != fd00:77::/64 masquerade"), "{added}");
+        rt.check_list(&l, &a1).unwrap();
+        rt.del_list(&l, &a1).unwrap();
+        let one_left = masquerade_table(&host);
+        rt.del_list(&l, &a2).unwrap();
+        let empty = masquerade_table(&host);
+        assert!(!empty.contains("masquerade comment"), "{}: {empty}", suite.name);
+        seen.push((added, one_left, empty));
+    }
+    assert_eq!(seen[0].0, seen[1].0, "after two ADDs: ours, then the newest reference");
+    assert_eq!(seen[0].1, seen[1].1, "after one DEL: ours, then the newest reference");
+    assert_eq!(seen[0].2, seen[1].2, "after both DELs: ours, then the newest reference");
+}
+
+#[test]
+fn a_host_moves_between_the_newest_reference_and_ours_with_containers_attached() {
+    require_root!();
+    let Some(head) = conformance::reference_head() else { return };
+    let host = FakeHost::new().unwrap();
+    let ours = Runtime::new(&conformance::ours(), &host.ns, host.dir.clone());
+    let theirs = Runtime::new(&head, &host.ns, host.dir.clone());
+    let l = nft_list(&host);
+    let cs: Vec<Netns> = (0..4).map(|_| host.container().unwrap()).collect();
+    let atts: Vec<Attachment> = cs.iter().enumerate().map(|(i, c)| Attachment::new(&format!("ctr-s{i}"), c)).collect();
+    let masq_rules = |host: &FakeHost| -> Vec<String> {
+        let text = host.ns.run("nft", &["list", "chain", "inet", "cni_plugins_masquerade", "masq_checks"]).unwrap();
+        text.lines().filter(|l| l.contains("masquerade comment")).map(|l| l.trim().to_string()).collect()
+    };
+    let postrouting = |host: &FakeHost| {
+        host.ns.run("nft", &["list", "chain", "inet", "cni_plugins_masquerade", "postrouting"]).unwrap()
+    };
+    // Two containers under the reference, then the host switches to ours.
+    theirs.add_list(&l, &atts[0]).unwrap();
+    theirs.add_list(&l, &atts[1]).unwrap();
+    ours.add_list(&l, &atts[2]).unwrap();
+    ours.check_list(&l, &atts[0]).unwrap();
+    theirs.check_list(&l, &atts[2]).unwrap();
+    // Ours found the reference's table set up: it added its two rules and left postrouting alone.
+    assert_eq!(postrouting(&host).matches("goto masq_checks").count(), 1);
+    assert_eq!(masq_rules(&host).len(), 6, "{:?}", masq_rules(&host));
+    ours.del_list(&l, &atts[0]).unwrap();
+    assert_eq!(masq_rules(&host).len(), 4, "{:?}", masq_rules(&host));
+    // And back: the reference adds and deletes among ours.
+    theirs.add_list(&l, &atts[3]).unwrap();
+    theirs.del_list(&l, &atts[2]).unwrap();
+    let left = masq_rules(&host);
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(left.iter().all(|r| r.contains("id: ctr-s1") || r.contains("id: ctr-s3")), "{left:?}");
+    let chain = postrouting(&host);
+    assert_eq!(chain.matches("goto masq_checks").count(), 1, "{chain}");
+    assert_eq!(chain.matches("return").count(), 2, "{chain}");
+    ours.del_list(&l, &atts[3]).unwrap();
+    theirs.del_list(&l, &atts[1]).unwrap();
+    assert!(masq_rules(&host).is_empty(), "{:?}", masq_rules(&host));
+    assert!(reservations(&host).is_empty());
+}
+
+#[test]
+fn nftables_masquerade_runs_no_program_but_ipam() {
+    require_root!();
+    if !conformance::trace::have_strace() {
+        conformance::skip("strace is not installed");
+        return;
+    }
+    let host = FakeHost::new().unwrap();
+    let suite = conformance::trace::traced_suite(&host.dir.join("traced"), &["bridge"]).unwrap();
+    let rt = Runtime::new(&suite, &host.ns, host.dir.clone());
+    let l = nft_list(&host);
+    let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+    let (a1, a2) = (Attachment::new("ctr-t1", &c1), Attachment::new("ctr-t2", &c2));
+    rt.add_list(&l, &a1).unwrap();
+    rt.add_list(&l, &a2).unwrap();
+    rt.check_list(&l, &a1).unwrap();
+    std::fs::remove_file(host.dir.join("results/brnet-ctr-t2-eth0")).unwrap();
+    rt.gc_list(&l, std::slice::from_ref(&a1)).unwrap();
+    rt.del_list(&l, &a1).unwrap();
+    let rules = host.ns.run("nft", &["list", "table", "inet", "cni_plugins_masquerade"]).unwrap();
+    assert!(!rules.contains("masquerade comment"), "{rules}");
+    let execs = conformance::trace::traced_execs(&suite.dir).unwrap();
+    let bridge = conformance::ours().plugin("bridge").display().to_string();
+    let ipam = suite.plugin("host-local").display().to_string();
+    // ADD, ADD, CHECK, GC, DEL: five bridge runs, each calling host-local once.
+    assert_eq!(execs.iter().filter(|e| **e == bridge).count(), 5, "{execs:?}");
+    assert_eq!(execs.iter().filter(|e| **e == ipam).count(), 5, "{execs:?}");
+    assert!(execs.iter().all(|e| *e == bridge || *e == ipam), "{execs:?}");
+}

@@ -720,3 +720,144 @@ fn timing_against_the_reference() {
         }
     }
 }
+
+/// Dual-stack list with both nftables backends (bridge masquerade and portmap).
+fn nft_list(host: &FakeHost) -> Value {
+    let mut l = list(host, "1.1.0", true, json!({"backend": "nftables"}));
+    l["plugins"][0]["ipMasqBackend"] = json!("nftables");
+    l
+}
+
+/// Both `cni_hostport` tables as the kernel holds them: nft's text and the netlink expressions with
+/// comment userdata, rule handles removed.
+fn hostport_tables(host: &FakeHost) -> String {
+    let mut out = String::new();
+    for family in ["ip", "ip6"] {
+        out.push_str(&host.ns.run("nft", &["list", "table", family, "cni_hostport"]).unwrap_or_default());
+        let netlink = host.ns.run("nft", &["--debug=netlink", "list", "table", family, "cni_hostport"]);
+        for line in netlink.unwrap_or_default().lines() {
+            out.push_str(line.trim_end_matches(|c: char| c.is_ascii_digit() || c == ' '));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn nftables_tables_are_the_newest_references() {
+    require_root!();
+    let Some(head) = conformance::reference_head() else { return };
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for suite in [conformance::ours(), head] {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(&suite, &host.ns, host.dir.clone());
+        let l = nft_list(&host);
+        let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+        let a1 = with_ports(
+            "ctr-h1",
+            &c1,
+            json!([tcp(18080, 80), udp(15353, 53), {"hostPort": 18443, "containerPort": 443, "protocol": "tcp",
+                    "hostIP": "10.91.0.1"}]),
+        );
+        let a2 = with_ports(
+            "ctr-h2",
+            &c2,
+            json!([tcp(18081, 80), {"hostPort": 19000, "containerPort": 9000,
+            "protocol": "sctp"}]),
+        );
+        rt.add_list(&l, &a1).unwrap();
+        rt.add_list(&l, &a2).unwrap();
+        let mut states = vec![hostport_tables(&host)];
+        rt.check_list(&l, &a2).unwrap();
+        rt.del_list(&l, &a1).unwrap();
+        states.push(hostport_tables(&host));
+        rt.del_list(&l, &a2).unwrap();
+        states.push(hostport_tables(&host));
+        assert!(!states[2].contains("comment \"ctr-"), "{}: {}", suite.name, states[2]);
+        seen.push(states);
+    }
+    for (i, when) in ["after two ADDs", "after one DEL", "after both DELs"].iter().enumerate() {
+        assert_eq!(seen[0][i], seen[1][i], "{when}: ours, then the newest reference");
+    }
+}
+
+#[test]
+fn a_host_moves_between_the_newest_references_nftables_and_ours() {
+    require_root!();
+    let Some(head) = conformance::reference_head() else { return };
+    let host = FakeHost::new().unwrap();
+    let ours = Runtime::new(&conformance::ours(), &host.ns, host.dir.clone());
+    let theirs = Runtime::new(&head, &host.ns, host.dir.clone());
+    let l = nft_list(&host);
+    let cs: Vec<Netns> = (0..3).map(|_| host.container().unwrap()).collect();
+    let atts: Vec<Attachment> = cs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| with_ports(&format!("ctr-m{i}"), c, json!([tcp(18090 + i as u16, 80)])))
+        .collect();
+    let rules = |host: &FakeHost| -> Vec<String> {
+        let mut out = Vec::new();
+        for family in ["ip", "ip6"] {
+            let text = host.ns.run("nft", &["list", "table", family, "cni_hostport"]).unwrap_or_default();
+            out.extend(text.lines().filter(|l| l.contains("comment \"ctr-")).map(|l| format!("{family} {}", l.trim())));
+        }
+        out
+    };
+    theirs.add_list(&l, &atts[0]).unwrap();
+    theirs.add_list(&l, &atts[1]).unwrap();
+    // Per container: v4 dnat + hairpin + localhost masquerade, v6 dnat + hairpin masquerade.
+    assert_eq!(rules(&host).len(), 10, "{:?}", rules(&host));
+    ours.add_list(&l, &atts[2]).unwrap();
+    assert_eq!(rules(&host).len(), 15, "{:?}", rules(&host));
+    ours.check_list(&l, &atts[0]).unwrap();
+    theirs.check_list(&l, &atts[2]).unwrap();
+    let _web = server(&cs[2], false, 80, "web");
+    assert_eq!(get(&host.ns, false, "127.0.0.1", 18092, None).as_deref(), Some("web 10.91.0.1"));
+    ours.del_list(&l, &atts[0]).unwrap();
+    theirs.del_list(&l, &atts[2]).unwrap();
+    let left = rules(&host);
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(left.iter().all(|r| r.contains("\"ctr-m1\"")), "{left:?}");
+    for family in ["ip", "ip6"] {
+        let table = host.ns.run("nft", &["list", "table", family, "cni_hostport"]).unwrap();
+        assert_eq!(table.matches("jump hostports_all").count(), 2, "{table}");
+        assert_eq!(table.matches("jump hostports\n").count(), 1, "{table}");
+    }
+    ours.del_list(&l, &atts[1]).unwrap();
+    assert!(rules(&host).is_empty(), "{:?}", rules(&host));
+}
+
+#[test]
+fn nftables_backends_run_no_program_but_ipam() {
+    require_root!();
+    if !conformance::trace::have_strace() {
+        conformance::skip("strace is not installed");
+        return;
+    }
+    let host = FakeHost::new().unwrap();
+    let suite = conformance::trace::traced_suite(&host.dir.join("traced"), &["bridge", "portmap"]).unwrap();
+    let rt = Runtime::new(&suite, &host.ns, host.dir.clone());
+    let l = nft_list(&host);
+    let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+    let (a1, a2) = (
+        with_ports("ctr-t1", &c1, json!([tcp(18100, 80), udp(15300, 53)])),
+        with_ports("ctr-t2", &c2, json!([tcp(18101, 80)])),
+    );
+    rt.add_list(&l, &a1).unwrap();
+    rt.add_list(&l, &a2).unwrap();
+    rt.check_list(&l, &a1).unwrap();
+    std::fs::remove_file(host.dir.join(format!("results/{NET}-ctr-t2-eth0"))).unwrap();
+    rt.gc_list(&l, std::slice::from_ref(&a1)).unwrap();
+    rt.del_list(&l, &a1).unwrap();
+    let execs = conformance::trace::traced_execs(&suite.dir).unwrap();
+    let real = conformance::ours();
+    let allowed = [
+        real.plugin("bridge").display().to_string(),
+        real.plugin("portmap").display().to_string(),
+        suite.plugin("host-local").display().to_string(),
+    ];
+    let unexpected: Vec<&String> = execs.iter().filter(|e| !allowed.contains(e)).collect();
+    assert!(unexpected.is_empty(), "programs run besides the plugins and IPAM: {unexpected:?}");
+    // ADD, ADD, CHECK, GC, DEL: five runs of each plugin.
+    assert_eq!(execs.iter().filter(|e| **e == allowed[1]).count(), 5, "{execs:?}");
+}

@@ -184,6 +184,21 @@ pub const NETS: &[Net] = &[
         reference_check_broken: PORTMAP_CHECK_BUG,
     },
     Net {
+        key: "portmap-10-nft",
+        title: "bridge + host-local + portmap, ipMasq on, 10 ports, both nftables backends",
+        note: "",
+        plugins: &["bridge", "host-local", "portmap"],
+        floor: None,
+        list: |d| {
+            let mut l = portmap_list(d);
+            l["plugins"][0]["ipMasqBackend"] = json!("nftables");
+            l["plugins"][1]["backend"] = json!("nftables");
+            l
+        },
+        caps: |i| port_caps(i, 10),
+        reference_check_broken: "",
+    },
+    Net {
         key: "portmap-100",
         title: "bridge + host-local + portmap, ipMasq on, 100 ports",
         note: "",
@@ -217,6 +232,9 @@ pub enum Who {
     Suite(Suite),
     /// The same kernel objects made by `ip -batch` (and `iptables-restore`) directly.
     Floor,
+    /// podman's network stack, `netavark setup`/`teardown` (this binary) with the network as podman
+    /// 4 describes it, on the same bridge and subnet (bridge networks only).
+    Netavark(std::path::PathBuf),
 }
 
 impl Who {
@@ -225,6 +243,7 @@ impl Who {
         match self {
             Who::Suite(s) => s.name,
             Who::Floor => "floor",
+            Who::Netavark(_) => "netavark",
         }
     }
 }
@@ -495,7 +514,43 @@ impl Lane {
                 self.floor()?.add(&self.host, self.container(i)?, i)?;
                 Ok(Added { ip: Some(format!("{}/16", Floor::addr(i))), plugins: Vec::new() })
             }
+            Who::Netavark(binary) => {
+                let out = self.netavark(binary, "setup", i)?;
+                let reply: Value =
+                    serde_json::from_str(&out).with_context(|| format!("netavark setup printed {out}"))?;
+                let ip = reply[NET_NAME]["interfaces"]["eth0"]["subnets"][0]["ipnet"].as_str().map(str::to_string);
+                Ok(Added { ip, plugins: Vec::new() })
+            }
         }
+    }
+
+    /// Runs `netavark --config <dir> -f <options> <command> <netns>` in the fake host, with the
+    /// network options podman 4 passes for container `i` (its address chosen by podman, as here).
+    fn netavark(&self, binary: &Path, command: &str, i: usize) -> Result<String> {
+        let Some(floor) = self.net.floor.filter(|f| f.ports == 0) else {
+            bail!("{}: netavark runs only the bridge networks without ports", self.net.key)
+        };
+        let options = json!({
+            "container_id": format!("{:0>64x}", i + 1),
+            "container_name": format!("bench-{i}"),
+            "networks": {NET_NAME: {"interface_name": "eth0", "static_ips": [Floor::addr(i)]}},
+            "network_info": {NET_NAME: {
+                "name": NET_NAME, "id": "b".repeat(64), "driver": "bridge", "network_interface": BRIDGE,
+                "subnets": [{"subnet": SUBNET, "gateway": GATEWAY}],
+                "ipv6_enabled": false, "internal": !floor.masq, "dns_enabled": false}},
+        });
+        let file = self.host.dir.join(format!("netavark-{i}.json"));
+        std::fs::write(&file, options.to_string())?;
+        let config = self.host.dir.join("netavark");
+        std::fs::create_dir_all(&config)?;
+        let (config, file) = (config.display().to_string(), file.display().to_string());
+        let netns = self.container(i)?.path();
+        let args = ["--config", config.as_str(), "-f", file.as_str(), command, netns.as_str()];
+        let out = conformance::exec_args(binary, &args, &[], b"", Some(&self.host.ns))?;
+        if !out.ok() {
+            bail!("netavark {command} failed ({}): {}{}", out.code, out.stdout.trim(), out.stderr.trim());
+        }
+        Ok(out.stdout)
     }
 
     /// Whether CHECK is measured for this participant: the floor has nothing to check, and the
@@ -503,7 +558,7 @@ impl Lane {
     pub fn can_check(&self) -> bool {
         match &self.who {
             Who::Suite(s) => !s.is_reference() || self.net.reference_check_broken.is_empty(),
-            Who::Floor => false,
+            Who::Floor | Who::Netavark(_) => false,
         }
     }
 
@@ -511,7 +566,7 @@ impl Lane {
     pub fn check(&self, i: usize) -> Result<()> {
         match &self.who {
             Who::Suite(s) => self.runtime(s).check_list(&self.list, &self.attachment(i)?),
-            Who::Floor => Ok(()),
+            Who::Floor | Who::Netavark(_) => Ok(()),
         }
     }
 
@@ -520,6 +575,7 @@ impl Lane {
         match &self.who {
             Who::Suite(s) => self.runtime(s).del_list(&self.list, &self.attachment(i)?),
             Who::Floor => self.floor()?.del(&self.host, i),
+            Who::Netavark(binary) => self.netavark(binary, "teardown", i).map(drop),
         }
     }
 

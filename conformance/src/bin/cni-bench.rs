@@ -56,12 +56,15 @@ const SCENARIOS: &[&str] = &[
     "portmap",
     "k3s",
     "tuning",
+    "nftables",
     "rootless",
     "growth",
     "portmap-growth",
 ];
 /// Plugins only the newest reference builds may ship, compared in the release scenario.
 const HEAD_ONLY: &[&str] = &["ptp", "firewall", "tuning", "bandwidth"];
+/// Where Debian's `netavark` package installs the binary podman runs.
+const NETAVARK: &str = "/usr/lib/podman/netavark";
 
 /// How many of everything.
 #[derive(Debug, Clone, Copy)]
@@ -318,6 +321,11 @@ fn real_main() -> Result<()> {
         eprintln!("== tuning alone, N={}", c.sequential);
         bench::tuning::run(&setup.suites[0], &references, c.sequential, &mut report)?;
     }
+    let mut nft_summary = None;
+    if wants("nftables") {
+        nft_summary =
+            nftables(&setup, &mut report, c.portmap.max(c.sequential / 2), c.window.min(c.portmap_window * 2))?;
+    }
     if wants("rootless") {
         rootless(&setup, &mut report, c.rootless)?;
     }
@@ -353,6 +361,9 @@ fn real_main() -> Result<()> {
     }
 
     println!("{}", report.markdown());
+    if let Some(summary) = nft_summary {
+        println!("{summary}");
+    }
     println!(
         "\\* floor: the same kernel objects made by `ip -batch` (host side, then container side; the interfaces \
          get the plugins' DAD, `arp_notify` and `accept_ra` settings as untimed namespace defaults) plus one \
@@ -539,6 +550,82 @@ fn growth(
         ));
     }
     Ok(charts)
+}
+
+/// The nftables scenario: ours beside the newest reference builds (`reference-head`, whose
+/// nftables backends are the ones to match) and podman's netavark, sequentially on one host each,
+/// `n` containers. Returns its summary table: the issue's four targets with the figures measured.
+fn nftables(setup: &Setup, report: &mut Report, n: usize, window: usize) -> Result<Option<String>> {
+    let ours = Who::Suite(setup.suites[0].clone());
+    let head = conformance::reference_head().map(Who::Suite);
+    let netavark = Path::new(NETAVARK).is_file().then(|| Who::Netavark(PathBuf::from(NETAVARK)));
+    if head.is_none() {
+        note(&mut report.notes, "nftables: the newest reference builds are missing; ours only".into());
+    }
+    if netavark.is_none() {
+        note(&mut report.notes, format!("nftables: no {NETAVARK} (apt-get install netavark); netavark left out"));
+    }
+    let mut run = |key: &str, whos: Vec<Who>| -> Result<Vec<scenarios::LaneTimes>> {
+        let net = net(key)?;
+        let scenario = format!("nftables: sequential {}, N={n}", net.title);
+        eprintln!("== {scenario} ({})", whos.iter().map(Who::label).collect::<Vec<_>>().join(", "));
+        let t = scenarios::sequential(net, &whos, n, n)?;
+        report.sequential(&scenario, &t, window.min(n / 2).max(1));
+        Ok(t)
+    };
+    let ipt = run("bridge-masq", [Some(ours.clone()), netavark.clone()].into_iter().flatten().collect())?;
+    let nft = run("bridge-masq-nft", [Some(ours.clone()), head.clone(), netavark].into_iter().flatten().collect())?;
+    let pm = run("portmap-10-nft", [Some(ours), head].into_iter().flatten().collect())?;
+    let p50 = |t: &[scenarios::LaneTimes], who: &str, f: fn(&scenarios::LaneTimes) -> Vec<f64>| {
+        t.iter().find(|l| l.who == who).and_then(|l| stats::percentile(&f(l), 50.0))
+    };
+    let add = |l: &scenarios::LaneTimes| l.add.clone();
+    let check = |l: &scenarios::LaneTimes| l.check.clone();
+    let del = |l: &scenarios::LaneTimes| l.del.clone();
+    let portmap = |l: &scenarios::LaneTimes| l.plugin_add(TIMED_PLUGIN);
+    let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+    let mut rows = vec![
+        "| target (p50, ms) | ours | other | ours / other | goal |".to_string(),
+        "|---|---:|---:|---:|---|".to_string(),
+    ];
+    let mut row = |what: &str, ours: Option<f64>, other: Option<f64>, goal: &str| {
+        let ratio = match (ours, other) {
+            (Some(o), Some(x)) if x > 0.0 => format!("{:.3}", o / x),
+            _ => "–".into(),
+        };
+        rows.push(format!("| {what} | {} | {} | {ratio} | {goal} |", ms(ours), ms(other)));
+    };
+    row(
+        "bridge ADD: nftables backend (ours) / iptables backend (ours)",
+        p50(&nft, "ours", add),
+        p50(&ipt, "ours", add),
+        "≤ 1",
+    );
+    row(
+        "bridge CHECK, nftables: ours / reference-head",
+        p50(&nft, "ours", check),
+        p50(&nft, "reference-head", check),
+        "≤ 0.333",
+    );
+    row(
+        "portmap alone ADD, 10 ports, nftables: ours / reference-head",
+        p50(&pm, "ours", portmap),
+        p50(&pm, "reference-head", portmap),
+        "≤ 0.05",
+    );
+    row(
+        "bridge DEL, iptables masquerade: ours / netavark teardown",
+        p50(&ipt, "ours", del),
+        p50(&ipt, "netavark", del),
+        "≤ 1",
+    );
+    row(
+        "bridge DEL, nftables masquerade: ours / netavark teardown",
+        p50(&nft, "ours", del),
+        p50(&nft, "netavark", del),
+        "≤ 1",
+    );
+    Ok(Some(format!("\n### nftables and netavark (N={n} each)\n\n{}\n", rows.join("\n"))))
 }
 
 /// The rootless-wrapper scenario, ours only (the reference has no such plugin).

@@ -13,14 +13,12 @@
 //! ```
 
 use super::iptables::{chain_name, format_comment, go_quote, go_unquote, Batch, Rule, SavedTable};
-use super::nft::{self, Listing, Script};
+use super::masq_nft;
 use super::restore::{self, find_tool, has_tool, restore_tool, save_tool, PendingRestore};
-use super::{sha512_hex, Backend, Family, FirewallError};
-use crate::netlink::{nft_chain_exists, nft_rules, nft_table_exists, NftFamily};
+use super::{Backend, Family, FirewallError};
+use crate::netlink::{nft_chain_exists, NftFamily};
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 use std::collections::HashSet;
-use std::net::IpAddr;
 
 /// One attachment whose traffic is masqueraded.
 #[derive(Debug, Clone, Copy)]
@@ -38,23 +36,14 @@ pub struct MasqTarget<'a> {
 const NAT: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";
 
-const NFT_FAMILY: &str = "inet";
-const NFT_TABLE: &str = "cni_plugins_masquerade";
-const NFT_CHECKS: &str = "masq_checks";
-const NFT_POSTROUTING: &str = "postrouting";
-const NFT_TABLE_COMMENT: &str = "Masquerading for plugins from github.com/containernetworking/plugins";
-const NFT_CHECKS_COMMENT: &str = "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet";
-
-/// iptables when `iptables-restore`/`iptables-save` are installed, else nftables when `nft` is, as the
-/// reference prefers iptables. Presence stands in for the reference's probe exec, which would cost a
+/// iptables when `iptables-restore`/`iptables-save` are installed, else nftables (spoken over netlink,
+/// no `nft` needed), as the reference prefers iptables. Presence stands in for the reference's probe exec, which would cost a
 /// process per ADD; a host whose iptables cannot work gets an error naming `iptables-save`.
 pub fn default_backend() -> Backend {
     if has_tool(restore_tool(Family::V4)) && has_tool(save_tool(Family::V4)) {
         Backend::Iptables
-    } else if has_tool("nft") {
-        Backend::Nftables
     } else {
-        Backend::Iptables
+        Backend::Nftables
     }
 }
 
@@ -188,23 +177,7 @@ fn setup_family_blind(family: Family, t: &MasqTarget, prepared: &mut Option<Pend
 
 /// The nftables backend's ADD.
 fn setup_nft(t: &MasqTarget) -> Result<(), FirewallError> {
-    let chains_exist = |name| matches!(nft_chain_exists(NftFamily::Inet, NFT_TABLE, name), Ok(true));
-    let existing =
-        if chains_exist(NFT_POSTROUTING) { nft_rules(NftFamily::Inet, NFT_TABLE, NFT_CHECKS).ok() } else { None };
-    if let Some(existing) = existing.filter(|_| chains_exist(NFT_CHECKS)) {
-        // The table is set up (by an earlier ADD, ours or the reference's): replace only this
-        // attachment's rules, found by comment over netlink instead of an `nft -j list`.
-        let mut script = plan_nft_rules(t)?;
-        let instance = nft_instance_hash(t.network, t.ifname, t.container_id);
-        for r in existing.iter().filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&instance))) {
-            script.delete_rule_handle(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, r.handle);
-        }
-        match restore::nft_apply(&script.render()) {
-            Ok(()) => return Ok(()),
-            Err(e) => log::debug!("masquerade rules without listing failed, re-planning: {e}"),
-        }
-    }
-    restore::apply_nft(&["table", NFT_FAMILY, NFT_TABLE], false, |listing| plan_nft_setup(listing, t).map(Some))
+    masq_nft::setup(t.network, t.ifname, t.container_id, t.addresses)
 }
 
 /// DEL: removes this attachment's rules from both backends, found by chain name and comment, so it
@@ -233,28 +206,8 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
             errors.push(e);
         }
     }
-    if has_tool("nft") && !matches!(nft_table_exists(NftFamily::Inet, NFT_TABLE), Ok(false)) {
-        let prefix = nft_instance_hash(t.network, t.ifname, t.container_id);
-        let teardown = match nft_rules(NftFamily::Inet, NFT_TABLE, NFT_CHECKS) {
-            Ok(rules) => {
-                let mut script = Script::new();
-                for r in rules.iter().filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&prefix))) {
-                    script.delete_rule_handle(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, r.handle);
-                }
-                if script.is_empty() {
-                    Ok(())
-                } else {
-                    restore::nft_apply(&script.render())
-                }
-            }
-            // The netlink listing failed (an old kernel?): fall back to `nft -j list`.
-            Err(_) => restore::apply_nft(&["chain", NFT_FAMILY, NFT_TABLE, NFT_CHECKS], true, |listing| {
-                Ok(plan_nft_delete(listing, |comment| comment.starts_with(&prefix)))
-            }),
-        };
-        if let Err(e) = teardown {
-            errors.push(e);
-        }
+    if let Err(e) = masq_nft::teardown(t.network, t.ifname, t.container_id) {
+        errors.push(e);
     }
     FirewallError::collect(errors)
 }
@@ -274,10 +227,7 @@ pub fn check_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallErro
             }
             Ok(())
         }
-        Backend::Nftables => {
-            let listing = Listing::fetch(&["table", NFT_FAMILY, NFT_TABLE])?;
-            verify_nft(&listing, t).map_err(FirewallError::Check)
-        }
+        Backend::Nftables => masq_nft::check(t.network, t.ifname, t.container_id, t.addresses),
     }
 }
 
@@ -290,23 +240,40 @@ pub fn gc_ipmasq(network: &str, valid: &[(String, String)]) -> Result<(), Firewa
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
         }
+        if nothing_to_collect(family, network, &valid_ids) {
+            continue;
+        }
         if let Err(e) =
             restore::apply_iptables(family, NAT, false, |saved| plan_iptables_gc(saved, network, &valid_ids))
         {
             errors.push(e);
         }
     }
-    if has_tool("nft") {
-        let prefix = format!("{}-", nft_network_hash(network));
-        let keep: HashSet<String> = valid.iter().map(|(id, ifname)| nft_comment(network, ifname, id)).collect();
-        let gc = restore::apply_nft(&["chain", NFT_FAMILY, NFT_TABLE, NFT_CHECKS], true, |listing| {
-            Ok(plan_nft_delete(listing, |comment| comment.starts_with(&prefix) && !keep.contains(comment)))
-        });
-        if let Err(e) = gc {
-            errors.push(e);
-        }
+    if let Err(e) = masq_nft::gc(network, valid) {
+        errors.push(e);
     }
     FirewallError::collect(errors)
+}
+
+/// Whether the kernel shows (iptables-nft, over netlink) that the nat table holds no rule of `network`
+/// for a container outside `valid_ids`, so GC need not run `iptables-save`. Any doubt answers `false`.
+fn nothing_to_collect(family: Family, network: &str, valid_ids: &HashSet<&str>) -> bool {
+    let prefix = format!("name: {} id: ", go_quote(network));
+    nat_surely_without(family, |comment| {
+        comment.strip_prefix(&prefix).and_then(go_unquote).is_some_and(|id| !valid_ids.contains(id.as_str()))
+    })
+}
+
+/// Whether the kernel shows (iptables-nft, over netlink) that no rule of the family's nat table has
+/// a comment `wanted` selects. Legacy iptables or a failing dump answer `false`.
+pub(super) fn nat_surely_without(family: Family, wanted: impl Fn(&str) -> bool) -> bool {
+    if !iptables_is_nft(family) {
+        return false;
+    }
+    match crate::netlink::nft_table_rules(nft_family(family), NAT) {
+        Ok(rules) => !rules.iter().any(|r| r.comment.as_deref().is_some_and(&wanted)),
+        Err(_) => false,
+    }
 }
 
 /// The target's addresses of one family, without duplicates, in the caller's order.
@@ -527,157 +494,6 @@ fn verify_iptables(saved: &SavedTable, family: Family, t: &MasqTarget) -> Result
         }
     }
     Ok(())
-}
-
-/// First 16 hex of sha512(network): the prefix of all of a network's nftables comments.
-fn nft_network_hash(network: &str) -> String {
-    sha512_hex(network, 16)
-}
-
-/// `<h16(network)>-<h16(ifname:containerID)>`: the prefix of one attachment's nftables comments.
-fn nft_instance_hash(network: &str, ifname: &str, container_id: &str) -> String {
-    format!("{}-{}", nft_network_hash(network), sha512_hex(&format!("{ifname}:{container_id}"), 16))
-}
-
-/// The reference rule comment: the instance hash, then the names without `"`, cut to 128 bytes.
-fn nft_comment(network: &str, ifname: &str, container_id: &str) -> String {
-    let clean = |s: &str| s.replace('"', "");
-    nft::truncate_comment(format!(
-        "{}, net: {}, if: {}, id: {}",
-        nft_instance_hash(network, ifname, container_id),
-        clean(network),
-        clean(ifname),
-        clean(container_id)
-    ))
-}
-
-fn nft_keyword(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    }
-}
-
-/// Plans nftables ADD as the reference does: ensure the table and chains, (re)write `postrouting`,
-/// replace this attachment's rules in `masq_checks` (found by comment prefix) with one per address.
-/// Unlike the reference, existing chains are not re-added and `postrouting` is rewritten only when
-/// it is not already right: re-adding a chain costs ~20 ms once it holds 100 rules, and deleting
-/// rules makes the kernel wait for their destruction (~10 ms); an ADD that only adds stays ~3 ms.
-fn plan_nft_setup(listing: &Listing, t: &MasqTarget) -> Result<Script, FirewallError> {
-    let comment = nft::quote("masquerade comment", &nft_comment(t.network, t.ifname, t.container_id))?;
-    let mut script = Script::new();
-    script.add_table(NFT_FAMILY, NFT_TABLE, Some(NFT_TABLE_COMMENT));
-    if !listing.has_chain(NFT_CHECKS) {
-        script.add_chain(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, Some(&format!("comment \"{NFT_CHECKS_COMMENT}\" ;")));
-    }
-    if !postrouting_in_place(listing) {
-        if !listing.has_chain(NFT_POSTROUTING) {
-            let spec = "type nat hook postrouting priority srcnat ;";
-            script.add_chain(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, Some(spec));
-        }
-        script.flush_chain(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING);
-        script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, "ip daddr 224.0.0.0/4 return");
-        script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, "ip6 daddr ff00::/8 return");
-        script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_POSTROUTING, &format!("goto {NFT_CHECKS}"));
-    }
-    let instance = nft_instance_hash(t.network, t.ifname, t.container_id);
-    for rule in listing.rules_in(NFT_CHECKS) {
-        if rule.comment.as_deref().is_some_and(|c| c.starts_with(&instance)) {
-            script.delete_rule(rule);
-        }
-    }
-    add_nft_rules(&mut script, t, &comment);
-    Ok(script)
-}
-
-/// This attachment's `masq_checks` rules alone, for a table that is already set up.
-fn plan_nft_rules(t: &MasqTarget) -> Result<Script, FirewallError> {
-    let comment = nft::quote("masquerade comment", &nft_comment(t.network, t.ifname, t.container_id))?;
-    let mut script = Script::new();
-    add_nft_rules(&mut script, t, &comment);
-    Ok(script)
-}
-
-fn add_nft_rules(script: &mut Script, t: &MasqTarget, comment: &str) {
-    for family in Family::ALL {
-        let ip = nft_keyword(family);
-        for a in addresses_of(t, family) {
-            let rule = format!("{ip} saddr {} {ip} daddr != {} masquerade comment {comment}", a.ip(), subnet_of(&a));
-            script.add_rule(NFT_FAMILY, NFT_TABLE, NFT_CHECKS, &rule);
-        }
-    }
-}
-
-/// Whether `postrouting` holds exactly the multicast returns and the `goto masq_checks`.
-fn postrouting_in_place(listing: &Listing) -> bool {
-    let rules: Vec<_> = listing.rules_in(NFT_POSTROUTING).collect();
-    let returns_for = |rule: &nft::ListedRule, ip: &str, net: &str| {
-        let Ok(net) = net.parse::<IpNetwork>() else { return false };
-        rule.payload_match(ip, "daddr", "==").is_some_and(|v| is_network(v, &net))
-            && rule.expr.iter().any(|e| e.get("return").is_some())
-            && rule.expr.len() == 2
-    };
-    match rules.as_slice() {
-        [v4, v6, goto] => {
-            returns_for(v4, "ip", "224.0.0.0/4")
-                && returns_for(v6, "ip6", "ff00::/8")
-                && goto.has_verdict_to("goto", NFT_CHECKS)
-                && goto.expr.len() == 1
-        }
-        _ => false,
-    }
-}
-
-/// Plans deleting the `masq_checks` rules whose comment `doomed` selects; `None` when there are none.
-fn plan_nft_delete(listing: &Listing, doomed: impl Fn(&str) -> bool) -> Option<Script> {
-    let mut script = Script::new();
-    for rule in listing.rules_in(NFT_CHECKS) {
-        if rule.comment.as_deref().is_some_and(&doomed) {
-            script.delete_rule(rule);
-        }
-    }
-    (!script.is_empty()).then_some(script)
-}
-
-/// nftables CHECK: `postrouting` goes to `masq_checks`, which has this attachment's rule for every address.
-fn verify_nft(listing: &Listing, t: &MasqTarget) -> Result<(), String> {
-    if !listing.rules_in(NFT_POSTROUTING).any(|r| r.has_verdict_to("goto", NFT_CHECKS)) {
-        return Err(format!("chain {NFT_POSTROUTING} of table {NFT_FAMILY} {NFT_TABLE} does not go to {NFT_CHECKS}"));
-    }
-    let comment = nft_comment(t.network, t.ifname, t.container_id);
-    for family in Family::ALL {
-        let ip = nft_keyword(family);
-        for a in addresses_of(t, family) {
-            let found = listing.rules_in(NFT_CHECKS).any(|r| {
-                r.comment.as_deref() == Some(comment.as_str())
-                    && r.payload_match(ip, "saddr", "==").is_some_and(|v| is_address(v, a.ip()))
-                    && r.payload_match(ip, "daddr", "!=").is_some_and(|v| is_network(v, &a))
-                    && r.expr.iter().any(|e| e.get("masquerade").is_some())
-            });
-            if !found {
-                return Err(format!(
-                    "masquerade rule for {} not found in table {NFT_FAMILY} {NFT_TABLE} (comment {comment:?})",
-                    a.ip()
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn is_address(value: &Value, ip: IpAddr) -> bool {
-    value.as_str().and_then(|s| s.parse::<IpAddr>().ok()) == Some(ip)
-}
-
-/// Whether nft's JSON right-hand side denotes the subnet of `a` (`{"prefix": …}`, or the bare
-/// address nft prints for a full-length prefix).
-fn is_network(value: &Value, a: &IpNetwork) -> bool {
-    if let Some(prefix) = value.get("prefix") {
-        let len = prefix.get("len").and_then(Value::as_u64);
-        return prefix.get("addr").is_some_and(|addr| is_address(addr, a.network())) && len == Some(a.prefix().into());
-    }
-    let full = if a.is_ipv4() { 32 } else { 128 };
-    a.prefix() == full && is_address(value, a.network())
 }
 
 #[cfg(test)]
@@ -921,121 +737,5 @@ COMMIT
             verify_iptables(&nat(EMPTY_NAT), Family::V4, &target(&addrs)).unwrap_err(),
             "masquerade chain CNI-47b0c350c56dfce277c5b5d1 not found in iptables table nat"
         );
-    }
-
-    #[test]
-    fn nft_comment_is_the_reference_format() {
-        // h16("specnet") = 56ecd7e6189379d3, h16("eth0:ctr1") = 7883a6f9ce71eedb (sha512sum).
-        assert_eq!(
-            nft_comment("specnet", "eth0", "ctr1"),
-            "56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, if: eth0, id: ctr1"
-        );
-        assert_eq!(nft_comment("a\"b", "eth0", &"c".repeat(200)).len(), 128);
-        assert!(nft_comment("a\"b", "eth0", "c").contains("net: ab,"));
-    }
-
-    #[test]
-    fn nft_setup_script() {
-        let addrs = nets(&["10.1.0.5/24", "fd00::5/64"]);
-        let script = plan_nft_setup(&Listing::default(), &target(&addrs)).unwrap();
-        assert_eq!(
-            script.render(),
-            r#"add table inet cni_plugins_masquerade { comment "Masquerading for plugins from github.com/containernetworking/plugins" ; }
-add chain inet cni_plugins_masquerade masq_checks { comment "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet" ; }
-add chain inet cni_plugins_masquerade postrouting { type nat hook postrouting priority srcnat ; }
-flush chain inet cni_plugins_masquerade postrouting
-add rule inet cni_plugins_masquerade postrouting ip daddr 224.0.0.0/4 return
-add rule inet cni_plugins_masquerade postrouting ip6 daddr ff00::/8 return
-add rule inet cni_plugins_masquerade postrouting goto masq_checks
-add rule inet cni_plugins_masquerade masq_checks ip saddr 10.1.0.5 ip daddr != 10.1.0.0/24 masquerade comment "56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, if: eth0, id: ctr1"
-add rule inet cni_plugins_masquerade masq_checks ip6 saddr fd00::5 ip6 daddr != fd00::/64 masquerade comment "56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, if: eth0, id: ctr1"
-"#
-        );
-    }
-
-    #[test]
-    fn nft_setup_replaces_only_this_attachments_rules() {
-        let addrs = nets(&["10.1.0.5/24"]);
-        let stale: Value = serde_json::json!({"nftables": [
-            {"chain": {"family": "inet", "table": NFT_TABLE, "name": NFT_CHECKS, "handle": 1}},
-            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 6,
-                      "comment": nft_comment("specnet", "eth0", "ctr1"), "expr": []}},
-            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 7,
-                      "comment": nft_comment("specnet", "eth1", "ctr1"), "expr": []}}]});
-        let script = plan_nft_setup(&Listing::parse(&stale).unwrap(), &target(&addrs)).unwrap().render();
-        assert!(script.contains("delete rule inet cni_plugins_masquerade masq_checks handle 6\n"), "{script}");
-        assert!(!script.contains("handle 7"), "{script}");
-        assert!(!script.contains("add chain inet cni_plugins_masquerade masq_checks"), "{script}");
-    }
-
-    #[test]
-    fn nft_setup_leaves_a_correct_postrouting_alone() {
-        // Shaped as `nft -j list table inet cni_plugins_masquerade` prints the reference layout.
-        let rule = |handle: u64, expr: Value| {
-            serde_json::json!({"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_POSTROUTING,
-                "handle": handle, "expr": expr}})
-        };
-        let ret = |ip: &str, addr: &str, len: u8| {
-            serde_json::json!([{"match": {"op": "==", "left": {"payload": {"protocol": ip, "field": "daddr"}},
-                "right": {"prefix": {"addr": addr, "len": len}}}}, {"return": null}])
-        };
-        let chain = |name: &str| serde_json::json!({"chain": {"family": "inet", "table": NFT_TABLE, "name": name}});
-        let doc = serde_json::json!({"nftables": [
-            chain(NFT_CHECKS),
-            chain(NFT_POSTROUTING),
-            rule(4, ret("ip", "224.0.0.0", 4)),
-            rule(5, ret("ip6", "ff00::", 8)),
-            rule(6, serde_json::json!([{"goto": {"target": NFT_CHECKS}}]))]});
-        let listing = Listing::parse(&doc).unwrap();
-        assert!(postrouting_in_place(&listing));
-        let addrs = nets(&["10.1.0.5/24"]);
-        let script = plan_nft_setup(&listing, &target(&addrs)).unwrap().render();
-        assert_eq!(
-            script,
-            "add table inet cni_plugins_masquerade { comment \"Masquerading for plugins from \
-             github.com/containernetworking/plugins\" ; }\nadd rule inet cni_plugins_masquerade masq_checks ip saddr \
-             10.1.0.5 ip daddr != 10.1.0.0/24 masquerade comment \"56ecd7e6189379d3-7883a6f9ce71eedb, net: specnet, \
-             if: eth0, id: ctr1\"\n"
-        );
-
-        let doc = serde_json::json!({"nftables": [rule(4, ret("ip", "224.0.0.0", 4)),
-            rule(6, serde_json::json!([{"goto": {"target": NFT_CHECKS}}]))]});
-        assert!(!postrouting_in_place(&Listing::parse(&doc).unwrap()));
-    }
-
-    #[test]
-    fn nft_delete_by_comment() {
-        let doc: Value = serde_json::json!({"nftables": [
-            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 6, "comment": "a-1", "expr": []}},
-            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 7, "comment": "b-1", "expr": []}},
-            {"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 8, "expr": []}}]});
-        let listing = Listing::parse(&doc).unwrap();
-        let script = plan_nft_delete(&listing, |c| c.starts_with("a-")).unwrap();
-        assert_eq!(script.render(), "delete rule inet cni_plugins_masquerade masq_checks handle 6\n");
-        assert_eq!(plan_nft_delete(&listing, |c| c.starts_with("z-")), None);
-    }
-
-    #[test]
-    fn nft_check_reads_the_listing() {
-        // Shaped as `nft -j list table inet cni_plugins_masquerade` prints it.
-        let addrs = nets(&["10.1.0.5/24", "fd00::5/128"]);
-        let comment = nft_comment("specnet", "eth0", "ctr1");
-        let rule = |ip: &str, saddr: &str, daddr: Value| {
-            serde_json::json!({"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_CHECKS, "handle": 9,
-                "comment": comment, "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": ip, "field": "saddr"}}, "right": saddr}},
-                {"match": {"op": "!=", "left": {"payload": {"protocol": ip, "field": "daddr"}}, "right": daddr}},
-                {"masquerade": null}]}})
-        };
-        let goto = serde_json::json!({"rule": {"family": "inet", "table": NFT_TABLE, "chain": NFT_POSTROUTING,
-            "handle": 4, "expr": [{"goto": {"target": NFT_CHECKS}}]}});
-        let v4 = rule("ip", "10.1.0.5", serde_json::json!({"prefix": {"addr": "10.1.0.0", "len": 24}}));
-        let v6 = rule("ip6", "fd00::5", Value::from("fd00::5"));
-        let full = Listing::parse(&serde_json::json!({"nftables": [goto, v4, v6]})).unwrap();
-        assert_eq!(verify_nft(&full, &target(&addrs)), Ok(()));
-        let partial = Listing::parse(&serde_json::json!({"nftables": [goto, v4]})).unwrap();
-        assert!(verify_nft(&partial, &target(&addrs)).unwrap_err().contains("fd00::5"));
-        let headless = Listing::parse(&serde_json::json!({"nftables": [v4, v6]})).unwrap();
-        assert!(verify_nft(&headless, &target(&addrs)).is_err());
     }
 }

@@ -5,16 +5,20 @@
 //! * iptables: one `iptables-restore --noflush -w` (or `ip6tables-restore`) batch per family and
 //!   operation, planned from one `iptables-save -t <table>` dump ([`iptables`] is the chain model,
 //!   [`restore`] runs the tools);
-//! * nftables: one `nft -f -` transaction per operation, planned from `nft -j list …` ([`nft`]).
+//! * nftables: one NETLINK_NETFILTER batch per operation ([`crate::netlink::NftBatch`]), planned as
+//!   data from what the kernel lists over netlink (`masq_nft`, `portmap_nftnl`); only a portmap ADD
+//!   with user `conditionsV4`/`conditionsV6` (nft text) still goes through `nft -f -` ([`nft`]).
 //!
 //! Chain names, comments and rules are those of the reference plugins, so a host can move between
 //! the suites without leaking rules.
 
 mod ipmasq;
 pub mod iptables;
+mod masq_nft;
 pub mod nft;
 pub mod portmap_iptables;
 pub mod portmap_nft;
+mod portmap_nftnl;
 pub mod restore;
 mod spoofcheck;
 
@@ -116,6 +120,15 @@ pub enum FirewallError {
         value: String,
         /// Why it is rejected.
         reason: &'static str,
+    },
+    /// The kernel refused or failed an nf_tables netlink exchange.
+    #[error("nf_tables {what}: {source}")]
+    Netlink {
+        /// The operation and the object it concerns.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
     },
     /// CHECK found the installed rules differ from what ADD installs.
     #[error("{0}")]

@@ -566,6 +566,12 @@ pub fn gc_portmap_iptables(network: &str, valid_ids: &HashSet<&str>) -> Result<(
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
         }
+        // The kernel lists iptables-nft rules with their comments: nothing stale, no iptables-save.
+        let prefix = format!("dnat name: \"{network}\" id: \"");
+        let stale = |c: &str| c.strip_prefix(&prefix).is_some_and(|r| !valid_ids.contains(r.trim_end_matches('"')));
+        if super::ipmasq::nat_surely_without(family, stale) {
+            continue;
+        }
         // A host without IPv6 cannot dump ip6tables, and so holds nothing there to collect.
         let tolerate = family == Family::V6;
         if let Err(e) = restore::apply_iptables(family, NAT, tolerate, |saved| plan_gc(saved, network, valid_ids)) {

@@ -31,8 +31,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-/// The table name, in both the `ip` and `ip6` families.
-pub const TABLE: &str = "cni_hostport";
+pub use super::portmap_nftnl::{keyword, TABLE};
 const TABLE_COMMENT: &str = "CNI portmap plugin";
 const HOSTPORTS: &str = "hostports";
 const HOSTIP_HOSTPORTS: &str = "hostip_hostports";
@@ -47,14 +46,6 @@ const MASQUERADING_SPEC: &str = "type nat hook postrouting priority 100 ;";
 /// The tail of the `prerouting` and `output` rules; `fib daddr type local` keeps a hostIP rule
 /// from catching traffic that only passes through the host (plugins#1209).
 const ENTRY_TAIL: &str = "fib daddr type local jump hostports_all";
-
-/// The nft family keyword of a family (`ip` or `ip6`).
-pub fn keyword(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    }
-}
 
 /// The `prerouting`/`output` rule: the family's conditions, then the local-destination jump.
 fn entry_rule(t: &Portmap, family: Family) -> String {
@@ -257,6 +248,9 @@ fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> Result<Script, FirewallE
 /// ADD for the family of `address`.
 pub fn setup_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
+    if t.conditions(family).is_empty() {
+        return super::portmap_nftnl::setup(t, address);
+    }
     let fam = keyword(family);
     // `prerouting` right means a complete, current layout was written before (all chains are
     // created in one transaction); a missing `masquerading` fails the transaction below instead.
@@ -301,6 +295,9 @@ fn verify(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<(), Str
 
 /// CHECK for the family of `address`.
 pub fn check_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+    if t.conditions(Family::of(&address.ip())).is_empty() || !restore::has_tool("nft") {
+        return super::portmap_nftnl::check(t, address);
+    }
     let fam = keyword(Family::of(&address.ip()));
     let listing = Listing::fetch(&["table", fam, TABLE])?;
     verify(&listing, t, address).map_err(FirewallError::Check)
@@ -320,6 +317,9 @@ fn plan_teardown(listing: &Listing, container_id: &str) -> Option<Script> {
 
 /// DEL: deletes this container's rules from both families' tables (what is not there is success).
 pub fn teardown_portmap_nft(container_id: &str) -> Result<(), FirewallError> {
+    if super::portmap_nftnl::teardown(container_id).is_ok() {
+        return Ok(());
+    }
     let mut errors = Vec::new();
     for family in Family::ALL {
         let what = ["table", keyword(family), TABLE];
@@ -332,6 +332,9 @@ pub fn teardown_portmap_nft(container_id: &str) -> Result<(), FirewallError> {
 
 /// STATUS: whether `nft` runs and the kernel has nf_tables.
 pub fn nft_usable() -> Result<(), FirewallError> {
+    if !restore::has_tool("nft") {
+        return super::portmap_nftnl::usable();
+    }
     restore::run("nft", &["list", "tables"], None).map(drop)
 }
 

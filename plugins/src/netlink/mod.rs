@@ -8,6 +8,7 @@
 mod addr;
 mod link;
 mod netconf;
+mod nft_batch;
 mod nftables;
 mod route;
 mod tc;
@@ -15,6 +16,7 @@ mod tc;
 pub use addr::Address;
 pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
 pub use netconf::all_forwarding;
+pub use nft_batch::{AddrField, CmpOp, Expr, NftBatch, NftOp, PayloadBase, Verdict};
 pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
 pub use route::RouteSpec;
 pub use tc::{Filter, Qdisc, Redirect, Tbf, ETH_P_ALL, INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT};

@@ -65,6 +65,8 @@ pub struct NftRule {
     pub comment: Option<String>,
     /// Chains the rule jumps or goes to.
     pub jumps: Vec<String>,
+    /// Its expressions.
+    pub exprs: Vec<super::nft_batch::Expr>,
 }
 
 /// One GET request: netlink header, `nfgenmsg`, string attributes.
@@ -130,7 +132,7 @@ fn exists(req: &[u8], seq: u32) -> io::Result<bool> {
 }
 
 /// Walks the netlink attributes of `buf`.
-fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attributes(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut off = 0;
     std::iter::from_fn(move || {
         if off + 4 > buf.len() {
@@ -174,9 +176,44 @@ fn verdict_chains(expressions: &[u8]) -> Vec<String> {
     out
 }
 
+/// The text of an iptables-nft `-m comment` (an xt `comment` match, whose info is the NUL-padded
+/// text), so rules of iptables-nft tables can be found by comment like nft's own.
+fn xt_comment(expressions: &[u8]) -> Option<String> {
+    const NFTA_MATCH_NAME: u16 = 1;
+    const NFTA_MATCH_INFO: u16 = 3;
+    for (_, elem) in attributes(expressions).filter(|(k, _)| *k == NFTA_LIST_ELEM) {
+        let mut is_match = false;
+        let mut data: &[u8] = &[];
+        for (k, v) in attributes(elem) {
+            match k {
+                NFTA_EXPR_NAME => is_match = v.strip_suffix(&[0]).unwrap_or(v) == b"match",
+                NFTA_EXPR_DATA => data = v,
+                _ => {}
+            }
+        }
+        if !is_match {
+            continue;
+        }
+        let mut name: &[u8] = &[];
+        let mut info: &[u8] = &[];
+        for (k, v) in attributes(data) {
+            match k {
+                NFTA_MATCH_NAME => name = v.strip_suffix(&[0]).unwrap_or(v),
+                NFTA_MATCH_INFO => info = v,
+                _ => {}
+            }
+        }
+        if name == b"comment" {
+            let end = info.iter().position(|b| *b == 0).unwrap_or(info.len());
+            return Some(String::from_utf8_lossy(&info[..end]).into_owned());
+        }
+    }
+    None
+}
+
 /// Parses one NEWRULE payload (after `nfgenmsg`) into handle and comment.
 fn parse_rule(payload: &[u8]) -> Option<NftRule> {
-    let mut rule = NftRule { chain: String::new(), handle: 0, comment: None, jumps: Vec::new() };
+    let mut rule = NftRule { chain: String::new(), handle: 0, comment: None, jumps: Vec::new(), exprs: Vec::new() };
     let mut have_handle = false;
     for (kind, value) in attributes(payload.get(4..)?) {
         match kind {
@@ -189,7 +226,13 @@ fn parse_rule(payload: &[u8]) -> Option<NftRule> {
                 rule.handle = u64::from_be_bytes(b);
                 have_handle = true;
             }
-            NFTA_RULE_EXPRESSIONS => rule.jumps = verdict_chains(value),
+            NFTA_RULE_EXPRESSIONS => {
+                rule.jumps = verdict_chains(value);
+                if rule.comment.is_none() {
+                    rule.comment = xt_comment(value);
+                }
+                rule.exprs = super::nft_batch::decode_exprs(value);
+            }
             NFTA_RULE_USERDATA => {
                 // Userdata is its own TLV list: u8 type, u8 length, value.
                 let mut i = 0;
@@ -270,10 +313,41 @@ mod tests {
         p.extend_from_slice(&[0, 0]);
         assert_eq!(
             parse_rule(&p),
-            Some(NftRule { chain: String::new(), handle: 42, comment: Some("abc".into()), jumps: vec![] })
+            Some(NftRule {
+                chain: String::new(),
+                handle: 42,
+                comment: Some("abc".into()),
+                jumps: vec![],
+                exprs: vec![]
+            })
         );
         let mut named = vec![1, 0, 0, 0, 8, 0, 2, 0, b'F', b'O', b'O', 0];
         named.extend_from_slice(&p[4..]);
         assert_eq!(parse_rule(&named).map(|r| r.chain), Some("FOO".to_string()));
+    }
+
+    #[test]
+    fn iptables_nft_comments_are_read_from_the_xt_match() {
+        // `-m comment --comment 'name: "x" id: "y"'` as iptables-nft stores it: expression "match",
+        // NFTA_MATCH_NAME "comment", NFTA_MATCH_REV 0, NFTA_MATCH_INFO the text padded to 256 bytes.
+        let mut info = br#"name: "x" id: "y""#.to_vec();
+        info.resize(256, 0);
+        let mut data = Vec::new();
+        push_attr(&mut data, 1, "comment");
+        data.extend_from_slice(&[8, 0, 2, 0, 0, 0, 0, 0]);
+        data.extend_from_slice(&((4 + info.len()) as u16).to_ne_bytes());
+        data.extend_from_slice(&3u16.to_ne_bytes());
+        data.extend_from_slice(&info);
+        let mut elem = Vec::new();
+        push_attr(&mut elem, NFTA_EXPR_NAME, "match");
+        elem.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        elem.extend_from_slice(&NFTA_EXPR_DATA.to_ne_bytes());
+        elem.extend_from_slice(&data);
+        let mut list = Vec::new();
+        list.extend_from_slice(&((4 + elem.len()) as u16).to_ne_bytes());
+        list.extend_from_slice(&NFTA_LIST_ELEM.to_ne_bytes());
+        list.extend_from_slice(&elem);
+        assert_eq!(xt_comment(&list).as_deref(), Some(r#"name: "x" id: "y""#));
+        assert_eq!(xt_comment(&[]), None);
     }
 }

@@ -25,7 +25,7 @@ use crate::firewall::portmap_iptables::{
     PortForward, Protocol,
 };
 use crate::firewall::portmap_nft::{check_portmap_nft, nft_usable, setup_portmap_nft, teardown_portmap_nft};
-use crate::firewall::{restore, Backend, Family};
+use crate::firewall::{Backend, Family};
 use crate::netlink::{Handle, Ipv4Conf, Link};
 use crate::sysctl;
 use cni_types::error::PLUGIN_NOT_AVAILABLE;
@@ -143,7 +143,7 @@ impl Plugin for PortmapPlugin {
         }
         // Only when configured: nftables rules carry just the container ID, which another network
         // of the same container may share.
-        if backend == Some(Backend::Nftables) && restore::has_tool("nft") {
+        if backend == Some(Backend::Nftables) {
             if let Err(e) = teardown_portmap_nft(&args.container_id) {
                 errors.push(format!("could not tear down nftables port forwarding: {e}"));
             }
