@@ -40,7 +40,8 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Accepts connections forever; answers each with a line naming itself and the peer.
 const SERVER: &str = r#"
 import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(64)
 print("ready", flush=True)
 while True:
@@ -851,6 +852,55 @@ fn custom_cidr_and_ipv6() {
         h.container_server(&c1, 80, "c1").unwrap();
         assert!(h.connect_from_host("127.0.0.1", 18089).unwrap().starts_with("hello-c1"));
     }
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
+/// With `enableIPv6` a container has an IPv6 path out: the shared netns gets a default route
+/// through slirp4netns (the inner bridge's forwarding keeps the router advertisement's out),
+/// and it survives a helper restart, which makes a new tap.
+#[test]
+fn outbound_ipv6_from_a_container() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+    // A global address on the fake host: slirp4netns reaches it like any remote IPv6 host.
+    h.host.ns.run("ip", &["addr", "add", "2001:db8:1::1/128", "dev", "lo", "nodad"]).unwrap();
+    h.host_server("::", 38476, "host6").unwrap();
+    let c1 = h.container("c1").unwrap();
+    let r = h.add(&c1).unwrap();
+    assert!(r["ips"].as_array().unwrap().iter().any(|ip| ip["address"].as_str().unwrap().starts_with("fd88::")), "{r}");
+    let netns = h.rootless_netns();
+    let routes = h.in_netns(&netns, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00::2 dev tap0"), "{routes}");
+    let forwarding = h.in_netns(&netns, &["cat", "/proc/sys/net/ipv6/conf/all/forwarding"]).unwrap().stdout;
+    assert_eq!(forwarding.trim(), "1", "the inner bridge forwards");
+    for (key, want) in [("tap0/accept_ra", "2"), ("tap0/accept_ra_defrtr", "0"), ("default/accept_ra", "1")] {
+        let got = h.in_netns(&netns, &["cat", &format!("/proc/sys/net/ipv6/conf/{key}")]).unwrap().stdout;
+        assert_eq!(got.trim(), want, "{key}");
+    }
+    let reached = |h: &Harness| -> Result<String> {
+        // The container's own address may still be tentative for a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match h.connect_from(&c1, "2001:db8:1::1", 38476) {
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                other => return other,
+            }
+        }
+    };
+    let got = reached(&h).unwrap();
+    assert!(got.starts_with("hello-host6 from 2001:db8:1::1"), "{got}");
+
+    // A new helper makes a new tap: the route comes back with it.
+    kill(h.helper_pid());
+    let c2 = h.container("c2").unwrap();
+    h.add(&c2).unwrap();
+    let routes = h.in_netns(&netns, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00::2 dev tap0"), "after restart: {routes}");
+    assert!(reached(&h).unwrap().starts_with("hello-host6 from "));
+    h.del(&c2).unwrap();
     h.del(&c1).unwrap();
     h.assert_clean();
 }

@@ -4,7 +4,8 @@ use super::Handle;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::io;
@@ -52,6 +53,12 @@ impl Handle {
     /// `ip route add <dst> [via gw] [dev oif] [metric] [table] [scope] [mtu] [advmss]`; EEXIST is
     /// returned as is so callers can treat an identical route as present.
     pub fn add_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+        self.add_route_flagged(r, RouteFlags::empty())
+    }
+
+    /// [`Handle::add_route`] with route flags (`onlink`: the gateway is on the link whether or
+    /// not a route says so).
+    pub fn add_route_flagged(&mut self, r: &RouteSpec, flags: RouteFlags) -> io::Result<()> {
         let mut msg = RouteMessage::default();
         let table = r.table.unwrap_or(RT_TABLE_MAIN);
         msg.header = RouteHeader {
@@ -61,6 +68,7 @@ impl Handle {
             protocol: RouteProtocol::Boot,
             scope: r.scope.map(RouteScope::from).unwrap_or(RouteScope::Universe),
             kind: RouteType::Unicast,
+            flags,
             ..Default::default()
         };
         msg.attributes.push(RouteAttribute::Destination(to_route_address(r.dst.network())));

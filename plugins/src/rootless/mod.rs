@@ -320,8 +320,14 @@ impl<'a> Session<'a> {
         }
         let started = Instant::now();
         let helper =
-            self.with_dad_disabled(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
+            self.with_tap_defaults(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
         let helper = helper.map_err(|e| internal(format!("start slirp4netns: {e}")))?;
+        if st.params.enable_ipv6 {
+            if let Err(e) = host::ipv6_uplink_in(&st.netns, slirp::TAP, host::GATEWAY6) {
+                let _ = slirp::stop(&helper, &expect);
+                return Err(internal(format!("IPv6 uplink: {e}")));
+            }
+        }
         log::debug!("slirp4netns pid {} ready in {:?}", helper.pid, started.elapsed());
         let socket = helper.api_socket.clone();
         st.helper = Some(helper);
@@ -346,19 +352,25 @@ impl<'a> Session<'a> {
         self.save(st)
     }
 
-    /// IPv6 duplicate address detection would hold the tap's address back 1–2 s; podman turns
-    /// it off in the netns while slirp4netns configures the tap, then restores it.
-    fn with_dad_disabled<T>(&self, st: &State, work: impl FnOnce() -> T) -> T {
-        const KEY: &str = "net/ipv6/conf/default/accept_dad";
-        let saved = if st.params.enable_ipv6 {
-            host::swap_sysctl_in(&st.netns, KEY, "0").map_err(|e| log::warn!("disable IPv6 DAD: {e}")).ok()
-        } else {
-            None
-        };
+    /// Runs `work` (the helper's start) with the IPv6 defaults a new tap needs, then restores
+    /// them so the inner plugins' links get the usual ones. Duplicate address detection would
+    /// hold the tap's address back 1–2 s (podman turns it off the same way); the router
+    /// advertisement settings are [`host::TAP_RA_SYSCTLS`].
+    fn with_tap_defaults<T>(&self, st: &State, work: impl FnOnce() -> T) -> T {
+        const DAD: (&str, &str) = ("net/ipv6/conf/default/accept_dad", "0");
+        let mut saved = Vec::new();
+        if st.params.enable_ipv6 {
+            for (key, value) in std::iter::once(DAD).chain(host::TAP_RA_SYSCTLS) {
+                match host::swap_sysctl_in(&st.netns, key, value) {
+                    Ok(old) => saved.push((key, old)),
+                    Err(e) => log::warn!("set {key} for the tap: {e}"),
+                }
+            }
+        }
         let out = work();
-        if let Some(old) = saved {
-            if let Err(e) = host::swap_sysctl_in(&st.netns, KEY, old.trim()) {
-                log::warn!("restore IPv6 DAD: {e}");
+        for (key, old) in saved {
+            if let Err(e) = host::swap_sysctl_in(&st.netns, key, old.trim()) {
+                log::warn!("restore {key}: {e}");
             }
         }
         out
