@@ -69,6 +69,34 @@ except Exception as e:
     sys.exit(1)
 "#;
 
+/// Answers every datagram with a line naming itself and the peer.
+const UDP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    data, a = s.recvfrom(2048)
+    s.sendto(("hello-%s from %s" % (sys.argv[3], a[0])).encode(), a)
+"#;
+
+/// Sends one datagram (again every half second), prints the first answer, exits 1 on silence.
+const UDP_CLIENT: &str = r#"
+import socket, sys, time
+c = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(0.5)
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    c.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(c.recv(2048).decode().strip())
+        sys.exit(0)
+    except socket.timeout:
+        pass
+print("ERROR no answer")
+sys.exit(1)
+"#;
+
 /// An inner plugin that reports what it sees to `$PROBE_OUT` (one JSON line per call), chains
 /// results adding its `tag` to `dns.search`, and fails the verbs listed in `failOn`.
 const PROBE: &str = r#"#!/usr/bin/python3
@@ -901,6 +929,97 @@ fn outbound_ipv6_from_a_container() {
     assert!(routes.contains("default via fd00::2 dev tap0"), "after restart: {routes}");
     assert!(reached(&h).unwrap().starts_with("hello-host6 from "));
     h.del(&c2).unwrap();
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
+/// A client with its own addresses, in its own namespace behind the fake host (a machine on
+/// the host's LAN).
+struct Client {
+    ns: conformance::Netns,
+}
+
+impl Client {
+    /// Host side 192.0.2.1 and 2001:db8:2::1, client 192.0.2.10 and 2001:db8:2::10.
+    fn new(h: &Harness) -> Client {
+        let ns = conformance::Netns::new("cl").unwrap();
+        let (host_if, peer) = (format!("{}h", &ns.name()[..ns.name().len().min(12)]), "eth0");
+        h.host
+            .ns
+            .run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", peer, "netns", ns.name()])
+            .unwrap();
+        for (cmd, args) in [
+            (&h.host.ns, vec!["ip", "addr", "add", "192.0.2.1/24", "dev", &host_if]),
+            (&h.host.ns, vec!["ip", "addr", "add", "2001:db8:2::1/64", "dev", &host_if, "nodad"]),
+            (&h.host.ns, vec!["ip", "link", "set", &host_if, "up"]),
+            (&ns, vec!["ip", "addr", "add", "192.0.2.10/24", "dev", peer]),
+            (&ns, vec!["ip", "addr", "add", "2001:db8:2::10/64", "dev", peer, "nodad"]),
+            (&ns, vec!["ip", "link", "set", peer, "up"]),
+        ] {
+            cmd.run(args[0], &args[1..]).unwrap();
+        }
+        Client { ns }
+    }
+
+    fn tcp(&self, ip: &str, port: u16) -> Result<String> {
+        let out = self.ns.run(PY, &["-c", CLIENT, ip, &port.to_string(), "3"])?;
+        Ok(out.trim().to_string())
+    }
+
+    fn udp(&self, ip: &str, port: u16) -> Result<String> {
+        let out = self.ns.run(PY, &["-c", UDP_CLIENT, ip, &port.to_string(), "3"])?;
+        Ok(out.trim().to_string())
+    }
+}
+
+/// `hostIP` picks the host address a port is published on, tcp and udp, and a client on the
+/// host's network reaches the container with its own address (slirp4netns keeps the source of
+/// non-loopback clients). An IPv6 `hostIP` is refused by name until IPv6 ports are carried.
+#[test]
+fn host_ip_and_udp_ports_keep_the_client_address() {
+    let h = setup!(wrapper(json!({})));
+    let client = Client::new(&h);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 18092, "containerPort": 80, "protocol": "tcp", "hostIP": "192.0.2.1"},
+               {"hostPort": 18093, "containerPort": 53, "protocol": "udp", "hostIP": ""},
+               {"hostPort": 18094, "containerPort": 80, "protocol": "tcp", "hostIP": "0.0.0.0"}]),
+    );
+    h.add(&c1).unwrap();
+    if !h.has_portmap() {
+        skip("portmap is not built: the published-port path stops at the rootless netns");
+        h.del(&c1).unwrap();
+        return;
+    }
+    h.container_server(&c1, 80, "c1").unwrap();
+    let flag = format!("--net={}", c1.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", UDP_SERVER, "0.0.0.0", "53", "udp"], &[]))
+        .unwrap();
+    assert_eq!(client.tcp("192.0.2.1", 18092).unwrap(), "hello-c1 from 192.0.2.10");
+    assert_eq!(client.tcp("192.0.2.1", 18094).unwrap(), "hello-c1 from 192.0.2.10");
+    assert_eq!(client.udp("192.0.2.1", 18093).unwrap(), "hello-udp from 192.0.2.10");
+    // Published on 192.0.2.1 only: the host's loopback does not answer on that port.
+    assert!(h.connect_from_host("127.0.0.1", 18092).is_err());
+    assert!(h.connect_from_host("127.0.0.1", 18094).unwrap().starts_with("hello-c1 from "));
+    let mut addrs: Vec<String> = h
+        .hostfwd_entries()
+        .iter()
+        .map(|e| format!("{}:{}", e["host_addr"].as_str().unwrap(), e["host_port"]))
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, ["0.0.0.0:18093", "0.0.0.0:18094", "192.0.2.1:18092"]);
+
+    // IPv6 host addresses: a clear error, and the ADD leaves nothing of its own behind.
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 18095, "containerPort": 80, "protocol": "tcp"},
+               {"hostPort": 18096, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8:2::1"}]),
+    );
+    let err = h.add(&c2).unwrap_err().to_string();
+    assert!(err.contains("host port 18096/tcp") && err.contains("IPv6"), "{err}");
+    assert_eq!(h.hostfwd_entries().len(), 3, "only the first container's forwards");
     h.del(&c1).unwrap();
     h.assert_clean();
 }
