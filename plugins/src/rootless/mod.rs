@@ -30,8 +30,9 @@
 //! inherit both. It never returns to the host's netns: that one belongs to the initial user
 //! namespace, where `setns` needs rights a rootless runtime does not have. It does return to
 //! the runtime's mount namespace, and the bookkeeping after the inner plugins needs no netns
-//! (state files, the helper's unix socket, signals, unmounts). The two pieces of work that must
-//! happen in another netns earlier (creating it, the IPv6 DAD sysctl) run in a forked child.
+//! (state files, the helper's unix socket, signals, unmounts). The work that must
+//! happen in another netns earlier (creating it, the IPv6 sysctls of a new tap and its IPv6
+//! default route) run in a forked child.
 
 pub mod config;
 pub mod host;
