@@ -32,7 +32,7 @@
 //! the runtime's mount namespace, and the bookkeeping after the inner plugins needs no netns
 //! (state files, the helper's unix socket, signals, unmounts). The work that must
 //! happen in another netns earlier (creating it, the IPv6 sysctls of a new tap and its IPv6
-//! default route) run in a forked child.
+//! default route) runs in a forked child.
 
 pub mod config;
 pub mod host;
