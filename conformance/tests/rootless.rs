@@ -886,7 +886,7 @@ fn custom_cidr_and_ipv6() {
 
 /// With `enableIPv6` a container has an IPv6 path out: the shared netns gets a default route
 /// through slirp4netns (the inner bridge's forwarding keeps the router advertisement's out),
-/// and it survives a helper restart, which makes a new tap.
+/// and it is put back when removed and after a helper restart, which makes a new tap.
 #[test]
 fn outbound_ipv6_from_a_container() {
     let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
@@ -920,6 +920,14 @@ fn outbound_ipv6_from_a_container() {
     };
     let got = reached(&h).unwrap();
     assert!(got.starts_with("hello-host6 from 2001:db8:1::1"), "{got}");
+
+    // A route removed by hand is put back by the next call.
+    let del = h.in_netns(&netns, &["ip", "-6", "route", "del", "default"]).unwrap();
+    assert!(del.ok(), "{}", del.stderr);
+    let check = h.check(&c1).unwrap();
+    assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
+    let routes = h.in_netns(&netns, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00::2 dev tap0"), "repaired: {routes}");
 
     // A new helper makes a new tap: the route comes back with it.
     kill(h.helper_pid());

@@ -439,9 +439,15 @@ impl<'a> Session<'a> {
                 if !self.helper_running(&s) {
                     log::warn!("slirp4netns for {} is not running; restarting it", s.netns.display());
                     self.start_helper(&mut s)?;
-                } else if !s.stale_forwards.is_empty()
-                    && s.helper.as_ref().is_some_and(|h| slirp::unresponsive(h).is_none())
-                {
+                    return Ok(Some(s));
+                }
+                if s.params.enable_ipv6 {
+                    // Put back if someone removed it (a route already there is fine).
+                    if let Err(e) = host::ipv6_uplink_in(&s.netns, slirp::TAP, host::GATEWAY6) {
+                        log::warn!("IPv6 uplink of {}: {e}", s.netns.display());
+                    }
+                }
+                if !s.stale_forwards.is_empty() && s.helper.as_ref().is_some_and(|h| slirp::unresponsive(h).is_none()) {
                     self.remove_stale_forwards(&mut s)?;
                 }
                 Ok(Some(s))
