@@ -40,7 +40,8 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Accepts connections forever; answers each with a line naming itself and the peer.
 const SERVER: &str = r#"
 import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(64)
 print("ready", flush=True)
 while True:
@@ -66,6 +67,34 @@ try:
 except Exception as e:
     print("ERROR %s" % e)
     sys.exit(1)
+"#;
+
+/// Answers every datagram with a line naming itself and the peer.
+const UDP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    data, a = s.recvfrom(2048)
+    s.sendto(("hello-%s from %s" % (sys.argv[3], a[0])).encode(), a)
+"#;
+
+/// Sends one datagram (again every half second), prints the first answer, exits 1 on silence.
+const UDP_CLIENT: &str = r#"
+import socket, sys, time
+c = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(0.5)
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    c.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(c.recv(2048).decode().strip())
+        sys.exit(0)
+    except socket.timeout:
+        pass
+print("ERROR no answer")
+sys.exit(1)
 "#;
 
 /// An inner plugin that reports what it sees to `$PROBE_OUT` (one JSON line per call), chains
@@ -855,6 +884,155 @@ fn custom_cidr_and_ipv6() {
     h.assert_clean();
 }
 
+/// With `enableIPv6` a container has an IPv6 path out: the shared netns gets a default route
+/// through slirp4netns (the inner bridge's forwarding keeps the router advertisement's out),
+/// and it is put back when removed and after a helper restart, which makes a new tap.
+#[test]
+fn outbound_ipv6_from_a_container() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+    // A global address on the fake host: slirp4netns reaches it like any remote IPv6 host.
+    h.host.ns.run("ip", &["addr", "add", "2001:db8:1::1/128", "dev", "lo", "nodad"]).unwrap();
+    h.host_server("::", 38476, "host6").unwrap();
+    let c1 = h.container("c1").unwrap();
+    let r = h.add(&c1).unwrap();
+    assert!(r["ips"].as_array().unwrap().iter().any(|ip| ip["address"].as_str().unwrap().starts_with("fd88::")), "{r}");
+    let netns = h.rootless_netns();
+    let routes = h.in_netns(&netns, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00::2 dev tap0"), "{routes}");
+    let forwarding = h.in_netns(&netns, &["cat", "/proc/sys/net/ipv6/conf/all/forwarding"]).unwrap().stdout;
+    assert_eq!(forwarding.trim(), "1", "the inner bridge forwards");
+    for (key, want) in [("tap0/accept_ra", "2"), ("tap0/accept_ra_defrtr", "0"), ("default/accept_ra", "1")] {
+        let got = h.in_netns(&netns, &["cat", &format!("/proc/sys/net/ipv6/conf/{key}")]).unwrap().stdout;
+        assert_eq!(got.trim(), want, "{key}");
+    }
+    let reached = |h: &Harness| -> Result<String> {
+        // The container's own address may still be tentative for a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match h.connect_from(&c1, "2001:db8:1::1", 38476) {
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                other => return other,
+            }
+        }
+    };
+    let got = reached(&h).unwrap();
+    assert!(got.starts_with("hello-host6 from 2001:db8:1::1"), "{got}");
+
+    // A route removed by hand is put back by the next call.
+    let del = h.in_netns(&netns, &["ip", "-6", "route", "del", "default"]).unwrap();
+    assert!(del.ok(), "{}", del.stderr);
+    let check = h.check(&c1).unwrap();
+    assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
+    let routes = h.in_netns(&netns, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00::2 dev tap0"), "repaired: {routes}");
+
+    // A new helper makes a new tap: the route comes back with it.
+    kill(h.helper_pid());
+    let c2 = h.container("c2").unwrap();
+    h.add(&c2).unwrap();
+    let routes = h.in_netns(&netns, &["ip", "-6", "route", "show", "default"]).unwrap().stdout;
+    assert!(routes.contains("default via fd00::2 dev tap0"), "after restart: {routes}");
+    assert!(reached(&h).unwrap().starts_with("hello-host6 from "));
+    h.del(&c2).unwrap();
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
+/// A client with its own addresses, in its own namespace behind the fake host (a machine on
+/// the host's LAN).
+struct Client {
+    ns: conformance::Netns,
+}
+
+impl Client {
+    /// Host side 192.0.2.1 and 2001:db8:2::1, client 192.0.2.10 and 2001:db8:2::10.
+    fn new(h: &Harness) -> Client {
+        let ns = conformance::Netns::new("cl").unwrap();
+        let (host_if, peer) = (format!("{}h", &ns.name()[..ns.name().len().min(12)]), "eth0");
+        h.host
+            .ns
+            .run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", peer, "netns", ns.name()])
+            .unwrap();
+        for (cmd, args) in [
+            (&h.host.ns, vec!["ip", "addr", "add", "192.0.2.1/24", "dev", &host_if]),
+            (&h.host.ns, vec!["ip", "addr", "add", "2001:db8:2::1/64", "dev", &host_if, "nodad"]),
+            (&h.host.ns, vec!["ip", "link", "set", &host_if, "up"]),
+            (&ns, vec!["ip", "addr", "add", "192.0.2.10/24", "dev", peer]),
+            (&ns, vec!["ip", "addr", "add", "2001:db8:2::10/64", "dev", peer, "nodad"]),
+            (&ns, vec!["ip", "link", "set", peer, "up"]),
+        ] {
+            cmd.run(args[0], &args[1..]).unwrap();
+        }
+        Client { ns }
+    }
+
+    fn tcp(&self, ip: &str, port: u16) -> Result<String> {
+        let out = self.ns.run(PY, &["-c", CLIENT, ip, &port.to_string(), "3"])?;
+        Ok(out.trim().to_string())
+    }
+
+    fn udp(&self, ip: &str, port: u16) -> Result<String> {
+        let out = self.ns.run(PY, &["-c", UDP_CLIENT, ip, &port.to_string(), "3"])?;
+        Ok(out.trim().to_string())
+    }
+}
+
+/// `hostIP` picks the host address a port is published on, tcp and udp, and a client on the
+/// host's network reaches the container with its own address (slirp4netns keeps the source of
+/// non-loopback clients). An IPv6 `hostIP` is refused by name until IPv6 ports are carried.
+#[test]
+fn host_ip_and_udp_ports_keep_the_client_address() {
+    let h = setup!(wrapper(json!({})));
+    let client = Client::new(&h);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 18092, "containerPort": 80, "protocol": "tcp", "hostIP": "192.0.2.1"},
+               {"hostPort": 18093, "containerPort": 53, "protocol": "udp", "hostIP": ""},
+               {"hostPort": 18094, "containerPort": 80, "protocol": "tcp", "hostIP": "0.0.0.0"}]),
+    );
+    h.add(&c1).unwrap();
+    if !h.has_portmap() {
+        skip("portmap is not built: the published-port path stops at the rootless netns");
+        h.del(&c1).unwrap();
+        return;
+    }
+    h.container_server(&c1, 80, "c1").unwrap();
+    let flag = format!("--net={}", c1.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", UDP_SERVER, "0.0.0.0", "53", "udp"], &[]))
+        .unwrap();
+    assert_eq!(client.tcp("192.0.2.1", 18092).unwrap(), "hello-c1 from 192.0.2.10");
+    assert_eq!(client.tcp("192.0.2.1", 18094).unwrap(), "hello-c1 from 192.0.2.10");
+    assert_eq!(client.udp("192.0.2.1", 18093).unwrap(), "hello-udp from 192.0.2.10");
+    // Published on 192.0.2.1 only: the host's loopback does not answer on that port.
+    assert!(h.connect_from_host("127.0.0.1", 18092).is_err());
+    // A client on the host's loopback appears as slirp4netns' host address.
+    assert_eq!(h.connect_from_host("127.0.0.1", 18094).unwrap(), "hello-c1 from 10.0.2.2");
+    let mut addrs: Vec<String> = h
+        .hostfwd_entries()
+        .iter()
+        .map(|e| format!("{}:{}", e["host_addr"].as_str().unwrap(), e["host_port"]))
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, ["0.0.0.0:18093", "0.0.0.0:18094", "192.0.2.1:18092"]);
+
+    // IPv6 host addresses: a clear error, and the ADD leaves nothing of its own behind.
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 18095, "containerPort": 80, "protocol": "tcp"},
+               {"hostPort": 18096, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8:2::1"}]),
+    );
+    let err = h.add(&c2).unwrap_err().to_string();
+    assert!(err.contains("host port 18096/tcp") && err.contains("IPv6"), "{err}");
+    assert_eq!(h.hostfwd_entries().len(), 3, "only the first container's forwards");
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
 /// A dead helper is restarted by the next ADD, and the older container's port works again.
 #[test]
 fn dead_helper_is_restarted_with_its_forwards() {
@@ -1408,7 +1586,10 @@ fn forged_state_signals_unmounts_and_deletes_nothing_it_did_not_make() {
     h.assert_clean_except(&[ipid]);
 
     // A netns and a socket named elsewhere, and a file of the user's in the state directory.
-    h.add(&c1).unwrap();
+    // A reset orphans the container's end of its veth, which the kernel removes with the old
+    // rootless netns, asynchronously: every step after a reset uses a fresh container.
+    let c3 = h.container("c3").unwrap().with_port(18093, 80);
+    h.add(&c3).unwrap();
     let victim = h.xdg.join("victim");
     std::fs::write(&victim, b"precious").unwrap();
     std::os::unix::fs::chown(&victim, Some(h.m.uid), Some(h.m.gid)).unwrap();
@@ -1418,7 +1599,7 @@ fn forged_state_signals_unmounts_and_deletes_nothing_it_did_not_make() {
         st["netns"] = json!(victim);
         st["helper"]["apiSocket"] = json!(victim);
     });
-    h.del(&c1).unwrap();
+    h.del(&c3).unwrap();
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "a file the record names was deleted");
     assert_eq!(std::fs::read(&keep).unwrap(), b"mine", "teardown removed a file it did not make");
     let left: Vec<_> = std::fs::read_dir(h.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
@@ -1427,16 +1608,17 @@ fn forged_state_signals_unmounts_and_deletes_nothing_it_did_not_make() {
     h.assert_clean_except(&[ipid]);
 
     // A state file that is a FIFO: reset, not waited on.
-    h.add(&c1).unwrap();
+    let (c4, c5) = (h.container("c4").unwrap(), h.container("c5").unwrap());
+    h.add(&c4).unwrap();
     let state = h.state_dir().join("state.json");
     std::fs::remove_file(&state).unwrap();
     nix::unistd::mkfifo(&state, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     std::os::unix::fs::chown(&state, Some(h.m.uid), Some(h.m.gid)).unwrap();
-    let (added, t) = timed(|| h.add(&c1));
+    let (added, t) = timed(|| h.add(&c5));
     added.unwrap();
     assert!(t < Duration::from_secs(20), "{t:?}");
     assert!(std::fs::symlink_metadata(&state).unwrap().is_file());
-    h.del(&c1).unwrap();
+    h.del(&c5).unwrap();
     h.assert_clean_except(&[ipid]);
 
     let _ = impostor.kill();
@@ -1541,8 +1723,17 @@ fn a_hung_inner_plugin_is_killed_and_the_next_call_goes_on() {
     other.unwrap();
     assert!(t2 < Duration::from_secs(50), "the waiting ADD took {t2:?}");
     eprintln!("hung ADD failed after {t1:?}; the next ADD finished {:?} after the start", t.elapsed());
+    // Only this test's: other runs of the suite on the machine use the same user.
+    let userns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+    let ours = userns(&h.pause_pid().to_string());
+    assert!(ours.is_some(), "the pause process's user namespace");
     let sleepers = Command::new("pgrep").args(["-u", USER, "-f", "sleep 600"]).output().unwrap();
-    assert!(sleepers.stdout.is_empty(), "the hung plugin was not killed");
+    let sleepers: Vec<String> = String::from_utf8_lossy(&sleepers.stdout)
+        .split_whitespace()
+        .filter(|pid| userns(pid) == ours)
+        .map(str::to_string)
+        .collect();
+    assert!(sleepers.is_empty(), "the hung plugin was not killed: {sleepers:?}");
     assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 1);
     h.del(&c2).unwrap();
     h.assert_clean();

@@ -4,7 +4,8 @@ use super::Handle;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::io;
@@ -98,6 +99,14 @@ impl Handle {
         if let Some(src) = src {
             msg.attributes.push(RouteAttribute::PrefSource(to_route_address(src)));
         }
+        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// [`Handle::add_route`] with route flags (`onlink`: the gateway is on the link whether or
+    /// not a route says so).
+    pub fn add_route_flagged(&mut self, r: &RouteSpec, flags: RouteFlags) -> io::Result<()> {
+        let mut msg = route_message(r, RouteProtocol::Boot);
+        msg.header.flags = flags;
         self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
     }
 

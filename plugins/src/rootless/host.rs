@@ -210,6 +210,50 @@ pub fn swap_sysctl_in(netns: &Path, key: &str, value: &str) -> Result<String, St
     Ok(String::from_utf8_lossy(&old).into_owned())
 }
 
+/// slirp4netns' IPv6 gateway: its prefix is fixed at `fd00::/64` and the host side is `::2`.
+pub const GATEWAY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+/// What a new tap must start with for the static IPv6 uplink: router advertisements still
+/// renew its SLAAC address once the inner bridge turns forwarding on (`accept_ra=2`), and
+/// never install a default route of their own (`accept_ra_defrtr=0`), which the kernel would
+/// purge at that moment anyway and which would clash with [`ipv6_uplink_in`]'s.
+pub const TAP_RA_SYSCTLS: [(&str, &str); 2] =
+    [("net/ipv6/conf/default/accept_ra", "2"), ("net/ipv6/conf/default/accept_ra_defrtr", "0")];
+
+/// Adds `default via <gateway> dev <tap>` inside `netns`: without it the shared netns has no
+/// IPv6 path out, since the inner bridge turns forwarding on and the kernel then ignores (and
+/// purges) the route slirp4netns' router advertisement would give. A route already there is
+/// fine. Runs in a child since this process cannot come back from another netns.
+pub fn ipv6_uplink_in(netns: &Path, tap: &str, gateway: std::net::Ipv6Addr) -> Result<(), String> {
+    use crate::netlink::{Handle, RouteSpec};
+    let ns = File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
+    in_child(|| {
+        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("enter {}: {e}", netns.display()))?;
+        let mut nl = Handle::new().map_err(|e| format!("netlink: {e}"))?;
+        let link = nl.link_by_name(tap).map_err(|e| format!("look up {tap}: {e}"))?;
+        let link = link.ok_or_else(|| format!("{tap} does not exist in {}", netns.display()))?;
+        let route = RouteSpec {
+            dst: ipnetwork::IpNetwork::V6(
+                ipnetwork::Ipv6Network::new(std::net::Ipv6Addr::UNSPECIFIED, 0).map_err(|e| e.to_string())?,
+            ),
+            gw: Some(gateway.into()),
+            oif: Some(link.index),
+            priority: None,
+            table: None,
+            scope: None,
+            mtu: None,
+            advmss: None,
+        };
+        // On the link by definition: the prefix route only comes with the router advertisement.
+        match nl.add_route_flagged(&route, netlink_packet_route::route::RouteFlags::Onlink) {
+            Ok(()) => Ok(Vec::new()),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Ok(Vec::new()),
+            Err(e) => Err(format!("add the IPv6 default route via {gateway} dev {tap}: {e}")),
+        }
+    })
+    .map(drop)
+}
+
 /// Unmounts (lazily: a helper may still hold it) and removes a netns file; gone is fine.
 pub fn remove_netns(path: &Path) -> Result<(), String> {
     match umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {

@@ -30,8 +30,9 @@
 //! inherit both. It never returns to the host's netns: that one belongs to the initial user
 //! namespace, where `setns` needs rights a rootless runtime does not have. It does return to
 //! the runtime's mount namespace, and the bookkeeping after the inner plugins needs no netns
-//! (state files, the helper's unix socket, signals, unmounts). The two pieces of work that must
-//! happen in another netns earlier (creating it, the IPv6 DAD sysctl) run in a forked child.
+//! (state files, the helper's unix socket, signals, unmounts). The work that must
+//! happen in another netns earlier (creating it, the IPv6 sysctls of a new tap and its IPv6
+//! default route) runs in a forked child.
 
 pub mod config;
 pub mod host;
@@ -320,8 +321,14 @@ impl<'a> Session<'a> {
         }
         let started = Instant::now();
         let helper =
-            self.with_dad_disabled(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
+            self.with_tap_defaults(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
         let helper = helper.map_err(|e| internal(format!("start slirp4netns: {e}")))?;
+        if st.params.enable_ipv6 {
+            if let Err(e) = host::ipv6_uplink_in(&st.netns, slirp::TAP, host::GATEWAY6) {
+                let _ = slirp::stop(&helper, &expect);
+                return Err(internal(format!("IPv6 uplink: {e}")));
+            }
+        }
         log::debug!("slirp4netns pid {} ready in {:?}", helper.pid, started.elapsed());
         let socket = helper.api_socket.clone();
         st.helper = Some(helper);
@@ -346,19 +353,25 @@ impl<'a> Session<'a> {
         self.save(st)
     }
 
-    /// IPv6 duplicate address detection would hold the tap's address back 1–2 s; podman turns
-    /// it off in the netns while slirp4netns configures the tap, then restores it.
-    fn with_dad_disabled<T>(&self, st: &State, work: impl FnOnce() -> T) -> T {
-        const KEY: &str = "net/ipv6/conf/default/accept_dad";
-        let saved = if st.params.enable_ipv6 {
-            host::swap_sysctl_in(&st.netns, KEY, "0").map_err(|e| log::warn!("disable IPv6 DAD: {e}")).ok()
-        } else {
-            None
-        };
+    /// Runs `work` (the helper's start) with the IPv6 defaults a new tap needs, then restores
+    /// them so the inner plugins' links get the usual ones. Duplicate address detection would
+    /// hold the tap's address back 1–2 s (podman turns it off the same way); the router
+    /// advertisement settings are [`host::TAP_RA_SYSCTLS`].
+    fn with_tap_defaults<T>(&self, st: &State, work: impl FnOnce() -> T) -> T {
+        const DAD: (&str, &str) = ("net/ipv6/conf/default/accept_dad", "0");
+        let mut saved = Vec::new();
+        if st.params.enable_ipv6 {
+            for (key, value) in std::iter::once(DAD).chain(host::TAP_RA_SYSCTLS) {
+                match host::swap_sysctl_in(&st.netns, key, value) {
+                    Ok(old) => saved.push((key, old)),
+                    Err(e) => log::warn!("set {key} for the tap: {e}"),
+                }
+            }
+        }
         let out = work();
-        if let Some(old) = saved {
-            if let Err(e) = host::swap_sysctl_in(&st.netns, KEY, old.trim()) {
-                log::warn!("restore IPv6 DAD: {e}");
+        for (key, old) in saved {
+            if let Err(e) = host::swap_sysctl_in(&st.netns, key, old.trim()) {
+                log::warn!("restore {key}: {e}");
             }
         }
         out
@@ -426,9 +439,15 @@ impl<'a> Session<'a> {
                 if !self.helper_running(&s) {
                     log::warn!("slirp4netns for {} is not running; restarting it", s.netns.display());
                     self.start_helper(&mut s)?;
-                } else if !s.stale_forwards.is_empty()
-                    && s.helper.as_ref().is_some_and(|h| slirp::unresponsive(h).is_none())
-                {
+                    return Ok(Some(s));
+                }
+                if s.params.enable_ipv6 {
+                    // Put back if someone removed it (a route already there is fine).
+                    if let Err(e) = host::ipv6_uplink_in(&s.netns, slirp::TAP, host::GATEWAY6) {
+                        log::warn!("IPv6 uplink of {}: {e}", s.netns.display());
+                    }
+                }
+                if !s.stale_forwards.is_empty() && s.helper.as_ref().is_some_and(|h| slirp::unresponsive(h).is_none()) {
                     self.remove_stale_forwards(&mut s)?;
                 }
                 Ok(Some(s))
