@@ -14,7 +14,8 @@
 //! ([`trust`]): the path to the state directory is checked component by component (owner, mode,
 //! links someone else planted), the directory is the wrapper's own (0700), its files are opened
 //! without following links and read up to a bound, a record naming files outside the directory's
-//! fixed layout is reset, and a recorded helper is signalled only once the process is verified
+//! fixed layout is reset (an ADD or DEL first runs its container's inner DEL in the layout's
+//! netns, so that interface goes at once rather than when the kernel frees the netns), and a recorded helper is signalled only once the process is verified
 //! to be a slirp4netns of this user serving this directory ([`slirp::Expect`]). Teardown removes
 //! only the names of that layout. Every wait has a deadline: the lock (a later call gives up
 //! with a clear error instead of queueing forever behind a stuck one), the helper's API and
