@@ -1543,6 +1543,12 @@ fn forged_state_signals_unmounts_and_deletes_nothing_it_did_not_make() {
     // Another container's netns: a mount in the runtime's mount namespace.
     let c2 = h.container("c2").unwrap();
     let nsfs = |p: &str| h.runtime_sh(&format!("stat -f -c %T {p}")).unwrap().trim() == "nsfs";
+    // DEL removes the container's interface before it returns, not when the kernel gets round
+    // to freeing the shared netns it reset.
+    let no_eth0 = |ctr: &Ctr| {
+        let out = h.in_netns(&ctr.netns, &["ip", "-o", "link", "show"]).unwrap();
+        assert!(out.ok() && !out.stdout.contains("eth0"), "eth0 left in {} after DEL: {}", ctr.netns, out.stdout);
+    };
     h.add(&c1).unwrap();
     let real = h.helper_pid();
 
@@ -1580,6 +1586,7 @@ fn forged_state_signals_unmounts_and_deletes_nothing_it_did_not_make() {
         st["netns"] = json!(c2.netns);
     });
     h.del(&c1).unwrap();
+    no_eth0(&c1);
     assert!(is_running(ipid), "the impostor was signalled");
     assert!(nsfs(&c2.netns), "another container's netns was unmounted");
     assert!(!is_running(real), "the real helper, verified, was stopped");
@@ -1600,6 +1607,7 @@ fn forged_state_signals_unmounts_and_deletes_nothing_it_did_not_make() {
         st["helper"]["apiSocket"] = json!(victim);
     });
     h.del(&c3).unwrap();
+    no_eth0(&c3);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "a file the record names was deleted");
     assert_eq!(std::fs::read(&keep).unwrap(), b"mine", "teardown removed a file it did not make");
     let left: Vec<_> = std::fs::read_dir(h.state_dir()).unwrap().flatten().map(|e| e.file_name()).collect();

@@ -14,7 +14,8 @@
 //! ([`trust`]): the path to the state directory is checked component by component (owner, mode,
 //! links someone else planted), the directory is the wrapper's own (0700), its files are opened
 //! without following links and read up to a bound, a record naming files outside the directory's
-//! fixed layout is reset, and a recorded helper is signalled only once the process is verified
+//! fixed layout is reset (an ADD or DEL first runs its container's inner DEL in the layout's
+//! netns, so that interface goes at once rather than when the kernel frees the netns), and a recorded helper is signalled only once the process is verified
 //! to be a slirp4netns of this user serving this directory ([`slirp::Expect`]). Teardown removes
 //! only the names of that layout. Every wait has a deadline: the lock (a later call gives up
 //! with a clear error instead of queueing forever behind a stuck one), the helper's API and
@@ -267,18 +268,59 @@ impl<'a> Session<'a> {
             Err(e) => return Some(e),
             Ok(_) => {}
         }
+        Self::unusable_netns(&st.netns)
+    }
+
+    /// Why `path` is not a netns that can be entered, if it is not.
+    fn unusable_netns(path: &Path) -> Option<String> {
         // Opened only once it is known not to be a FIFO (an open would wait for a writer) or a
         // link: a netns mount point is a regular file.
-        match std::fs::symlink_metadata(&st.netns) {
+        match std::fs::symlink_metadata(path) {
             Ok(m) if !m.file_type().is_file() => {
-                return Some(format!("{} is not a regular file ({:?})", st.netns.display(), m.file_type()))
+                return Some(format!("{} is not a regular file ({:?})", path.display(), m.file_type()))
             }
             _ => {}
         }
-        match NetNs::open(&st.netns) {
+        match NetNs::open(path) {
             Ok(_) => None,
             Err(e) => Some(format!("{e} (a reboot, or its mount was lost)")),
         }
+    }
+
+    /// The record for an ADD or a DEL. One that cannot be trusted is reset as [`Session::load`]
+    /// does, but first the inner DEL of the calling container runs in the netns of the layout
+    /// (the only place this wrapper makes attachments, whatever the record says): the reset
+    /// unmounts that netns, and the kernel frees it, and the veth pairs in it, only later on its
+    /// own workqueue. Without this the container's interface outlives a DEL that reported it
+    /// removed, and an ADD that follows the reset finds it still there.
+    fn load_clearing(&self) -> Result<Option<State>, CniError> {
+        let why = match self.load(true) {
+            Ok(st) => return Ok(st),
+            Err(e) => e,
+        };
+        match Self::unusable_netns(&self.paths.netns) {
+            Some(reason) => log::debug!("no inner DEL before the reset: {reason}"),
+            None => {
+                log::warn!("{}; running the inner DEL in {} before the reset", why.msg, self.paths.netns.display());
+                let count = self.conf.plugins.len();
+                let prev = outer_prev_result(self.args);
+                // In a child: entering the netns is for good, and an ADD goes on in the host's.
+                let ran = host::in_child(|| {
+                    let errs = self
+                        .inside(Some(&self.paths.netns), || {
+                            self.del_chain(self.args, prev.as_ref(), &self.conf.runtime_config, count)
+                        })
+                        .map_err(|e| e.msg)?;
+                    Ok(errs.iter().map(|e| e.msg.as_str()).collect::<Vec<_>>().join("; ").into_bytes())
+                });
+                match ran {
+                    Ok(errs) if errs.is_empty() => {}
+                    Ok(errs) => log::warn!("inner DEL before the reset: {}", String::from_utf8_lossy(&errs)),
+                    Err(e) => log::warn!("inner DEL before the reset: {e}"),
+                }
+            }
+        }
+        self.load(false)
     }
 
     fn helper_running(&self, st: &State) -> bool {
@@ -755,7 +797,7 @@ impl Plugin for RootlessWrapper {
         // Before anything is created: without these rights nothing below can work.
         host::check_privileges().map_err(internal)?;
         let mut s = Session::open(conf, args)?;
-        let st = s.load(false)?;
+        let st = s.load_clearing()?;
         let first = st.is_none();
         let Some(mut st) = s.ensure(st, true)? else { return Err(internal("rootless netns could not be created")) };
         s.adopt(&st);
@@ -815,7 +857,7 @@ impl Plugin for RootlessWrapper {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = WrapperConf::load(args, &getenv)?;
         let mut s = Session::open(conf, args)?;
-        let Some(st) = s.load(false)? else {
+        let Some(st) = s.load_clearing()? else {
             // Nothing was ever set up here (or it is all gone already): a repeated DEL is fine.
             return Ok(());
         };
