@@ -36,17 +36,6 @@ pub struct MasqTarget<'a> {
 const NAT: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";
 
-/// iptables when `iptables-restore`/`iptables-save` are installed, else nftables (spoken over netlink,
-/// no `nft` needed), as the reference prefers iptables. Presence stands in for the reference's probe exec, which would cost a
-/// process per ADD; a host whose iptables cannot work gets an error naming `iptables-save`.
-pub fn default_backend() -> Backend {
-    if has_tool(restore_tool(Family::V4)) && has_tool(save_tool(Family::V4)) {
-        Backend::Iptables
-    } else {
-        Backend::Nftables
-    }
-}
-
 /// Whether the host's `iptables-restore` for `family` is the nf_tables variant (iptables-nft), whose
 /// chains the kernel can be asked about directly. Debian links it through alternatives to
 /// `xtables-nft-multi`; the legacy variant is `xtables-legacy-multi`.
