@@ -79,7 +79,7 @@ impl Started {
         let ipam = Some(invoke::delegate_add_start(ipam_type, args)?);
         undo.push(Undo::Ipam);
         // Most containers have an IPv4 address; for others this loads nothing.
-        let restore = (masq == Some(Backend::Iptables))
+        let restore = (masq == Some(Backend::Iptables) && firewall::fastpath::enabled())
             .then(|| firewall::PendingRestore::spawn(firewall::Family::V4).ok())
             .flatten();
         Ok(Started { ipam, restore })

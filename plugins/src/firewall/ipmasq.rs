@@ -57,7 +57,9 @@ pub(super) fn nft_family(family: Family) -> NftFamily {
 /// (iptables refuses to delete a chain that is still referenced), so nothing needs reading. Any
 /// doubt (legacy iptables, a failing probe) answers `false`.
 fn chain_surely_absent(family: Family, chain: &str) -> bool {
-    iptables_is_nft(family) && matches!(nft_chain_exists(nft_family(family), NAT, chain), Ok(false))
+    super::fastpath::enabled()
+        && iptables_is_nft(family)
+        && matches!(nft_chain_exists(nft_family(family), NAT, chain), Ok(false))
 }
 
 /// ADD: installs the masquerade rules for every address; re-running leaves one copy of each rule.
@@ -257,6 +259,9 @@ fn nothing_to_collect(family: Family, network: &str, valid_ids: &HashSet<&str>) 
 /// a comment `wanted` selects. Legacy iptables or a failing dump answer `false`.
 pub(super) fn nat_surely_without(family: Family, wanted: impl Fn(&str) -> bool) -> bool {
     if !iptables_is_nft(family) {
+        return false;
+    }
+    if !super::fastpath::enabled() {
         return false;
     }
     match crate::netlink::nft_table_rules(nft_family(family), NAT) {

@@ -12,6 +12,7 @@
 //! Chain names, comments and rules are those of the reference plugins, so a host can move between
 //! the suites without leaking rules.
 
+pub mod fastpath;
 mod ipmasq;
 pub mod iptables;
 mod masq_nft;
