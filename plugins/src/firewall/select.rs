@@ -14,8 +14,18 @@ use super::restore::{self, has_tool, restore_tool, save_tool};
 use super::{Backend, Family, FirewallError};
 
 /// The backend for a configuration that names none: iptables if it works, else nftables if it
-/// works, else [`FirewallError::NoBackend`] with both reasons.
+/// works, else [`FirewallError::NoBackend`] with both reasons. The host is probed once per process
+/// (an ADD asks while validating and again when it writes).
 pub fn default_backend() -> Result<Backend, FirewallError> {
+    static CHOSEN: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+    if let Some(backend) = CHOSEN.get() {
+        return Ok(*backend);
+    }
+    let backend = probe()?;
+    Ok(*CHOSEN.get_or_init(|| backend))
+}
+
+fn probe() -> Result<Backend, FirewallError> {
     let iptables = match iptables_works() {
         Ok(()) => return Ok(Backend::Iptables),
         Err(e) => e,
