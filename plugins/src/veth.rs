@@ -79,7 +79,7 @@ impl Started {
         let ipam = Some(invoke::delegate_add_start(ipam_type, args)?);
         undo.push(Undo::Ipam);
         // Most containers have an IPv4 address; for others this loads nothing.
-        let restore = (masq == Some(Backend::Iptables))
+        let restore = (masq == Some(Backend::Iptables) && firewall::fastpath::enabled())
             .then(|| firewall::PendingRestore::spawn(firewall::Family::V4).ok())
             .flatten();
         Ok(Started { ipam, restore })
@@ -371,6 +371,7 @@ pub(crate) fn gc_ipam_and_masq(ipam_type: Option<&str>, network: &str, args: &Cm
 pub(crate) fn masq_backend(name: Option<&str>) -> Result<Backend, CniError> {
     match name {
         Some(b) => Backend::parse(b).map_err(CniError::invalid_config),
-        None => Ok(firewall::default_backend()),
+        None => firewall::default_backend()
+            .map_err(|e| CniError::new(cni_types::error::PLUGIN_NOT_AVAILABLE, e.to_string())),
     }
 }

@@ -385,14 +385,13 @@ fn spoofcheck_setup_teardown() {
 
 #[test]
 fn default_backend_prefers_iptables() {
+    // This machine's kernel speaks nf_tables, so one of the two always works here.
     let want = if find_tool("iptables-restore").is_some() && find_tool("iptables-save").is_some() {
         Backend::Iptables
-    } else if find_tool("nft").is_some() {
-        Backend::Nftables
     } else {
-        Backend::Iptables
+        Backend::Nftables
     };
-    assert_eq!(firewall::default_backend(), want);
+    assert_eq!(firewall::default_backend().unwrap(), want);
 }
 
 /// portmap DEL with iptables-nft removes, by handle, every jump to the container's chains (the

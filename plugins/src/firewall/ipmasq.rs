@@ -36,17 +36,6 @@ pub struct MasqTarget<'a> {
 const NAT: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";
 
-/// iptables when `iptables-restore`/`iptables-save` are installed, else nftables (spoken over netlink,
-/// no `nft` needed), as the reference prefers iptables. Presence stands in for the reference's probe exec, which would cost a
-/// process per ADD; a host whose iptables cannot work gets an error naming `iptables-save`.
-pub fn default_backend() -> Backend {
-    if has_tool(restore_tool(Family::V4)) && has_tool(save_tool(Family::V4)) {
-        Backend::Iptables
-    } else {
-        Backend::Nftables
-    }
-}
-
 /// Whether the host's `iptables-restore` for `family` is the nf_tables variant (iptables-nft), whose
 /// chains the kernel can be asked about directly. Debian links it through alternatives to
 /// `xtables-nft-multi`; the legacy variant is `xtables-legacy-multi`.
@@ -68,7 +57,9 @@ pub(super) fn nft_family(family: Family) -> NftFamily {
 /// (iptables refuses to delete a chain that is still referenced), so nothing needs reading. Any
 /// doubt (legacy iptables, a failing probe) answers `false`.
 fn chain_surely_absent(family: Family, chain: &str) -> bool {
-    iptables_is_nft(family) && matches!(nft_chain_exists(nft_family(family), NAT, chain), Ok(false))
+    super::fastpath::enabled()
+        && iptables_is_nft(family)
+        && matches!(nft_chain_exists(nft_family(family), NAT, chain), Ok(false))
 }
 
 /// ADD: installs the masquerade rules for every address; re-running leaves one copy of each rule.
@@ -268,6 +259,9 @@ fn nothing_to_collect(family: Family, network: &str, valid_ids: &HashSet<&str>) 
 /// a comment `wanted` selects. Legacy iptables or a failing dump answer `false`.
 pub(super) fn nat_surely_without(family: Family, wanted: impl Fn(&str) -> bool) -> bool {
     if !iptables_is_nft(family) {
+        return false;
+    }
+    if !super::fastpath::enabled() {
         return false;
     }
     match crate::netlink::nft_table_rules(nft_family(family), NAT) {

@@ -246,8 +246,12 @@ pub(super) fn setup(network: &str, ifname: &str, container_id: &str, addrs: &[Ip
 /// CHECK.
 pub(super) fn check(network: &str, ifname: &str, container_id: &str, addrs: &[IpNetwork]) -> Result<(), FirewallError> {
     // Only rules are verified, so one dump is the whole read.
-    let rules = nft_table_rules(NftFamily::Inet, TABLE).map_err(|e| netlink_error("reading", e))?;
-    let state = TableState { checks: true, postrouting: true, rules };
+    let state = if super::fastpath::enabled() {
+        let rules = nft_table_rules(NftFamily::Inet, TABLE).map_err(|e| netlink_error("reading", e))?;
+        TableState { checks: true, postrouting: true, rules }
+    } else {
+        TableState::read().map_err(|e| netlink_error("reading", e))?
+    };
     verify(&state, network, ifname, container_id, addrs).map_err(FirewallError::Check)
 }
 

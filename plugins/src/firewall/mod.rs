@@ -12,6 +12,7 @@
 //! Chain names, comments and rules are those of the reference plugins, so a host can move between
 //! the suites without leaking rules.
 
+pub mod fastpath;
 mod ipmasq;
 pub mod iptables;
 mod masq_nft;
@@ -20,13 +21,14 @@ pub mod portmap_iptables;
 pub mod portmap_nft;
 mod portmap_nftnl;
 pub mod restore;
+mod select;
 mod spoofcheck;
 
 pub use ipmasq::{
-    begin_ipmasq, check_ipmasq, default_backend, gc_ipmasq, setup_ipmasq, setup_ipmasq_prepared, teardown_ipmasq,
-    MasqSetup, MasqTarget,
+    begin_ipmasq, check_ipmasq, gc_ipmasq, setup_ipmasq, setup_ipmasq_prepared, teardown_ipmasq, MasqSetup, MasqTarget,
 };
 pub use restore::PendingRestore;
+pub use select::default_backend;
 pub use spoofcheck::{setup_spoofcheck, teardown_spoofcheck};
 
 use sha2::{Digest, Sha512};
@@ -133,6 +135,14 @@ pub enum FirewallError {
     /// CHECK found the installed rules differ from what ADD installs.
     #[error("{0}")]
     Check(String),
+    /// No backend was configured and neither works on this host.
+    #[error("neither iptables nor nftables is usable: iptables: {iptables}; nftables: {nftables}")]
+    NoBackend {
+        /// Why iptables does not work.
+        iptables: Box<FirewallError>,
+        /// Why nftables does not work.
+        nftables: Box<FirewallError>,
+    },
     /// Several independent steps failed (teardown and GC continue after an error).
     #[error("{}", join_errors(.0))]
     Multiple(Vec<FirewallError>),

@@ -446,7 +446,7 @@ pub fn setup_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), Fi
     // Where the kernel could be asked (iptables-nft) and said the shared rules are missing, the
     // one-batch ADD would fail after the tool parsed every rule of it: plan from the dump at once.
     let shared_missing = !shared_known && super::ipmasq::iptables_is_nft(family);
-    if !shared_missing {
+    if !shared_missing && super::fastpath::enabled() {
         match restore::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
             Ok(()) => return Ok(()),
             Err(FirewallError::ToolNotFound(tool)) => return Err(FirewallError::ToolNotFound(tool)),

@@ -255,7 +255,11 @@ pub fn setup_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), Firewal
     // `prerouting` right means a complete, current layout was written before (all chains are
     // created in one transaction); a missing `masquerading` fails the transaction below instead.
     let entry = [entry_rule(t, family)];
-    match Listing::fetch(&["chain", fam, TABLE, PREROUTING]) {
+    let listing = match super::fastpath::enabled() {
+        true => Listing::fetch(&["chain", fam, TABLE, PREROUTING]),
+        false => Err(FirewallError::Check("fast paths are off".into())),
+    };
+    match listing {
         Ok(listing) if chain_is(&listing, PREROUTING, &entry) => {
             match restore::nft_apply(&plan_fast_setup(t, address)?.render()) {
                 Ok(()) => return Ok(()),

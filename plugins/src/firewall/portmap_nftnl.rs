@@ -217,7 +217,7 @@ fn netlink_error(what: &str, family: Family, source: io::Error) -> FirewallError
 pub(super) fn setup(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
     let entry = [entry_rule()];
-    if let Ok(prerouting) = nft_rules(nft_family(family), TABLE, PREROUTING) {
+    if let Some(Ok(prerouting)) = super::fastpath::enabled().then(|| nft_rules(nft_family(family), TABLE, PREROUTING)) {
         if prerouting.len() == 1 && prerouting[0].exprs == entry[0] {
             match plan_fast_setup(t, address).commit() {
                 Ok(()) => return Ok(()),
@@ -267,8 +267,13 @@ pub(super) fn verify(state: &TableState, t: &Portmap, address: &IpNetwork) -> Re
 pub(super) fn check(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
     // Only rules are verified, so one dump is the whole read.
-    let rules = nft_table_rules(nft_family(family), TABLE).map_err(|e| netlink_error("reading", family, e))?;
-    verify(&TableState { chains: Vec::new(), rules }, t, address).map_err(FirewallError::Check)
+    let state = if super::fastpath::enabled() {
+        let rules = nft_table_rules(nft_family(family), TABLE).map_err(|e| netlink_error("reading", family, e))?;
+        TableState { chains: Vec::new(), rules }
+    } else {
+        TableState::read(family).map_err(|e| netlink_error("reading", family, e))?
+    };
+    verify(&state, t, address).map_err(FirewallError::Check)
 }
 
 /// Plans deleting the rules whose comment is exactly the container ID, from the chains the

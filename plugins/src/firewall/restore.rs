@@ -285,7 +285,7 @@ pub fn remove_chains_nft(
     sources: Option<&[&str]>,
 ) -> Result<bool, FirewallError> {
     use crate::netlink::{nft_chain_exists, nft_rules, nft_table_rules, NftFamily};
-    if !super::ipmasq::iptables_is_nft(family) || !has_tool("nft") {
+    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) || !has_tool("nft") {
         return Ok(false);
     }
     let (nft_fam, fam_name) = match family {

@@ -188,7 +188,8 @@ impl PortmapConf {
             check_chain_name(chain)?;
         }
         let backend = match raw.backend.as_deref() {
-            None => firewall::default_backend(),
+            None => firewall::default_backend()
+                .map_err(|e| CniError::new(cni_types::error::PLUGIN_NOT_AVAILABLE, format!("portmap: {e}")))?,
             Some("iptables") => Backend::Iptables,
             Some("nftables") => Backend::Nftables,
             Some(other) => return Err(invalid(format!("unrecognized backend {other:?}"))),
