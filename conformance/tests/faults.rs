@@ -371,6 +371,55 @@ fn a_hanging_ipam_plugin_is_killed_at_the_deadline_and_add_rolls_back() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let stat = fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
-        assert!(stat.is_empty() || stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')), "{plugin}: helper alive: {stat}");
+        assert!(
+            stat.is_empty() || stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')),
+            "{plugin}: helper alive: {stat}"
+        );
     }
+}
+
+#[test]
+fn a_hanging_firewall_tool_is_killed_at_the_deadline_and_add_rolls_back() {
+    // Ours only: the reference waits for iptables-restore for ever (and for the xtables lock
+    // with a bare `-w`). The tool here hangs without reading its input, as one stuck on the
+    // lock does; iptables-nft takes no xtables lock, so the lock itself cannot be held here.
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let suite = ours();
+    let host = FakeHost::new().unwrap();
+    let c = host.container().unwrap();
+    let bin = host.dir.join("sbin");
+    fs::create_dir_all(&bin).unwrap();
+    for tool in ["iptables-restore", "ip6tables-restore"] {
+        fs::write(bin.join(tool), "#!/bin/sh\nsleep 30 &\nexec sleep 30\n").unwrap();
+        fs::set_permissions(bin.join(tool), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let dd = ipam_dir(&host);
+    let conf = json!({"cniVersion": "1.0.0", "name": NET, "type": "bridge", "bridge": "cnifault1",
+        "isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables",
+        "ipam": {"type": "host-local", "dataDir": dd.display().to_string(), "subnet": "10.84.0.0/24"}});
+    let path = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let cni_path = suite.dir.display().to_string();
+    let netns = c.path();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "ctr-fw"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", cni_path.as_str()),
+        ("PATH", path.as_str()),
+        ("CNI_FIREWALL_TIMEOUT", "0.5"),
+    ];
+    let t = Instant::now();
+    let out = conformance::exec(&suite.plugin("bridge"), &env, conf.to_string().as_bytes(), Some(&host.ns)).unwrap();
+    let took = t.elapsed();
+    assert_ne!(out.code, 0, "{out:?}");
+    // 0.5 s of lock wait and 5 s of grace, once for the ADD and at most once for its rollback.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let err: Value = serde_json::from_str(&out.stdout).unwrap();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains("iptables-restore --noflush -w 1") && msg.contains("did not finish within"), "{msg}");
+    assert!(msg.contains("CNI_FIREWALL_TIMEOUT"), "{msg}");
+    assert_eq!(host_leftovers(&host), (0, 0), "leftovers");
+    assert!(reservations(&dd).is_empty(), "reservation leaked: {:?}", reservations(&dd));
 }
