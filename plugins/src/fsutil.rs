@@ -105,6 +105,44 @@ pub fn read_bounded(path: &Path, links: Links, limit: u64) -> io::Result<Vec<u8>
     read_to_end_bounded(path, &mut file, limit)
 }
 
+/// Reads the last `max` bytes of an open file (the tail of a log).
+pub fn read_tail_of(file: &mut File, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut out = Vec::new();
+    file.take(max).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Creates `path` afresh and empty (mode `mode`): whatever had the name is unlinked first,
+/// never followed, then the file is made as [`create_new`] does.
+pub fn create_fresh(path: &Path, mode: u32) -> io::Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    create_new(path, &[], mode)
+}
+
+/// Replaces `path` with `content` (mode `mode`) by renaming a fresh `<name>.tmp` over it, so a
+/// reader sees the old file or the new one whole; a failed write leaves no temporary file.
+pub fn replace(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    let mut name = path.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut file = create_fresh(&tmp, mode)?;
+    let written = file.write_all(content).and_then(|()| {
+        drop(file);
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Creates `path` (mode `mode`), failing if anything at all is there, symlinks included
 /// (`O_EXCL` never follows), and writes `content`. A write that fails (a full disk) removes
 /// the file again, so nothing half-written or empty is left.

@@ -621,17 +621,16 @@ impl<'a> Session<'a> {
 
 /// The host's resolv.conf, read without blocking on a FIFO and up to a bound.
 fn read_host_resolv_conf() -> String {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open("/etc/resolv.conf");
-    let Ok(file) = file.and_then(|f| f.metadata().map(|m| (f, m))) else { return String::new() };
-    if !file.1.is_file() {
-        log::warn!("/etc/resolv.conf is not a regular file; the inner plugins get only slirp4netns' DNS");
-        return String::new();
+    let path = Path::new("/etc/resolv.conf");
+    match crate::fsutil::read_bounded(path, crate::fsutil::Links::Follow, MAX_RESOLV_CONF) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("{e}; the inner plugins get only slirp4netns' DNS");
+            }
+            String::new()
+        }
     }
-    let mut bytes = Vec::new();
-    let _ = file.0.take(MAX_RESOLV_CONF).read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Removes forwards from the helper and returns what could not be removed. A helper that is
