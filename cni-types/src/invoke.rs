@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// far above what an IPAM plugin takes (milliseconds), and below what runtimes allow a whole ADD.
 pub const DELEGATE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How a deadline error ends.
+const KILLED: &str = "and was killed";
+
 /// The environment variable that overrides [`DELEGATE_TIMEOUT`], in seconds.
 pub const DELEGATE_TIMEOUT_ENV: &str = "CNI_DELEGATE_TIMEOUT";
 
@@ -46,6 +49,8 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
 pub struct Running {
     child: std::process::Child,
     path: PathBuf,
+    /// Its type, which errors name.
+    plugin_type: String,
     /// The part of its stdin the pipe did not take at start.
     rest: Vec<u8>,
     started: Instant,
@@ -72,7 +77,7 @@ pub fn start(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) 
     let started = Instant::now();
     // A plugin that exits without reading its stdin closes the pipe; its exit status tells.
     let fed = child::prefeed(&mut child, stdin);
-    Ok(Running { child, path, rest: stdin[fed..].to_vec(), started })
+    Ok(Running { child, path, plugin_type: plugin_type.to_string(), rest: stdin[fed..].to_vec(), started })
 }
 
 impl Running {
@@ -86,17 +91,21 @@ impl Running {
     /// with whatever it started, and that is the error.
     pub fn finish(self) -> Result<Vec<u8>, CniError> {
         let timeout = child::timeout_from_env(DELEGATE_TIMEOUT_ENV, DELEGATE_TIMEOUT);
-        self.finish_within(timeout)
+        self.finish_within(timeout).map_err(|mut e| {
+            if e.msg.ends_with(KILLED) {
+                e.msg.push_str(&format!(" ({DELEGATE_TIMEOUT_ENV} sets the deadline, in seconds)"));
+            }
+            e
+        })
     }
 
     /// [`Running::finish`] with a deadline of `timeout` after the plugin's start.
     pub fn finish_within(self, timeout: Duration) -> Result<Vec<u8>, CniError> {
-        let Running { mut child, path, rest, started } = self;
+        let Running { mut child, path, plugin_type, rest, started } = self;
         let out = child::wait(&mut child, &rest, started + timeout).map_err(|e| match e {
-            child::WaitError::TimedOut => CniError::internal(format!(
-                "plugin {} did not finish within {timeout:?} and was killed (the deadline is set by {DELEGATE_TIMEOUT_ENV}, in seconds)",
-                path.display()
-            )),
+            child::WaitError::TimedOut => {
+                CniError::internal(format!("plugin {plugin_type} did not finish within {timeout:?} {KILLED}"))
+            }
             child::WaitError::Io(e) => CniError::internal(format!("failed to wait for plugin {}: {e}", path.display())),
         })?;
         // The spec wants the delegate's stderr on ours.

@@ -95,7 +95,7 @@ pub enum FirewallError {
     },
     /// A tool did not finish in time and was killed.
     #[error(
-        "{command} did not finish within {timeout:?} and was killed (the deadline is set by {}, in seconds)",
+        "{command} did not finish within {timeout:?} and was killed ({} sets the deadline, in seconds)",
         restore::TIMEOUT_ENV
     )]
     TimedOut {

@@ -504,7 +504,7 @@ mod tests {
         assert!(matches!(err, FirewallError::TimedOut { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "sh -c sleep 30 & sleep 30 did not finish within 300ms and was killed (the deadline is set by CNI_FIREWALL_TIMEOUT, in seconds)"
+            "sh -c sleep 30 & sleep 30 did not finish within 300ms and was killed (CNI_FIREWALL_TIMEOUT sets the deadline, in seconds)"
         );
         assert_eq!(lock_wait_secs(Duration::from_millis(300)), "1");
         assert_eq!(lock_wait_secs(Duration::from_secs(60)), "60");
