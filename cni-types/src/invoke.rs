@@ -1,12 +1,25 @@
 //! Delegation: find a plugin on `CNI_PATH`, run it with our environment and configuration, and
 //! return its result or its error unchanged (spec section 4).
 
+use crate::child;
 use crate::error::{CniError, INTERNAL, INVALID_NETWORK_CONFIG};
 use crate::result::CniResult;
 use crate::skel::{CmdArgs, Command};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a delegated plugin may run unless `CNI_DELEGATE_TIMEOUT` (seconds) says otherwise:
+/// far above what an IPAM plugin takes (milliseconds), and below what runtimes allow a whole ADD.
+pub const DELEGATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a deadline error ends.
+const KILLED: &str = "and was killed";
+
+/// The environment variable that overrides [`DELEGATE_TIMEOUT`], in seconds.
+pub const DELEGATE_TIMEOUT_ENV: &str = "CNI_DELEGATE_TIMEOUT";
 
 /// Finds `plugin` in the colon-separated directory list `cni_path`.
 pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
@@ -36,6 +49,11 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
 pub struct Running {
     child: std::process::Child,
     path: PathBuf,
+    /// Its type, which errors name.
+    plugin_type: String,
+    /// The part of its stdin the pipe did not take at start.
+    rest: Vec<u8>,
+    started: Instant,
 }
 
 /// Starts plugin `plugin_type` for `command` with the caller's `CNI_*` values and `stdin`; the
@@ -52,14 +70,14 @@ pub fn start(plugin_type: &str, command: Command, args: &CmdArgs, stdin: &[u8]) 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so that a deadline kills whatever it started too.
+        .process_group(0)
         .spawn()
         .map_err(|e| CniError::internal(format!("failed to run plugin {}: {e}", path.display())))?;
-    if let Some(mut input) = child.stdin.take() {
-        // A plugin that exits without reading its stdin closes the pipe; its exit status tells.
-        // Dropping `input` closes our end, so the plugin sees end of file.
-        let _ = input.write_all(stdin);
-    }
-    Ok(Running { child, path })
+    let started = Instant::now();
+    // A plugin that exits without reading its stdin closes the pipe; its exit status tells.
+    let fed = child::prefeed(&mut child, stdin);
+    Ok(Running { child, path, plugin_type: plugin_type.to_string(), rest: stdin[fed..].to_vec(), started })
 }
 
 impl Running {
@@ -68,12 +86,28 @@ impl Running {
         self.child.id()
     }
 
-    /// Waits for the plugin; returns its stdout, or its own error object unchanged.
+    /// Waits for the plugin; returns its stdout, or its own error object unchanged. A plugin still
+    /// running [`DELEGATE_TIMEOUT`] (or `CNI_DELEGATE_TIMEOUT` seconds) after its start is killed,
+    /// with whatever it started, and that is the error.
     pub fn finish(self) -> Result<Vec<u8>, CniError> {
-        let Running { child, path } = self;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| CniError::internal(format!("failed to wait for plugin {}: {e}", path.display())))?;
+        let timeout = child::timeout_from_env(DELEGATE_TIMEOUT_ENV, DELEGATE_TIMEOUT);
+        self.finish_within(timeout).map_err(|mut e| {
+            if e.msg.ends_with(KILLED) {
+                e.msg.push_str(&format!(" ({DELEGATE_TIMEOUT_ENV} sets the deadline, in seconds)"));
+            }
+            e
+        })
+    }
+
+    /// [`Running::finish`] with a deadline of `timeout` after the plugin's start.
+    pub fn finish_within(self, timeout: Duration) -> Result<Vec<u8>, CniError> {
+        let Running { mut child, path, plugin_type, rest, started } = self;
+        let out = child::wait(&mut child, &rest, started + timeout).map_err(|e| match e {
+            child::WaitError::TimedOut => {
+                CniError::internal(format!("plugin {plugin_type} did not finish within {timeout:?} {KILLED}"))
+            }
+            child::WaitError::Io(e) => CniError::internal(format!("failed to wait for plugin {}: {e}", path.display())),
+        })?;
         // The spec wants the delegate's stderr on ours.
         let _ = std::io::stderr().write_all(&out.stderr);
         if out.status.success() {
@@ -190,6 +224,14 @@ mod tests {
             CniError::with_details(11, "busy", "try later")
         );
         assert_eq!(delegate("ipam-silent", Command::Add, &args).unwrap_err().msg, r#"netplugin failed: "oops""#);
+        // One that hangs (and has started a helper of its own) is killed at the deadline.
+        script(&dir, "ipam-hang", "sleep 30 & sleep 30");
+        let t = std::time::Instant::now();
+        let running = start("ipam-hang", Command::Add, &args, &args.stdin).unwrap();
+        let e = running.finish_within(Duration::from_millis(300)).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(e.code, INTERNAL);
+        assert!(e.msg.contains("ipam-hang") && e.msg.contains("did not finish within 300ms"), "{}", e.msg);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod child;
 pub mod conf;
 pub mod error;
 pub mod gojson;

@@ -309,3 +309,117 @@ fn a_read_only_data_dir_answers_check_and_refuses_changes() {
         assert!(reservations(&fs_.0).is_empty());
     }
 }
+
+/// An IPAM plugin that never answers (nor reads its input) and has started a helper of its own.
+fn hanging_ipam(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let pidfile = dir.join("helper.pid");
+    let script = dir.join("hang-ipam");
+    fs::write(&script, format!("#!/bin/sh\nsleep 30 &\necho $! > {}\nexec sleep 30\n", pidfile.display())).unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    pidfile
+}
+
+#[test]
+fn a_hanging_ipam_plugin_is_killed_at_the_deadline_and_add_rolls_back() {
+    // Ours only: the reference waits for its delegate for ever.
+    require_root!();
+    let suite = ours();
+    for plugin in ["bridge", "ptp"] {
+        let host = FakeHost::new().unwrap();
+        let c = host.container().unwrap();
+        let dir = host.dir.join("cni-path");
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(suite.plugin(plugin), dir.join(plugin)).unwrap();
+        let pidfile = hanging_ipam(&dir);
+        let conf = json!({"cniVersion": "1.0.0", "name": NET, "type": plugin, "bridge": "cnifault0",
+            "isGateway": true, "ipMasq": true, "ipam": {"type": "hang-ipam"}});
+        let path = dir.display().to_string();
+        let netns = c.path();
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "ctr-hang"),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", path.as_str()),
+            ("CNI_DELEGATE_TIMEOUT", "1"),
+        ];
+        let t = Instant::now();
+        let out = conformance::exec(&suite.plugin(plugin), &env, conf.to_string().as_bytes(), Some(&host.ns)).unwrap();
+        let took = t.elapsed();
+        assert_ne!(out.code, 0, "{plugin}: {out:?}");
+        assert!(took < Duration::from_secs(10), "{plugin}: took {took:?}");
+        let err: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(err["code"], 999, "{plugin}: {err}");
+        let msg = err["msg"].as_str().unwrap();
+        assert!(msg.contains("hang-ipam") && msg.contains("did not finish within 1s"), "{plugin}: {msg}");
+        assert!(msg.contains("CNI_DELEGATE_TIMEOUT"), "{plugin}: {msg}");
+        // Rolled back: no veth on the host, nothing in the container, no masquerade chain.
+        assert_eq!(host_leftovers(&host), (0, 0), "{plugin}: leftovers");
+        let links = c.ip_json(&["link", "show"]).unwrap();
+        assert_eq!(links.as_array().unwrap().len(), 1, "{plugin}: container links {links}");
+        // The delegate's own helper went with it (it is in the delegate's process group).
+        let helper = fs::read_to_string(&pidfile).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", helper.trim()));
+        let gone = Instant::now() + Duration::from_secs(5);
+        while proc_dir.exists() && Instant::now() < gone {
+            let stat = fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+            // Killed and waiting for init to reap it counts as gone.
+            if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stat = fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')),
+            "{plugin}: helper alive: {stat}"
+        );
+    }
+}
+
+#[test]
+fn a_hanging_firewall_tool_is_killed_at_the_deadline_and_add_rolls_back() {
+    // Ours only: the reference waits for iptables-restore for ever (and for the xtables lock
+    // with a bare `-w`). The tool here hangs without reading its input, as one stuck on the
+    // lock does; iptables-nft takes no xtables lock, so the lock itself cannot be held here.
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let suite = ours();
+    let host = FakeHost::new().unwrap();
+    let c = host.container().unwrap();
+    let bin = host.dir.join("sbin");
+    fs::create_dir_all(&bin).unwrap();
+    for tool in ["iptables-restore", "ip6tables-restore"] {
+        fs::write(bin.join(tool), "#!/bin/sh\nsleep 30 &\nexec sleep 30\n").unwrap();
+        fs::set_permissions(bin.join(tool), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let dd = ipam_dir(&host);
+    let conf = json!({"cniVersion": "1.0.0", "name": NET, "type": "bridge", "bridge": "cnifault1",
+        "isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables",
+        "ipam": {"type": "host-local", "dataDir": dd.display().to_string(), "subnet": "10.84.0.0/24"}});
+    let path = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let cni_path = suite.dir.display().to_string();
+    let netns = c.path();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "ctr-fw"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", cni_path.as_str()),
+        ("PATH", path.as_str()),
+        ("CNI_FIREWALL_TIMEOUT", "0.5"),
+    ];
+    let t = Instant::now();
+    let out = conformance::exec(&suite.plugin("bridge"), &env, conf.to_string().as_bytes(), Some(&host.ns)).unwrap();
+    let took = t.elapsed();
+    assert_ne!(out.code, 0, "{out:?}");
+    // 0.5 s of lock wait and 5 s of grace, once for the ADD and at most once for its rollback.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let err: Value = serde_json::from_str(&out.stdout).unwrap();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains("iptables-restore --noflush -w 1") && msg.contains("did not finish within"), "{msg}");
+    assert!(msg.contains("CNI_FIREWALL_TIMEOUT"), "{msg}");
+    assert_eq!(host_leftovers(&host), (0, 0), "leftovers");
+    assert!(reservations(&dd).is_empty(), "reservation leaked: {:?}", reservations(&dd));
+}

@@ -99,10 +99,66 @@ pub fn read_to_end_bounded(path: &Path, file: &mut File, limit: u64) -> io::Resu
     Ok(out)
 }
 
+/// Reads an open file from its start with `pread` (its position untouched), refusing one longer
+/// than `limit` bytes. Memory grows with what is read, never with the size the file claims.
+pub fn read_all_at_bounded(file: &File, limit: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read_at(&mut chunk, out.len() as u64)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+        if out.len() as u64 > limit {
+            return Err(io::Error::new(ErrorKind::InvalidData, format!("larger than {limit} bytes (refused)")));
+        }
+    }
+}
+
 /// Reads a regular file of at most `limit` bytes.
 pub fn read_bounded(path: &Path, links: Links, limit: u64) -> io::Result<Vec<u8>> {
     let mut file = open_read(path, links)?;
     read_to_end_bounded(path, &mut file, limit)
+}
+
+/// Reads the last `max` bytes of an open file (the tail of a log).
+pub fn read_tail_of(file: &mut File, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut out = Vec::new();
+    file.take(max).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Creates `path` afresh and empty (mode `mode`): whatever had the name is unlinked first,
+/// never followed, then the file is made as [`create_new`] does.
+pub fn create_fresh(path: &Path, mode: u32) -> io::Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    create_new(path, &[], mode)
+}
+
+/// Replaces `path` with `content` (mode `mode`) by renaming a fresh `<name>.tmp` over it, so a
+/// reader sees the old file or the new one whole; a failed write leaves no temporary file.
+pub fn replace(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    let mut name = path.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut file = create_fresh(&tmp, mode)?;
+    let written = file.write_all(content).and_then(|()| {
+        drop(file);
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Creates `path` (mode `mode`), failing if anything at all is there, symlinks included
@@ -197,6 +253,21 @@ pub fn check_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_at_the_start_up_to_a_bound() {
+        let dir = std::env::temp_dir().join(format!("fsutil-at-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, vec![b'a'; 100_000]).unwrap();
+        let mut file = File::open(&path).unwrap();
+        let mut first = [0u8; 10];
+        file.read_exact(&mut first).unwrap();
+        assert_eq!(read_all_at_bounded(&file, 100_000).unwrap().len(), 100_000);
+        assert!(read_all_at_bounded(&file, 99_999).unwrap_err().to_string().contains("larger than 99999"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;
     use std::time::{Duration, Instant};

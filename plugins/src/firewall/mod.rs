@@ -95,6 +95,17 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
+    /// A tool did not finish in time and was killed.
+    #[error(
+        "{command} did not finish within {timeout:?} and was killed ({} sets the deadline, in seconds)",
+        restore::TIMEOUT_ENV
+    )]
+    TimedOut {
+        /// The command line.
+        command: String,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
     /// A tool exited unsuccessfully.
     #[error("{command} failed ({status}): {stderr}")]
     Command {

@@ -6,9 +6,60 @@
 use super::iptables::{Batch, SavedTable};
 use super::nft::{Listing, Script};
 use super::{Family, FirewallError};
-use std::io::Write;
+use cni_types::child;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a firewall tool may wait for the xtables lock (`-w`), unless `CNI_FIREWALL_TIMEOUT`
+/// (seconds) says otherwise. A tool still running [`KILL_GRACE`] after that is killed.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The environment variable that overrides [`TIMEOUT`], in seconds.
+pub const TIMEOUT_ENV: &str = "CNI_FIREWALL_TIMEOUT";
+
+/// How much longer than its lock wait a tool may run before it is killed, so that a tool that
+/// gave up on the lock says so itself.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The lock wait in force ([`TIMEOUT`] or `CNI_FIREWALL_TIMEOUT`).
+pub fn timeout() -> Duration {
+    child::timeout_from_env(TIMEOUT_ENV, TIMEOUT)
+}
+
+/// `-w <seconds>` for the restore tools: the lock wait in whole seconds, at least one.
+fn lock_wait_secs(timeout: Duration) -> String {
+    timeout.as_secs_f64().ceil().max(1.0).to_string()
+}
+
+/// Starts `path args…` in its own process group (so a deadline kills all of it), untranslated.
+fn spawn(path: &Path, args: &[&str], stdin: Stdio, command: &str) -> Result<std::process::Child, FirewallError> {
+    Command::new(path)
+        .args(args)
+        // Error texts are matched ("No such file or directory"), so keep them untranslated.
+        .env("LC_ALL", "C")
+        .process_group(0)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| FirewallError::Spawn { command: command.to_string(), source })
+}
+
+/// Waits for a tool until `deadline`, feeding it `input`.
+fn wait_tool(
+    child: &mut std::process::Child,
+    input: &[u8],
+    deadline: Instant,
+    timeout: Duration,
+    command: &str,
+) -> Result<child::Finished, FirewallError> {
+    child::wait(child, input, deadline).map_err(|e| match e {
+        child::WaitError::TimedOut => FirewallError::TimedOut { command: command.to_string(), timeout },
+        child::WaitError::Io(source) => FirewallError::Spawn { command: command.to_string(), source },
+    })
+}
 
 /// Where tools are looked for after `$PATH`: runtimes often exec plugins with a `PATH` that lacks the
 /// sbin directories.
@@ -50,29 +101,21 @@ pub fn has_tool(name: &str) -> bool {
     find_tool(name).is_some()
 }
 
-/// Runs `tool args…`, feeding `stdin`, and returns its stdout; a non-zero exit is an error carrying stderr.
+/// Runs `tool args…`, feeding `stdin`, and returns its stdout; a non-zero exit is an error carrying
+/// stderr. A tool still running [`KILL_GRACE`] after the lock wait ([`timeout`]) is killed.
 pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+    run_within(tool, args, stdin, timeout() + KILL_GRACE)
+}
+
+/// [`run`] with a deadline of `timeout`.
+pub fn run_within(tool: &str, args: &[&str], stdin: Option<&str>, timeout: Duration) -> Result<String, FirewallError> {
     let path = find_tool(tool).ok_or_else(|| FirewallError::ToolNotFound(tool.to_string()))?;
     let command = std::iter::once(tool).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
     log::debug!("running {command}{}", stdin.map(|s| format!(" with input:\n{s}")).unwrap_or_default());
-    let spawn_err = |source| FirewallError::Spawn { command: command.clone(), source };
-    let mut child = Command::new(&path)
-        .args(args)
-        // Error texts are matched ("No such file or directory"), so keep them untranslated.
-        .env("LC_ALL", "C")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    let mut fed = Ok(());
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // Writing all input before reading is safe: these tools read their whole input before
-        // they print anything sizeable. The pipe is closed at the end of this block (EOF).
-        fed = pipe.write_all(input.as_bytes());
-    }
-    // Always reap the child; if it quit early (a broken pipe above), its stderr says why.
-    let output = child.wait_with_output().map_err(spawn_err)?;
+    let mut child = spawn(&path, args, if stdin.is_some() { Stdio::piped() } else { Stdio::null() }, &command)?;
+    let input = stdin.unwrap_or_default().as_bytes();
+    // The child is reaped on every path; if it quit without reading its input, its stderr says why.
+    let output = wait_tool(&mut child, input, Instant::now() + timeout, timeout, &command)?;
     if !output.status.success() {
         return Err(FirewallError::Command {
             command,
@@ -80,7 +123,7 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Fir
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    fed.map_err(spawn_err)?;
+    output.fed.map_err(|source| FirewallError::Spawn { command, source })?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
@@ -134,19 +177,24 @@ pub fn iptables_restore(family: Family, batch: &str) -> Result<(), FirewallError
     PendingRestore::spawn(family)?.load(batch)
 }
 
-/// An `iptables-restore --noflush -w` (or `ip6tables-restore`) started before its batch is
+/// An `iptables-restore --noflush -w <secs>` (or `ip6tables-restore`) started before its batch is
 /// known, so its start-up (dynamic linking, extension loading: most of its cost) overlaps the
 /// caller's other work. Dropped unused, it gets empty input and changes nothing.
 pub struct PendingRestore {
     child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
     command: String,
     family: Family,
     /// What [`PendingRestore::feed`] gave it, kept to name a failing line.
     batch: String,
-    fed: std::io::Result<()>,
+    /// The part of the batch the pipe did not take at once, fed while waiting.
+    rest: Vec<u8>,
     /// Why the batch was not fed at all ([`check_text`] refused it).
     refused: Option<FirewallError>,
+    /// How long it may wait for the xtables lock, and when it started.
+    timeout: Duration,
+    started: Instant,
+    /// Whether it has been waited for.
+    reaped: bool,
 }
 
 impl PendingRestore {
@@ -154,17 +202,21 @@ impl PendingRestore {
     pub fn spawn(family: Family) -> Result<PendingRestore, FirewallError> {
         let tool = restore_tool(family);
         let path = find_tool(tool).ok_or_else(|| FirewallError::ToolNotFound(tool.to_string()))?;
-        let command = format!("{tool} --noflush -w");
-        let mut child = Command::new(&path)
-            .args(["--noflush", "-w"])
-            .env("LC_ALL", "C")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
-        let stdin = child.stdin.take();
-        Ok(PendingRestore { child, stdin, command, family, batch: String::new(), fed: Ok(()), refused: None })
+        let timeout = timeout();
+        let secs = lock_wait_secs(timeout);
+        let command = format!("{tool} --noflush -w {secs}");
+        let child = spawn(&path, &["--noflush", "-w", &secs], Stdio::piped(), &command)?;
+        Ok(PendingRestore {
+            child,
+            command,
+            family,
+            batch: String::new(),
+            rest: Vec::new(),
+            refused: None,
+            timeout,
+            started: Instant::now(),
+            reaped: false,
+        })
     }
 
     /// The family whose tables it loads into.
@@ -178,32 +230,30 @@ impl PendingRestore {
         self.finish()
     }
 
-    /// Feeds `batch` and closes the input without waiting, so the tool loads it while the caller
-    /// goes on; [`PendingRestore::finish`] collects the outcome (dropping waits too).
+    /// Feeds `batch` (what the pipe takes now; the rest while [`PendingRestore::finish`] waits)
+    /// so the tool loads it while the caller goes on; dropping waits too.
     pub fn feed(&mut self, batch: &str) {
         if let Err(e) = check_text(restore_tool(self.family), batch, Some(MAX_RESTORE_LINE)) {
             // Closing the input unfed: the tool reads nothing and changes nothing.
-            self.stdin.take();
+            self.child.stdin.take();
             self.refused = Some(e);
             return;
         }
         log::debug!("running {} with input:\n{batch}", self.command);
-        self.fed = match self.stdin.take() {
-            Some(mut pipe) => pipe.write_all(batch.as_bytes()),
-            None => Ok(()),
-        };
+        let fed = child::prefeed(&mut self.child, batch.as_bytes());
+        self.rest = batch.as_bytes()[fed..].to_vec();
         self.batch = batch.to_string();
     }
 
     /// Waits for the tool; errors name the failing input line.
     pub fn finish(mut self) -> Result<(), FirewallError> {
         let batch = std::mem::take(&mut self.batch);
-        let fed = std::mem::replace(&mut self.fed, Ok(()));
-        let command = self.command.clone();
-        let output = self.wait_output().map_err(|source| FirewallError::Spawn { command: command.clone(), source })?;
+        let rest = std::mem::take(&mut self.rest);
+        let output = self.wait(&rest)?;
         if let Some(refused) = self.refused.take() {
             return Err(refused);
         }
+        let command = self.command.clone();
         if !output.status.success() {
             // Drop the usage hint; name the failing input line unless it is the COMMIT, which the
             // nft variant blames for any error in the table.
@@ -220,29 +270,25 @@ impl PendingRestore {
             }
             return Err(FirewallError::Command { command, status: output.status.to_string(), stderr });
         }
-        fed.map_err(|source| FirewallError::Spawn { command, source })
+        output.fed.map_err(|source| FirewallError::Spawn { command, source })
     }
 
-    /// Waits for the child (its input already closed) and collects its output.
-    fn wait_output(&mut self) -> std::io::Result<std::process::Output> {
-        use std::io::Read;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        if let Some(mut o) = self.child.stdout.take() {
-            o.read_to_end(&mut out)?;
-        }
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_end(&mut err)?;
-        }
-        let status = self.child.wait()?;
-        Ok(std::process::Output { status, stdout: out, stderr: err })
+    /// Feeds `rest`, closes the input and waits for the tool, killing it [`KILL_GRACE`] after its
+    /// lock wait.
+    fn wait(&mut self, rest: &[u8]) -> Result<child::Finished, FirewallError> {
+        self.reaped = true;
+        let limit = self.timeout + KILL_GRACE;
+        wait_tool(&mut self.child, rest, self.started + limit, limit, &self.command)
     }
 }
 
 impl Drop for PendingRestore {
     fn drop(&mut self) {
-        // Unused or already waited for: close the input (nothing to load) and reap the child.
-        self.stdin.take();
-        let _ = self.child.wait();
+        // Unused: close the input (nothing to load) and reap the child, within the deadline.
+        if !self.reaped {
+            self.child.stdin.take();
+            let _ = self.wait(&[]);
+        }
     }
 }
 
@@ -445,5 +491,22 @@ mod tests {
         let out = run("sh", &["-c", "cat"], Some("batch\n")).unwrap();
         assert_eq!(out, "batch\n");
         assert!(matches!(run("no-such-tool-for-cni", &[], None), Err(FirewallError::ToolNotFound(_))));
+    }
+
+    #[test]
+    fn a_hanging_tool_is_killed_at_the_deadline() {
+        let t = Instant::now();
+        // It neither reads its input nor exits, and has started a helper of its own.
+        let input = "x".repeat(1 << 20);
+        let err =
+            run_within("sh", &["-c", "sleep 30 & sleep 30"], Some(&input), Duration::from_millis(300)).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(matches!(err, FirewallError::TimedOut { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "sh -c sleep 30 & sleep 30 did not finish within 300ms and was killed (CNI_FIREWALL_TIMEOUT sets the deadline, in seconds)"
+        );
+        assert_eq!(lock_wait_secs(Duration::from_millis(300)), "1");
+        assert_eq!(lock_wait_secs(Duration::from_secs(60)), "60");
     }
 }

@@ -134,8 +134,11 @@ fn requested_ip(text: &str) -> Option<IpAddr> {
 /// one, so duplicates collapse into one request.
 pub fn requested_ips(cni_args: &str, net: &RawNet) -> Result<Vec<IpAddr>, CniError> {
     let mut out: Vec<IpAddr> = Vec::new();
+    // A set beside the list keeps the order and makes each duplicate check one lookup (a list
+    // of every address of a /16 must not cost a comparison with each earlier one).
+    let mut seen = std::collections::HashSet::new();
     let mut push = |ip: IpAddr| {
-        if !out.contains(&ip) {
+        if seen.insert(ip) {
             out.push(ip);
         }
     };
@@ -331,6 +334,27 @@ mod tests {
         assert_eq!((e.code, e.msg.as_str()), (7, "IPAM config missing 'ipam' key"));
         let e = err(json!({"cniVersion": "1.0.0", "name": "n", "ipam": null}));
         assert_eq!(e.msg, "IPAM config missing 'ipam' key");
+    }
+
+    #[test]
+    fn requested_addresses_collapse_in_order_at_any_count() {
+        let net: RawNet = serde_json::from_value(json!({"name": "n",
+            "args": {"cni": {"ips": ["10.0.0.3", "10.0.0.2/24"]}},
+            "runtimeConfig": {"ips": ["10.0.0.2", "fd00::1", "10.0.0.4"]}}))
+        .unwrap();
+        let got = requested_ips("IP=10.0.0.4,10.0.0.3", &net).unwrap();
+        let want: Vec<IpAddr> =
+            ["10.0.0.4", "10.0.0.3", "10.0.0.2", "fd00::1"].iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(got, want);
+        // Every address of a /14, each twice: one lookup per address, not a scan of the list
+        // (quadratic, this took minutes).
+        let ips: Vec<String> = (0..1u32 << 18).map(|i| std::net::Ipv4Addr::from(0x0a00_0000 | i).to_string()).collect();
+        let mut all = ips.clone();
+        all.extend(ips);
+        let net: RawNet = serde_json::from_value(json!({"name": "n", "runtimeConfig": {"ips": all}})).unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(requested_ips("", &net).unwrap().len(), 1 << 18);
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -81,9 +81,8 @@ pub fn load(lock: &File, now: Stamp) -> Option<HashMap<String, Entry>> {
     if len == 0 || len > MAX_LEN {
         return None;
     }
-    let mut buf = vec![0u8; usize::try_from(len).ok()?];
-    let n = lock.read_at(&mut buf, 0).ok()?;
-    buf.truncate(n);
+    // Bounded as it is read: the file may grow after the size was looked at.
+    let buf = crate::fsutil::read_all_at_bounded(lock, MAX_LEN).ok()?;
     let split = buf.iter().rposition(|b| *b == b'\n')?;
     let (json, sum) = (&buf[..split], std::str::from_utf8(&buf[split + 1..]).ok()?);
     if u64::from_str_radix(sum, 16).ok()? != checksum(json) {

@@ -27,6 +27,7 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::io;
+use std::time::Duration;
 
 /// How often an interrupted dump is read again before giving up.
 const DUMP_RETRIES: usize = 10;
@@ -37,12 +38,55 @@ pub struct Handle {
     seq: u32,
 }
 
+/// How long a netlink request may wait for the kernel's next reply: a reply lost to a full
+/// receive buffer would otherwise leave the plugin waiting forever.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Opens a netlink socket of `protocol` in the calling thread's network namespace, talking to
+/// the kernel, with every `recv` bounded by [`REPLY_DEADLINE`] (`SO_RCVTIMEO`).
+pub fn open(protocol: isize) -> io::Result<Socket> {
+    use std::os::fd::AsRawFd;
+    let mut socket = Socket::new(protocol)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let tv = nix::libc::timeval {
+        tv_sec: REPLY_DEADLINE.as_secs() as nix::libc::time_t,
+        tv_usec: REPLY_DEADLINE.subsec_micros() as nix::libc::suseconds_t,
+    };
+    // SAFETY: the fd is an open socket owned by `socket`, and `tv` is a valid timeval that lives
+    // across the call, whose size is passed with it.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            socket.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_RCVTIMEO,
+            (&tv as *const nix::libc::timeval).cast(),
+            std::mem::size_of::<nix::libc::timeval>() as nix::libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// Receives the kernel's next netlink datagram on a socket from [`open`]; no reply within
+/// [`REPLY_DEADLINE`] is a `TimedOut` error that says so.
+pub fn receive(socket: &Socket) -> io::Result<Vec<u8>> {
+    match socket.recv_from_full() {
+        Ok((data, _)) => Ok(data),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no netlink reply from the kernel within {REPLY_DEADLINE:?}"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 impl Handle {
     /// Opens a socket in the calling thread's current network namespace.
     pub fn new() -> io::Result<Handle> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
+        let socket = open(NETLINK_ROUTE)?;
         // Lets the kernel report the failing attribute; harmless where unsupported.
         let _ = socket.set_ext_ack(true);
         // Lets the kernel filter dumps by the header fields (e.g. one interface's addresses),
@@ -70,7 +114,7 @@ impl Handle {
         let mut out = Vec::new();
         let mut interrupted = false;
         loop {
-            let (data, _) = self.socket.recv_from_full()?;
+            let data = receive(&self.socket)?;
             let mut offset = 0;
             while offset < data.len() {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])

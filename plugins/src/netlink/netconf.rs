@@ -7,7 +7,7 @@
 //! thousand containers, over a millisecond when the entry is not near the head of the chain),
 //! and the bridge plugin asks on every ADD.
 
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
 use std::io;
 
 const RTM_NEWNETCONF: u16 = 80;
@@ -75,11 +75,9 @@ fn parse_reply(b: &[u8]) -> io::Result<Option<bool>> {
 /// Whether forwarding is on for the whole namespace of the calling thread (`ip_forward` for
 /// IPv4, `conf/all/forwarding` for IPv6); `None` when the kernel does not say.
 pub fn all_forwarding(ipv6: bool) -> io::Result<Option<bool>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+    let socket = super::open(NETLINK_ROUTE)?;
     socket.send(&request(ipv6), 0)?;
-    let (data, _) = socket.recv_from_full()?;
+    let data = super::receive(&socket)?;
     parse_reply(&data)
 }
 

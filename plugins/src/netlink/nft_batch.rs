@@ -13,8 +13,6 @@ use super::nftables::{attributes, NftFamily};
 use ipnetwork::IpNetwork;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -57,9 +55,6 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 
 /// Userdata TLV type of a table, chain or rule comment (`NFTNL_UDATA_*_COMMENT`).
 const UDATA_COMMENT: u8 = 0;
-
-/// How long a batch may wait for the kernel's answers.
-const REPLY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `NFPROTO_IPV4` / `NFPROTO_IPV6`, the values `meta nfproto` compares.
 const NFPROTO_IPV4: u8 = 2;
@@ -665,15 +660,12 @@ impl NftBatch {
         if self.ops.is_empty() {
             return Ok(());
         }
-        let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-        set_receive_deadline(&socket, REPLY_DEADLINE)?;
+        let socket = super::open(NETLINK_NETFILTER)?;
         let seq = 1;
         socket.send(&self.encode(seq), 0)?;
         let mut pending: Vec<u32> = (0..self.ops.len() as u32).map(|i| seq + 1 + i).collect();
         while !pending.is_empty() {
-            let (data, _) = socket.recv_from_full()?;
+            let data = super::receive(&socket)?;
             let mut off = 0;
             while off + 16 <= data.len() {
                 let len = u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) as usize;
@@ -710,30 +702,6 @@ fn describe(op: &NftOp) -> String {
             format!("add rule {table} {chain} (comment {:?})", comment.as_deref().unwrap_or(""))
         }
         NftOp::DeleteRule { table, chain, handle } => format!("delete rule {table} {chain} handle {handle}"),
-    }
-}
-
-/// Bounds every `recv` on `socket` by `deadline` (`SO_RCVTIMEO`).
-fn set_receive_deadline(socket: &netlink_sys::Socket, deadline: Duration) -> io::Result<()> {
-    let tv = nix::libc::timeval {
-        tv_sec: deadline.as_secs() as nix::libc::time_t,
-        tv_usec: deadline.subsec_micros() as nix::libc::suseconds_t,
-    };
-    // SAFETY: the fd is an open socket owned by `socket`, and `tv` is a valid timeval that lives
-    // across the call, whose size is passed with it.
-    let rc = unsafe {
-        nix::libc::setsockopt(
-            socket.as_raw_fd(),
-            nix::libc::SOL_SOCKET,
-            nix::libc::SO_RCVTIMEO,
-            (&tv as *const nix::libc::timeval).cast(),
-            std::mem::size_of::<nix::libc::timeval>() as nix::libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

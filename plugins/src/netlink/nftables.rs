@@ -91,12 +91,10 @@ fn request_flags(msg: u16, family: NftFamily, attrs: &[(u16, &str)], seq: u32, f
 /// Sends `req` and hands each reply payload (after the netlink header) to `each`, until the ACK
 /// or `Done`; ENOENT comes back as `Ok(false)`, anything else as the error.
 fn exchange(req: &[u8], seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
-    let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
-    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let socket = super::open(NETLINK_NETFILTER)?;
     socket.send(req, 0)?;
     loop {
-        let (data, _) = socket.recv_from_full()?;
+        let data = super::receive(&socket)?;
         let mut off = 0;
         while off + 16 <= data.len() {
             let word = |at: usize| u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);

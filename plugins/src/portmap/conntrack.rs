@@ -11,7 +11,7 @@
 //! by the rtnetlink crates, so the few fields needed are read and written by hand.
 
 use crate::firewall::Family;
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use std::io;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -119,10 +119,7 @@ enum Reply {
 
 impl Conntrack {
     fn open() -> io::Result<Conntrack> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Conntrack { socket, seq: 0 })
+        Ok(Conntrack { socket: crate::netlink::open(NETLINK_NETFILTER)?, seq: 0 })
     }
 
     fn send(&mut self, kind: u16, flags: u16, family: Family, attributes: &[u8]) -> io::Result<u32> {
@@ -134,7 +131,7 @@ impl Conntrack {
     /// Reads the replies to `seq`, handing each entry's attributes to `entry`, until `Done` or the ACK.
     fn receive(&mut self, seq: u32, mut entry: impl FnMut(&[Attr])) -> io::Result<()> {
         loop {
-            let (data, _) = self.socket.recv_from_full()?;
+            let data = crate::netlink::receive(&self.socket)?;
             if let Reply::Done = Self::walk(&data, seq, &mut entry)? {
                 return Ok(());
             }

@@ -614,7 +614,7 @@ impl<'a> Session<'a> {
 
     fn exec(&self, i: usize, cmd: Command, args: &CmdArgs, conf: &Value) -> Result<Vec<u8>, CniError> {
         let ty = self.conf.plugin_type(i);
-        finish_within(invoke::start(ty, cmd, args, conf.to_string().as_bytes())?, INNER_TIMEOUT, ty)
+        invoke::start(ty, cmd, args, conf.to_string().as_bytes())?.finish_within(INNER_TIMEOUT)
     }
 
     fn inner_conf(&self, i: usize, extras: &InnerExtras<'_>) -> Value {
@@ -680,60 +680,18 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Waits for an inner plugin as [`invoke::Running::finish`] does, but kills it (through a pidfd,
-/// so never another process that reused its PID) when it has not finished within `timeout`:
-/// the state lock is held meanwhile, and every later call of the user waits for it.
-fn finish_within(running: invoke::Running, timeout: Duration, ty: &str) -> Result<Vec<u8>, CniError> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let pid = running.id() as nix::libc::pid_t;
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
-    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    let Ok(raw) = i32::try_from(raw).map_err(drop).and_then(|r| if r < 0 { Err(()) } else { Ok(r) }) else {
-        log::warn!("pidfd_open for plugin {ty}: {}; waiting without a deadline", std::io::Error::last_os_error());
-        return running.finish();
-    };
-    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let (done, cancelled) = std::sync::mpsc::channel::<()>();
-    // The only thread besides the main one, and it lives only while the plugin runs: nothing
-    // forks or changes namespaces meanwhile.
-    let watchdog = std::thread::spawn(move || {
-        if cancelled.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            // SAFETY: the pidfd is open for the call; a null siginfo is allowed.
-            let rc = unsafe {
-                nix::libc::syscall(
-                    nix::libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    nix::libc::SIGKILL,
-                    std::ptr::null::<nix::libc::siginfo_t>(),
-                    0,
-                )
-            };
-            return rc == 0;
-        }
-        false
-    });
-    let out = running.finish();
-    drop(done);
-    if watchdog.join().unwrap_or(false) {
-        return Err(internal(format!("plugin {ty} did not finish within {timeout:?} and was killed")));
-    }
-    out
-}
-
 /// The host's resolv.conf, read without blocking on a FIFO and up to a bound.
 fn read_host_resolv_conf() -> String {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open("/etc/resolv.conf");
-    let Ok(file) = file.and_then(|f| f.metadata().map(|m| (f, m))) else { return String::new() };
-    if !file.1.is_file() {
-        log::warn!("/etc/resolv.conf is not a regular file; the inner plugins get only slirp4netns' DNS");
-        return String::new();
+    let path = Path::new("/etc/resolv.conf");
+    match crate::fsutil::read_bounded(path, crate::fsutil::Links::Follow, MAX_RESOLV_CONF) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("{e}; the inner plugins get only slirp4netns' DNS");
+            }
+            String::new()
+        }
     }
-    let mut bytes = Vec::new();
-    let _ = file.0.take(MAX_RESOLV_CONF).read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Removes forwards from the helper and returns what could not be removed. A helper that is
@@ -1058,11 +1016,11 @@ mod tests {
         let args = CmdArgs { path: dir.display().to_string(), ..Default::default() };
         let t = Instant::now();
         let running = invoke::start("hang", Command::Add, &args, b"{}").unwrap();
-        let e = finish_within(running, Duration::from_millis(300), "hang").unwrap_err();
+        let e = running.finish_within(Duration::from_millis(300)).unwrap_err();
         assert!(e.msg.contains("did not finish within") && e.msg.contains("hang"), "{e:?}");
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         let running = invoke::start("quick", Command::Add, &args, b"{}").unwrap();
-        assert_eq!(finish_within(running, Duration::from_secs(10), "quick").unwrap(), b"{}\n");
+        assert_eq!(running.finish_within(Duration::from_secs(10)).unwrap(), b"{}\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

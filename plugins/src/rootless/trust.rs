@@ -19,12 +19,12 @@
 //! can be used as a path afterwards (helper arguments, mounts). Files inside are opened without
 //! following links, must be regular, ours, and are read up to a bound.
 
+use crate::fsutil::{self, Links};
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, FileStat, Mode, SFlag};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -223,70 +223,42 @@ fn components(path: &Path) -> VecDeque<OsString> {
         .collect()
 }
 
+/// Refuses a file of the state directory that another user owns.
+fn check_own(path: &Path, file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = file.metadata()?.uid();
+    if uid != Ids::current().me {
+        return Err(std::io::Error::other(format!("{} belongs to uid {uid}, not to us", path.display())));
+    }
+    Ok(())
+}
+
 /// Opens a file of the state directory for reading: not through a link, regular, ours.
-fn open_own(path: &Path) -> std::io::Result<(File, u64)> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    // O_NONBLOCK: a FIFO planted under the name must not block the open.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        return Err(std::io::Error::other(format!("{} is not a regular file", path.display())));
-    }
-    if meta.uid() != Ids::current().me {
-        return Err(std::io::Error::other(format!("{} belongs to uid {}, not to us", path.display(), meta.uid())));
-    }
-    Ok((file, meta.len()))
+fn open_own(path: &Path) -> std::io::Result<File> {
+    let file = fsutil::open_read(path, Links::Refuse)?;
+    check_own(path, &file)?;
+    Ok(file)
 }
 
 /// Reads a file of the state directory whole, refusing links, non-regular files, other owners
 /// and files larger than `max` bytes.
 pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let (file, len) = open_own(path)?;
-    if len > max {
-        return Err(std::io::Error::other(format!("{} is {len} bytes, more than the {max} allowed", path.display())));
-    }
-    let mut out = Vec::new();
-    file.take(max + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > max {
-        return Err(std::io::Error::other(format!("{} grew past {max} bytes", path.display())));
-    }
-    Ok(out)
+    fsutil::read_to_end_bounded(path, &mut open_own(path)?, max)
 }
 
 /// The last `max` bytes of a file of the state directory (a log), with the same checks.
 pub fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Seek, SeekFrom};
-    let (mut file, len) = open_own(path)?;
-    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
-    let mut out = Vec::new();
-    file.take(max).read_to_end(&mut out)?;
-    Ok(out)
+    fsutil::read_tail_of(&mut open_own(path)?, max)
 }
 
 /// Creates `path` afresh (whatever had the name is unlinked first, never followed) for writing.
 pub fn create_fresh(path: &Path, mode: u32) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(nix::libc::O_NOFOLLOW).open(path)
+    fsutil::create_fresh(path, mode)
 }
 
-/// Replaces `path` by rename from a fresh temporary file, so a reader never sees half of it.
+/// Replaces `path` (mode 0600) by rename from a fresh temporary file, so a reader never sees half of it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let mut name = path.file_name().map(OsString::from).unwrap_or_default();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut file = create_fresh(&tmp, 0o600).map_err(|e| format!("create {}: {e}", tmp.display()))?;
-    file.write_all(bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+    fsutil::replace(path, bytes, 0o600).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// The state lock, held until dropped.
@@ -306,24 +278,8 @@ impl Drop for StateLock {
 /// regular or not ours), waiting at most `wait`: a call stuck elsewhere never blocks the user's
 /// later calls forever.
 pub fn lock(path: &Path, wait: Duration) -> Result<StateLock, String> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("open lock {}: {e}", path.display()))?;
-    let meta = file.metadata().map_err(|e| format!("stat lock {}: {e}", path.display()))?;
-    if !meta.file_type().is_file() || meta.uid() != Ids::current().me {
-        return Err(format!(
-            "lock {} is not a regular file of this user (uid {}); someone else made it",
-            path.display(),
-            meta.uid()
-        ));
-    }
+    let (file, _) = fsutil::open_lock(path, 0o600).map_err(|e| format!("open lock {}: {e}", path.display()))?;
+    check_own(path, &file).map_err(|e| format!("lock {e}; someone else made it"))?;
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(1);
     loop {

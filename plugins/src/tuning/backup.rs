@@ -2,9 +2,10 @@
 //! byte what the reference writes (Go's `json.MarshalIndent` with a one-space indent, no final
 //! newline, file mode 0600), so either suite restores what the other saved.
 
+use crate::fsutil::{self, Links};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -105,12 +106,8 @@ pub fn list_network(dir: &Path, network: &str) -> io::Result<Vec<String>> {
         if name.starts_with('.') || !name.ends_with(".json") || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(entry.path());
-        let Ok(file) = opened else { continue };
-        if file.metadata().is_ok_and(|m| m.is_file()) && network_of(&file).as_deref() == Some(network) {
+        let Ok(file) = fsutil::open_read(&entry.path(), Links::Refuse) else { continue };
+        if network_of(&file).as_deref() == Some(network) {
             out.push(name);
         }
     }
@@ -150,29 +147,11 @@ use std::os::unix::fs::DirBuilderExt;
 /// Reads a backup file: `Ok(None)` when there is none. Opened as what it must be: no symlink,
 /// no FIFO (never blocks), a regular file of bounded size.
 pub fn read(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    read_regular(file, path).map(Some)
-}
-
-fn read_regular(file: File, path: &Path) -> io::Result<Vec<u8>> {
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > MAX_SIZE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is not a regular file of at most {MAX_SIZE} bytes", path.display()),
-        ));
+    match fsutil::read_bounded(path, Links::Refuse, MAX_SIZE) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_SIZE).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// Removes a backup file (or whatever non-directory sits at its name); gone already is fine.

@@ -318,28 +318,22 @@ pub fn check_allowlist(sysctls: &[Sysctl]) -> Result<(), CniError> {
 }
 
 fn check_allowlist_at(path: &Path, sysctls: &[Sysctl]) -> Result<(), CniError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     if sysctls.is_empty() {
         return Ok(());
     }
     // A symlink is fine (configuration management and ConfigMaps use them); a FIFO must not
     // block us and anything but a regular file is refused.
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path) {
-        Ok(f) => f,
+    let bytes = match crate::fsutil::read_bounded(path, crate::fsutil::Links::Follow, ALLOWLIST_MAX) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(CniError::internal(format!("read sysctl allowlist {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(CniError::internal(format!(
+                "sysctl allowlist {} must be a regular file of at most {ALLOWLIST_MAX} bytes: {e}",
+                path.display()
+            )))
+        }
     };
-    let meta = file.metadata().map_err(|e| CniError::internal(format!("stat {}: {e}", path.display())))?;
-    if !meta.is_file() || meta.len() > ALLOWLIST_MAX {
-        return Err(CniError::internal(format!(
-            "sysctl allowlist {} must be a regular file of at most {ALLOWLIST_MAX} bytes",
-            path.display()
-        )));
-    }
-    let mut text = String::new();
-    file.take(ALLOWLIST_MAX)
-        .read_to_string(&mut text)
+    let text = String::from_utf8(bytes)
         .map_err(|e| CniError::internal(format!("read sysctl allowlist {}: {e}", path.display())))?;
     let mut patterns = Vec::new();
     for (n, line) in text.lines().enumerate() {
