@@ -344,6 +344,44 @@ fn failed_add_leaves_nothing_behind() {
     });
 }
 
+/// A second ADD of an attachment that exists is refused before IPAM runs, so the attachment
+/// keeps its address and its traffic. Ours only: both references run IPAM first and their
+/// rollback releases the existing attachment's address.
+#[test]
+fn a_second_add_of_an_attachment_leaves_it_as_it_was() {
+    require_root!();
+    each_suite(true, |suite| {
+        let host = FakeHost::new().unwrap();
+        let rt = Runtime::new(suite, &host.ns, host.dir.clone());
+        let l = list(&host, "1.0.0", json!({}));
+        let c = host.container().unwrap();
+        let att = Attachment::new("ctr-dup", &c);
+        rt.add_list(&l, &att).unwrap();
+        let store = host.dir.join("ipam/ptpnet");
+        let files = |p: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+            let mut v: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name() != "lock")
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(&store);
+        let conf = conformance::build_config(&l["plugins"][0], "ptpnet", "1.0.0", None, &Default::default());
+        let out = rt.invoke("ptp", "ADD", &att, &conf).unwrap();
+        let (_, msg, _) = out.error().unwrap();
+        assert!(msg.contains("already exists"), "{}: {msg}", suite.name);
+        assert_eq!(files(&store), before, "{}: the store changed", suite.name);
+        assert_eq!(addrs(&c, "eth0"), vec!["10.77.0.2/24"], "{}", suite.name);
+        assert_eq!(veths(&host.ns).len(), 1, "{}", suite.name);
+        rt.check_list(&l, &att).unwrap_or_else(|e| panic!("{}: CHECK after the refused ADD: {e}", suite.name));
+        assert!(ping(&c, "10.77.0.1"), "{}: traffic after the refused ADD", suite.name);
+        rt.del_list(&l, &att).unwrap();
+    });
+}
+
 #[test]
 fn bad_config_is_refused_before_anything_changes() {
     require_root!();

@@ -56,6 +56,17 @@ pub(crate) fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
         .map_err(|e| internal(format!("netlink socket in {}: {e}", ns.path().display())))
 }
 
+/// A netlink socket in the container's namespace, refusing the ADD when the container already
+/// has an interface named `ifname`: checked before IPAM starts, so a second ADD of an attachment
+/// that exists is refused and leaves it (and its address) as it was.
+pub(crate) fn container_without(ns: &NetNs, ifname: &str) -> Result<Handle, CniError> {
+    let mut cont = handle_in(ns)?;
+    if ctx(cont.link_by_name(ifname), || format!("look up {ifname}"))?.is_some() {
+        return Err(internal(format!("container veth name provided ({ifname}) already exists")));
+    }
+    Ok(cont)
+}
+
 /// Helpers started at the beginning of ADD so their start-up overlaps the netlink work: the IPAM
 /// plugin allocates and `iptables-restore` loads its libraries while the veth pair is made.
 #[derive(Default)]

@@ -15,8 +15,8 @@ use crate::netlink::{self, Handle, Link};
 use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq, handle_in,
-    internal, is_eexist, masq_backend, rollback, Started, Undo,
+    all_or_errors, configure_container, container_without, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq,
+    handle_in, internal, is_eexist, masq_backend, rollback, Started, Undo,
 };
 use cni_types::skel::Command;
 use cni_types::version::Version;
@@ -51,10 +51,7 @@ fn find_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Option<Link>, Cni
 /// name (a second ADD of an attachment that exists is refused here and leaves it as it was).
 fn check_add<'a>(host: &mut Handle, ns: &'a NetNs, conf: &BridgeConf, args: &CmdArgs) -> Result<Checked<'a>, CniError> {
     let bridge = find_bridge(host, conf)?;
-    let mut cont = handle_in(ns)?;
-    if ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?.is_some() {
-        return Err(internal(format!("container veth name provided ({}) already exists", args.ifname)));
-    }
+    let cont = container_without(ns, &args.ifname)?;
     Ok(Checked { ns, cont, bridge })
 }
 

@@ -23,8 +23,8 @@ use crate::netlink::{self, Handle, Link, RouteSpec};
 use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq, handle_in,
-    internal, is_eexist, masq_backend, rollback, wait_for_dad, Started, Undo,
+    all_or_errors, configure_container, container_without, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq,
+    handle_in, internal, is_eexist, masq_backend, rollback, wait_for_dad, Started, Undo,
 };
 use cni_types::net::network_of;
 use cni_types::skel::Command;
@@ -191,17 +191,16 @@ fn wait_carrier(cont: &mut Handle, index: u32, ifname: &str) -> Result<(), CniEr
 
 impl Ptp {
     fn add_steps(
-        &self,
         args: &CmdArgs,
         conf: &PtpConf,
         ns: &NetNs,
+        mut cont: Handle,
         host: &mut Handle,
         undo: &mut Vec<Undo>,
         started: &mut Started,
     ) -> Result<CniResult, CniError> {
         let t0 = Instant::now();
         let mark = |what: &str| log::debug!("{what} after {:?}", t0.elapsed());
-        let mut cont = handle_in(ns)?;
         let veth = create_veth_pair(host, &mut cont, ns, &args.ifname, conf.mtu, None, None)?;
         undo.push(Undo::Veth(veth.index));
         let cont_link = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
@@ -308,9 +307,11 @@ impl Plugin for Ptp {
         let backend = if conf.ip_masq { Some(masq_backend(conf.ip_masq_backend.as_deref())?) } else { None };
         let ns = NetNs::open(&args.netns).map_err(internal)?;
         let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
+        // Refused before IPAM starts: a second ADD of an existing attachment keeps its address.
+        let cont = container_without(&ns, &args.ifname)?;
         let mut undo = Vec::new();
         let mut started = Started::begin(&conf.ipam_type, args, backend, &mut undo)?;
-        match self.add_steps(args, &conf, &ns, &mut host, &mut undo, &mut started) {
+        match Self::add_steps(args, &conf, &ns, cont, &mut host, &mut undo, &mut started) {
             Ok(r) => Ok(r),
             Err(e) => {
                 started.settle();
