@@ -341,7 +341,7 @@ fn check_allowlist_at(path: &Path, sysctls: &[Sysctl]) -> Result<(), CniError> {
         if line.is_empty() {
             continue;
         }
-        let re = regex::Regex::new(line)
+        let re = regex_lite::Regex::new(line)
             .map_err(|e| invalid(format!("sysctl allowlist {} line {}: {e}", path.display(), n + 1)))?;
         patterns.push((line, re));
     }
