@@ -542,6 +542,21 @@ pub fn reserved_addresses(network_dir: &Path) -> std::collections::BTreeSet<Stri
         .unwrap_or_default()
 }
 
+/// Every file of a host-local network store but `lock`, with its bytes, sorted by name: what a
+/// refused call must leave exactly as it was.
+pub fn store_files(network_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(network_dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name() != "lock")
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Runs a host command; returns stdout, or an error with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd).args(args).output().with_context(|| format!("run {cmd}"))?;

@@ -358,16 +358,7 @@ fn a_second_add_of_an_attachment_leaves_it_as_it_was() {
         let att = Attachment::new("ctr-dup", &c);
         rt.add_list(&l, &att).unwrap();
         let store = host.dir.join("ipam/ptpnet");
-        let files = |p: &std::path::Path| -> Vec<(String, Vec<u8>)> {
-            let mut v: Vec<_> = std::fs::read_dir(p)
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_name() != "lock")
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
-                .collect();
-            v.sort();
-            v
-        };
+        let files = conformance::store_files;
         let before = files(&store);
         let conf = conformance::build_config(&l["plugins"][0], "ptpnet", "1.0.0", None, &Default::default());
         let out = rt.invoke("ptp", "ADD", &att, &conf).unwrap();
