@@ -13,6 +13,7 @@
 //! the suites without leaking rules.
 
 pub mod fastpath;
+pub mod forward;
 mod ipmasq;
 pub mod iptables;
 mod masq_nft;
