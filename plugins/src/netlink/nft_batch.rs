@@ -4,57 +4,19 @@
 //! `netlink-packet-netfilter` 0.4 (on our `netlink-packet-core` 0.9) covers tables, chains, rules and
 //! the meta/payload/cmp/bitwise/immediate/lookup expressions, but has no `masq`, `nat`, `fib` or `ct`
 //! expression and no batch exchange, so the few attributes the plugins need are written here by hand
-//! with the attribute walker of [`super::nftables`].
+//! with the one attribute reader and writer of [`super::wire`].
 //!
 //! Expressions are encoded as nft 1.0.6 encodes the same rule text (checked with
 //! `nft --debug=netlink`), so `nft list ruleset` cannot tell the two writers apart.
 
-use super::nftables::{attributes, NftFamily};
+use super::nfnl::{self, nft};
+use super::nftables::NftFamily;
+use super::socket::{Protocol, Socket};
+use super::wire::{attrs, AttrWriter};
 use ipnetwork::IpNetwork;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use std::io;
 use std::net::IpAddr;
-
-const NETLINK_NETFILTER: isize = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_DELCHAIN: u16 = 5;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_DELRULE: u16 = 8;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
-const NLMSG_ERROR: u16 = 2;
-const NLA_F_NESTED: u16 = 0x8000;
-
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_TABLE_USERDATA: u16 = 6;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_CHAIN_USERDATA: u16 = 12;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_HANDLE: u16 = 3;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-
-/// Userdata TLV type of a table, chain or rule comment (`NFTNL_UDATA_*_COMMENT`).
-const UDATA_COMMENT: u8 = 0;
 
 /// `NFPROTO_IPV4` / `NFPROTO_IPV6`, the values `meta nfproto` compares.
 const NFPROTO_IPV4: u8 = 2;
@@ -281,8 +243,8 @@ impl Expr {
         ]
     }
 
-    /// The expression's `NFTA_LIST_ELEM` body.
-    fn encode(&self, out: &mut Attrs) {
+    /// The expression's `nft::LIST_ELEM` body.
+    fn encode(&self, out: &mut AttrWriter) {
         let name = match self {
             Expr::Meta { .. } => "meta",
             Expr::Payload { .. } => "payload",
@@ -295,91 +257,91 @@ impl Expr {
             Expr::Fib { .. } => "fib",
             Expr::Other(name) => name.as_str(),
         };
-        out.put_str(NFTA_EXPR_NAME, name);
-        let mut data = Attrs::default();
+        out.str_attr(nft::EXPR_NAME, name);
+        let mut data = AttrWriter::new();
         match self {
             Expr::Meta { key, dreg } => {
-                data.put_u32(1, *dreg);
-                data.put_u32(2, *key);
+                data.u32_be(1, *dreg);
+                data.u32_be(2, *key);
             }
             Expr::Payload { base, offset, len, dreg } => {
-                data.put_u32(1, *dreg);
-                data.put_u32(2, *base as u32);
-                data.put_u32(3, *offset);
-                data.put_u32(4, *len);
+                data.u32_be(1, *dreg);
+                data.u32_be(2, *base as u32);
+                data.u32_be(3, *offset);
+                data.u32_be(4, *len);
             }
             Expr::Cmp { sreg, op, data: value } => {
-                data.put_u32(1, *sreg);
-                data.put_u32(2, *op as u32);
-                data.nest(3, |d| d.put_bytes(NFTA_DATA_VALUE, value));
+                data.u32_be(1, *sreg);
+                data.u32_be(2, *op as u32);
+                data.nest(3, |d| {
+                    d.bytes_attr(nft::DATA_VALUE, value);
+                });
             }
             Expr::Bitwise { sreg, dreg, mask, xor } => {
-                data.put_u32(1, *sreg);
-                data.put_u32(2, *dreg);
-                data.put_u32(3, mask.len() as u32);
-                data.nest(4, |d| d.put_bytes(NFTA_DATA_VALUE, mask));
-                data.nest(5, |d| d.put_bytes(NFTA_DATA_VALUE, xor));
+                data.u32_be(1, *sreg);
+                data.u32_be(2, *dreg);
+                data.u32_be(3, mask.len() as u32);
+                data.nest(4, |d| {
+                    d.bytes_attr(nft::DATA_VALUE, mask);
+                });
+                data.nest(5, |d| {
+                    d.bytes_attr(nft::DATA_VALUE, xor);
+                });
             }
             Expr::Verdict(v) => {
-                data.put_u32(1, 0);
+                data.u32_be(1, 0);
                 data.nest(2, |d| {
-                    d.nest(NFTA_DATA_VERDICT, |d| {
-                        d.put_u32(NFTA_VERDICT_CODE, v.code() as u32);
+                    d.nest(nft::DATA_VERDICT, |d| {
+                        d.u32_be(nft::VERDICT_CODE, v.code() as u32);
                         if let Verdict::Jump(chain) | Verdict::Goto(chain) = v {
-                            d.put_str(NFTA_VERDICT_CHAIN, chain);
+                            d.str_attr(nft::VERDICT_CHAIN, chain);
                         }
-                    })
+                    });
                 });
             }
             Expr::Load { dreg, data: value } => {
-                data.put_u32(1, *dreg);
-                data.nest(2, |d| d.put_bytes(NFTA_DATA_VALUE, value));
+                data.u32_be(1, *dreg);
+                data.nest(2, |d| {
+                    d.bytes_attr(nft::DATA_VALUE, value);
+                });
             }
             Expr::Dnat { v6, addr_reg, proto_reg, flags } => {
-                data.put_u32(1, 1);
-                data.put_u32(2, u32::from(if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }));
-                data.put_u32(3, *addr_reg);
-                data.put_u32(5, *proto_reg);
-                data.put_u32(7, *flags);
+                data.u32_be(1, 1);
+                data.u32_be(2, u32::from(if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }));
+                data.u32_be(3, *addr_reg);
+                data.u32_be(5, *proto_reg);
+                data.u32_be(7, *flags);
             }
             Expr::Fib { dreg, result, flags } => {
-                data.put_u32(1, *dreg);
-                data.put_u32(2, *result);
-                data.put_u32(3, *flags);
+                data.u32_be(1, *dreg);
+                data.u32_be(2, *result);
+                data.u32_be(3, *flags);
             }
             Expr::Masquerade | Expr::Other(_) => {}
         }
-        if !data.0.is_empty() {
-            out.nest_raw(NFTA_EXPR_DATA, &data.0);
+        if !data.is_empty() {
+            out.nest(nft::EXPR_DATA, |d| {
+                d.raw(data.bytes());
+            });
         }
     }
 
-    /// Reads one `NFTA_LIST_ELEM` body back; expressions outside the model become [`Expr::Other`].
+    /// Reads one `nft::LIST_ELEM` body back; expressions outside the model become [`Expr::Other`].
     fn decode(elem: &[u8]) -> Expr {
-        let mut name: &[u8] = &[];
-        let mut data: &[u8] = &[];
-        for (k, v) in attributes(elem) {
-            match k {
-                NFTA_EXPR_NAME => name = strip_nul(v),
-                NFTA_EXPR_DATA => data = v,
-                _ => {}
-            }
-        }
+        let elem = attrs(elem);
+        let name = elem.get(nft::EXPR_NAME).map(|n| n.bytes_z()).unwrap_or_default();
+        let data = elem.get(nft::EXPR_DATA).map(|d| d.value).unwrap_or_default();
+        // Every expression the model knows numbers its attributes below 8.
         let mut u32s = [None; 8];
-        let mut blobs: [Option<Vec<u8>>; 8] = Default::default();
-        for (k, v) in attributes(data) {
-            let k = usize::from(k);
+        let mut blobs: [Option<&[u8]>; 8] = Default::default();
+        for attr in attrs(data) {
+            let k = usize::from(attr.kind);
             if k < 8 {
-                if let Ok(b) = <[u8; 4]>::try_from(v) {
-                    u32s[k] = Some(u32::from_be_bytes(b));
-                }
-                blobs[k] = Some(v.to_vec());
+                u32s[k] = attr.u32_be();
+                blobs[k] = Some(attr.value);
             }
         }
-        let value = |k: usize| -> Option<Vec<u8>> {
-            let nested = blobs[k].as_deref()?;
-            attributes(nested).find(|(t, _)| *t == NFTA_DATA_VALUE).map(|(_, v)| v.to_vec())
-        };
+        let value = |k: usize| -> Option<Vec<u8>> { attrs(blobs[k]?).get(nft::DATA_VALUE).map(|v| v.value.to_vec()) };
         let other = || Expr::Other(String::from_utf8_lossy(name).into_owned());
         let decoded = match name {
             b"meta" => (|| Some(Expr::Meta { key: u32s[2]?, dreg: u32s[1]? }))(),
@@ -404,17 +366,9 @@ impl Expr {
                 (|| Some(Expr::Bitwise { sreg: u32s[1]?, dreg: u32s[2]?, mask: value(4)?, xor: value(5)? }))()
             }
             b"immediate" if u32s[1] == Some(0) => (|| {
-                let nested = blobs[2].as_deref()?;
-                let (_, verdict) = attributes(nested).find(|(t, _)| *t == NFTA_DATA_VERDICT)?;
-                let mut code = None;
-                let mut chain = None;
-                for (t, v) in attributes(verdict) {
-                    match t {
-                        NFTA_VERDICT_CODE => code = <[u8; 4]>::try_from(v).ok().map(i32::from_be_bytes),
-                        NFTA_VERDICT_CHAIN => chain = Some(String::from_utf8_lossy(strip_nul(v)).into_owned()),
-                        _ => {}
-                    }
-                }
+                let verdict = attrs(blobs[2]?).get(nft::DATA_VERDICT)?.nested();
+                let code = verdict.get(nft::VERDICT_CODE).and_then(|c| c.u32_be()).map(|c| c as i32);
+                let chain = verdict.get(nft::VERDICT_CHAIN).map(|c| c.string());
                 Some(Expr::Verdict(match (code?, chain) {
                     (1, None) => Verdict::Accept,
                     (-5, None) => Verdict::Return,
@@ -443,10 +397,6 @@ impl Expr {
         };
         decoded.unwrap_or_else(other)
     }
-}
-
-fn strip_nul(v: &[u8]) -> &[u8] {
-    v.strip_suffix(&[0]).unwrap_or(v)
 }
 
 /// One change of a batch.
@@ -506,47 +456,12 @@ pub enum NftOp {
     },
 }
 
-/// Netlink attributes being written (native-endian headers, 4-byte aligned).
-#[derive(Debug, Default)]
-struct Attrs(Vec<u8>);
-
-impl Attrs {
-    fn put_bytes(&mut self, kind: u16, value: &[u8]) {
-        self.0.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(value);
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
-        }
-    }
-
-    fn put_str(&mut self, kind: u16, value: &str) {
-        let mut bytes = value.as_bytes().to_vec();
-        bytes.push(0);
-        self.put_bytes(kind, &bytes);
-    }
-
-    fn put_u32(&mut self, kind: u16, value: u32) {
-        self.put_bytes(kind, &value.to_be_bytes());
-    }
-
-    fn nest_raw(&mut self, kind: u16, body: &[u8]) {
-        self.put_bytes(kind | NLA_F_NESTED, body);
-    }
-
-    fn nest(&mut self, kind: u16, fill: impl FnOnce(&mut Attrs)) {
-        let mut inner = Attrs::default();
-        fill(&mut inner);
-        self.nest_raw(kind, &inner.0);
-    }
-}
-
 /// A comment as nft stores it: one userdata TLV, the text with its NUL.
 fn comment_udata(comment: &str) -> Vec<u8> {
     let mut text = comment.as_bytes().to_vec();
     text.truncate(254);
     text.push(0);
-    let mut out = vec![UDATA_COMMENT, text.len() as u8];
+    let mut out = vec![nft::UDATA_COMMENT, text.len() as u8];
     out.extend_from_slice(&text);
     out
 }
@@ -571,86 +486,72 @@ impl NftBatch {
         self.ops.is_empty()
     }
 
-    fn message(&self, kind: u16, flags: u16, seq: u32, res_id: u16, family: u8, body: &[u8]) -> Vec<u8> {
-        let mut msg = Vec::with_capacity(20 + body.len());
-        msg.extend_from_slice(&((20 + body.len()) as u32).to_ne_bytes());
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        msg.extend_from_slice(&flags.to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.push(family);
-        msg.push(0);
-        msg.extend_from_slice(&res_id.to_be_bytes());
-        msg.extend_from_slice(body);
-        msg
-    }
-
     /// The batch's bytes, sequence numbers from `seq`: BATCH_BEGIN, one message per change (each
     /// asking for an ACK), BATCH_END.
     pub fn encode(&self, seq: u32) -> Vec<u8> {
         let family = self.family as u8;
-        let mut out = self.message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, NFNL_SUBSYS_NFTABLES, 0, &[]);
+        let batch_marker = |kind: u16, seq: u32| nfnl::message(kind, NLM_F_REQUEST, seq, 0, nfnl::SUBSYS_NFTABLES, &[]);
+        let mut out = batch_marker(nfnl::MSG_BATCH_BEGIN, seq);
         for (i, op) in self.ops.iter().enumerate() {
-            let mut a = Attrs::default();
+            let mut a = AttrWriter::new();
             let (msg, flags) = match op {
                 NftOp::AddTable { name, comment } => {
-                    a.put_str(NFTA_TABLE_NAME, name);
+                    a.str_attr(nft::TABLE_NAME, name);
                     if let Some(c) = comment {
-                        a.put_bytes(NFTA_TABLE_USERDATA, &comment_udata(c));
+                        a.bytes_attr(nft::TABLE_USERDATA, &comment_udata(c));
                     }
-                    (NFT_MSG_NEWTABLE, NLM_F_CREATE)
+                    (nft::MSG_NEWTABLE, NLM_F_CREATE)
                 }
                 NftOp::AddChain { table, name, hook, comment } => {
-                    a.put_str(NFTA_CHAIN_TABLE, table);
-                    a.put_str(NFTA_CHAIN_NAME, name);
+                    a.str_attr(nft::CHAIN_TABLE, table);
+                    a.str_attr(nft::CHAIN_NAME, name);
                     if let Some((kind, hooknum, priority)) = hook {
-                        a.nest(NFTA_CHAIN_HOOK, |h| {
-                            h.put_u32(NFTA_HOOK_HOOKNUM, *hooknum);
-                            h.put_u32(NFTA_HOOK_PRIORITY, *priority as u32);
+                        a.nest(nft::CHAIN_HOOK, |h| {
+                            h.u32_be(nft::HOOK_HOOKNUM, *hooknum);
+                            h.u32_be(nft::HOOK_PRIORITY, *priority as u32);
                         });
-                        a.put_str(NFTA_CHAIN_TYPE, kind);
+                        a.str_attr(nft::CHAIN_TYPE, kind);
                     }
                     if let Some(c) = comment {
-                        a.put_bytes(NFTA_CHAIN_USERDATA, &comment_udata(c));
+                        a.bytes_attr(nft::CHAIN_USERDATA, &comment_udata(c));
                     }
-                    (NFT_MSG_NEWCHAIN, NLM_F_CREATE)
+                    (nft::MSG_NEWCHAIN, NLM_F_CREATE)
                 }
                 NftOp::FlushChain { table, chain } => {
-                    a.put_str(NFTA_RULE_TABLE, table);
-                    a.put_str(NFTA_RULE_CHAIN, chain);
-                    (NFT_MSG_DELRULE, 0)
+                    a.str_attr(nft::RULE_TABLE, table);
+                    a.str_attr(nft::RULE_CHAIN, chain);
+                    (nft::MSG_DELRULE, 0)
                 }
                 NftOp::DeleteChain { table, chain } => {
-                    a.put_str(NFTA_CHAIN_TABLE, table);
-                    a.put_str(NFTA_CHAIN_NAME, chain);
-                    (NFT_MSG_DELCHAIN, 0)
+                    a.str_attr(nft::CHAIN_TABLE, table);
+                    a.str_attr(nft::CHAIN_NAME, chain);
+                    (nft::MSG_DELCHAIN, 0)
                 }
                 NftOp::AddRule { table, chain, exprs, comment } => {
-                    a.put_str(NFTA_RULE_TABLE, table);
-                    a.put_str(NFTA_RULE_CHAIN, chain);
-                    a.nest(NFTA_RULE_EXPRESSIONS, |list| {
+                    a.str_attr(nft::RULE_TABLE, table);
+                    a.str_attr(nft::RULE_CHAIN, chain);
+                    a.nest(nft::RULE_EXPRESSIONS, |list| {
                         for e in exprs {
-                            list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));
+                            list.nest(nft::LIST_ELEM, |elem| e.encode(elem));
                         }
                     });
                     if let Some(c) = comment {
-                        a.put_bytes(NFTA_RULE_USERDATA, &comment_udata(c));
+                        a.bytes_attr(nft::RULE_USERDATA, &comment_udata(c));
                     }
-                    (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
+                    (nft::MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
                 }
                 NftOp::DeleteRule { table, chain, handle } => {
-                    a.put_str(NFTA_RULE_TABLE, table);
-                    a.put_str(NFTA_RULE_CHAIN, chain);
-                    a.put_bytes(NFTA_RULE_HANDLE, &handle.to_be_bytes());
-                    (NFT_MSG_DELRULE, 0)
+                    a.str_attr(nft::RULE_TABLE, table);
+                    a.str_attr(nft::RULE_CHAIN, chain);
+                    a.bytes_attr(nft::RULE_HANDLE, &handle.to_be_bytes());
+                    (nft::MSG_DELRULE, 0)
                 }
             };
-            let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
+            let kind = nfnl::kind(nfnl::SUBSYS_NFTABLES, msg);
             let flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-            out.extend(self.message(kind, flags, seq + 1 + i as u32, 0, family, &a.0));
+            out.extend(nfnl::message(kind, flags, seq.wrapping_add(1 + i as u32), family, 0, a.bytes()));
         }
-        let end_seq = seq + 1 + self.ops.len() as u32;
-        out.extend(self.message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, NFNL_SUBSYS_NFTABLES, 0, &[]));
+        out.extend(batch_marker(nfnl::MSG_BATCH_END, seq.wrapping_add(1 + self.ops.len() as u32)));
         out
     }
 
@@ -660,34 +561,16 @@ impl NftBatch {
         if self.ops.is_empty() {
             return Ok(());
         }
-        let socket = super::open(NETLINK_NETFILTER)?;
-        let seq = 1;
-        socket.send(&self.encode(seq), 0)?;
-        let mut pending: Vec<u32> = (0..self.ops.len() as u32).map(|i| seq + 1 + i).collect();
-        while !pending.is_empty() {
-            let data = super::receive(&socket)?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let len = u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) as usize;
-                if len < 16 || off + len > data.len() {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated nfnetlink reply"));
-                }
-                let kind = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-                let reply_seq = u32::from_ne_bytes([data[off + 8], data[off + 9], data[off + 10], data[off + 11]]);
-                if kind == NLMSG_ERROR && len >= 20 {
-                    let code = i32::from_ne_bytes([data[off + 16], data[off + 17], data[off + 18], data[off + 19]]);
-                    if code != 0 {
-                        let index = reply_seq.wrapping_sub(seq + 1) as usize;
-                        let what = self.ops.get(index).map(describe).unwrap_or_else(|| "nf_tables batch".into());
-                        let e = io::Error::from_raw_os_error(-code);
-                        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-                    }
-                    pending.retain(|s| *s != reply_seq);
-                }
-                off += (len + 3) & !3;
-            }
-        }
-        Ok(())
+        let count = u32::try_from(self.ops.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nf_tables batch too large"))?;
+        let mut socket = Socket::open(Protocol::Netfilter)?;
+        // BATCH_BEGIN, the changes, BATCH_END: only the changes are answered.
+        let seq = socket.reserve(count + 2);
+        socket.send(&self.encode(seq))?;
+        socket.acks(seq.wrapping_add(1), count).map_err(|(index, e)| {
+            let what = index.and_then(|i| self.ops.get(i)).map(describe).unwrap_or_else(|| "nf_tables batch".into());
+            io::Error::new(e.kind(), format!("{what}: {e}"))
+        })
     }
 }
 
@@ -705,9 +588,9 @@ fn describe(op: &NftOp) -> String {
     }
 }
 
-/// Decodes a rule's `NFTA_RULE_EXPRESSIONS` into the expression model.
+/// Decodes a rule's `nft::RULE_EXPRESSIONS` into the expression model.
 pub(super) fn decode_exprs(list: &[u8]) -> Vec<Expr> {
-    attributes(list).filter(|(k, _)| *k == NFTA_LIST_ELEM).map(|(_, elem)| Expr::decode(elem)).collect()
+    attrs(list).all(nft::LIST_ELEM).map(|elem| Expr::decode(elem.value)).collect()
 }
 
 #[cfg(test)]
@@ -756,11 +639,11 @@ mod tests {
         exprs.extend(Expr::dport(6, 8080));
         exprs.extend(Expr::dnat_to("fd00::5".parse().unwrap(), 80));
         exprs.extend(Expr::fib_daddr_local());
-        let mut list = Attrs::default();
+        let mut list = AttrWriter::new();
         for e in &exprs {
-            list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));
+            list.nest(nft::LIST_ELEM, |elem| e.encode(elem));
         }
-        assert_eq!(decode_exprs(&list.0), exprs);
+        assert_eq!(decode_exprs(list.bytes()), exprs);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! token bucket filter's options are not in it, so [`Tbf`] encodes and decodes `TCA_TBF_PARMS`
 //! (`struct tc_tbf_qopt`) and `TCA_TBF_RATE64` here.
 
+use super::wire::attrs;
 use super::Handle;
-use netlink_packet_core::{DefaultNla, Nla, NlasIterator, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_core::{DefaultNla, Nla, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute, TcFilterU32Option,
     TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
@@ -55,18 +56,14 @@ impl Tbf {
     fn parse(nested: &[u8]) -> Option<Tbf> {
         let mut tbf = None;
         let mut rate64 = None;
-        for nla in NlasIterator::new(nested).flatten() {
-            let value = nla.value();
-            match nla.kind() {
+        for attr in attrs(nested) {
+            let value = attr.value;
+            match attr.kind {
                 TCA_TBF_PARMS if value.len() >= TBF_QOPT_LEN => {
                     let word = |at: usize| u32::from_ne_bytes([value[at], value[at + 1], value[at + 2], value[at + 3]]);
                     tbf = Some(Tbf { rate: u64::from(word(8)), limit: word(24), buffer: word(28) });
                 }
-                TCA_TBF_RATE64 if value.len() == 8 => {
-                    let mut raw = [0u8; 8];
-                    raw.copy_from_slice(value);
-                    rate64 = Some(u64::from_ne_bytes(raw));
-                }
+                TCA_TBF_RATE64 => rate64 = <[u8; 8]>::try_from(value).ok().map(u64::from_ne_bytes),
                 _ => {}
             }
         }
@@ -294,21 +291,41 @@ impl Handle {
 mod tests {
     use super::*;
 
+    /// The nested `TCA_OPTIONS` body the kernel receives for `tbf`.
+    fn options_bytes(tbf: &Tbf) -> Vec<u8> {
+        let mut nested = super::super::wire::AttrWriter::new();
+        for option in tbf.options() {
+            let TcOption::Other(nla) = option else { panic!("tbf options are raw") };
+            let mut value = vec![0u8; nla.value_len()];
+            nla.emit_value(&mut value);
+            nested.bytes_attr(nla.kind(), &value);
+        }
+        nested.into_bytes()
+    }
+
     #[test]
     fn tbf_options_round_trip_through_the_kernel_layout() {
         for tbf in [Tbf { rate: 250_000, limit: 18_750, buffer: 781_250 }, Tbf { rate: 5 << 32, limit: 7, buffer: 9 }] {
-            let mut nested = Vec::new();
-            for option in tbf.options() {
-                let TcOption::Other(nla) = option else { panic!("tbf options are raw") };
-                let mut value = vec![0u8; netlink_packet_core::Nla::value_len(&nla)];
-                netlink_packet_core::Nla::emit_value(&nla, &mut value);
-                let len = 4 + value.len();
-                nested.extend_from_slice(&(len as u16).to_ne_bytes());
-                nested.extend_from_slice(&netlink_packet_core::Nla::kind(&nla).to_ne_bytes());
-                nested.extend_from_slice(&value);
-                nested.resize(nested.len().next_multiple_of(4), 0);
-            }
-            assert_eq!(Tbf::parse(&nested), Some(tbf));
+            assert_eq!(Tbf::parse(&options_bytes(&tbf)), Some(tbf));
         }
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn tbf_options_golden_bytes() {
+        // `tc qdisc replace ... tbf rate 2mbit burst ... limit ...`: tc_tbf_qopt with the rate at
+        // offset 8 of the first ratespec, limit and buffer after both ratespecs, no peak rate.
+        let bytes = options_bytes(&Tbf { rate: 250_000, limit: 18_750, buffer: 781_250 });
+        let mut want = vec![40, 0, 1, 0];
+        want.extend([0u8; 8]);
+        want.extend(250_000u32.to_le_bytes());
+        want.extend([0u8; 12]);
+        want.extend(18_750u32.to_le_bytes());
+        want.extend(781_250u32.to_le_bytes());
+        want.extend([0u8; 4]);
+        assert_eq!(bytes, want);
+        // Above 32 bits the qopt keeps the truncated rate and TCA_TBF_RATE64 carries the full one.
+        let bytes = options_bytes(&Tbf { rate: 5 << 32, limit: 7, buffer: 9 });
+        assert_eq!(&bytes[40..], &[12, 0, 4, 0, 0, 0, 0, 0, 5, 0, 0, 0]);
     }
 }
