@@ -4,7 +4,7 @@
 //! exactly as the kernel dumped them.
 
 use super::nfnl::{self, ct};
-use super::socket::{Flow, Protocol, Socket};
+use super::socket::{named, Flow, Protocol, Socket};
 use super::wire::{attrs, AttrWriter, Attrs};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use std::io;
@@ -55,22 +55,25 @@ pub fn delete_udp_conntrack(ipv6: bool, ports: &[u16]) -> io::Result<usize> {
     }
     let mut sorted = ports.to_vec();
     sorted.sort_unstable();
-    let mut socket = Socket::open(Protocol::Netfilter)?;
+    let table = if ipv6 { "ipv6 conntrack table" } else { "ipv4 conntrack table" };
+    let mut socket = Socket::open(Protocol::Netfilter).map_err(|e| named(format_args!("open {table}"), e))?;
     let mut victims = Vec::new();
     let get = nfnl::kind(nfnl::SUBSYS_CTNETLINK, ct::MSG_GET);
-    socket.exchange(get, NLM_F_REQUEST | NLM_F_DUMP, &request_body(ipv6, &[]), |reply| {
-        if let Some(entry) = reply.body.get(4..) {
-            victims.extend(victim(attrs(entry), &sorted));
-        }
-        Ok(Flow::More)
-    })?;
+    socket
+        .exchange(get, NLM_F_REQUEST | NLM_F_DUMP, &request_body(ipv6, &[]), |reply| {
+            if let Some(entry) = reply.body.get(4..) {
+                victims.extend(victim(attrs(entry), &sorted));
+            }
+            Ok(Flow::More)
+        })
+        .map_err(|e| named(format_args!("dump {table}"), e))?;
     let delete = nfnl::kind(nfnl::SUBSYS_CTNETLINK, ct::MSG_DELETE);
     let mut deleted = 0;
     for request in victims {
         match socket.exchange(delete, NLM_F_REQUEST | NLM_F_ACK, &request_body(ipv6, &request), |_| Ok(Flow::More)) {
             Ok(_) => deleted += 1,
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(named(format_args!("delete a UDP entry of the {table}"), e)),
         }
     }
     Ok(deleted)

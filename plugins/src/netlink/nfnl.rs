@@ -98,6 +98,86 @@ pub mod nft {
     pub const MATCH_INFO: u16 = 3;
     /// Userdata TLV type of a table, chain or rule comment (`NFTNL_UDATA_*_COMMENT`).
     pub const UDATA_COMMENT: u8 = 0;
+
+    /// `NFTA_META_DREG`.
+    pub const META_DREG: u16 = 1;
+    /// `NFTA_META_KEY`.
+    pub const META_KEY: u16 = 2;
+    /// `NFTA_PAYLOAD_DREG`.
+    pub const PAYLOAD_DREG: u16 = 1;
+    /// `NFTA_PAYLOAD_BASE`.
+    pub const PAYLOAD_BASE: u16 = 2;
+    /// `NFTA_PAYLOAD_OFFSET`.
+    pub const PAYLOAD_OFFSET: u16 = 3;
+    /// `NFTA_PAYLOAD_LEN`.
+    pub const PAYLOAD_LEN: u16 = 4;
+    /// `NFTA_CMP_SREG`.
+    pub const CMP_SREG: u16 = 1;
+    /// `NFTA_CMP_OP`.
+    pub const CMP_OP: u16 = 2;
+    /// `NFTA_CMP_DATA`.
+    pub const CMP_DATA: u16 = 3;
+    /// `NFTA_BITWISE_SREG`.
+    pub const BITWISE_SREG: u16 = 1;
+    /// `NFTA_BITWISE_DREG`.
+    pub const BITWISE_DREG: u16 = 2;
+    /// `NFTA_BITWISE_LEN`.
+    pub const BITWISE_LEN: u16 = 3;
+    /// `NFTA_BITWISE_MASK`.
+    pub const BITWISE_MASK: u16 = 4;
+    /// `NFTA_BITWISE_XOR`.
+    pub const BITWISE_XOR: u16 = 5;
+    /// `NFTA_BITWISE_OP` (kernels that know other operations than mask-and-xor).
+    pub const BITWISE_OP: u16 = 6;
+    /// `NFTA_IMMEDIATE_DREG`.
+    pub const IMMEDIATE_DREG: u16 = 1;
+    /// `NFTA_NAT_TYPE`.
+    pub const NAT_TYPE: u16 = 1;
+    /// `NFTA_NAT_FAMILY`.
+    pub const NAT_FAMILY: u16 = 2;
+    /// `NFTA_NAT_REG_ADDR_MIN`.
+    pub const NAT_REG_ADDR_MIN: u16 = 3;
+    /// `NFTA_NAT_REG_ADDR_MAX`.
+    pub const NAT_REG_ADDR_MAX: u16 = 4;
+    /// `NFTA_NAT_REG_PROTO_MIN`.
+    pub const NAT_REG_PROTO_MIN: u16 = 5;
+    /// `NFTA_NAT_REG_PROTO_MAX`.
+    pub const NAT_REG_PROTO_MAX: u16 = 6;
+    /// `NFTA_NAT_FLAGS`.
+    pub const NAT_FLAGS: u16 = 7;
+    /// `NFTA_FIB_DREG`.
+    pub const FIB_DREG: u16 = 1;
+    /// `NFTA_FIB_RESULT`.
+    pub const FIB_RESULT: u16 = 2;
+    /// `NFTA_FIB_FLAGS`.
+    pub const FIB_FLAGS: u16 = 3;
+
+    /// `NFPROTO_IPV4`, the value `meta nfproto` compares and a nat expression's family.
+    pub const NFPROTO_IPV4: u8 = 2;
+    /// `NFPROTO_IPV6`.
+    pub const NFPROTO_IPV6: u8 = 10;
+    /// `NFT_META_NFPROTO`.
+    pub const META_NFPROTO: u32 = 15;
+    /// `NFT_META_L4PROTO`.
+    pub const META_L4PROTO: u32 = 16;
+    /// `NFT_REG_VERDICT`.
+    pub const REG_VERDICT: u32 = 0;
+    /// `NFT_REG_1`.
+    pub const REG_1: u32 = 1;
+    /// `NFT_REG_2`.
+    pub const REG_2: u32 = 2;
+    /// `NFT_NAT_DNAT`.
+    pub const NAT_DNAT: u32 = 1;
+    /// `NF_NAT_RANGE_MAP_IPS`, which the kernel adds whenever an address register is given.
+    pub const NF_NAT_RANGE_MAP_IPS: u32 = 1;
+    /// `NF_NAT_RANGE_PROTO_SPECIFIED`.
+    pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+    /// `NFT_FIB_RESULT_ADDRTYPE`.
+    pub const FIB_RESULT_ADDRTYPE: u32 = 3;
+    /// `NFTA_FIB_F_DADDR`.
+    pub const FIB_F_DADDR: u32 = 2;
+    /// `RTN_LOCAL`, the address type `fib daddr type local` compares.
+    pub const RTN_LOCAL: u32 = 2;
 }
 
 /// ctnetlink messages and attributes.

@@ -11,16 +11,12 @@
 
 use super::nfnl::{self, nft};
 use super::nftables::NftFamily;
-use super::socket::{Protocol, Socket};
+use super::socket::{named, Protocol, Socket};
 use super::wire::{attrs, AttrWriter};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use std::io;
 use std::net::IpAddr;
-
-/// `NFPROTO_IPV4` / `NFPROTO_IPV6`, the values `meta nfproto` compares.
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
 
 /// A rule's verdict (`immediate reg 0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,25 +137,6 @@ pub enum Expr {
     Other(String),
 }
 
-/// `NFT_META_NFPROTO`.
-const NFT_META_NFPROTO: u32 = 15;
-/// `NFT_META_L4PROTO`.
-const NFT_META_L4PROTO: u32 = 16;
-/// `NFT_REG_1`.
-const REG1: u32 = 1;
-/// `NFT_REG_2`.
-const REG2: u32 = 2;
-/// `NF_NAT_RANGE_MAP_IPS`, which the kernel adds whenever an address register is given.
-const NF_NAT_RANGE_MAP_IPS: u32 = 1;
-/// `NF_NAT_RANGE_PROTO_SPECIFIED`.
-const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
-/// `NFT_FIB_RESULT_ADDRTYPE`.
-const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
-/// `NFTA_FIB_F_DADDR`.
-const NFTA_FIB_F_DADDR: u32 = 2;
-/// `RTN_LOCAL`.
-const RTN_LOCAL: u32 = 2;
-
 /// Which address of the IP header a match reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrField {
@@ -172,20 +149,20 @@ pub enum AddrField {
 impl Expr {
     /// `meta nfproto ipv4|ipv6`, which nft puts before an `ip`/`ip6` match in an `inet` table.
     pub fn nfproto(v6: bool) -> Vec<Expr> {
-        let proto = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
+        let proto = if v6 { nft::NFPROTO_IPV6 } else { nft::NFPROTO_IPV4 };
         vec![
-            Expr::Meta { key: NFT_META_NFPROTO, dreg: REG1 },
-            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: vec![proto] },
+            Expr::Meta { key: nft::META_NFPROTO, dreg: nft::REG_1 },
+            Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![proto] },
         ]
     }
 
     /// `<tcp|udp|sctp> dport <port>` (protocol number `l4proto`), as nft encodes it.
     pub fn dport(l4proto: u8, port: u16) -> Vec<Expr> {
         vec![
-            Expr::Meta { key: NFT_META_L4PROTO, dreg: REG1 },
-            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: vec![l4proto] },
-            Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: REG1 },
-            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: port.to_be_bytes().to_vec() },
+            Expr::Meta { key: nft::META_L4PROTO, dreg: nft::REG_1 },
+            Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![l4proto] },
+            Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: nft::REG_1 },
+            Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: port.to_be_bytes().to_vec() },
         ]
     }
 
@@ -196,17 +173,17 @@ impl Expr {
             IpAddr::V6(a) => (true, a.octets().to_vec()),
         };
         vec![
-            Expr::Load { dreg: REG1, data: addr },
-            Expr::Load { dreg: REG2, data: port.to_be_bytes().to_vec() },
-            Expr::Dnat { v6, addr_reg: REG1, proto_reg: REG2, flags: NF_NAT_RANGE_PROTO_SPECIFIED },
+            Expr::Load { dreg: nft::REG_1, data: addr },
+            Expr::Load { dreg: nft::REG_2, data: port.to_be_bytes().to_vec() },
+            Expr::Dnat { v6, addr_reg: nft::REG_1, proto_reg: nft::REG_2, flags: nft::NF_NAT_RANGE_PROTO_SPECIFIED },
         ]
     }
 
     /// `fib daddr type local`.
     pub fn fib_daddr_local() -> Vec<Expr> {
         vec![
-            Expr::Fib { dreg: REG1, result: NFT_FIB_RESULT_ADDRTYPE, flags: NFTA_FIB_F_DADDR },
-            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: RTN_LOCAL.to_ne_bytes().to_vec() },
+            Expr::Fib { dreg: nft::REG_1, result: nft::FIB_RESULT_ADDRTYPE, flags: nft::FIB_F_DADDR },
+            Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: nft::RTN_LOCAL.to_ne_bytes().to_vec() },
         ]
     }
 
@@ -221,10 +198,10 @@ impl Expr {
         };
         let prefix = usize::from(net.prefix());
         let full = bytes.len();
-        let load = |len: usize| Expr::Payload { base: PayloadBase::Network, offset, len: len as u32, dreg: REG1 };
+        let load = |len: usize| Expr::Payload { base: PayloadBase::Network, offset, len: len as u32, dreg: nft::REG_1 };
         if prefix == full * 8 || (prefix > 0 && prefix % 8 == 0) {
             let len = prefix / 8;
-            return vec![load(len), Expr::Cmp { sreg: REG1, op, data: bytes[..len].to_vec() }];
+            return vec![load(len), Expr::Cmp { sreg: nft::REG_1, op, data: bytes[..len].to_vec() }];
         }
         let mask: Vec<u8> = (0..full)
             .map(|i| {
@@ -238,8 +215,8 @@ impl Expr {
             .collect();
         vec![
             load(full),
-            Expr::Bitwise { sreg: REG1, dreg: REG1, mask, xor: vec![0; full] },
-            Expr::Cmp { sreg: REG1, op, data: bytes },
+            Expr::Bitwise { sreg: nft::REG_1, dreg: nft::REG_1, mask, xor: vec![0; full] },
+            Expr::Cmp { sreg: nft::REG_1, op, data: bytes },
         ]
     }
 
@@ -261,36 +238,36 @@ impl Expr {
         let mut data = AttrWriter::new();
         match self {
             Expr::Meta { key, dreg } => {
-                data.u32_be(1, *dreg);
-                data.u32_be(2, *key);
+                data.u32_be(nft::META_DREG, *dreg);
+                data.u32_be(nft::META_KEY, *key);
             }
             Expr::Payload { base, offset, len, dreg } => {
-                data.u32_be(1, *dreg);
-                data.u32_be(2, *base as u32);
-                data.u32_be(3, *offset);
-                data.u32_be(4, *len);
+                data.u32_be(nft::PAYLOAD_DREG, *dreg);
+                data.u32_be(nft::PAYLOAD_BASE, *base as u32);
+                data.u32_be(nft::PAYLOAD_OFFSET, *offset);
+                data.u32_be(nft::PAYLOAD_LEN, *len);
             }
             Expr::Cmp { sreg, op, data: value } => {
-                data.u32_be(1, *sreg);
-                data.u32_be(2, *op as u32);
-                data.nest(3, |d| {
+                data.u32_be(nft::CMP_SREG, *sreg);
+                data.u32_be(nft::CMP_OP, *op as u32);
+                data.nest(nft::CMP_DATA, |d| {
                     d.bytes_attr(nft::DATA_VALUE, value);
                 });
             }
             Expr::Bitwise { sreg, dreg, mask, xor } => {
-                data.u32_be(1, *sreg);
-                data.u32_be(2, *dreg);
-                data.u32_be(3, mask.len() as u32);
-                data.nest(4, |d| {
+                data.u32_be(nft::BITWISE_SREG, *sreg);
+                data.u32_be(nft::BITWISE_DREG, *dreg);
+                data.u32_be(nft::BITWISE_LEN, mask.len() as u32);
+                data.nest(nft::BITWISE_MASK, |d| {
                     d.bytes_attr(nft::DATA_VALUE, mask);
                 });
-                data.nest(5, |d| {
+                data.nest(nft::BITWISE_XOR, |d| {
                     d.bytes_attr(nft::DATA_VALUE, xor);
                 });
             }
             Expr::Verdict(v) => {
-                data.u32_be(1, 0);
-                data.nest(2, |d| {
+                data.u32_be(nft::IMMEDIATE_DREG, nft::REG_VERDICT);
+                data.nest(nft::IMMEDIATE_DATA, |d| {
                     d.nest(nft::DATA_VERDICT, |d| {
                         d.u32_be(nft::VERDICT_CODE, v.code() as u32);
                         if let Verdict::Jump(chain) | Verdict::Goto(chain) = v {
@@ -300,22 +277,22 @@ impl Expr {
                 });
             }
             Expr::Load { dreg, data: value } => {
-                data.u32_be(1, *dreg);
-                data.nest(2, |d| {
+                data.u32_be(nft::IMMEDIATE_DREG, *dreg);
+                data.nest(nft::IMMEDIATE_DATA, |d| {
                     d.bytes_attr(nft::DATA_VALUE, value);
                 });
             }
             Expr::Dnat { v6, addr_reg, proto_reg, flags } => {
-                data.u32_be(1, 1);
-                data.u32_be(2, u32::from(if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }));
-                data.u32_be(3, *addr_reg);
-                data.u32_be(5, *proto_reg);
-                data.u32_be(7, *flags);
+                data.u32_be(nft::NAT_TYPE, nft::NAT_DNAT);
+                data.u32_be(nft::NAT_FAMILY, u32::from(if *v6 { nft::NFPROTO_IPV6 } else { nft::NFPROTO_IPV4 }));
+                data.u32_be(nft::NAT_REG_ADDR_MIN, *addr_reg);
+                data.u32_be(nft::NAT_REG_PROTO_MIN, *proto_reg);
+                data.u32_be(nft::NAT_FLAGS, *flags);
             }
             Expr::Fib { dreg, result, flags } => {
-                data.u32_be(1, *dreg);
-                data.u32_be(2, *result);
-                data.u32_be(3, *flags);
+                data.u32_be(nft::FIB_DREG, *dreg);
+                data.u32_be(nft::FIB_RESULT, *result);
+                data.u32_be(nft::FIB_FLAGS, *flags);
             }
             Expr::Masquerade | Expr::Other(_) => {}
         }
@@ -341,32 +318,41 @@ impl Expr {
                 blobs[k] = Some(attr.value);
             }
         }
-        let value = |k: usize| -> Option<Vec<u8>> { attrs(blobs[k]?).get(nft::DATA_VALUE).map(|v| v.value.to_vec()) };
+        let num = |k: u16| u32s[usize::from(k)];
+        let value = |k: u16| -> Option<Vec<u8>> {
+            attrs(blobs[usize::from(k)]?).get(nft::DATA_VALUE).map(|v| v.value.to_vec())
+        };
         let other = || Expr::Other(String::from_utf8_lossy(name).into_owned());
         let decoded = match name {
-            b"meta" => (|| Some(Expr::Meta { key: u32s[2]?, dreg: u32s[1]? }))(),
+            b"meta" => (|| Some(Expr::Meta { key: num(nft::META_KEY)?, dreg: num(nft::META_DREG)? }))(),
             b"payload" => (|| {
-                let base = match u32s[2]? {
+                let base = match num(nft::PAYLOAD_BASE)? {
                     1 => PayloadBase::Network,
                     2 => PayloadBase::Transport,
                     _ => return None,
                 };
-                Some(Expr::Payload { base, offset: u32s[3]?, len: u32s[4]?, dreg: u32s[1]? })
+                let (offset, len) = (num(nft::PAYLOAD_OFFSET)?, num(nft::PAYLOAD_LEN)?);
+                Some(Expr::Payload { base, offset, len, dreg: num(nft::PAYLOAD_DREG)? })
             })(),
             b"cmp" => (|| {
-                let op = match u32s[2]? {
+                let op = match num(nft::CMP_OP)? {
                     0 => CmpOp::Eq,
                     1 => CmpOp::Neq,
                     _ => return None,
                 };
-                Some(Expr::Cmp { sreg: u32s[1]?, op, data: value(3)? })
+                Some(Expr::Cmp { sreg: num(nft::CMP_SREG)?, op, data: value(nft::CMP_DATA)? })
             })(),
-            // A kernel that knows other bitwise operations reports NFTA_BITWISE_OP (6); 0 is the mask.
-            b"bitwise" if u32s[6].unwrap_or(0) == 0 => {
-                (|| Some(Expr::Bitwise { sreg: u32s[1]?, dreg: u32s[2]?, mask: value(4)?, xor: value(5)? }))()
-            }
-            b"immediate" if u32s[1] == Some(0) => (|| {
-                let verdict = attrs(blobs[2]?).get(nft::DATA_VERDICT)?.nested();
+            // A kernel that knows other bitwise operations reports the operation; 0 is mask-and-xor.
+            b"bitwise" if num(nft::BITWISE_OP).unwrap_or(0) == 0 => (|| {
+                Some(Expr::Bitwise {
+                    sreg: num(nft::BITWISE_SREG)?,
+                    dreg: num(nft::BITWISE_DREG)?,
+                    mask: value(nft::BITWISE_MASK)?,
+                    xor: value(nft::BITWISE_XOR)?,
+                })
+            })(),
+            b"immediate" if num(nft::IMMEDIATE_DREG) == Some(nft::REG_VERDICT) => (|| {
+                let verdict = attrs(blobs[usize::from(nft::IMMEDIATE_DATA)]?).get(nft::DATA_VERDICT)?.nested();
                 let code = verdict.get(nft::VERDICT_CODE).and_then(|c| c.u32_be()).map(|c| c as i32);
                 let chain = verdict.get(nft::VERDICT_CHAIN).map(|c| c.string());
                 Some(Expr::Verdict(match (code?, chain) {
@@ -378,21 +364,32 @@ impl Expr {
                 }))
             })(),
             b"masq" if data.is_empty() => Some(Expr::Masquerade),
-            b"immediate" => (|| Some(Expr::Load { dreg: u32s[1]?, data: value(2)? }))(),
-            // NFT_NAT_DNAT; the kernel reports the max registers too (equal to the min ones).
-            b"nat" if u32s[1] == Some(1) => (|| {
-                let v6 = match u8::try_from(u32s[2]?).ok()? {
-                    NFPROTO_IPV4 => false,
-                    NFPROTO_IPV6 => true,
+            b"immediate" => {
+                (|| Some(Expr::Load { dreg: num(nft::IMMEDIATE_DREG)?, data: value(nft::IMMEDIATE_DATA)? }))()
+            }
+            // The kernel reports the max registers too (equal to the min ones).
+            b"nat" if num(nft::NAT_TYPE) == Some(nft::NAT_DNAT) => (|| {
+                let v6 = match u8::try_from(num(nft::NAT_FAMILY)?).ok()? {
+                    nft::NFPROTO_IPV4 => false,
+                    nft::NFPROTO_IPV6 => true,
                     _ => return None,
                 };
-                let (addr_reg, proto_reg) = (u32s[3]?, u32s[5]?);
-                if u32s[4].is_some_and(|r| r != addr_reg) || u32s[6].is_some_and(|r| r != proto_reg) {
+                let (addr_reg, proto_reg) = (num(nft::NAT_REG_ADDR_MIN)?, num(nft::NAT_REG_PROTO_MIN)?);
+                if num(nft::NAT_REG_ADDR_MAX).is_some_and(|r| r != addr_reg)
+                    || num(nft::NAT_REG_PROTO_MAX).is_some_and(|r| r != proto_reg)
+                {
                     return None;
                 }
-                Some(Expr::Dnat { v6, addr_reg, proto_reg, flags: u32s[7].unwrap_or(0) & !NF_NAT_RANGE_MAP_IPS })
+                let flags = num(nft::NAT_FLAGS).unwrap_or(0) & !nft::NF_NAT_RANGE_MAP_IPS;
+                Some(Expr::Dnat { v6, addr_reg, proto_reg, flags })
             })(),
-            b"fib" => (|| Some(Expr::Fib { dreg: u32s[1]?, result: u32s[2]?, flags: u32s[3]? }))(),
+            b"fib" => (|| {
+                Some(Expr::Fib {
+                    dreg: num(nft::FIB_DREG)?,
+                    result: num(nft::FIB_RESULT)?,
+                    flags: num(nft::FIB_FLAGS)?,
+                })
+            })(),
             _ => None,
         };
         decoded.unwrap_or_else(other)
@@ -569,7 +566,7 @@ impl NftBatch {
         socket.send(&self.encode(seq))?;
         socket.acks(seq.wrapping_add(1), count).map_err(|(index, e)| {
             let what = index.and_then(|i| self.ops.get(i)).map(describe).unwrap_or_else(|| "nf_tables batch".into());
-            io::Error::new(e.kind(), format!("{what}: {e}"))
+            named(what, e)
         })
     }
 }

@@ -196,6 +196,12 @@ impl Socket {
     }
 }
 
+/// `e` with the object it concerns named in front ("delete rule nat CNI-x handle 7: No such file
+/// or directory"), its kind kept.
+pub fn named(what: impl std::fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
 /// The errno of an `NLMSG_ERROR` body (`struct nlmsgerr`): 0 is the ACK.
 fn error_of(body: &[u8]) -> io::Result<()> {
     let code = body
