@@ -37,15 +37,13 @@ pub use netconf::all_forwarding;
 pub use nft_batch::{AddrField, CmpOp, Expr, NftBatch, NftOp, PayloadBase, Verdict};
 pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
 pub use route::RouteSpec;
+use socket::DUMP_RETRIES;
 pub use socket::{Flow, Protocol, Reply, Socket, REPLY_DEADLINE};
 pub use tc::{Filter, Qdisc, Redirect, Tbf, ETH_P_ALL, INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT};
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::RouteNetlinkMessage;
 use std::io;
-
-/// How often an interrupted dump is read again before giving up.
-const DUMP_RETRIES: usize = 10;
 
 /// A route netlink handle bound to the namespace it was created in: rtnetlink messages typed by
 /// netlink-packet-route over the one [`Socket`].

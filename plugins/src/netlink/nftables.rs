@@ -3,7 +3,7 @@
 //! dump that grows with every container on the host.
 
 use super::nfnl::{self, nft};
-use super::socket::{Flow, Protocol, Socket};
+use super::socket::{Flow, Protocol, Socket, DUMP_RETRIES};
 use super::wire::{attrs, AttrWriter};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use std::io;
@@ -46,33 +46,42 @@ fn request_body(family: NftFamily, attributes: &[(u16, &str)]) -> Vec<u8> {
     w.into_bytes()
 }
 
-/// Sends one GET of `msg` and hands each reply body (from `nfgenmsg` on) to `each`, until the ACK
-/// or `Done`; ENOENT (no such table or chain) comes back as `Ok(false)`, anything else as the error.
-fn exchange(
-    msg: u16,
-    flags: u16,
-    family: NftFamily,
-    attributes: &[(u16, &str)],
-    mut each: impl FnMut(&[u8]),
-) -> io::Result<bool> {
+/// Whether a GET of `msg` names an existing object (ENOENT: no such table or chain).
+fn exists(msg: u16, family: NftFamily, attributes: &[(u16, &str)]) -> io::Result<bool> {
     let mut socket = Socket::open(Protocol::Netfilter)?;
+    let mut found = false;
     let kind = nfnl::kind(nfnl::SUBSYS_NFTABLES, msg);
-    let answer = socket.exchange(kind, flags, &request_body(family, attributes), |reply| {
-        each(reply.body);
+    match socket.exchange(kind, NLM_F_REQUEST | NLM_F_ACK, &request_body(family, attributes), |_| {
+        found = true;
         Ok(Flow::More)
-    });
-    match answer {
-        Ok(_) => Ok(true),
+    }) {
+        Ok(_) => Ok(found),
         Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Whether a GET of `msg` names an existing object.
-fn exists(msg: u16, family: NftFamily, attributes: &[(u16, &str)]) -> io::Result<bool> {
-    let mut found = false;
-    let acked = exchange(msg, NLM_F_REQUEST | NLM_F_ACK, family, attributes, |_| found = true)?;
-    Ok(acked && found)
+/// The rules a GETRULE dump with `attributes` selects; an absent table or chain has none. The
+/// dump is read again while the kernel flags it as interrupted (another process changed the
+/// rule set meanwhile), so a plan is never made from half of one generation and half of another.
+fn dump_rules(family: NftFamily, attributes: &[(u16, &str)]) -> io::Result<Vec<NftRule>> {
+    let mut socket = Socket::open(Protocol::Netfilter)?;
+    let kind = nfnl::kind(nfnl::SUBSYS_NFTABLES, nft::MSG_GETRULE);
+    let body = request_body(family, attributes);
+    for _ in 0..DUMP_RETRIES {
+        let mut rules = Vec::new();
+        let answer = socket.exchange(kind, NLM_F_REQUEST | NLM_F_DUMP, &body, |reply| {
+            rules.extend(parse_rule(reply.body));
+            Ok(Flow::More)
+        });
+        match answer {
+            Ok(false) => return Ok(rules),
+            Ok(true) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::Interrupted, "nf_tables rule dump kept being interrupted"))
 }
 
 /// The chains named by a rule's `immediate` verdicts (`jump X`, `goto X`: iptables' `-j X`).
@@ -162,20 +171,13 @@ fn parse_rule(body: &[u8]) -> Option<NftRule> {
 /// `nft -a list chain <family> <table> <chain>`, reduced to handles and comments; an absent chain
 /// or table has no rules.
 pub fn nft_rules(family: NftFamily, table: &str, chain: &str) -> io::Result<Vec<NftRule>> {
-    let mut rules = Vec::new();
-    let attributes = [(nft::RULE_TABLE, table), (nft::RULE_CHAIN, chain)];
-    exchange(nft::MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, family, &attributes, |body| rules.extend(parse_rule(body)))?;
-    Ok(rules)
+    dump_rules(family, &[(nft::RULE_TABLE, table), (nft::RULE_CHAIN, chain)])
 }
 
 /// `nft -a list table <family> <table>`, reduced to chain, handle, comment and jump targets of
 /// every rule; an absent table has no rules.
 pub fn nft_table_rules(family: NftFamily, table: &str) -> io::Result<Vec<NftRule>> {
-    let mut rules = Vec::new();
-    exchange(nft::MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, family, &[(nft::RULE_TABLE, table)], |body| {
-        rules.extend(parse_rule(body))
-    })?;
-    Ok(rules)
+    dump_rules(family, &[(nft::RULE_TABLE, table)])
 }
 
 /// `nft list table <family> <table>` succeeds.

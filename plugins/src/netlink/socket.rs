@@ -14,6 +14,9 @@ use std::time::Duration;
 /// receive buffer would otherwise leave the plugin waiting forever.
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How often a dump the kernel flags as interrupted is read again before giving up.
+pub const DUMP_RETRIES: usize = 10;
+
 /// The netlink families the plugins speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
