@@ -15,23 +15,10 @@
 use super::iptables::{chain_name, format_comment, go_quote, go_unquote, Batch, Rule, SavedTable};
 use super::masq_nft;
 use super::restore::{self, find_tool, has_tool, restore_tool, save_tool, PendingRestore};
-use super::{Backend, Family, FirewallError};
+use super::{Backend, Family, FirewallError, MasqTarget};
 use crate::netlink::{nft_chain_exists, NftFamily};
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
-
-/// One attachment whose traffic is masqueraded.
-#[derive(Debug, Clone, Copy)]
-pub struct MasqTarget<'a> {
-    /// Network name (config `name`).
-    pub network: &'a str,
-    /// `CNI_CONTAINERID`.
-    pub container_id: &'a str,
-    /// `CNI_IFNAME` (only the nftables backend uses it, as in the reference).
-    pub ifname: &'a str,
-    /// The container's addresses with their prefix, e.g. `10.1.0.5/24`.
-    pub addresses: &'a [IpNetwork],
-}
 
 const NAT: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";

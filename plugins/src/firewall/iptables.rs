@@ -5,8 +5,8 @@
 //! back from `iptables-save` as long as it is written in the canonical order `iptables-save` prints
 //! (addresses with their prefix, matches before the target).
 
-use super::sha512_hex;
-use std::fmt::Write as _;
+use super::names::sha512_hex;
+pub use super::names::{go_quote, go_unquote};
 
 /// Length of every reference chain name (`CNI-` + hex, or `CNI-DN-` + hex).
 pub const CHAIN_NAME_LEN: usize = 28;
@@ -22,71 +22,6 @@ pub fn chain_name(prefix: &str, network: &str, container_id: &str) -> String {
 /// The reference's rule comment `name: "<network>" id: "<containerID>"` (Go `%q` quoting).
 pub fn format_comment(network: &str, container_id: &str) -> String {
     format!("name: {} id: {}", go_quote(network), go_quote(container_id))
-}
-
-/// Quotes like Go's `%q`, which the reference uses in comments and error texts.
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Reverses [`go_quote`] for the escapes it produces; `None` if `s` is not one quoted string.
-pub fn go_unquote(s: &str) -> Option<String> {
-    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return None,
-            '\\' => match chars.next()? {
-                '"' => out.push('"'),
-                '\\' => out.push('\\'),
-                'a' => out.push('\u{7}'),
-                'b' => out.push('\u{8}'),
-                'f' => out.push('\u{c}'),
-                'n' => out.push('\n'),
-                'r' => out.push('\r'),
-                't' => out.push('\t'),
-                'v' => out.push('\u{b}'),
-                'x' => out.push(hex_char(&mut chars, 2)?),
-                'u' => out.push(hex_char(&mut chars, 4)?),
-                'U' => out.push(hex_char(&mut chars, 8)?),
-                _ => return None,
-            },
-            c => out.push(c),
-        }
-    }
-    Some(out)
-}
-
-fn hex_char(chars: &mut std::str::Chars, digits: usize) -> Option<char> {
-    let hex: String = chars.by_ref().take(digits).collect();
-    if hex.len() != digits {
-        return None;
-    }
-    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)
 }
 
 /// One rule: the chain it lives in and its arguments (matches and target), unquoted.
@@ -322,20 +257,10 @@ mod tests {
 
     #[test]
     fn names_chains_like_the_reference() {
+        assert_eq!(format_comment("specnet", "ctr1"), r#"name: "specnet" id: "ctr1""#);
         assert_eq!(chain_name("", "specnet", "ctr1"), "CNI-47b0c350c56dfce277c5b5d1");
         // Portmap's DNAT chain (research 3.4): 21 hex digits after `CNI-DN-`.
         assert_eq!(chain_name("DN-", "specnet", "ctr1"), "CNI-DN-47b0c350c56dfce277c5b");
-    }
-
-    #[test]
-    fn quotes_like_go() {
-        assert_eq!(format_comment("specnet", "ctr1"), r#"name: "specnet" id: "ctr1""#);
-        assert_eq!(go_quote("a\"b\\c\n\u{1}é"), r#""a\"b\\c\n\x01é""#);
-        for s in ["", "plain", "a\"b\\c\n\u{1}é\u{85}"] {
-            assert_eq!(go_unquote(&go_quote(s)).as_deref(), Some(s));
-        }
-        assert_eq!(go_unquote("\"open"), None);
-        assert_eq!(go_unquote(r#""a"b""#), None);
     }
 
     #[test]

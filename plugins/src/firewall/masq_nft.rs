@@ -16,7 +16,8 @@
 //! }
 //! ```
 
-use super::{nft, sha512_hex, Family, FirewallError};
+use super::names::sha512_hex;
+use super::{nft, Family, FirewallError};
 use crate::netlink::{
     nft_chain_exists, nft_table_rules, AddrField, CmpOp, Expr, NftBatch, NftFamily, NftOp, NftRule, Verdict,
 };

@@ -22,7 +22,7 @@
 
 use super::iptables::{chain_name, Batch, Rule, SavedTable};
 use super::restore::{self, has_tool, restore_tool, save_tool};
-use super::{Family, FirewallError};
+use super::{Family, FirewallError, Portmap};
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -43,97 +43,6 @@ const MULTIPORT_MAX: usize = 15;
 const COMMENT_MAX: usize = 255;
 const SETMARK_COMMENT: &str = "CNI portfwd masquerade mark";
 const MASQ_ENTRY_COMMENT: &str = "CNI portfwd requiring masquerade";
-
-/// A port-mapping protocol; the order (by name) is the order of the reference's entry rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// SCTP.
-    Sctp,
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// Parses `tcp`, `udp` or `sctp` in any letter case.
-    pub fn parse(s: &str) -> Option<Protocol> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Some(Protocol::Tcp),
-            "udp" => Some(Protocol::Udp),
-            "sctp" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
-    /// The lowercase name iptables and nft use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
-
-/// One validated port mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortForward {
-    /// Port on the host.
-    pub host_port: u16,
-    /// Port in the container.
-    pub container_port: u16,
-    /// Protocol.
-    pub protocol: Protocol,
-    /// Host address to match; `None` (or an unspecified address) means every local address.
-    pub host_ip: Option<IpAddr>,
-}
-
-impl PortForward {
-    /// Whether the mapping applies to a container address of `family`: a host IP of the other
-    /// family is skipped, as in the reference.
-    pub fn applies_to(&self, family: Family) -> bool {
-        self.host_ip.is_none_or(|ip| Family::of(&ip) == family)
-    }
-
-    /// The destination address to match, if the mapping names a specific one.
-    pub fn destination(&self) -> Option<IpAddr> {
-        self.host_ip.filter(|ip| !ip.is_unspecified())
-    }
-}
-
-/// One container's port mappings and the options that shape their rules (shared by both backends).
-#[derive(Debug, Clone, Copy)]
-pub struct Portmap<'a> {
-    /// Network name (config `name`).
-    pub network: &'a str,
-    /// `CNI_CONTAINERID`.
-    pub container_id: &'a str,
-    /// The mappings, in the runtime's order.
-    pub forwards: &'a [PortForward],
-    /// Masquerade hairpin and localhost connections (`snat`, default true).
-    pub snat: bool,
-    /// Masquerade every source, not just the container's subnet and localhost (`masqAll`).
-    pub masq_all: bool,
-    /// The mark bit of `CNI-HOSTPORT-SETMARK` (`markMasqBit`, default 13).
-    pub mark_bit: u8,
-    /// Jump here instead of `CNI-HOSTPORT-SETMARK`, whose chains are then not created.
-    pub external_set_mark_chain: Option<&'a str>,
-    /// Extra matches for IPv4 entry rules (`conditionsV4`).
-    pub conditions_v4: &'a [String],
-    /// Extra matches for IPv6 entry rules (`conditionsV6`).
-    pub conditions_v6: &'a [String],
-}
-
-impl Portmap<'_> {
-    /// The conditions of one family.
-    pub fn conditions(&self, family: Family) -> &[String] {
-        match family {
-            Family::V4 => self.conditions_v4,
-            Family::V6 => self.conditions_v6,
-        }
-    }
-}
 
 /// The per-container chain, `CNI-DN-<21 hex of sha512(network + containerID)>`.
 pub fn dnat_chain_name(network: &str, container_id: &str) -> String {
@@ -600,6 +509,7 @@ pub fn iptables_usable() -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::{PortForward, Protocol};
 
     /// `iptables-save -t nat` after the reference portmap v1.1.1 (Debian, /usr/lib/cni) ran ADD in a
     /// throwaway netns with `name: specnet`, CNI_CONTAINERID=ctr1, prevResult 10.251.0.2/24 and

@@ -23,8 +23,8 @@
 //! rules makes the kernel wait for their destruction.
 
 use super::nft::{self, ListedRule, Listing, Script};
-use super::portmap_iptables::Portmap;
 use super::restore;
+use super::Portmap;
 use super::{Family, FirewallError};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
@@ -345,7 +345,7 @@ pub fn nft_usable() -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::portmap_iptables::{PortForward, Protocol};
+    use crate::firewall::{PortForward, Protocol};
 
     fn fwd(host_port: u16, container_port: u16, protocol: Protocol, host_ip: Option<&str>) -> PortForward {
         PortForward { host_port, container_port, protocol, host_ip: host_ip.map(|s| s.parse().unwrap()) }

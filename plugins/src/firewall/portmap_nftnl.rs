@@ -3,8 +3,8 @@
 //! operation, with no process. Entry rules with user `conditionsV4`/`conditionsV6` are nft text
 //! this module does not compile, so an ADD with conditions is left to the `nft` path.
 
-use super::portmap_iptables::{Portmap, Protocol};
 use super::{Family, FirewallError};
+use super::{Portmap, Protocol};
 use crate::netlink::{
     nft_chain_exists, nft_rules, nft_table_rules, AddrField, CmpOp, Expr, NftBatch, NftFamily, NftOp, NftRule, Verdict,
 };
@@ -323,7 +323,7 @@ pub(super) fn usable() -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::portmap_iptables::PortForward;
+    use crate::firewall::PortForward;
     use crate::netlink::PayloadBase;
 
     fn forwards() -> Vec<PortForward> {

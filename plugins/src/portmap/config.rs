@@ -1,8 +1,8 @@
 //! The portmap configuration: the reference's keys (research 3.1, 3.2), validated before anything
 //! changes, and the container addresses picked from `prevResult` the way the reference picks them.
 
-use crate::firewall::portmap_iptables::{PortForward, Portmap, Protocol};
 use crate::firewall::{self, Backend, Family};
+use crate::firewall::{PortForward, Portmap, Protocol};
 use cni_types::error::INVALID_NETWORK_CONFIG;
 use cni_types::limits::MAX_PORT_MAPPINGS;
 use cni_types::{CmdArgs, CniError, CniResult, PortMapping};

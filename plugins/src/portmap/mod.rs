@@ -22,10 +22,9 @@ pub use config::{container_addresses, parse_mapping, PortmapConf, DEFAULT_MARK_B
 
 use crate::firewall::portmap_iptables::{
     check_portmap_iptables, gc_portmap_iptables, iptables_usable, setup_portmap_iptables, teardown_portmap_iptables,
-    PortForward, Protocol,
 };
 use crate::firewall::portmap_nft::{check_portmap_nft, nft_usable, setup_portmap_nft, teardown_portmap_nft};
-use crate::firewall::{Backend, Family};
+use crate::firewall::{Backend, Family, PortForward, Protocol};
 use crate::netlink::{Handle, Ipv4Conf, Link};
 use crate::sysctl;
 use cni_types::error::PLUGIN_NOT_AVAILABLE;

@@ -1,0 +1,116 @@
+//! The rule layer's one error type: every variant names the command, table or object involved.
+
+use super::restore::TIMEOUT_ENV;
+
+/// Errors of the firewall module; each names the command or object involved.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// `ipMasqBackend` is neither `iptables` nor `nftables`.
+    #[error("unknown ipmasq backend {}", super::names::go_quote(.0))]
+    UnknownBackend(String),
+    /// A tool is missing from `PATH`, `/usr/sbin` and `/sbin`.
+    #[error("{0} not found in $PATH, /usr/sbin or /sbin")]
+    ToolNotFound(String),
+    /// A tool could not be started or fed.
+    #[error("failed to run {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool did not finish in time and was killed.
+    #[error(
+        "{command} did not finish within {timeout:?} and was killed ({} sets the deadline, in seconds)",
+        TIMEOUT_ENV
+    )]
+    TimedOut {
+        /// The command line.
+        command: String,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
+    /// A tool exited unsuccessfully.
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its trimmed stderr.
+        stderr: String,
+    },
+    /// A tool's output was not what it prints.
+    #[error("cannot parse output of {command}: {reason}")]
+    Parse {
+        /// The command line.
+        command: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A name or value cannot be written in the tool's syntax.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// Which parameter.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// The kernel refused or failed an nf_tables netlink exchange.
+    #[error("nf_tables {what}: {source}")]
+    Netlink {
+        /// The operation and the object it concerns.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
+    /// CHECK found the installed rules differ from what ADD installs.
+    #[error("{0}")]
+    Check(String),
+    /// No backend was configured and neither works on this host.
+    #[error("neither iptables nor nftables is usable: iptables: {iptables}; nftables: {nftables}")]
+    NoBackend {
+        /// Why iptables does not work.
+        iptables: Box<FirewallError>,
+        /// Why nftables does not work.
+        nftables: Box<FirewallError>,
+    },
+    /// Several independent steps failed (teardown and GC continue after an error).
+    #[error("{}", join_errors(.0))]
+    Multiple(Vec<FirewallError>),
+}
+
+fn join_errors(errors: &[FirewallError]) -> String {
+    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+impl FirewallError {
+    /// Folds the errors of independent steps into one result.
+    pub fn collect(mut errors: Vec<FirewallError>) -> Result<(), FirewallError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(FirewallError::Multiple(errors)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_errors() {
+        let err = FirewallError::collect(vec![
+            FirewallError::ToolNotFound("nft".into()),
+            FirewallError::Check("rule missing".into()),
+        ])
+        .unwrap_err();
+        assert_eq!(err.to_string(), "nft not found in $PATH, /usr/sbin or /sbin; rule missing");
+        assert!(FirewallError::collect(vec![]).is_ok());
+    }
+}
