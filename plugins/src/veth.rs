@@ -89,10 +89,7 @@ impl Started {
     ) -> Result<Started, CniError> {
         let ipam = Some(invoke::delegate_add_start(ipam_type, args)?);
         undo.push(Undo::Ipam);
-        // Most containers have an IPv4 address; for others this loads nothing.
-        let restore = (masq == Some(Backend::Iptables) && firewall::fastpath::enabled())
-            .then(|| firewall::PendingRestore::spawn(firewall::Family::V4).ok())
-            .flatten();
+        let restore = masq.and_then(firewall::prepare_ipmasq);
         Ok(Started { ipam, restore })
     }
 

@@ -1,7 +1,5 @@
 //! The rule layer's one error type: every variant names the command, table or object involved.
 
-use super::restore::TIMEOUT_ENV;
-
 /// Errors of the firewall module; each names the command or object involved.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -21,15 +19,14 @@ pub enum FirewallError {
         source: std::io::Error,
     },
     /// A tool did not finish in time and was killed.
-    #[error(
-        "{command} did not finish within {timeout:?} and was killed ({} sets the deadline, in seconds)",
-        TIMEOUT_ENV
-    )]
+    #[error("{command} did not finish within {timeout:?} and was killed ({env} sets the deadline, in seconds)")]
     TimedOut {
         /// The command line.
         command: String,
         /// How long it was given.
         timeout: std::time::Duration,
+        /// The environment variable that sets the deadline.
+        env: &'static str,
     },
     /// A tool exited unsuccessfully.
     #[error("{command} failed ({status}): {stderr}")]
@@ -79,6 +76,16 @@ pub enum FirewallError {
         /// Why nftables does not work.
         nftables: Box<FirewallError>,
     },
+    /// One step of an operation failed; `what` names the step (`could not tear down nftables port
+    /// forwarding`).
+    #[error("{what}: {source}")]
+    Step {
+        /// The step.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<FirewallError>,
+    },
     /// Several independent steps failed (teardown and GC continue after an error).
     #[error("{}", join_errors(.0))]
     Multiple(Vec<FirewallError>),
@@ -89,6 +96,16 @@ fn join_errors(errors: &[FirewallError]) -> String {
 }
 
 impl FirewallError {
+    /// Names the step that failed: `what: <self>`.
+    pub fn step(self, what: impl Into<String>) -> FirewallError {
+        FirewallError::Step { what: what.into(), source: Box::new(self) }
+    }
+
+    /// Folds the results of independent steps into one: `Ok` when all succeeded.
+    pub fn collect_results(results: impl IntoIterator<Item = Result<(), FirewallError>>) -> Result<(), FirewallError> {
+        FirewallError::collect(results.into_iter().filter_map(Result::err).collect())
+    }
+
     /// Folds the errors of independent steps into one result.
     pub fn collect(mut errors: Vec<FirewallError>) -> Result<(), FirewallError> {
         match errors.len() {

@@ -12,27 +12,24 @@
 //! Chain names, comments and rules are those of the reference plugins, so a host can move between
 //! the suites without leaking rules.
 
+mod dispatch;
 mod error;
 pub mod fastpath;
 pub mod forward;
-mod ipmasq;
 pub mod iptables;
-mod masq_nft;
 pub mod model;
 mod names;
-pub mod nft;
-pub mod portmap_iptables;
-pub mod portmap_nft;
-mod portmap_nftnl;
-pub mod restore;
+pub mod nftables;
 mod select;
 mod spoofcheck;
+pub mod tools;
 
-pub use error::FirewallError;
-pub use ipmasq::{
-    begin_ipmasq, check_ipmasq, gc_ipmasq, setup_ipmasq, setup_ipmasq_prepared, teardown_ipmasq, MasqSetup,
+pub use dispatch::{
+    begin_ipmasq, check_ipmasq, check_portmap, gc_ipmasq, gc_portmap, portmap_usable, prepare_ipmasq, setup_ipmasq,
+    setup_portmap, teardown_ipmasq, teardown_portmap, MasqSetup,
 };
+pub use error::FirewallError;
 pub use model::{Backend, Family, MasqTarget, PortForward, Portmap, Protocol};
-pub use restore::PendingRestore;
 pub use select::default_backend;
 pub use spoofcheck::{setup_spoofcheck, teardown_spoofcheck};
+pub use tools::PendingRestore;

@@ -5,6 +5,7 @@
 //! knows a rule's syntax.
 
 use super::error::FirewallError;
+use crate::netlink::NftFamily;
 use ipnetwork::IpNetwork;
 use std::net::IpAddr;
 
@@ -28,6 +29,14 @@ impl Backend {
             other => Err(FirewallError::UnknownBackend(other.to_string())),
         }
     }
+
+    /// The name configurations and messages use: `iptables` or `nftables`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        }
+    }
 }
 
 /// The IP family a rule applies to; it picks `iptables` or `ip6tables` and the nft `ip`/`ip6` keyword.
@@ -49,6 +58,22 @@ impl Family {
             Family::V4
         } else {
             Family::V6
+        }
+    }
+
+    /// The nf_tables family of the family's tables (`ip`, `ip6`), for netlink requests.
+    pub fn nft_family(self) -> NftFamily {
+        match self {
+            Family::V4 => NftFamily::Ip,
+            Family::V6 => NftFamily::Ip6,
+        }
+    }
+
+    /// The nft keyword of that family (`ip`, `ip6`), as nft text and messages write it.
+    pub fn nft_keyword(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
         }
     }
 }

@@ -64,13 +64,6 @@ fn conditions_backend(conditions: &Option<Vec<String>>) -> Option<Backend> {
     Some(if first.starts_with('-') || first.starts_with('!') { Backend::Iptables } else { Backend::Nftables })
 }
 
-fn backend_name(b: Backend) -> &'static str {
-    match b {
-        Backend::Iptables => "iptables",
-        Backend::Nftables => "nftables",
-    }
-}
-
 /// Validates one `portMappings` entry; the reference's messages for ports, new ones for the rest.
 pub fn parse_mapping(m: &PortMapping) -> Result<PortForward, CniError> {
     let port = |n: i64| u16::try_from(n).ok().filter(|p| *p > 0);
@@ -208,8 +201,8 @@ impl PortmapConf {
             let other = if backend == Backend::Iptables { Backend::Nftables } else { Backend::Iptables };
             return Err(invalid(format!(
                 "{} backend was requested but configuration contains {}-specific options [{}]",
-                backend_name(backend),
-                backend_name(other),
+                backend.name(),
+                other.name(),
                 foreign.join(" ")
             )));
         }

@@ -5,8 +5,9 @@
 //! back from `iptables-save` as long as it is written in the canonical order `iptables-save` prints
 //! (addresses with their prefix, matches before the target).
 
-use super::names::sha512_hex;
-pub use super::names::{go_quote, go_unquote};
+use crate::firewall::names::sha512_hex;
+pub use crate::firewall::names::{go_quote, go_unquote};
+use crate::firewall::tools::push_line;
 
 /// Length of every reference chain name (`CNI-` + hex, or `CNI-DN-` + hex).
 pub const CHAIN_NAME_LEN: usize = 28;
@@ -240,11 +241,11 @@ impl Batch {
 
     /// The restore input: `*<table>`, the commands, `COMMIT`. A control character inside a command
     /// (an argument holding a line break would start a new command) is written as NUL, which
-    /// [`super::restore`] refuses to run: the text of one command never becomes two.
+    /// [`crate::firewall::tools::check_text`] refuses to run: the text of one command never becomes two.
     pub fn render(&self) -> String {
         let mut text = format!("*{}\n", self.table);
         for line in &self.lines {
-            super::restore::push_line(&mut text, line);
+            push_line(&mut text, line);
         }
         text.push_str("COMMIT\n");
         text
@@ -254,6 +255,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::tools::{check_text, MAX_RESTORE_LINE};
 
     #[test]
     fn names_chains_like_the_reference() {
@@ -311,5 +313,33 @@ mod tests {
             "*nat\n:CNI-X - [0:0]\n-A CNI-X -m comment --comment \"a b\" -j MASQUERADE\n-I POSTROUTING 1 -j CNI-X\n\
              -D POSTROUTING -s 10.0.0.2/24 -j CNI-X\n-F CNI-Y\n-X CNI-Y\nCOMMIT\n"
         );
+    }
+
+    #[test]
+    fn rule_text_that_would_change_meaning_is_refused() {
+        // An argument with a line break would become a second command: rendered as NUL, refused.
+        let mut batch = Batch::new("nat");
+        batch.append(&Rule::new("CNI-X", ["-d", "10.0.0.1\n-A PREROUTING -p tcp --dport 22 -j DNAT", "-j", "ACCEPT"]));
+        let text = batch.render();
+        assert_eq!(text.lines().count(), 3, "one command stays one line: {text:?}");
+        let e = check_text("iptables-restore", &text, Some(MAX_RESTORE_LINE)).unwrap_err();
+        assert!(e.to_string().contains("control character"), "{e}");
+        for arg in ["a\0b", "a\rb", "a\u{85}b"] {
+            let mut batch = Batch::new("nat");
+            batch.append(&Rule::new("CNI-X", ["-d", arg]));
+            assert!(check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).is_err(), "{arg:?}");
+        }
+        // iptables-restore reads 10239 bytes a line: one byte more and the tail is a new command.
+        let mut batch = Batch::new("nat");
+        batch.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", &"x".repeat(MAX_RESTORE_LINE)]));
+        let e = check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).unwrap_err();
+        assert!(e.to_string().contains("10238 bytes"), "{e}");
+        assert!(check_text("nft", &batch.render(), None).is_ok(), "nft reads lines of any length");
+        let mut ok = Batch::new("nat");
+        ok.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", "a\tb \"c\"", "-j", "ACCEPT"]));
+        assert!(check_text("iptables-restore", &ok.render(), Some(MAX_RESTORE_LINE)).is_ok());
+        let mut script = crate::firewall::tools::nft::Script::new();
+        script.add_rule("ip", "t", "c", "ip daddr 10.0.0.1\0 accept");
+        assert!(check_text("nft", &script.render(), None).is_err());
     }
 }
