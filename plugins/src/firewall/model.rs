@@ -172,6 +172,25 @@ pub struct Portmap<'a> {
     pub conditions_v6: &'a [String],
 }
 
+#[cfg(test)]
+impl<'a> Portmap<'a> {
+    /// The mappings of a container with every option at the reference's default: `snat` on,
+    /// `masqAll` off, mark bit 13, no external mark chain, no conditions (for the backends' tests).
+    pub(crate) fn with_defaults(network: &'a str, container_id: &'a str, forwards: &'a [PortForward]) -> Portmap<'a> {
+        Portmap {
+            network,
+            container_id,
+            forwards,
+            snat: true,
+            masq_all: false,
+            mark_bit: 13,
+            external_set_mark_chain: None,
+            conditions_v4: &[],
+            conditions_v6: &[],
+        }
+    }
+}
+
 impl Portmap<'_> {
     /// The conditions of one family.
     pub fn conditions(&self, family: Family) -> &[String] {

@@ -80,6 +80,19 @@ fn hex_char(chars: &mut std::str::Chars, digits: usize) -> Option<char> {
     char::from_u32(u32::from_str_radix(&hex, 16).ok()?)
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary, as the
+/// reference's comments are cut (iptables' 255-byte comment match, nft's 128-byte comments).
+pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +101,13 @@ mod tests {
     fn hashes_like_the_reference() {
         assert_eq!(sha512_hex("specnetctr1", 24), "47b0c350c56dfce277c5b5d1");
         assert_eq!(sha512_hex("specnet", 16), "56ecd7e6189379d3");
+    }
+
+    #[test]
+    fn cuts_at_a_character_boundary() {
+        assert_eq!(cut_at_char_boundary("abc", 5), "abc");
+        assert_eq!(cut_at_char_boundary("abcé", 4), "abc");
+        assert_eq!(cut_at_char_boundary("abcé", 5), "abcé");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::{is_nft, remove_chains_by_handle, Batch, Rule, SavedTable, NAT};
 use crate::firewall::error::FirewallError;
 use crate::firewall::fastpath;
 use crate::firewall::model::{Family, MasqTarget};
+use crate::firewall::names::cut_at_char_boundary;
 use crate::firewall::tools::{self, has_tool, restore_tool, save_tool, PendingRestore};
 use crate::netlink::nft_chain_exists;
 use ipnetwork::IpNetwork;
@@ -291,13 +292,7 @@ fn plan_iptables_teardown(saved: &SavedTable, chain: &str) -> Option<Batch> {
 /// the line too long for `iptables-restore`.
 fn masq_comment(network: &str, container_id: &str) -> String {
     let mut comment = format_comment(network, container_id);
-    if comment.len() > COMMENT_MAX {
-        let mut end = COMMENT_MAX;
-        while !comment.is_char_boundary(end) {
-            end -= 1;
-        }
-        comment.truncate(end);
-    }
+    comment.truncate(cut_at_char_boundary(&comment, COMMENT_MAX).len());
     comment
 }
 

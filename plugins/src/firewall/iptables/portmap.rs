@@ -25,6 +25,7 @@ use super::{Batch, Rule, SavedTable, NAT};
 use crate::firewall::error::FirewallError;
 use crate::firewall::fastpath;
 use crate::firewall::model::{Family, Portmap};
+use crate::firewall::names::cut_at_char_boundary;
 use crate::firewall::tools::{self, has_tool, restore_tool, save_tool};
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
@@ -57,11 +58,7 @@ pub fn dnat_comment(network: &str, container_id: &str) -> String {
     if comment.len() <= COMMENT_MAX {
         return comment;
     }
-    let mut end = COMMENT_MAX - 2;
-    while !comment.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &comment[..end])
+    format!("{}...", cut_at_char_boundary(&comment, COMMENT_MAX - 2))
 }
 
 /// The tool name used in messages, as the reference names it.
@@ -585,17 +582,7 @@ COMMIT
     }
 
     fn portmap<'a>(forwards: &'a [PortForward], id: &'a str) -> Portmap<'a> {
-        Portmap {
-            network: "specnet",
-            container_id: id,
-            forwards,
-            snat: true,
-            masq_all: false,
-            mark_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: &[],
-            conditions_v6: &[],
-        }
+        Portmap::with_defaults("specnet", id, forwards)
     }
 
     fn addr(s: &str) -> IpNetwork {

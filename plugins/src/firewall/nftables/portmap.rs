@@ -339,17 +339,7 @@ mod tests {
     }
 
     fn portmap(forwards: &[PortForward]) -> Portmap<'_> {
-        Portmap {
-            network: "pmnet",
-            container_id: "ctr1",
-            forwards,
-            snat: true,
-            masq_all: false,
-            mark_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: &[],
-            conditions_v6: &[],
-        }
+        Portmap::with_defaults("pmnet", "ctr1", forwards)
     }
 
     #[test]

@@ -337,18 +337,8 @@ mod tests {
         PortForward { host_port, container_port, protocol, host_ip: host_ip.map(|s| s.parse().unwrap()) }
     }
 
-    fn portmap<'a>(forwards: &'a [PortForward]) -> Portmap<'a> {
-        Portmap {
-            network: "specnet",
-            container_id: "ctr1",
-            forwards,
-            snat: true,
-            masq_all: false,
-            mark_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: &[],
-            conditions_v6: &[],
-        }
+    fn portmap(forwards: &[PortForward]) -> Portmap<'_> {
+        Portmap::with_defaults("specnet", "ctr1", forwards)
     }
 
     fn forwards() -> Vec<PortForward> {

@@ -5,6 +5,7 @@
 
 use super::{check_text, push_line, run};
 use crate::firewall::error::FirewallError;
+use crate::firewall::names::cut_at_char_boundary;
 use serde_json::Value;
 
 /// Longest comment the kernel stores (`NFTNL_UDATA_COMMENT_MAXLEN`); knftables truncates to it too.
@@ -41,13 +42,7 @@ pub fn quote(what: &'static str, s: &str) -> Result<String, FirewallError> {
 
 /// Cuts a comment to [`COMMENT_MAX_LEN`] bytes at a character boundary.
 pub fn truncate_comment(mut comment: String) -> String {
-    if comment.len() > COMMENT_MAX_LEN {
-        let mut end = COMMENT_MAX_LEN;
-        while !comment.is_char_boundary(end) {
-            end -= 1;
-        }
-        comment.truncate(end);
-    }
+    comment.truncate(cut_at_char_boundary(&comment, COMMENT_MAX_LEN).len());
     comment
 }
 
