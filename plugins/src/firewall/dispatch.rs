@@ -9,6 +9,7 @@ use super::fastpath;
 use super::model::{Backend, Family, MasqTarget, Portmap};
 use super::tools::PendingRestore;
 use super::{iptables, nftables};
+use crate::errors::Collector;
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 
@@ -68,7 +69,7 @@ pub fn check_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallErro
 /// comment, so it works without addresses; what is already gone (or a tool the host lacks) is
 /// success, and an error in one backend does not keep the other from being cleaned.
 pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
-    FirewallError::collect_results([iptables::masq::teardown(t), nftables::masq::teardown(t)])
+    all_of([iptables::masq::teardown(t), nftables::masq::teardown(t)])
 }
 
 /// Masquerade GC: removes both backends' rules of `network` whose attachment (container ID,
@@ -76,7 +77,7 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
 /// any ifname is kept.
 pub fn gc_ipmasq(network: &str, valid: &[(String, String)]) -> Result<(), FirewallError> {
     let valid_ids: HashSet<&str> = valid.iter().map(|(id, _)| id.as_str()).collect();
-    FirewallError::collect_results([iptables::masq::gc(network, &valid_ids), nftables::masq::gc(network, valid)])
+    all_of([iptables::masq::gc(network, &valid_ids), nftables::masq::gc(network, valid)])
 }
 
 /// Portmap ADD for the family of `address`.
@@ -113,7 +114,7 @@ pub fn teardown_portmap(
             .map_err(|e| e.step("could not tear down nftables port forwarding")),
         _ => Ok(()),
     };
-    FirewallError::collect_results([iptables, nftables])
+    all_of([iptables, nftables])
 }
 
 /// Portmap GC: removes the iptables chains of `network`'s containers whose ID is not in
@@ -128,4 +129,13 @@ pub fn portmap_usable(backend: Backend) -> Result<(), FirewallError> {
         Backend::Iptables => iptables::portmap::usable(),
         Backend::Nftables => nftables::portmap::usable(),
     }
+}
+
+/// Runs to the end: every step's error is kept, and all are reported together.
+fn all_of<const N: usize>(results: [Result<(), FirewallError>; N]) -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
+    for result in results {
+        errors.keep(result);
+    }
+    errors.finish()
 }

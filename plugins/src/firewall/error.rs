@@ -1,5 +1,7 @@
 //! The rule layer's one error type: every variant names the command, table or object involved.
 
+use crate::errors::Join;
+
 /// Errors of the firewall module; each names the command or object involved.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -100,34 +102,24 @@ impl FirewallError {
     pub fn step(self, what: impl Into<String>) -> FirewallError {
         FirewallError::Step { what: what.into(), source: Box::new(self) }
     }
+}
 
-    /// Folds the results of independent steps into one: `Ok` when all succeeded.
-    pub fn collect_results(results: impl IntoIterator<Item = Result<(), FirewallError>>) -> Result<(), FirewallError> {
-        FirewallError::collect(results.into_iter().filter_map(Result::err).collect())
-    }
-
-    /// Folds the errors of independent steps into one result.
-    pub fn collect(mut errors: Vec<FirewallError>) -> Result<(), FirewallError> {
-        match errors.len() {
-            0 => Ok(()),
-            1 => Err(errors.remove(0)),
-            _ => Err(FirewallError::Multiple(errors)),
-        }
+impl Join for FirewallError {
+    fn join(errors: Vec<FirewallError>) -> FirewallError {
+        FirewallError::Multiple(errors)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::collect;
 
     #[test]
     fn joins_errors() {
-        let err = FirewallError::collect(vec![
-            FirewallError::ToolNotFound("nft".into()),
-            FirewallError::Check("rule missing".into()),
-        ])
-        .unwrap_err();
+        let err = collect(vec![FirewallError::ToolNotFound("nft".into()), FirewallError::Check("rule missing".into())])
+            .unwrap_err();
         assert_eq!(err.to_string(), "nft not found in $PATH, /usr/sbin or /sbin; rule missing");
-        assert!(FirewallError::collect(vec![]).is_ok());
+        assert!(collect(Vec::<FirewallError>::new()).is_ok());
     }
 }

@@ -20,6 +20,7 @@ mod conntrack;
 
 pub use config::{container_addresses, parse_mapping, PortmapConf, DEFAULT_MARK_BIT};
 
+use crate::errors::{internal, Ctx};
 use crate::firewall::{self, Family, PortForward, Protocol};
 use crate::netlink::{Handle, Ipv4Conf, Link};
 use crate::sysctl;
@@ -30,10 +31,6 @@ use std::net::IpAddr;
 
 /// The portmap plugin.
 pub struct PortmapPlugin;
-
-fn internal(e: impl std::fmt::Display) -> CniError {
-    CniError::internal(e)
-}
 
 fn family_name(family: Family) -> &'static str {
     match family {
@@ -83,7 +80,7 @@ fn enable_route_localnet(ip: IpAddr) -> Result<(), CniError> {
         Err(e) => {
             log::debug!("route_localnet over rtnetlink: {e}; writing the sysctl");
             sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")
-                .map_err(|e| internal(format!("unable to enable route_localnet: {e}")))
+                .ctx(|| "unable to enable route_localnet")
         }
     }
 }
@@ -103,7 +100,7 @@ impl Plugin for PortmapPlugin {
         for address in container_addresses(&prev, &args.ifname) {
             let family = Family::of(&address.ip());
             firewall::setup_portmap(conf.backend, &t, &address)
-                .map_err(|e| internal(format!("unable to set up {} port forwarding: {e}", family_name(family))))?;
+                .ctx(|| format!("unable to set up {} port forwarding", family_name(family)))?;
             flush_udp_conntrack(family, &conf.forwards, address.ip());
             if family == Family::V4 && conf.snat {
                 enable_route_localnet(address.ip())?;
@@ -131,7 +128,7 @@ impl Plugin for PortmapPlugin {
         // another attachment, and it cleans up after a backend switch. nftables only when
         // configured: its rules carry just the container ID, which another network of the same
         // container may share.
-        firewall::teardown_portmap(backend, &net.name, &args.container_id, &present).map_err(internal)
+        Ok(firewall::teardown_portmap(backend, &net.name, &args.container_id, &present)?)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -142,7 +139,7 @@ impl Plugin for PortmapPlugin {
         }
         let t = conf.portmap(&args.container_id);
         for address in container_addresses(&prev, &args.ifname) {
-            firewall::check_portmap(conf.backend, &t, &address).map_err(internal)?;
+            firewall::check_portmap(conf.backend, &t, &address)?;
         }
         Ok(())
     }
@@ -155,7 +152,7 @@ impl Plugin for PortmapPlugin {
             log::info!("nftables port forwards name only the container ID, not the network; GC leaves them to DEL");
         }
         let ids: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
-        firewall::gc_portmap(&net.name, &ids).map_err(|e| internal(format!("port forwarding GC: {e}")))
+        firewall::gc_portmap(&net.name, &ids).ctx(|| "port forwarding GC")
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {

@@ -9,6 +9,7 @@
 
 use super::{apply, chain_name, format_comment, go_quote, go_unquote, nat_surely_without, plan_remove_chains, save};
 use super::{is_nft, remove_chains_by_handle, Batch, Rule, SavedTable, NAT};
+use crate::errors::Collector;
 use crate::firewall::error::FirewallError;
 use crate::firewall::fastpath;
 use crate::firewall::model::{Family, MasqTarget};
@@ -111,7 +112,7 @@ fn setup_family_blind(family: Family, t: &MasqTarget, prepared: &mut Option<Pend
 /// DEL: removes this attachment's chain and the jumps to it, found by chain name, so it works
 /// without addresses; what is already gone (or a tool the host lacks) is success.
 pub fn teardown(t: &MasqTarget) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     let chain = chain_name("", t.network, t.container_id);
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
@@ -132,7 +133,7 @@ pub fn teardown(t: &MasqTarget) -> Result<(), FirewallError> {
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// CHECK: every rule ADD installs for these addresses is present.
@@ -152,7 +153,7 @@ pub fn check(t: &MasqTarget) -> Result<(), FirewallError> {
 /// GC: removes the masquerade chains of `network` whose container ID is not in `valid_ids` (the
 /// chains ignore ifname, so a container listed with any ifname is kept).
 pub fn gc(network: &str, valid_ids: &HashSet<&str>) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
@@ -164,7 +165,7 @@ pub fn gc(network: &str, valid_ids: &HashSet<&str>) -> Result<(), FirewallError>
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// Whether the kernel shows (iptables-nft, over netlink) that the nat table holds no rule of `network`

@@ -22,6 +22,7 @@
 
 use super::{apply, chain_name, is_nft, nat_surely_without, plan_remove_chains, remove_chains_by_handle, save};
 use super::{Batch, Rule, SavedTable, NAT};
+use crate::errors::Collector;
 use crate::firewall::error::FirewallError;
 use crate::firewall::fastpath;
 use crate::firewall::model::{Family, Portmap};
@@ -404,7 +405,7 @@ fn plan_teardown(saved: &SavedTable, network: &str, container_id: &str) -> Optio
 /// whose tools exist. A family in `present` (the container had an address of it) must be readable;
 /// another one that cannot be dumped (IPv6 disabled) has nothing of ours.
 pub fn teardown(network: &str, container_id: &str, present: &[Family]) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
@@ -423,7 +424,7 @@ pub fn teardown(network: &str, container_id: &str, present: &[Family]) -> Result
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// GC's plan: the chains of `network`'s containers not in `valid_ids`, recognised by the entry rules'
@@ -450,7 +451,7 @@ fn plan_gc(saved: &SavedTable, network: &str, valid_ids: &HashSet<&str>) -> Opti
 /// GC: removes the chains of `network`'s containers whose ID is not in `valid_ids` (the chain hash
 /// covers network and container ID only, so any listed interface keeps the container's rules).
 pub fn gc(network: &str, valid_ids: &HashSet<&str>) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
@@ -467,12 +468,12 @@ pub fn gc(network: &str, valid_ids: &HashSet<&str>) -> Result<(), FirewallError>
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// STATUS: whether `iptables-save`/`iptables-restore` of either family can work with the nat table.
 pub fn usable() -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(restore_tool(family)) {
             errors.push(FirewallError::ToolNotFound(restore_tool(family).to_string()));
@@ -483,7 +484,7 @@ pub fn usable() -> Result<(), FirewallError> {
             Err(e) => errors.push(e),
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::{
     HOSTIP_HOSTPORTS, HOSTPORTS, HOSTPORTS_ALL, HOSTPORT_TABLE as TABLE, HOSTPORT_TABLE_COMMENT as TABLE_COMMENT,
 };
 use super::{MASQUERADING, OUTPUT, PREROUTING};
+use crate::errors::Collector;
 use crate::firewall::error::FirewallError;
 use crate::firewall::fastpath;
 use crate::firewall::model::{Family, Portmap, Protocol};
@@ -281,7 +282,7 @@ pub(super) fn plan_teardown(rules: &[NftRule], family: Family, container_id: &st
 /// DEL: deletes this container's rules from both families' tables; what is not there, or a kernel
 /// without nf_tables, is success.
 fn teardown_netlink(container_id: &str) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     for family in Family::ALL {
         let mut result = Ok(());
         for _ in 0..2 {
@@ -300,7 +301,7 @@ fn teardown_netlink(container_id: &str) -> Result<(), FirewallError> {
             errors.push(netlink_error("teardown", family, e));
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// DEL: deletes this container's rules from both families' tables (what is not there is success),

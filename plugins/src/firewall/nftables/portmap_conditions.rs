@@ -26,6 +26,7 @@ use super::{
     HOSTIP_HOSTPORTS, HOSTPORTS, HOSTPORTS_ALL, HOSTPORT_TABLE as TABLE, HOSTPORT_TABLE_COMMENT as TABLE_COMMENT,
 };
 use super::{MASQUERADING, OUTPUT, PREROUTING};
+use crate::errors::Collector;
 use crate::firewall::error::FirewallError;
 use crate::firewall::fastpath;
 use crate::firewall::model::{Family, Portmap};
@@ -313,14 +314,14 @@ fn plan_teardown(listing: &Listing, container_id: &str) -> Option<Script> {
 /// DEL through `nft`: deletes this container's rules from both families' tables (what is not
 /// there is success).
 pub fn teardown(container_id: &str) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     for family in Family::ALL {
         let what = ["table", family.nft_keyword(), TABLE];
         if let Err(e) = apply_nft(&what, true, |listing| Ok(plan_teardown(listing, container_id))) {
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// STATUS: whether `nft` runs and the kernel has nf_tables.
