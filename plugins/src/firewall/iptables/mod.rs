@@ -1,6 +1,6 @@
 //! The iptables backend: rules in the reference's `nat` chains, written as one
 //! `iptables-restore --noflush -w` batch per family and operation ([`tools`]), planned as data
-//! ([`rules`]: rules, dumps, batches) from one `iptables-save -t <table>` dump, with netlink probes
+//! (`rules.rs`: rules, dumps, batches) from one `iptables-save -t <table>` dump, with netlink probes
 //! where iptables is the nf_tables variant (see [`crate::firewall::fastpath`]). [`masq`] is bridge
 //! and ptp masquerade, [`portmap`] is portmap's DNAT.
 

@@ -225,7 +225,7 @@ pub fn nft_list(what: &[&str]) -> Result<Option<serde_json::Value>, FirewallErro
 }
 
 /// Lists `what`, plans a script from the listing and applies it, re-planning once after a failure as
-/// [`apply_iptables`] does. `tolerate_unsupported` makes a kernel without nf_tables "nothing to do".
+/// the iptables backend's `apply` does. `tolerate_unsupported` makes a kernel without nf_tables "nothing to do".
 pub fn apply_nft(
     what: &[&str],
     tolerate_unsupported: bool,
