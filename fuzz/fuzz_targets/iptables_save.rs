@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let mut batch = cni_plugins::firewall::iptables::Batch::new("nat");
     batch.append(&rule);
     let rendered = batch.render();
-    let line_ok = cni_plugins::firewall::restore::check_text("iptables-restore", &rendered, Some(10238)).is_ok();
+    let line_ok = cni_plugins::firewall::tools::check_text("iptables-restore", &rendered, Some(10238)).is_ok();
     if line_ok {
         let line = rendered.lines().nth(1).expect("the command line");
         let split = split_args(line.strip_prefix("-A ").expect("an append")).expect("renders parse");

@@ -2,6 +2,7 @@
 
 pub mod bandwidth;
 pub mod bridge;
+pub mod errors;
 pub mod firewall;
 pub mod fsutil;
 pub mod host_local;

@@ -2,6 +2,7 @@
 //! the container side configured from an IPAM result, the helpers ADD starts early, and the
 //! error plumbing of their ADD, DEL and GC.
 
+use crate::errors::{internal, Collector, Ctx};
 use crate::firewall::{self, Backend, MasqTarget};
 use crate::netlink::{Handle, Ipv4Conf, Link, RouteSpec, VethSpec};
 use crate::ns::{NetNs, NsError};
@@ -16,25 +17,6 @@ use std::time::{Duration, Instant};
 
 /// How many random host-side veth names to try before giving up.
 pub(crate) const VETH_NAME_TRIES: usize = 10;
-
-/// An internal-error (code 999) CNI error.
-pub(crate) fn internal(e: impl std::fmt::Display) -> CniError {
-    CniError::internal(e)
-}
-
-/// The error of `r`, prefixed with what was being done.
-pub(crate) fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, CniError> {
-    r.map_err(|e| CniError::internal(format!("{}: {e}", what())))
-}
-
-/// Success, or every collected error in one (DEL and GC report all they could not do).
-pub(crate) fn all_or_errors(errors: Vec<String>) -> Result<(), CniError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(internal(errors.join("; ")))
-    }
-}
 
 /// Whether `e` is EEXIST.
 pub(crate) fn is_eexist(e: &io::Error) -> bool {
@@ -51,9 +33,7 @@ pub(crate) fn random_veth_name() -> io::Result<String> {
 
 /// A netlink socket inside `ns`.
 pub(crate) fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
-    ns.run(Handle::new)
-        .map_err(internal)?
-        .map_err(|e| internal(format!("netlink socket in {}: {e}", ns.path().display())))
+    ns.run(Handle::new)?.ctx(|| format!("netlink socket in {}", ns.path().display()))
 }
 
 /// A netlink socket in the container's namespace, refusing the ADD when the container already
@@ -61,7 +41,7 @@ pub(crate) fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
 /// that exists is refused and leaves it (and its address) as it was.
 pub(crate) fn container_without(ns: &NetNs, ifname: &str) -> Result<Handle, CniError> {
     let mut cont = handle_in(ns)?;
-    if ctx(cont.link_by_name(ifname), || format!("look up {ifname}"))?.is_some() {
+    if cont.link_by_name(ifname).ctx(|| format!("look up {ifname}"))?.is_some() {
         return Err(internal(format!("container veth name provided ({ifname}) already exists")));
     }
     Ok(cont)
@@ -89,10 +69,7 @@ impl Started {
     ) -> Result<Started, CniError> {
         let ipam = Some(invoke::delegate_add_start(ipam_type, args)?);
         undo.push(Undo::Ipam);
-        // Most containers have an IPv4 address; for others this loads nothing.
-        let restore = (masq == Some(Backend::Iptables) && firewall::fastpath::enabled())
-            .then(|| firewall::PendingRestore::spawn(firewall::Family::V4).ok())
-            .flatten();
+        let restore = masq.and_then(firewall::prepare_ipmasq);
         Ok(Started { ipam, restore })
     }
 
@@ -122,11 +99,13 @@ pub(crate) fn create_veth_pair(
             VethSpec { host_name: &name, peer_name: ifname, mtu, peer_mac: mac, master: master.map(|m| m.index) };
         match host.create_veth(&spec, ns.file().as_fd()) {
             Ok(()) => {
-                return ctx(host.link_by_name(&name), || format!("look up {name}"))?
+                return host
+                    .link_by_name(&name)
+                    .ctx(|| format!("look up {name}"))?
                     .ok_or_else(|| internal(format!("veth {name} vanished after creation")));
             }
             Err(e) if is_eexist(&e) => {
-                if ctx(cont.link_by_name(ifname), || format!("look up {}", ifname))?.is_some() {
+                if cont.link_by_name(ifname).ctx(|| format!("look up {}", ifname))?.is_some() {
                     return Err(internal(format!("container veth name provided ({}) already exists", ifname)));
                 }
                 // The random host name collided; try another.
@@ -198,9 +177,8 @@ pub(crate) fn configure_container(
             sysctl::ensure_if_present(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
         }
         Ok(())
-    })
-    .map_err(internal)?
-    .map_err(|e| internal(format!("container sysctls for {ifname}: {e}")))?;
+    })?
+    .ctx(|| format!("container sysctls for {ifname}"))?;
     // The last sysctl of an ADD.
     sysctl::release();
 
@@ -212,7 +190,7 @@ pub(crate) fn configure_container(
             _ => {}
         }
     }
-    ctx(cont.set_link_up(index, true), || format!("failed to set {ifname} up"))?;
+    cont.set_link_up(index, true).ctx(|| format!("failed to set {ifname} up"))?;
     if has_v6 && enable_dad {
         wait_for_dad(cont, index)?;
     }
@@ -247,7 +225,7 @@ pub(crate) fn wait_for_dad(cont: &mut Handle, index: u32) -> Result<(), CniError
     // a millisecond: poll fast at first, then every 20 ms.
     let mut pause = Duration::from_micros(200);
     loop {
-        let addrs = ctx(cont.addresses(Some(index)), || "list container addresses".into())?;
+        let addrs = cont.addresses(Some(index)).ctx(|| "list container addresses")?;
         if !addrs.iter().any(|a| a.tentative) {
             return Ok(());
         }
@@ -310,10 +288,10 @@ pub(crate) fn rollback(args: &CmdArgs, network: &str, ipam_type: &str, host: &mu
                     ifname: &args.ifname,
                     addresses: &addresses,
                 };
-                firewall::teardown_ipmasq(&target).map_err(internal)
+                firewall::teardown_ipmasq(&target).map_err(CniError::from)
             }
             Undo::Ipam => invoke::delegate(ipam_type, Command::Del, args),
-            Undo::SpoofCheck => firewall::teardown_spoofcheck(&args.container_id, &args.ifname).map_err(internal),
+            Undo::SpoofCheck => firewall::teardown_spoofcheck(&args.container_id, &args.ifname).map_err(CniError::from),
             Undo::Veth(index) => host.del_link(index).map_err(internal),
         };
         if let Err(e) = r {
@@ -330,7 +308,7 @@ fn bridge_in_use(host: &mut Handle, bridge: u32, except: Option<u32>) -> io::Res
 /// DEL's container side: deletes `CNI_IFNAME` in `CNI_NETNS` (its veth peer goes with it) and
 /// returns whether the container is gone (no netns given, or its file no longer exists) and
 /// the addresses the interface had. Errors are collected: DEL goes on with the rest.
-pub(crate) fn del_container_end(args: &CmdArgs, errors: &mut Vec<String>) -> (bool, Vec<IpNetwork>) {
+pub(crate) fn del_container_end(args: &CmdArgs, errors: &mut Collector) -> (bool, Vec<IpNetwork>) {
     let mut addrs = Vec::new();
     if args.netns.is_empty() {
         return (true, addrs);
@@ -362,27 +340,22 @@ pub(crate) fn del_container_end(args: &CmdArgs, errors: &mut Vec<String>) -> (bo
 /// are reported.
 pub(crate) fn gc_ipam_and_masq(ipam_type: Option<&str>, network: &str, args: &CmdArgs) -> Result<(), CniError> {
     let net = args.net_conf()?;
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     if let Some(ipam) = ipam_type {
-        if let Err(e) = invoke::delegate(ipam, Command::Gc, args) {
-            errors.push(e.to_string());
-        }
+        errors.keep(invoke::delegate(ipam, Command::Gc, args).map_err(|e| e.to_string()));
     }
     // Without a list from the runtime nothing can be known to be stale.
     if let Some(valid) = net.gc_valid_attachments() {
         let valid: Vec<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
-        if let Err(e) = firewall::gc_ipmasq(network, &valid) {
-            errors.push(format!("IP masquerade GC: {e}"));
-        }
+        errors.step(|| "IP masquerade GC", firewall::gc_ipmasq(network, &valid));
     }
-    all_or_errors(errors)
+    errors.into_cni()
 }
 
 /// The masquerade backend `ipMasqBackend` names, else the host's default.
 pub(crate) fn masq_backend(name: Option<&str>) -> Result<Backend, CniError> {
     match name {
-        Some(b) => Backend::parse(b).map_err(CniError::invalid_config),
-        None => firewall::default_backend()
-            .map_err(|e| CniError::new(cni_types::error::PLUGIN_NOT_AVAILABLE, e.to_string())),
+        Some(b) => Ok(Backend::parse(b)?),
+        None => Ok(firewall::default_backend()?),
     }
 }

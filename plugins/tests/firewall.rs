@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cni_plugins::firewall::iptables::{chain_name, format_comment};
-use cni_plugins::firewall::restore::find_tool;
+use cni_plugins::firewall::tools::find_tool;
 use cni_plugins::firewall::{self, Backend, MasqTarget};
 use ipnetwork::IpNetwork;
 use nix::sched::{unshare, CloneFlags};
@@ -399,7 +399,7 @@ fn default_backend_prefers_iptables() {
 /// chains, and nothing of another container; a family without a nat table is no error.
 #[test]
 fn portmap_teardown_removes_jumps_and_chains_only_of_its_container() {
-    use cni_plugins::firewall::portmap_iptables::{dnat_chain_name, teardown_portmap_iptables};
+    use cni_plugins::firewall::iptables::portmap::{dnat_chain_name, teardown as teardown_portmap_iptables};
     in_netns("portmap_teardown_removes_jumps_and_chains_only_of_its_container", IPT_TOOLS, || {
         let (dn1, dn2) = (dnat_chain_name("specnet", "ctr1"), dnat_chain_name("specnet", "ctr2"));
         let sn1 = chain_name("SN-", "specnet", "ctr1");

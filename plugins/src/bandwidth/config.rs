@@ -2,6 +2,7 @@
 //! (which wins when any of its keys is present) or from `runtimeConfig.bandwidth`, validated
 //! before anything changes, and the reference's formulas that turn them into tbf parameters.
 
+use crate::errors::Ctx;
 use crate::netlink::Tbf;
 use cni_types::error::INVALID_NETWORK_CONFIG;
 use cni_types::{CmdArgs, CniError};
@@ -122,7 +123,7 @@ pub fn tick_in_usec() -> Result<f64, CniError> {
     let mut text = String::new();
     std::fs::File::open("/proc/net/psched")
         .and_then(|f| f.take(128).read_to_string(&mut text))
-        .map_err(|e| CniError::internal(format!("cannot read the scheduler clock from /proc/net/psched: {e}")))?;
+        .ctx(|| "cannot read the scheduler clock from /proc/net/psched")?;
     parse_psched(&text).ok_or_else(|| CniError::internal(format!("unexpected /proc/net/psched: {text:?}")))
 }
 

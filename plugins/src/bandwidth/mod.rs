@@ -23,6 +23,7 @@ mod config;
 
 pub use config::{ifb_alias, ifb_name, is_ifb_name, parse_ifb_alias, parse_psched, tick_in_usec, BandwidthConf, Limit};
 
+use crate::errors::{internal, Collector, Ctx};
 use crate::netlink::{Handle, Link, ETH_P_ALL, INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT};
 use crate::ns::NetNs;
 use cni_types::error::PLUGIN_NOT_AVAILABLE;
@@ -37,10 +38,6 @@ pub struct BandwidthPlugin;
 /// The priority of the redirect filter on the host veth's ingress.
 const FILTER_PRIORITY: u16 = 1;
 
-fn internal(e: impl std::fmt::Display) -> CniError {
-    CniError::internal(e)
-}
-
 /// The spec versions the reference accepts (from 0.3.0), and 1.1.0 as its newest release does.
 const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -50,11 +47,8 @@ fn host_interface(prev: &CniResult, args: &CmdArgs, host: &mut Handle) -> Result
     if prev.interfaces.is_empty() {
         return Err(internal("no interfaces provided"));
     }
-    let ns = NetNs::open(&args.netns).map_err(|e| internal(format!("failed to open netns {:?}: {e}", args.netns)))?;
-    let mut container = ns
-        .run(Handle::new)
-        .map_err(internal)?
-        .map_err(|e| internal(format!("netlink socket in {}: {e}", args.netns)))?;
+    let ns = NetNs::open(&args.netns).ctx(|| format!("failed to open netns {:?}", args.netns))?;
+    let mut container = ns.run(Handle::new)?.ctx(|| format!("netlink socket in {}", args.netns))?;
     let link = container.link_by_name(&args.ifname).map_err(internal)?;
     let peer = match link {
         Some(l) if l.kind == "veth" => l.peer_index.filter(|i| *i > 0),
@@ -148,14 +142,14 @@ fn setup_egress(
     created: &mut Vec<Undo>,
 ) -> Result<Link, CniError> {
     let (name, alias) = ifb;
-    let ifb = ensure_ifb(host, name, veth.mtu, alias, created).map_err(|e| internal(format!("adding link: {e}")))?;
+    let ifb = ensure_ifb(host, name, veth.mtu, alias, created).ctx(|| "adding link")?;
     if !has_ingress {
-        host.add_ingress_qdisc(veth.index).map_err(|e| internal(format!("create ingress qdisc: {e}")))?;
+        host.add_ingress_qdisc(veth.index).ctx(|| "create ingress qdisc")?;
         created.push(Undo::IngressQdisc(veth.index));
     }
     // A retried ADD finds its own filter and keeps it; anything else at that priority is
     // replaced, so there is never a second one.
-    let filters = host.filters(veth.index, INGRESS_HANDLE).map_err(|e| internal(format!("list filters: {e}")))?;
+    let filters = host.filters(veth.index, INGRESS_HANDLE).ctx(|| "list filters")?;
     let redirecting: Vec<_> = filters.iter().filter(|f| !f.redirects.is_empty()).collect();
     let in_place = matches!(redirecting.as_slice(), [f] if f.priority == FILTER_PRIORITY
         && f.protocol == ETH_P_ALL
@@ -165,9 +159,9 @@ fn setup_egress(
     if !in_place {
         host.del_filters(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ETH_P_ALL)
             .and_then(|()| host.add_redirect_filter(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ifb.index))
-            .map_err(|e| internal(format!("add filter: {e}")))?;
+            .ctx(|| "add filter")?;
     }
-    host.replace_root_tbf(ifb.index, &limit.tbf(tick)).map_err(|e| internal(format!("create ifb qdisc: {e}")))?;
+    host.replace_root_tbf(ifb.index, &limit.tbf(tick)).ctx(|| "create ifb qdisc")?;
     Ok(ifb)
 }
 
@@ -179,17 +173,17 @@ fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
         return Ok(prev.unwrap_or_else(|| CniResult { cni_version: args.cni_version.clone(), ..Default::default() }));
     }
     let mut result = prev.ok_or_else(|| internal("must be called as chained plugin"))?;
-    let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
+    let mut host = Handle::new().ctx(|| "netlink socket")?;
     let veth = host_interface(&result, args, &mut host)?;
     let mut created = Vec::new();
     let mut shape = || -> Result<Option<Link>, CniError> {
         // What an earlier ADD left, so a retry neither fails nor undoes it.
-        let qdiscs = host.qdiscs(veth.index).map_err(|e| internal(format!("list qdiscs of {}: {e}", veth.name)))?;
+        let qdiscs = host.qdiscs(veth.index).ctx(|| format!("list qdiscs of {}", veth.name))?;
         let had_tbf = qdiscs.iter().any(|q| q.parent == TC_H_ROOT && q.kind == "tbf");
         let has_ingress =
             qdiscs.iter().any(|q| q.parent == TC_H_INGRESS && q.handle == INGRESS_HANDLE && q.kind == "ingress");
         if let Some(limit) = conf.ingress {
-            host.replace_root_tbf(veth.index, &limit.tbf(tick)).map_err(|e| internal(format!("create qdisc: {e}")))?;
+            host.replace_root_tbf(veth.index, &limit.tbf(tick)).ctx(|| "create qdisc")?;
             if !had_tbf {
                 created.push(Undo::RootQdisc(veth.index));
             }
@@ -226,7 +220,7 @@ fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
 
 /// Compares the root tbf of `link` with what `limit` asks for.
 fn check_tbf(host: &mut Handle, link: &Link, limit: Limit, tick: f64) -> Result<(), CniError> {
-    let qdiscs = host.qdiscs(link.index).map_err(|e| internal(format!("list qdiscs of {}: {e}", link.name)))?;
+    let qdiscs = host.qdiscs(link.index).ctx(|| format!("list qdiscs of {}", link.name))?;
     let root = qdiscs.iter().find(|q| q.parent == TC_H_ROOT);
     let Some(tbf) = root.and_then(|q| q.tbf) else {
         return Err(internal(format!("Failed to find qdisc: no root tbf on {}", link.name)));
@@ -248,7 +242,7 @@ fn check(args: &CmdArgs) -> Result<(), CniError> {
     let tick = tick_in_usec()?;
     let conf = BandwidthConf::load(args)?;
     let prev = args.prev_result()?.ok_or_else(|| internal("must be called as a chained plugin"))?;
-    let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
+    let mut host = Handle::new().ctx(|| "netlink socket")?;
     let veth = host_interface(&prev, args, &mut host)?;
     if let Some(limit) = conf.ingress {
         check_tbf(&mut host, &veth, limit, tick)?;
@@ -261,7 +255,7 @@ fn check(args: &CmdArgs) -> Result<(), CniError> {
             .filter(|l| l.kind == "ifb")
             .ok_or_else(|| internal(format!("get ifb device: no ifb named {name}")))?;
         check_tbf(&mut host, &ifb, limit, tick)?;
-        let filters = host.filters(veth.index, INGRESS_HANDLE).map_err(|e| internal(format!("list filters: {e}")))?;
+        let filters = host.filters(veth.index, INGRESS_HANDLE).ctx(|| "list filters")?;
         let redirected = filters.iter().any(|f| {
             f.priority == FILTER_PRIORITY
                 && f.protocol == ETH_P_ALL
@@ -277,11 +271,9 @@ fn check(args: &CmdArgs) -> Result<(), CniError> {
 fn del(args: &CmdArgs) -> Result<(), CniError> {
     let net = args.net_conf()?;
     let name = ifb_name(&net.name, &args.container_id);
-    let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
+    let mut host = Handle::new().ctx(|| "netlink socket")?;
     match host.link_by_name(&name).map_err(internal)? {
-        Some(link) if link.kind == "ifb" => {
-            host.del_link(link.index).map_err(|e| internal(format!("failed to delete {name}: {e}")))
-        }
+        Some(link) if link.kind == "ifb" => host.del_link(link.index).ctx(|| format!("failed to delete {name}")),
         Some(link) => {
             log::warn!("{name} is a {} link, not an ifb; left alone", link.kind);
             Ok(())
@@ -301,9 +293,9 @@ fn gc(args: &CmdArgs) -> Result<(), CniError> {
     let net = args.net_conf()?;
     let Some(valid) = net.gc_valid_attachments() else { return Ok(()) };
     let keep: HashSet<String> = valid.iter().map(|a| ifb_name(&net.name, &a.container_id)).collect();
-    let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
-    let links = host.links().map_err(|e| internal(format!("list links: {e}")))?;
-    let mut errors = Vec::new();
+    let mut host = Handle::new().ctx(|| "netlink socket")?;
+    let links = host.links().ctx(|| "list links")?;
+    let mut errors = Collector::new();
     for link in links.iter().filter(|l| l.kind == "ifb" && is_ifb_name(&l.name) && !keep.contains(&l.name)) {
         // Only an ifb whose alias names this network, and whose name is the hash of that
         // network and the container ID it records, is known to be ours and stale.
@@ -313,15 +305,9 @@ fn gc(args: &CmdArgs) -> Result<(), CniError> {
             log::debug!("GC: {} belongs to no attachment this network can name; left alone", link.name);
             continue;
         }
-        if let Err(e) = host.del_link(link.index) {
-            errors.push(format!("failed to delete {}: {e}", link.name));
-        }
+        errors.step(|| format!("failed to delete {}", link.name), host.del_link(link.index));
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(internal(errors.join("; ")))
-    }
+    errors.into_cni()
 }
 
 impl Plugin for BandwidthPlugin {

@@ -10,13 +10,14 @@ mod config;
 
 pub use config::BridgeConf;
 
+use crate::errors::{internal, Collector, Ctx};
 use crate::firewall::{self, MasqTarget};
 use crate::netlink::{self, Handle, Link};
 use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, container_without, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq,
-    handle_in, internal, is_eexist, masq_backend, rollback, Started, Undo,
+    configure_container, container_without, create_veth_pair, del_container_end, gc_ipam_and_masq, handle_in,
+    is_eexist, masq_backend, rollback, Started, Undo,
 };
 use cni_types::skel::Command;
 use cni_types::version::Version;
@@ -36,7 +37,7 @@ fn masq_target<'a>(conf: &'a BridgeConf, args: &'a CmdArgs, addresses: &'a [IpNe
 /// Looks up the bridge; one of that name that is not a bridge refuses the ADD.
 fn find_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Option<Link>, CniError> {
     let name = &conf.bridge;
-    let found = ctx(host.link_by_name(name), || format!("look up bridge {name:?}"))?;
+    let found = host.link_by_name(name).ctx(|| format!("look up bridge {name:?}"))?;
     if let Some(link) = found.as_ref().filter(|l| l.kind != "bridge") {
         return Err(internal(format!(
             "failed to create bridge {name:?}: {:?} already exists but is not a bridge",
@@ -72,7 +73,7 @@ fn ensure_bridge(
     undo: &mut Vec<Undo>,
 ) -> Result<Link, CniError> {
     let name = &conf.bridge;
-    let lookup = |h: &mut Handle| ctx(h.link_by_name(name), || format!("look up bridge {name:?}"));
+    let lookup = |h: &mut Handle| h.link_by_name(name).ctx(|| format!("look up bridge {name:?}"));
     let link = match found {
         Some(l) => l,
         None => {
@@ -88,7 +89,7 @@ fn ensure_bridge(
             // A bridge whose address was never set takes its lowest port's MAC and changes it as
             // ports come and go, which breaks neighbours' ARP caches and CHECK; pin it at birth.
             if !link.mac.is_empty() {
-                ctx(host.set_link_mac(link.index, &link.mac), || format!("pin the MAC of {name}"))?;
+                host.set_link_mac(link.index, &link.mac).ctx(|| format!("pin the MAC of {name}"))?;
             }
             link
         }
@@ -97,14 +98,14 @@ fn ensure_bridge(
         return Err(internal(format!("failed to create bridge {name:?}: {name:?} already exists but is not a bridge")));
     }
     if conf.promisc_mode && !link.promisc {
-        ctx(host.set_link_promisc(link.index, true), || format!("set {name} promisc"))?;
+        host.set_link_promisc(link.index, true).ctx(|| format!("set {name} promisc"))?;
     }
     // A bridge must not autoconfigure from router advertisements of its own containers.
     if link.ipv6_accept_ra != Some(0) {
         let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
     }
     if !link.up {
-        ctx(host.set_link_up(link.index, true), || format!("set {name} up"))?;
+        host.set_link_up(link.index, true).ctx(|| format!("set {name} up"))?;
     }
     Ok(link)
 }
@@ -115,13 +116,13 @@ fn configure_port_vlans(host: &mut Handle, index: u32, conf: &BridgeConf) -> Res
         return Ok(());
     }
     if !conf.preserve_default_vlan {
-        ctx(host.bridge_port_vlan(index, 1, false, false), || "remove default VLAN 1 from port".into())?;
+        host.bridge_port_vlan(index, 1, false, false).ctx(|| "remove default VLAN 1 from port")?;
     }
     // With trunks and no access VLAN the native VLAN is 1, as in the reference.
     let native = if conf.vlan != 0 { conf.vlan } else { 1 };
-    ctx(host.bridge_port_vlan(index, native, true, true), || format!("add VLAN {native} to port"))?;
+    host.bridge_port_vlan(index, native, true, true).ctx(|| format!("add VLAN {native} to port"))?;
     for &vid in conf.vlan_trunk.iter().filter(|v| **v != native) {
-        ctx(host.bridge_port_vlan(index, vid, false, true), || format!("add trunk VLAN {vid} to port"))?;
+        host.bridge_port_vlan(index, vid, false, true).ctx(|| format!("add trunk VLAN {vid} to port"))?;
     }
     Ok(())
 }
@@ -171,7 +172,7 @@ fn ensure_bridge_addr(
     force: bool,
     undo: &mut Vec<Undo>,
 ) -> Result<bool, CniError> {
-    let existing = ctx(host.addresses(Some(bridge.index)), || format!("list addresses of {}", bridge.name))?;
+    let existing = host.addresses(Some(bridge.index)).ctx(|| format!("list addresses of {}", bridge.name))?;
     for a in existing.iter().filter(|a| a.net.is_ipv4() == want.is_ipv4()) {
         if a.net == *want {
             return Ok(false);
@@ -183,7 +184,7 @@ fn ensure_bridge_addr(
         if !force {
             return Err(internal(format!("{:?} already has an IP address different from {want}", bridge.name)));
         }
-        ctx(host.del_address(bridge.index, &a.net), || format!("remove {} from {}", a.net, bridge.name))?;
+        host.del_address(bridge.index, &a.net).ctx(|| format!("remove {} from {}", a.net, bridge.name))?;
         undo.push(Undo::BridgeAddrRemoved(bridge.index, a.net));
     }
     match host.add_address(bridge.index, want) {
@@ -203,7 +204,7 @@ fn wait_port_up(host: &mut Handle, index: u32) -> Result<Link, CniError> {
     let mut last = None;
     for delay in [0u64, 50, 500, 1000, 1000] {
         std::thread::sleep(Duration::from_millis(delay));
-        let link = ctx(host.link_by_index(index), || "look up host veth".into())?;
+        let link = host.link_by_index(index).ctx(|| "look up host veth")?;
         last = link.as_ref().and_then(|l| l.oper_state);
         if let Some(l) = link.filter(|_| last == Some(State::Up)) {
             return Ok(l);
@@ -230,26 +231,25 @@ impl Bridge {
         mark("bridge ensured");
         let veth = create_veth_pair(host, cont, ns, &args.ifname, conf.mtu, conf.mac, Some(&bridge))?;
         undo.push(Undo::Veth(veth.index));
-        let cont_link = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
+        let cont_link = cont
+            .link_by_name(&args.ifname)
+            .ctx(|| format!("look up {}", args.ifname))?
             .ok_or_else(|| internal(format!("{} vanished from {}", args.ifname, ns.path().display())))?;
 
         if veth.ipv6_accept_ra != Some(0) {
             let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{}/accept_ra", veth.name), "0");
         }
-        ctx(host.set_link_up(veth.index, true), || format!("failed to set {} up", veth.name))?;
+        host.set_link_up(veth.index, true).ctx(|| format!("failed to set {} up", veth.name))?;
         if conf.hairpin_mode || conf.port_isolation {
-            ctx(host.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation), || {
-                format!("failed to set hairpin/isolation on {}", veth.name)
-            })?;
+            host.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation)
+                .ctx(|| format!("failed to set hairpin/isolation on {}", veth.name))?;
         }
         configure_port_vlans(host, veth.index, conf)?;
         mark("veth pair ready");
 
         if conf.mac_spoof_check {
-            ctx(
-                firewall::setup_spoofcheck(&veth.name, &args.container_id, &args.ifname, &cont_link.mac_string()),
-                || "failed to set up MAC spoof check".into(),
-            )?;
+            firewall::setup_spoofcheck(&veth.name, &args.container_id, &args.ifname, &cont_link.mac_string())
+                .ctx(|| "failed to set up MAC spoof check")?;
             undo.push(Undo::SpoofCheck);
         }
 
@@ -290,31 +290,31 @@ impl Bridge {
                 // when the gateway address goes on, as the reference does. Not on every ADD: setting
                 // a MAC, even the same one, makes the kernel flush the bridge's ARP and NDP entries.
                 if added {
-                    let current = ctx(host.link_by_index(bridge.index), || "look up bridge".into())?;
+                    let current = host.link_by_index(bridge.index).ctx(|| "look up bridge")?;
                     if let Some(l) = current {
-                        ctx(host.set_link_mac(bridge.index, &l.mac), || "pin bridge MAC".into())?;
+                        host.set_link_mac(bridge.index, &l.mac).ctx(|| "pin bridge MAC")?;
                     }
                 }
                 let v4 = result.ips.iter().any(|i| i.address.is_ipv4());
                 let v6 = result.ips.iter().any(|i| !i.address.is_ipv4());
                 if v4 && !matches!(netlink::all_forwarding(false), Ok(Some(true))) {
-                    ctx(sysctl::ensure("net/ipv4/ip_forward", "1"), || "enable IPv4 forwarding".into())?;
+                    sysctl::ensure("net/ipv4/ip_forward", "1").ctx(|| "enable IPv4 forwarding")?;
                 }
                 if v6 && !matches!(netlink::all_forwarding(true), Ok(Some(true))) {
-                    ctx(sysctl::ensure("net/ipv6/conf/all/forwarding", "1"), || "enable IPv6 forwarding".into())?;
+                    sysctl::ensure("net/ipv6/conf/all/forwarding", "1").ctx(|| "enable IPv6 forwarding")?;
                 }
             }
             configure_container(ns, cont, &cont_link, &args.ifname, conf.enable_dad, &result)?;
             mark("container configured");
             if let Some(masq) = masq {
-                ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
+                masq.finish().ctx(|| "failed to set up IP masquerading")?;
                 mark("masquerade installed");
             }
         } else {
             // A layer-2 ADD writes no sysctl after the host veth's.
             sysctl::release();
             if !conf.disable_container_interface {
-                ctx(cont.set_link_up(cont_link.index, true), || format!("failed to set {} up", args.ifname))?;
+                cont.set_link_up(cont_link.index, true).ctx(|| format!("failed to set {} up", args.ifname))?;
             }
         }
         let port = if conf.disable_container_interface {
@@ -328,7 +328,7 @@ impl Bridge {
         // Enslaving can change MACs (plugins#805): report what the bridge and the host veth have
         // now (the port was just read). The container's interface keeps the MAC it was made with.
         let mac_of = |h: &mut Handle, index: u32| -> Result<String, CniError> {
-            Ok(ctx(h.link_by_index(index), || "refresh link".into())?.map(|l| l.mac_string()).unwrap_or_default())
+            Ok(h.link_by_index(index).ctx(|| "refresh link")?.map(|l| l.mac_string()).unwrap_or_default())
         };
         let veth_mac = match port {
             Some(l) => l.mac_string(),
@@ -372,8 +372,8 @@ impl Plugin for Bridge {
                 format!("vlan {} together with isGateway is not supported by this bridge plugin", conf.vlan),
             ));
         }
-        let ns = NetNs::open(&args.netns).map_err(internal)?;
-        let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
+        let ns = NetNs::open(&args.netns)?;
+        let mut host = Handle::new().ctx(|| "netlink socket")?;
         let mut checked = check_add(&mut host, &ns, &conf, args)?;
         let mut undo = Vec::new();
         let mut started = if conf.is_layer3() {
@@ -394,7 +394,7 @@ impl Plugin for Bridge {
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
-        let mut errors: Vec<String> = Vec::new();
+        let mut errors = Collector::new();
         let (container_gone, mut addrs) = del_container_end(args, &mut errors);
         // With the namespace gone its veth end went with it, and with it the host end; but a
         // namespace file that was unmounted while still alive keeps the pair, so remove the
@@ -428,24 +428,24 @@ impl Plugin for Bridge {
         }
         if conf.is_layer3() && conf.ip_masq {
             let target = masq_target(&conf, args, &addrs);
-            if let Err(e) = firewall::teardown_ipmasq(&target) {
-                errors.push(format!("failed to tear down IP masquerading: {e}"));
-            }
+            errors.step(|| "failed to tear down IP masquerading", firewall::teardown_ipmasq(&target));
         }
-        all_or_errors(errors)
+        errors.into_cni()
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
         let prev = args.prev_result()?.ok_or_else(|| internal("Required prevResult missing"))?;
-        let ns = NetNs::open(&args.netns).map_err(internal)?;
+        let ns = NetNs::open(&args.netns)?;
         if conf.is_layer3() {
             invoke::delegate(&conf.ipam_type, Command::Check, args)?;
         }
         let mut host = Handle::new().map_err(internal)?;
         let mut cont = handle_in(&ns)?;
 
-        let bridge = ctx(host.link_by_name(&conf.bridge), || format!("look up {}", conf.bridge))?
+        let bridge = host
+            .link_by_name(&conf.bridge)
+            .ctx(|| format!("look up {}", conf.bridge))?
             .filter(|l| l.kind == "bridge")
             .ok_or_else(|| internal(format!("bridge {:?} not found", conf.bridge)))?;
         // Only a pinned bridge MAC is stable (ours always are; one created by another tool may
@@ -473,7 +473,9 @@ impl Plugin for Bridge {
             .iter()
             .position(|i| i.name == args.ifname && i.sandbox == args.netns)
             .ok_or_else(|| internal(format!("interface {} in {} is not in prevResult", args.ifname, args.netns)))?;
-        let cl = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
+        let cl = cont
+            .link_by_name(&args.ifname)
+            .ctx(|| format!("look up {}", args.ifname))?
             .ok_or_else(|| internal(format!("Link not found: {} in {}", args.ifname, args.netns)))?;
         if cl.kind != "veth" {
             return Err(internal(format!("{} is a {:?}, not a veth", args.ifname, cl.kind)));
@@ -498,14 +500,14 @@ impl Plugin for Bridge {
             return Err(internal(format!("CNI veth created for bridge {} was not found", conf.bridge)));
         }
 
-        let have = ctx(cont.addresses(Some(cl.index)), || "list container addresses".into())?;
+        let have = cont.addresses(Some(cl.index)).ctx(|| "list container addresses")?;
         for ip in prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == pc)) {
             if !have.iter().any(|a| a.net == ip.address) {
                 return Err(internal(format!("{} has no address {}", args.ifname, ip.address)));
             }
         }
-        let mut routes = ctx(cont.routes(true), || "list routes".into())?;
-        routes.extend(ctx(cont.routes(false), || "list routes".into())?);
+        let mut routes = cont.routes(true).ctx(|| "list routes")?;
+        routes.extend(cont.routes(false).ctx(|| "list routes")?);
         for r in &prev.routes {
             let found =
                 routes.iter().any(|k| k.dst == cni_types::net::network_of(&r.dst) && (r.gw.is_none() || k.gw == r.gw));
@@ -516,9 +518,8 @@ impl Plugin for Bridge {
         if conf.is_layer3() && conf.ip_masq {
             let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
             let target = masq_target(&conf, args, &addrs);
-            ctx(firewall::check_ipmasq(masq_backend(conf.ip_masq_backend.as_deref())?, &target), || {
-                "IP masquerading".into()
-            })?;
+            firewall::check_ipmasq(masq_backend(conf.ip_masq_backend.as_deref())?, &target)
+                .ctx(|| "IP masquerading")?;
         }
         Ok(())
     }

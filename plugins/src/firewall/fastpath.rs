@@ -9,14 +9,14 @@
 //!
 //! | Fast path | Where | Taken when | Plain path otherwise |
 //! |---|---|---|---|
-//! | Pre-spawned `iptables-restore` | bridge/ptp ADD (`veth::Started::begin`) | masquerade with iptables: the IPv4 restore starts while IPAM runs | spawn `iptables-restore` when the batch is ready |
-//! | Blind masquerade batch | `ipmasq::begin_ipmasq`, `MasqSetup::finish` | iptables-nft and the kernel says (netlink) the container's nat chain does not exist | `iptables-save -t nat`, plan, `iptables-restore` |
-//! | Chain-absent probe on DEL | `ipmasq::teardown_ipmasq` | iptables-nft and the kernel says the container's chain does not exist: nothing to read or delete | dump and plan as below |
-//! | Deletion by handle | `restore::remove_chains_nft` from masquerade and portmap DEL (iptables) | iptables-nft: the jumps and chains are listed over netlink and deleted by handle in one batch | `iptables-save -t nat`, plan, `iptables-restore` |
-//! | Nothing-to-collect probe on GC | `ipmasq::gc_ipmasq`, `portmap_iptables::gc_portmap_iptables` (both through `ipmasq::nat_surely_without`) | iptables-nft and no nat rule comment names a stale container of the network: nothing to read | `iptables-save -t nat`, plan, `iptables-restore` |
-//! | One-batch portmap ADD (iptables) | `portmap_iptables::setup_portmap_iptables` | the shared chains are in place (or cannot be asked about): the container's rules only, shared rules checked inside the batch | `iptables-save -t nat`, plan all, `iptables-restore` |
-//! | Rules-only portmap ADD (nftables) | `portmap_nftnl::setup`, `portmap_nft::setup_portmap_nft` | the table's `prerouting` chain is exactly what ADD writes, so the layout is complete | read the whole table, plan the layout and rules, one batch |
-//! | CHECK in one dump (nftables) | `masq_nft::check`, `portmap_nftnl::check` | always: only rules are compared, so the chains are not asked for one by one | read the table with its chains, then compare |
+//! | Pre-spawned `iptables-restore` | bridge/ptp ADD (`veth::Started::begin` through `dispatch::prepare_ipmasq`) | masquerade with iptables: the IPv4 restore starts while IPAM runs | spawn `iptables-restore` when the batch is ready |
+//! | Blind masquerade batch | `iptables::masq::begin`, `iptables::masq::Setup::finish` | iptables-nft and the kernel says (netlink) the container's nat chain does not exist | `iptables-save -t nat`, plan, `iptables-restore` |
+//! | Chain-absent probe on DEL | `iptables::masq::teardown` | iptables-nft and the kernel says the container's chain does not exist: nothing to read or delete | dump and plan as below |
+//! | Deletion by handle | `iptables::remove_chains_by_handle` from masquerade and portmap DEL (iptables) | iptables-nft: the jumps and chains are listed over netlink and deleted by handle in one batch | `iptables-save -t nat`, plan, `iptables-restore` |
+//! | Nothing-to-collect probe on GC | `iptables::masq::gc`, `iptables::portmap::gc` (both through `iptables::nat_surely_without`) | iptables-nft and no nat rule comment names a stale container of the network: nothing to read | `iptables-save -t nat`, plan, `iptables-restore` |
+//! | One-batch portmap ADD (iptables) | `iptables::portmap::setup` | the shared chains are in place (or cannot be asked about): the container's rules only, shared rules checked inside the batch | `iptables-save -t nat`, plan all, `iptables-restore` |
+//! | Rules-only portmap ADD (nftables) | `nftables::portmap::setup`, `nftables::portmap_conditions::setup` | the table's `prerouting` chain is exactly what ADD writes, so the layout is complete | read the whole table, plan the layout and rules, one batch |
+//! | CHECK in one dump (nftables) | `nftables::masq::check`, `nftables::portmap::check` | always: only rules are compared, so the chains are not asked for one by one | read the table with its chains, then compare |
 
 use std::sync::OnceLock;
 

@@ -3,7 +3,7 @@
 //! from others (`ingressPolicy`). Each backend (`iptables`, `nftables`, `firewalld`) turns a
 //! [`ForwardAccept`] into its own rule set through [`ForwardBackend`]; the plugin never sees rule text.
 
-use super::FirewallError;
+use super::error::FirewallError;
 use std::net::IpAddr;
 
 /// The reference's default `iptablesAdminChainName`.

@@ -9,9 +9,10 @@
 //! `iptables-save -t nat` run. "nftables works" means the kernel answers an nf_tables request over
 //! netlink (no `nft` binary is needed).
 
-use super::ipmasq::iptables_is_nft;
-use super::restore::{self, has_tool, restore_tool, save_tool};
-use super::{Backend, Family, FirewallError};
+use super::error::FirewallError;
+use super::model::{Backend, Family};
+use super::tools::{has_tool, restore_tool, save_tool};
+use super::{iptables, nftables};
 
 /// The backend for a configuration that names none: iptables if it works, else nftables if it
 /// works, else [`FirewallError::NoBackend`] with both reasons. The host is probed once per process
@@ -30,7 +31,7 @@ fn probe() -> Result<Backend, FirewallError> {
         Ok(()) => return Ok(Backend::Iptables),
         Err(e) => e,
     };
-    match super::portmap_nftnl::usable() {
+    match nftables::kernel_usable() {
         Ok(()) => Ok(Backend::Nftables),
         Err(nftables) => Err(FirewallError::NoBackend { iptables: Box::new(iptables), nftables: Box::new(nftables) }),
     }
@@ -43,11 +44,11 @@ fn iptables_works() -> Result<(), FirewallError> {
             return Err(FirewallError::ToolNotFound(tool.to_string()));
         }
     }
-    if iptables_is_nft(Family::V4) {
-        return super::portmap_nftnl::usable();
+    if iptables::is_nft(Family::V4) {
+        return nftables::kernel_usable();
     }
     if std::path::Path::new("/proc/net/ip_tables_names").exists() {
         return Ok(());
     }
-    restore::iptables_save(Family::V4, "nat").map(drop)
+    iptables::save(Family::V4, iptables::NAT).map(drop)
 }

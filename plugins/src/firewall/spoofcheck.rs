@@ -8,9 +8,9 @@
 //! ```
 //! The table and `PREROUTING` are shared and stay after teardown, as with the reference.
 
-use super::nft::{self, Listing, Script};
-use super::restore;
-use super::FirewallError;
+use super::error::FirewallError;
+use super::tools::has_tool;
+use super::tools::nft::{self, apply_nft, Listing, Script};
 
 const FAMILY: &str = "bridge";
 const TABLE: &str = "nat";
@@ -40,17 +40,17 @@ impl Names {
 
 /// Installs the spoof check for `host_veth`, allowing only `mac`; re-running replaces the rules.
 pub fn setup_spoofcheck(host_veth: &str, container_id: &str, ifname: &str, mac: &str) -> Result<(), FirewallError> {
-    restore::apply_nft(&["chain", FAMILY, TABLE, PREROUTING], false, |listing| {
+    apply_nft(&["chain", FAMILY, TABLE, PREROUTING], false, |listing| {
         plan_setup(listing, host_veth, container_id, ifname, mac).map(Some)
     })
 }
 
 /// Removes the spoof check of one attachment; what is already gone (or no `nft` at all) is success.
 pub fn teardown_spoofcheck(container_id: &str, ifname: &str) -> Result<(), FirewallError> {
-    if !restore::has_tool("nft") {
+    if !has_tool("nft") {
         return Ok(());
     }
-    restore::apply_nft(&["table", FAMILY, TABLE], true, |listing| plan_teardown(listing, container_id, ifname))
+    apply_nft(&["table", FAMILY, TABLE], true, |listing| plan_teardown(listing, container_id, ifname))
 }
 
 /// Plans setup in one transaction: declare the table and chains, flush this attachment's chains,

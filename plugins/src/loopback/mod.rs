@@ -4,6 +4,7 @@
 //! `lo`), passes a `prevResult` through unchanged, and otherwise reports `lo` with the loopback
 //! addresses the namespace has.
 
+use crate::errors::Ctx;
 use crate::netlink::Handle;
 use crate::ns::{NetNs, NsError};
 use cni_types::{CmdArgs, CniError, CniResult, Interface, IpConfig, Plugin};
@@ -14,20 +15,14 @@ const LO: &str = "lo";
 /// The loopback plugin.
 pub struct Loopback;
 
-fn ns_err(e: NsError) -> CniError {
-    CniError::internal(e)
-}
-
 /// Opens a netlink socket inside `ns`, then switches back.
 fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
-    ns.run(Handle::new)
-        .map_err(ns_err)?
-        .map_err(|e| CniError::internal(format!("open netlink socket in {}: {e}", ns.path().display())))
+    ns.run(Handle::new)?.ctx(|| format!("open netlink socket in {}", ns.path().display()))
 }
 
 fn lo_link(h: &mut Handle, ns: &NetNs) -> Result<crate::netlink::Link, CniError> {
     h.link_by_name(LO)
-        .map_err(|e| CniError::internal(format!("look up {LO} in {}: {e}", ns.path().display())))?
+        .ctx(|| format!("look up {LO} in {}", ns.path().display()))?
         .ok_or_else(|| CniError::internal(format!("Link not found: {LO} in {}", ns.path().display())))
 }
 
@@ -38,11 +33,11 @@ impl Plugin for Loopback {
 
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let prev = args.prev_result()?;
-        let ns = NetNs::open(&args.netns).map_err(ns_err)?;
+        let ns = NetNs::open(&args.netns)?;
         let mut h = handle_in(&ns)?;
         let lo = lo_link(&mut h, &ns)?;
-        h.set_link_up(lo.index, true).map_err(|e| CniError::internal(format!("set {LO} up: {e}")))?;
-        let addrs = h.addresses(Some(lo.index)).map_err(|e| CniError::internal(format!("list {LO} addresses: {e}")))?;
+        h.set_link_up(lo.index, true).ctx(|| format!("set {LO} up"))?;
+        let addrs = h.addresses(Some(lo.index)).ctx(|| format!("list {LO} addresses"))?;
         if let Some(bad) = addrs.iter().find(|a| !a.net.ip().is_loopback()) {
             return Err(CniError::internal(format!(
                 "loopback interface found with non-loopback address {:?}",
@@ -80,15 +75,15 @@ impl Plugin for Loopback {
             Ok(ns) => ns,
             // The runtime may call DEL again after the namespace is gone.
             Err(NsError::NotExist(_)) => return Ok(()),
-            Err(e) => return Err(ns_err(e)),
+            Err(e) => return Err(e.into()),
         };
         let mut h = handle_in(&ns)?;
         let lo = lo_link(&mut h, &ns)?;
-        h.set_link_up(lo.index, false).map_err(|e| CniError::internal(format!("set {LO} down: {e}")))
+        h.set_link_up(lo.index, false).ctx(|| format!("set {LO} down"))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
-        let ns = NetNs::open(&args.netns).map_err(ns_err)?;
+        let ns = NetNs::open(&args.netns)?;
         let mut h = handle_in(&ns)?;
         if !lo_link(&mut h, &ns)?.up {
             return Err(CniError::internal("loopback interface is down"));

@@ -1,8 +1,8 @@
 //! The portmap configuration: the reference's keys (research 3.1, 3.2), validated before anything
 //! changes, and the container addresses picked from `prevResult` the way the reference picks them.
 
-use crate::firewall::portmap_iptables::{PortForward, Portmap, Protocol};
 use crate::firewall::{self, Backend, Family};
+use crate::firewall::{PortForward, Portmap, Protocol};
 use cni_types::error::INVALID_NETWORK_CONFIG;
 use cni_types::limits::MAX_PORT_MAPPINGS;
 use cni_types::{CmdArgs, CniError, CniResult, PortMapping};
@@ -62,13 +62,6 @@ fn invalid(msg: impl Into<String>) -> CniError {
 fn conditions_backend(conditions: &Option<Vec<String>>) -> Option<Backend> {
     let first = conditions.as_ref()?.first().filter(|t| !t.is_empty())?;
     Some(if first.starts_with('-') || first.starts_with('!') { Backend::Iptables } else { Backend::Nftables })
-}
-
-fn backend_name(b: Backend) -> &'static str {
-    match b {
-        Backend::Iptables => "iptables",
-        Backend::Nftables => "nftables",
-    }
 }
 
 /// Validates one `portMappings` entry; the reference's messages for ports, new ones for the rest.
@@ -208,8 +201,8 @@ impl PortmapConf {
             let other = if backend == Backend::Iptables { Backend::Nftables } else { Backend::Iptables };
             return Err(invalid(format!(
                 "{} backend was requested but configuration contains {}-specific options [{}]",
-                backend_name(backend),
-                backend_name(other),
+                backend.name(),
+                other.name(),
                 foreign.join(" ")
             )));
         }

@@ -20,12 +20,8 @@ mod conntrack;
 
 pub use config::{container_addresses, parse_mapping, PortmapConf, DEFAULT_MARK_BIT};
 
-use crate::firewall::portmap_iptables::{
-    check_portmap_iptables, gc_portmap_iptables, iptables_usable, setup_portmap_iptables, teardown_portmap_iptables,
-    PortForward, Protocol,
-};
-use crate::firewall::portmap_nft::{check_portmap_nft, nft_usable, setup_portmap_nft, teardown_portmap_nft};
-use crate::firewall::{Backend, Family};
+use crate::errors::{internal, Ctx};
+use crate::firewall::{self, Family, PortForward, Protocol};
 use crate::netlink::{Handle, Ipv4Conf, Link};
 use crate::sysctl;
 use cni_types::error::PLUGIN_NOT_AVAILABLE;
@@ -35,10 +31,6 @@ use std::net::IpAddr;
 
 /// The portmap plugin.
 pub struct PortmapPlugin;
-
-fn internal(e: impl std::fmt::Display) -> CniError {
-    CniError::internal(e)
-}
 
 fn family_name(family: Family) -> &'static str {
     match family {
@@ -88,7 +80,7 @@ fn enable_route_localnet(ip: IpAddr) -> Result<(), CniError> {
         Err(e) => {
             log::debug!("route_localnet over rtnetlink: {e}; writing the sysctl");
             sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")
-                .map_err(|e| internal(format!("unable to enable route_localnet: {e}")))
+                .ctx(|| "unable to enable route_localnet")
         }
     }
 }
@@ -107,11 +99,8 @@ impl Plugin for PortmapPlugin {
         let t = conf.portmap(&args.container_id);
         for address in container_addresses(&prev, &args.ifname) {
             let family = Family::of(&address.ip());
-            let setup = match conf.backend {
-                Backend::Iptables => setup_portmap_iptables(&t, &address),
-                Backend::Nftables => setup_portmap_nft(&t, &address),
-            };
-            setup.map_err(|e| internal(format!("unable to set up {} port forwarding: {e}", family_name(family))))?;
+            firewall::setup_portmap(conf.backend, &t, &address)
+                .ctx(|| format!("unable to set up {} port forwarding", family_name(family)))?;
             flush_udp_conntrack(family, &conf.forwards, address.ip());
             if family == Family::V4 && conf.snat {
                 enable_route_localnet(address.ip())?;
@@ -135,24 +124,11 @@ impl Plugin for PortmapPlugin {
             Ok(Some(prev)) => container_addresses(&prev, &args.ifname).iter().map(|a| Family::of(&a.ip())).collect(),
             _ => Vec::new(),
         };
-        let mut errors = Vec::new();
-        // Always: the chain name covers network and container ID, so this never touches another
-        // attachment, and it cleans up after a backend switch.
-        if let Err(e) = teardown_portmap_iptables(&net.name, &args.container_id, &present) {
-            errors.push(format!("could not tear down iptables port forwarding: {e}"));
-        }
-        // Only when configured: nftables rules carry just the container ID, which another network
-        // of the same container may share.
-        if backend == Some(Backend::Nftables) {
-            if let Err(e) = teardown_portmap_nft(&args.container_id) {
-                errors.push(format!("could not tear down nftables port forwarding: {e}"));
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(internal(errors.join("; ")))
-        }
+        // iptables always: the chain name covers network and container ID, so this never touches
+        // another attachment, and it cleans up after a backend switch. nftables only when
+        // configured: its rules carry just the container ID, which another network of the same
+        // container may share.
+        Ok(firewall::teardown_portmap(backend, &net.name, &args.container_id, &present)?)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -163,11 +139,7 @@ impl Plugin for PortmapPlugin {
         }
         let t = conf.portmap(&args.container_id);
         for address in container_addresses(&prev, &args.ifname) {
-            let checked = match conf.backend {
-                Backend::Iptables => check_portmap_iptables(&t, &address),
-                Backend::Nftables => check_portmap_nft(&t, &address),
-            };
-            checked.map_err(internal)?;
+            firewall::check_portmap(conf.backend, &t, &address)?;
         }
         Ok(())
     }
@@ -176,20 +148,17 @@ impl Plugin for PortmapPlugin {
         let net = args.net_conf()?;
         // Without a list from the runtime nothing can be known to be stale.
         let Some(valid) = net.gc_valid_attachments() else { return Ok(()) };
-        if matches!(PortmapConf::load_options(args), Ok(c) if c.backend == Backend::Nftables) {
+        if matches!(PortmapConf::load_options(args), Ok(c) if c.backend == firewall::Backend::Nftables) {
             log::info!("nftables port forwards name only the container ID, not the network; GC leaves them to DEL");
         }
         let ids: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
-        gc_portmap_iptables(&net.name, &ids).map_err(|e| internal(format!("port forwarding GC: {e}")))
+        firewall::gc_portmap(&net.name, &ids).ctx(|| "port forwarding GC")
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = PortmapConf::load_options(args)?;
-        let (name, usable) = match conf.backend {
-            Backend::Iptables => ("iptables", iptables_usable()),
-            Backend::Nftables => ("nftables", nft_usable()),
-        };
-        usable
+        let name = conf.backend.name();
+        firewall::portmap_usable(conf.backend)
             .map_err(|e| CniError::new(PLUGIN_NOT_AVAILABLE, format!("portmap: the {name} backend is not usable: {e}")))
     }
 }

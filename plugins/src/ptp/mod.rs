@@ -18,13 +18,14 @@ mod config;
 
 pub use config::PtpConf;
 
+use crate::errors::{internal, Collector, Ctx};
 use crate::firewall::{self, MasqTarget};
 use crate::netlink::{self, Handle, Link, RouteSpec};
 use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, container_without, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq,
-    handle_in, internal, is_eexist, masq_backend, rollback, wait_for_dad, Started, Undo,
+    configure_container, container_without, create_veth_pair, del_container_end, gc_ipam_and_masq, handle_in,
+    is_eexist, masq_backend, rollback, wait_for_dad, Started, Undo,
 };
 use cni_types::net::network_of;
 use cni_types::skel::Command;
@@ -99,10 +100,10 @@ fn container_routes(ip: &IpConfig, gw: IpAddr, index: u32) -> [RouteSpec; 2] {
 /// Turns on forwarding for each family the container has.
 fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
     if ips.iter().any(|i| i.address.is_ipv4()) && !matches!(netlink::all_forwarding(false), Ok(Some(true))) {
-        ctx(sysctl::ensure("net/ipv4/ip_forward", "1"), || "enable IPv4 forwarding".into())?;
+        sysctl::ensure("net/ipv4/ip_forward", "1").ctx(|| "enable IPv4 forwarding")?;
     }
     if ips.iter().any(|i| !i.address.is_ipv4()) && !matches!(netlink::all_forwarding(true), Ok(Some(true))) {
-        ctx(sysctl::ensure("net/ipv6/conf/all/forwarding", "1"), || "enable IPv6 forwarding".into())?;
+        sysctl::ensure("net/ipv6/conf/all/forwarding", "1").ctx(|| "enable IPv6 forwarding")?;
     }
     Ok(())
 }
@@ -153,7 +154,7 @@ fn route_through_gateways(
             mtu: None,
             advmss: None,
         };
-        ctx(cont.del_route(&kernel_route), || format!("failed to delete route {subnet} dev {ifname}"))?;
+        cont.del_route(&kernel_route).ctx(|| format!("failed to delete route {subnet} dev {ifname}"))?;
         for r in container_routes(ip, *gw, link.index) {
             match cont.add_route_src(&r, Some(ip.address.ip())) {
                 Err(e) if !is_eexist(&e) => {
@@ -174,7 +175,7 @@ fn wait_carrier(cont: &mut Handle, index: u32, ifname: &str) -> Result<(), CniEr
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut last = None;
     loop {
-        let link = ctx(cont.link_by_index(index), || format!("look up {ifname}"))?;
+        let link = cont.link_by_index(index).ctx(|| format!("look up {ifname}"))?;
         last = link.and_then(|l| l.oper_state).or(last);
         if last == Some(State::Up) {
             return Ok(());
@@ -203,13 +204,15 @@ impl Ptp {
         let mark = |what: &str| log::debug!("{what} after {:?}", t0.elapsed());
         let veth = create_veth_pair(host, &mut cont, ns, &args.ifname, conf.mtu, None, None)?;
         undo.push(Undo::Veth(veth.index));
-        let cont_link = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
+        let cont_link = cont
+            .link_by_name(&args.ifname)
+            .ctx(|| format!("look up {}", args.ifname))?
             .ok_or_else(|| internal(format!("{} vanished from {}", args.ifname, ns.path().display())))?;
         // The host owns the routes of this link.
         if veth.ipv6_accept_ra != Some(0) {
             let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{}/accept_ra", veth.name), "0");
         }
-        ctx(host.set_link_up(veth.index, true), || format!("failed to set {} up", veth.name))?;
+        host.set_link_up(veth.index, true).ctx(|| format!("failed to set {} up", veth.name))?;
         mark("veth pair ready");
 
         let pending = started.ipam.take().ok_or_else(|| internal("IPAM was not started"))?;
@@ -250,7 +253,7 @@ impl Ptp {
         route_through_gateways(&mut cont, &cont_link, &args.ifname, &result.ips, &gws)?;
         mark("container configured");
         if let Some(masq) = masq {
-            ctx(masq.finish(), || "failed to set up IP masquerading".into())?;
+            masq.finish().ctx(|| "failed to set up IP masquerading")?;
             mark("masquerade installed");
         }
         // Last: the kernel reports the carrier while the masquerade batch loads.
@@ -277,7 +280,7 @@ impl Ptp {
 /// DEL without the container's namespace: the host end named in prevResult, if it is still a
 /// veth routing one of prevResult's addresses (a namespace file unmounted while still alive
 /// keeps the pair). Returns prevResult's addresses.
-fn del_host_end_from_prev(args: &CmdArgs, errors: &mut Vec<String>) -> Vec<IpNetwork> {
+fn del_host_end_from_prev(args: &CmdArgs, errors: &mut Collector) -> Vec<IpNetwork> {
     let Ok(Some(prev)) = args.prev_result() else { return Vec::new() };
     let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
     let Some(hv) = prev.interfaces.iter().find(|i| i.sandbox.is_empty()) else { return addrs };
@@ -305,8 +308,8 @@ impl Plugin for Ptp {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let conf = PtpConf::load(args)?;
         let backend = if conf.ip_masq { Some(masq_backend(conf.ip_masq_backend.as_deref())?) } else { None };
-        let ns = NetNs::open(&args.netns).map_err(internal)?;
-        let mut host = Handle::new().map_err(|e| internal(format!("netlink socket: {e}")))?;
+        let ns = NetNs::open(&args.netns)?;
+        let mut host = Handle::new().ctx(|| "netlink socket")?;
         // Refused before IPAM starts: a second ADD of an existing attachment keeps its address.
         let cont = container_without(&ns, &args.ifname)?;
         let mut undo = Vec::new();
@@ -323,7 +326,7 @@ impl Plugin for Ptp {
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = PtpConf::load(args)?;
-        let mut errors: Vec<String> = Vec::new();
+        let mut errors = Collector::new();
         let (container_gone, mut addrs) = del_container_end(args, &mut errors);
         if container_gone {
             let prev_addrs = del_host_end_from_prev(args, &mut errors);
@@ -335,17 +338,18 @@ impl Plugin for Ptp {
             errors.push(e.to_string());
         }
         if conf.ip_masq {
-            if let Err(e) = firewall::teardown_ipmasq(&masq_target(&conf, args, &addrs)) {
-                errors.push(format!("failed to tear down IP masquerading: {e}"));
-            }
+            errors.step(
+                || "failed to tear down IP masquerading",
+                firewall::teardown_ipmasq(&masq_target(&conf, args, &addrs)),
+            );
         }
-        all_or_errors(errors)
+        errors.into_cni()
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = PtpConf::load(args)?;
         let prev = args.prev_result()?.ok_or_else(|| internal("ptp: Required prevResult missing"))?;
-        let ns = NetNs::open(&args.netns).map_err(internal)?;
+        let ns = NetNs::open(&args.netns)?;
         invoke::delegate(&conf.ipam_type, Command::Check, args)?;
         let mut host = Handle::new().map_err(internal)?;
         let mut cont = handle_in(&ns)?;
@@ -355,7 +359,7 @@ impl Plugin for Ptp {
             .iter()
             .position(|i| i.name == args.ifname && i.sandbox == args.netns)
             .ok_or_else(|| internal(format!("interface {} in {} is not in prevResult", args.ifname, args.netns)))?;
-        let cl = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?.ok_or_else(|| {
+        let cl = cont.link_by_name(&args.ifname).ctx(|| format!("look up {}", args.ifname))?.ok_or_else(|| {
             internal(format!("ptp: Container Interface name in prevResult: {} not found", args.ifname))
         })?;
         if cl.kind != "veth" {
@@ -390,10 +394,10 @@ impl Plugin for Ptp {
         let ips: Vec<IpConfig> =
             prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == pc)).cloned().collect::<Vec<_>>();
         let gws = gateways(&ips)?;
-        let have = ctx(cont.addresses(Some(cl.index)), || "list container addresses".into())?;
-        let host_addrs = ctx(host.addresses(Some(host_end.index)), || format!("list addresses of {}", host_end.name))?;
-        let mut cont_routes = ctx(cont.routes(true), || "list routes".into())?;
-        cont_routes.extend(ctx(cont.routes(false), || "list routes".into())?);
+        let have = cont.addresses(Some(cl.index)).ctx(|| "list container addresses")?;
+        let host_addrs = host.addresses(Some(host_end.index)).ctx(|| format!("list addresses of {}", host_end.name))?;
+        let mut cont_routes = cont.routes(true).ctx(|| "list routes")?;
+        cont_routes.extend(cont.routes(false).ctx(|| "list routes")?);
         let has_route = |routes: &[RouteSpec], want: &RouteSpec| {
             routes.iter().any(|k| k.dst == want.dst && k.oif == want.oif && (want.gw.is_none() || k.gw == want.gw))
         };
@@ -405,7 +409,7 @@ impl Plugin for Ptp {
                 return Err(internal(format!("{} has no gateway address {gw}", host_end.name)));
             }
             // Asked of the kernel rather than found in a dump of every container's routes.
-            let via = ctx(host.route_get(ip.address.ip()), || format!("look up the host route to {}", ip.address))?;
+            let via = host.route_get(ip.address.ip()).ctx(|| format!("look up the host route to {}", ip.address))?;
             if via != Some(host_end.index) {
                 return Err(internal(format!("host route {} dev {} not found", ip.address.ip(), host_end.name)));
             }
@@ -426,7 +430,7 @@ impl Plugin for Ptp {
             let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
             let target = masq_target(&conf, args, &addrs);
             let backend = masq_backend(conf.ip_masq_backend.as_deref())?;
-            ctx(firewall::check_ipmasq(backend, &target), || "IP masquerading".into())?;
+            firewall::check_ipmasq(backend, &target).ctx(|| "IP masquerading")?;
         }
         Ok(())
     }

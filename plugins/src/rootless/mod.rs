@@ -42,8 +42,9 @@ pub mod slirp;
 pub mod state;
 pub mod trust;
 
+use crate::errors::{internal, Ctx};
 use crate::ns::NetNs;
-use cni_types::error::{INTERNAL, PLUGIN_NOT_AVAILABLE};
+use cni_types::error::PLUGIN_NOT_AVAILABLE;
 use cni_types::invoke;
 use cni_types::{CmdArgs, CniError, CniResult, Command, Plugin};
 use config::{lookup, InnerExtras, WrapperConf};
@@ -115,10 +116,6 @@ impl Paths {
     fn helper_paths(&self, netns: &Path) -> slirp::HelperPaths {
         slirp::HelperPaths { netns: netns.to_path_buf(), api_socket: self.api_socket.clone(), log: self.log.clone() }
     }
-}
-
-fn internal(msg: impl std::fmt::Display) -> CniError {
-    CniError::new(INTERNAL, msg.to_string())
 }
 
 fn not_available(msg: impl std::fmt::Display) -> CniError {
@@ -364,7 +361,7 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         let helper =
             self.with_tap_defaults(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
-        let helper = helper.map_err(|e| internal(format!("start slirp4netns: {e}")))?;
+        let helper = helper.ctx(|| "start slirp4netns")?;
         if st.params.enable_ipv6 {
             if let Err(e) = host::ipv6_uplink_in(&st.netns, slirp::TAP, host::GATEWAY6) {
                 let _ = slirp::stop(&helper, &expect);
@@ -451,7 +448,7 @@ impl<'a> Session<'a> {
     fn prepare_dir(&self) -> Result<(), CniError> {
         let run = self.paths.dir.join("run");
         for dir in [&self.paths.dir, &run, &mounts::rebase(&self.paths.dir, Path::new(mounts::VAR_LIB_CNI))] {
-            trust::secure_dir(dir, true).map_err(|e| internal(format!("rootless-wrapper: unsafe stateDir: {e}")))?;
+            trust::secure_dir(dir, true).ctx(|| "rootless-wrapper: unsafe stateDir")?;
         }
         mounts::relabel_run_dir(&run).map_err(internal)
     }
@@ -582,7 +579,7 @@ impl<'a> Session<'a> {
         };
         let steps = mounts::plan(&input);
         let ns = match netns {
-            Some(p) => Some(NetNs::open(p).map_err(|e| internal(format!("open the rootless netns: {e}")))?),
+            Some(p) => Some(NetNs::open(p).ctx(|| "open the rootless netns")?),
             None => None,
         };
         let path = mounts::inner_path(&getenv("PATH").unwrap_or_default());
@@ -629,7 +626,7 @@ impl<'a> Session<'a> {
             let conf = self.inner_conf(i, &self.extras(prev.as_ref(), Some(&self.conf.runtime_config), &[]));
             let out = self.exec(i, Command::Add, self.args, &conf).and_then(|out| {
                 serde_json::from_slice::<Value>(&out)
-                    .map_err(|e| internal(format!("plugin {} printed no result: {e}", self.conf.plugin_type(i))))
+                    .ctx(|| format!("plugin {} printed no result", self.conf.plugin_type(i)))
             });
             match out {
                 Ok(v) => prev = Some(v),

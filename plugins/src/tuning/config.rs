@@ -5,6 +5,7 @@
 //! `args.cni.{promisc,mtu,allmulti,txQLen}` override the top-level keys; `args.cni.sysctl` is merged
 //! over `sysctl`.
 
+use crate::errors::Ctx;
 use cni_types::error::{DECODING_FAILURE, INVALID_NETWORK_CONFIG};
 use cni_types::{gojson, CmdArgs, CniError};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -333,8 +334,7 @@ fn check_allowlist_at(path: &Path, sysctls: &[Sysctl]) -> Result<(), CniError> {
             )))
         }
     };
-    let text = String::from_utf8(bytes)
-        .map_err(|e| CniError::internal(format!("read sysctl allowlist {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).ctx(|| format!("read sysctl allowlist {}", path.display()))?;
     let mut patterns = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -9,6 +9,7 @@
 mod backup;
 pub mod config;
 
+use crate::errors::{internal, Collector, Ctx};
 use crate::netlink::{Handle, Link};
 use crate::ns::{NetNs, NsError};
 use backup::Backup;
@@ -21,10 +22,6 @@ use std::path::PathBuf;
 
 /// The tuning plugin.
 pub struct Tuning;
-
-fn internal(e: impl std::fmt::Display) -> CniError {
-    CniError::internal(e)
-}
 
 /// A sysctl file opened in the container's namespace, with its value before any change (`None`
 /// for a write-only file).
@@ -76,18 +73,18 @@ fn open_in(ns: &NetNs, conf: &TuningConf, writable: bool, netlink: bool) -> Resu
             })?);
         }
         let handle = if netlink {
-            Some(Handle::new().map_err(|e| internal(format!("open netlink socket in {}: {e}", ns.path().display())))?)
+            Some(Handle::new().ctx(|| format!("open netlink socket in {}", ns.path().display()))?)
         } else {
             None
         };
         Ok(Opened { sysctls, handle })
     });
-    opened.map_err(internal)?
+    opened?
 }
 
 fn container_link(h: &mut Handle, ifname: &str) -> Result<Link, CniError> {
     h.link_by_name(ifname)
-        .map_err(|e| internal(format!("failed to get {ifname:?}: {e}")))?
+        .ctx(|| format!("failed to get {ifname:?}"))?
         .ok_or_else(|| internal(format!("failed to get {ifname:?}: Link not found")))
 }
 
@@ -130,9 +127,10 @@ fn backup_of(conf: &TuningConf, link: &Link) -> Backup {
     }
 }
 
-/// Puts back the attributes `b` holds, in the reference's order; returns what failed.
-fn restore(h: &mut Handle, index: u32, b: &Backup) -> Vec<String> {
-    let mut errors = Vec::new();
+/// Puts back the attributes `b` holds, in the reference's order, each whatever the others did;
+/// the error says what failed.
+fn restore(h: &mut Handle, index: u32, b: &Backup) -> Result<(), String> {
+    let mut errors = Collector::new();
     if b.mtu != 0 {
         match u32::try_from(b.mtu) {
             Ok(mtu) => {
@@ -173,7 +171,7 @@ fn restore(h: &mut Handle, index: u32, b: &Backup) -> Vec<String> {
             Err(_) => errors.push(format!("failed to restore transmit queue length: {q} is not a length")),
         }
     }
-    errors
+    errors.finish()
 }
 
 /// What an ADD changed so far, undone in reverse when a later step fails.
@@ -187,7 +185,7 @@ struct Undo {
 impl Undo {
     fn run(self, handle: Option<&mut Handle>) {
         if let (Some((index, changed)), Some(h)) = (self.link, handle) {
-            for e in restore(h, index, &changed) {
+            if let Err(e) = restore(h, index, &changed) {
                 log::warn!("rolling back: {e}");
             }
         }
@@ -218,9 +216,7 @@ fn apply(conf: &TuningConf, args: &CmdArgs, opened: &mut Opened, undo: &mut Undo
         None => None,
     };
     for (s, f) in conf.sysctls.iter().zip(&opened.sysctls) {
-        f.file
-            .write_at(s.value.as_bytes(), 0)
-            .map_err(|e| internal(format!("write {:?} to /proc/sys/{}: {e}", s.value, s.rel)))?;
+        f.file.write_at(s.value.as_bytes(), 0).ctx(|| format!("write {:?} to /proc/sys/{}", s.value, s.rel))?;
         if let Some(original) = &f.original {
             undo.sysctls.push((f.file.try_clone().map_err(internal)?, original.clone()));
         }
@@ -231,13 +227,12 @@ fn apply(conf: &TuningConf, args: &CmdArgs, opened: &mut Opened, undo: &mut Undo
     let path = backup::path(&conf.data_dir, &args.container_id, &args.ifname);
     let previous = backup::read(&path).ok().flatten();
     backup::write(&path, &original.to_bytes(), Some(&conf.network))
-        .map_err(|e| internal(format!("failed to save backup {}: {e}", path.display())))?;
+        .ctx(|| format!("failed to save backup {}", path.display()))?;
     undo.backup = Some((path, previous));
 
     let mut changed = Backup::default();
     let index = link.index;
-    let step =
-        |r: std::io::Result<()>, what: &str| r.map_err(|e| internal(format!("set {what} of {}: {e}", link.name)));
+    let step = |r: std::io::Result<()>, what: &str| r.ctx(|| format!("set {what} of {}", link.name));
     if let Some(mac) = &conf.mac {
         step(h.set_link_mac(index, &mac.bytes), "MAC address")?;
         changed.mac.clone_from(&original.mac);
@@ -293,7 +288,7 @@ impl Plugin for Tuning {
         let conf = config::parse(args)?;
         config::check_allowlist(&conf.sysctls)?;
         let mut prev = args.prev_result()?.ok_or_else(|| internal("Required prevResult missing"))?;
-        let ns = NetNs::open(&args.netns).map_err(internal)?;
+        let ns = NetNs::open(&args.netns)?;
         if conf.sysctls.is_empty() && !conf.changes_link() {
             return Ok(prev);
         }
@@ -332,7 +327,7 @@ impl Plugin for Tuning {
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = config::parse(args)?;
         args.prev_result()?.ok_or_else(|| internal("Required prevResult missing"))?;
-        let ns = NetNs::open(&args.netns).map_err(internal)?;
+        let ns = NetNs::open(&args.netns)?;
         let mut opened = open_in(&ns, &conf, false, true)?;
         for (s, f) in conf.sysctls.iter().zip(&opened.sysctls) {
             let current = f.original.as_deref().unwrap_or_default();
@@ -348,7 +343,7 @@ impl Plugin for Tuning {
         let Some(h) = opened.handle.as_mut() else { return Err(internal("no netlink socket")) };
         let link = h
             .link_by_name(&args.ifname)
-            .map_err(|e| internal(format!("look up {}: {e}", args.ifname)))?
+            .ctx(|| format!("look up {}", args.ifname))?
             .ok_or_else(|| internal(format!("Cannot find container link {}", args.ifname)))?;
         let name = &args.ifname;
         if let Some(mac) = &conf.mac {
@@ -395,19 +390,12 @@ impl Plugin for Tuning {
         let dir = config::data_dir(args)?;
         let keep: std::collections::HashSet<String> =
             valid.iter().map(|a| format!("{}_{}.json", a.container_id, a.ifname)).collect();
-        let names = backup::list_network(&dir, &net.name)
-            .map_err(|e| internal(format!("list backups in {}: {e}", dir.display())))?;
-        let mut errors = Vec::new();
+        let names = backup::list_network(&dir, &net.name).ctx(|| format!("list backups in {}", dir.display()))?;
+        let mut errors = Collector::new();
         for name in names.iter().filter(|n| !keep.contains(*n)) {
-            if let Err(e) = backup::remove(&dir.join(name)) {
-                errors.push(format!("remove {}: {e}", dir.join(name).display()));
-            }
+            errors.step(|| format!("remove {}", dir.join(name).display()), backup::remove(&dir.join(name)));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(internal(errors.join("; ")))
-        }
+        errors.into_cni()
     }
 }
 
@@ -427,7 +415,7 @@ fn restore_in(args: &CmdArgs, b: &Backup) {
     };
     match h.link_by_name(&args.ifname) {
         Ok(Some(link)) => {
-            for e in restore(&mut h, link.index, b) {
+            if let Err(e) = restore(&mut h, link.index, b) {
                 log::warn!("{}: {e}", args.ifname);
             }
         }

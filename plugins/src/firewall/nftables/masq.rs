@@ -16,7 +16,11 @@
 //! }
 //! ```
 
-use super::{nft, sha512_hex, Family, FirewallError};
+use crate::firewall::error::FirewallError;
+use crate::firewall::fastpath;
+use crate::firewall::model::{Family, MasqTarget};
+use crate::firewall::names::sha512_hex;
+use crate::firewall::tools::nft;
 use crate::netlink::{
     nft_chain_exists, nft_table_rules, AddrField, CmpOp, Expr, NftBatch, NftFamily, NftOp, NftRule, Verdict,
 };
@@ -47,7 +51,7 @@ pub(super) struct TableState {
 
 impl TableState {
     /// Reads the table: one rule dump and two chain probes (an absent table is an empty state).
-    pub fn read() -> io::Result<TableState> {
+    pub(super) fn read() -> io::Result<TableState> {
         let rules = nft_table_rules(NftFamily::Inet, TABLE)?;
         let exists = |name: &str| -> io::Result<bool> {
             if rules.iter().any(|r| r.chain == name) {
@@ -239,20 +243,20 @@ fn read_plan_commit(what: &str, plan: impl Fn(&TableState) -> NftBatch) -> Resul
 }
 
 /// ADD.
-pub(super) fn setup(network: &str, ifname: &str, container_id: &str, addrs: &[IpNetwork]) -> Result<(), FirewallError> {
-    read_plan_commit("masquerade setup", |state| plan_setup(state, network, ifname, container_id, addrs))
+pub fn setup(t: &MasqTarget) -> Result<(), FirewallError> {
+    read_plan_commit("masquerade setup", |state| plan_setup(state, t.network, t.ifname, t.container_id, t.addresses))
 }
 
 /// CHECK.
-pub(super) fn check(network: &str, ifname: &str, container_id: &str, addrs: &[IpNetwork]) -> Result<(), FirewallError> {
+pub fn check(t: &MasqTarget) -> Result<(), FirewallError> {
     // Only rules are verified, so one dump is the whole read.
-    let state = if super::fastpath::enabled() {
+    let state = if fastpath::enabled() {
         let rules = nft_table_rules(NftFamily::Inet, TABLE).map_err(|e| netlink_error("reading", e))?;
         TableState { checks: true, postrouting: true, rules }
     } else {
         TableState::read().map_err(|e| netlink_error("reading", e))?
     };
-    verify(&state, network, ifname, container_id, addrs).map_err(FirewallError::Check)
+    verify(&state, t.network, t.ifname, t.container_id, t.addresses).map_err(FirewallError::Check)
 }
 
 /// Whether a read error means nf_tables cannot be spoken here at all, so nothing of ours can exist.
@@ -271,13 +275,13 @@ fn delete_where(what: &str, doomed: impl Fn(&str) -> bool) -> Result<(), Firewal
 }
 
 /// DEL: this attachment's rules, found by comment, so it works without addresses.
-pub(super) fn teardown(network: &str, ifname: &str, container_id: &str) -> Result<(), FirewallError> {
-    let prefix = instance_hash(network, ifname, container_id);
+pub fn teardown(t: &MasqTarget) -> Result<(), FirewallError> {
+    let prefix = instance_hash(t.network, t.ifname, t.container_id);
     delete_where("masquerade teardown", |c| c.starts_with(&prefix))
 }
 
 /// GC: the network's rules whose attachment (container ID, ifname) is not in `valid`.
-pub(super) fn gc(network: &str, valid: &[(String, String)]) -> Result<(), FirewallError> {
+pub fn gc(network: &str, valid: &[(String, String)]) -> Result<(), FirewallError> {
     let prefix = format!("{}-", network_hash(network));
     let keep: HashSet<String> = valid.iter().map(|(id, ifname)| comment(network, ifname, id)).collect();
     delete_where("masquerade gc", |c| c.starts_with(&prefix) && !keep.contains(c))

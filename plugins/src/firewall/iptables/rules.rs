@@ -5,8 +5,9 @@
 //! back from `iptables-save` as long as it is written in the canonical order `iptables-save` prints
 //! (addresses with their prefix, matches before the target).
 
-use super::sha512_hex;
-use std::fmt::Write as _;
+use crate::firewall::names::sha512_hex;
+pub use crate::firewall::names::{go_quote, go_unquote};
+use crate::firewall::tools::push_line;
 
 /// Length of every reference chain name (`CNI-` + hex, or `CNI-DN-` + hex).
 pub const CHAIN_NAME_LEN: usize = 28;
@@ -22,71 +23,6 @@ pub fn chain_name(prefix: &str, network: &str, container_id: &str) -> String {
 /// The reference's rule comment `name: "<network>" id: "<containerID>"` (Go `%q` quoting).
 pub fn format_comment(network: &str, container_id: &str) -> String {
     format!("name: {} id: {}", go_quote(network), go_quote(container_id))
-}
-
-/// Quotes like Go's `%q`, which the reference uses in comments and error texts.
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Reverses [`go_quote`] for the escapes it produces; `None` if `s` is not one quoted string.
-pub fn go_unquote(s: &str) -> Option<String> {
-    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return None,
-            '\\' => match chars.next()? {
-                '"' => out.push('"'),
-                '\\' => out.push('\\'),
-                'a' => out.push('\u{7}'),
-                'b' => out.push('\u{8}'),
-                'f' => out.push('\u{c}'),
-                'n' => out.push('\n'),
-                'r' => out.push('\r'),
-                't' => out.push('\t'),
-                'v' => out.push('\u{b}'),
-                'x' => out.push(hex_char(&mut chars, 2)?),
-                'u' => out.push(hex_char(&mut chars, 4)?),
-                'U' => out.push(hex_char(&mut chars, 8)?),
-                _ => return None,
-            },
-            c => out.push(c),
-        }
-    }
-    Some(out)
-}
-
-fn hex_char(chars: &mut std::str::Chars, digits: usize) -> Option<char> {
-    let hex: String = chars.by_ref().take(digits).collect();
-    if hex.len() != digits {
-        return None;
-    }
-    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)
 }
 
 /// One rule: the chain it lives in and its arguments (matches and target), unquoted.
@@ -305,11 +241,11 @@ impl Batch {
 
     /// The restore input: `*<table>`, the commands, `COMMIT`. A control character inside a command
     /// (an argument holding a line break would start a new command) is written as NUL, which
-    /// [`super::restore`] refuses to run: the text of one command never becomes two.
+    /// [`crate::firewall::tools::check_text`] refuses to run: the text of one command never becomes two.
     pub fn render(&self) -> String {
         let mut text = format!("*{}\n", self.table);
         for line in &self.lines {
-            super::restore::push_line(&mut text, line);
+            push_line(&mut text, line);
         }
         text.push_str("COMMIT\n");
         text
@@ -319,23 +255,14 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::tools::{check_text, MAX_RESTORE_LINE};
 
     #[test]
     fn names_chains_like_the_reference() {
+        assert_eq!(format_comment("specnet", "ctr1"), r#"name: "specnet" id: "ctr1""#);
         assert_eq!(chain_name("", "specnet", "ctr1"), "CNI-47b0c350c56dfce277c5b5d1");
         // Portmap's DNAT chain (research 3.4): 21 hex digits after `CNI-DN-`.
         assert_eq!(chain_name("DN-", "specnet", "ctr1"), "CNI-DN-47b0c350c56dfce277c5b");
-    }
-
-    #[test]
-    fn quotes_like_go() {
-        assert_eq!(format_comment("specnet", "ctr1"), r#"name: "specnet" id: "ctr1""#);
-        assert_eq!(go_quote("a\"b\\c\n\u{1}é"), r#""a\"b\\c\n\x01é""#);
-        for s in ["", "plain", "a\"b\\c\n\u{1}é\u{85}"] {
-            assert_eq!(go_unquote(&go_quote(s)).as_deref(), Some(s));
-        }
-        assert_eq!(go_unquote("\"open"), None);
-        assert_eq!(go_unquote(r#""a"b""#), None);
     }
 
     #[test]
@@ -386,5 +313,33 @@ mod tests {
             "*nat\n:CNI-X - [0:0]\n-A CNI-X -m comment --comment \"a b\" -j MASQUERADE\n-I POSTROUTING 1 -j CNI-X\n\
              -D POSTROUTING -s 10.0.0.2/24 -j CNI-X\n-F CNI-Y\n-X CNI-Y\nCOMMIT\n"
         );
+    }
+
+    #[test]
+    fn rule_text_that_would_change_meaning_is_refused() {
+        // An argument with a line break would become a second command: rendered as NUL, refused.
+        let mut batch = Batch::new("nat");
+        batch.append(&Rule::new("CNI-X", ["-d", "10.0.0.1\n-A PREROUTING -p tcp --dport 22 -j DNAT", "-j", "ACCEPT"]));
+        let text = batch.render();
+        assert_eq!(text.lines().count(), 3, "one command stays one line: {text:?}");
+        let e = check_text("iptables-restore", &text, Some(MAX_RESTORE_LINE)).unwrap_err();
+        assert!(e.to_string().contains("control character"), "{e}");
+        for arg in ["a\0b", "a\rb", "a\u{85}b"] {
+            let mut batch = Batch::new("nat");
+            batch.append(&Rule::new("CNI-X", ["-d", arg]));
+            assert!(check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).is_err(), "{arg:?}");
+        }
+        // iptables-restore reads 10239 bytes a line: one byte more and the tail is a new command.
+        let mut batch = Batch::new("nat");
+        batch.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", &"x".repeat(MAX_RESTORE_LINE)]));
+        let e = check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).unwrap_err();
+        assert!(e.to_string().contains("10238 bytes"), "{e}");
+        assert!(check_text("nft", &batch.render(), None).is_ok(), "nft reads lines of any length");
+        let mut ok = Batch::new("nat");
+        ok.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", "a\tb \"c\"", "-j", "ACCEPT"]));
+        assert!(check_text("iptables-restore", &ok.render(), Some(MAX_RESTORE_LINE)).is_ok());
+        let mut script = crate::firewall::tools::nft::Script::new();
+        script.add_rule("ip", "t", "c", "ip daddr 10.0.0.1\0 accept");
+        assert!(check_text("nft", &script.render(), None).is_err());
     }
 }

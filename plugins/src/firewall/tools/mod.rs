@@ -1,11 +1,14 @@
-//! Runs the netfilter tools: `iptables-save`/`iptables-restore` (and the `ip6tables-` pair) and `nft`.
+//! Runs the netfilter tools: `iptables-save`/`iptables-restore` (and the `ip6tables-` pair) here,
+//! `nft` in [`nft`]. Text in, text out: no backend, no rule model; the backends build the text.
 //!
 //! Every write is one process fed a whole batch on stdin, so an operation costs one exec per family
-//! however many rules it touches, and each batch is applied atomically by the kernel.
+//! however many rules it touches, and each batch is applied atomically by the kernel. Every process
+//! has a deadline ([`timeout`] plus [`KILL_GRACE`]) and is killed with its helpers when it passes.
 
-use super::iptables::{Batch, SavedTable};
-use super::nft::{Listing, Script};
-use super::{Family, FirewallError};
+pub mod nft;
+
+use super::error::FirewallError;
+use super::model::Family;
 use cni_types::child;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -56,7 +59,9 @@ fn wait_tool(
     command: &str,
 ) -> Result<child::Finished, FirewallError> {
     child::wait(child, input, deadline).map_err(|e| match e {
-        child::WaitError::TimedOut => FirewallError::TimedOut { command: command.to_string(), timeout },
+        child::WaitError::TimedOut => {
+            FirewallError::TimedOut { command: command.to_string(), timeout, env: TIMEOUT_ENV }
+        }
         child::WaitError::Io(source) => FirewallError::Spawn { command: command.to_string(), source },
     })
 }
@@ -125,14 +130,6 @@ pub fn run_within(tool: &str, args: &[&str], stdin: Option<&str>, timeout: Durat
     }
     output.fed.map_err(|source| FirewallError::Spawn { command, source })?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Dumps and parses one table: `iptables-save -t <table>` (or `ip6tables-save`).
-pub fn iptables_save(family: Family, table: &str) -> Result<SavedTable, FirewallError> {
-    let tool = save_tool(family);
-    let text = run(tool, &["-t", table], None)?;
-    SavedTable::parse(&text, table)
-        .map_err(|reason| FirewallError::Parse { command: format!("{tool} -t {table}"), reason })
 }
 
 /// Longest line `iptables-restore` reads as one: it reads lines into a 10240-byte buffer, so a
@@ -299,173 +296,9 @@ fn failed_line(stderr: &str) -> Option<usize> {
     after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-/// Applies an nft script as one transaction: `nft -f -`.
-pub fn nft_apply(script: &str) -> Result<(), FirewallError> {
-    check_text("nft", script, None)?;
-    run("nft", &["-f", "-"], Some(script)).map(drop)
-}
-
-/// Lists an nft object as JSON (`nft -j list <what…>`); `None` when the table or chain does not exist.
-pub fn nft_list(what: &[&str]) -> Result<Option<serde_json::Value>, FirewallError> {
-    let mut args = vec!["-j", "list"];
-    args.extend_from_slice(what);
-    match run("nft", &args, None) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| FirewallError::Parse { command: format!("nft {}", args.join(" ")), reason: e.to_string() }),
-        Err(FirewallError::Command { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes iptables chains of `table` and every rule elsewhere that jumps to them, when
-/// iptables is the nf_tables variant: the kernel lists the rules over netlink (those of the
-/// `sources` chains that exist, or of the whole table) and one `nft` transaction deletes the jumps by handle
-/// and the chains. Reading the table through `iptables-save` instead grows with every container
-/// on the host. `Ok(false)` when this way does not apply (legacy iptables, no `nft`); any error
-/// leaves the table as it was, for the caller to fall back on `apply_iptables`.
-pub fn remove_chains_nft(
-    family: Family,
-    table: &str,
-    chains: &[String],
-    sources: Option<&[&str]>,
-) -> Result<bool, FirewallError> {
-    use crate::netlink::{nft_chain_exists, nft_rules, nft_table_rules, NftFamily};
-    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) || !has_tool("nft") {
-        return Ok(false);
-    }
-    let (nft_fam, fam_name) = match family {
-        Family::V4 => (NftFamily::Ip, "ip"),
-        Family::V6 => (NftFamily::Ip6, "ip6"),
-    };
-    let netlink = |what: String| move |source| FirewallError::Spawn { command: format!("netlink {what}"), source };
-    let mut existing = Vec::new();
-    for chain in chains {
-        if nft_chain_exists(nft_fam, table, chain).map_err(netlink(format!("get chain {fam_name} {table} {chain}")))? {
-            existing.push(chain.as_str());
-        }
-    }
-    // No chain, no jump to it: the kernel refuses rules that jump to a missing chain.
-    if existing.is_empty() {
-        return Ok(true);
-    }
-    let rules = match sources {
-        Some(sources) => {
-            let mut all = Vec::new();
-            for source in sources {
-                // A source chain that does not exist holds no jump.
-                if !nft_chain_exists(nft_fam, table, source)
-                    .map_err(netlink(format!("get chain {fam_name} {table} {source}")))?
-                {
-                    continue;
-                }
-                all.extend(
-                    nft_rules(nft_fam, table, source).map_err(netlink(format!("list {fam_name} {table} {source}")))?,
-                );
-            }
-            all
-        }
-        None => nft_table_rules(nft_fam, table).map_err(netlink(format!("list table {fam_name} {table}")))?,
-    };
-    let mut script = Script::new();
-    for r in rules.iter().filter(|r| !existing.contains(&r.chain.as_str())) {
-        if r.jumps.iter().any(|j| existing.contains(&j.as_str())) {
-            script.delete_rule_handle(fam_name, table, &r.chain, r.handle);
-        }
-    }
-    existing.iter().for_each(|c| script.flush_chain(fam_name, table, c));
-    existing.iter().for_each(|c| script.delete_chain(fam_name, table, c));
-    nft_apply(&script.render()).map(|()| true)
-}
-
-/// Dumps `table`, plans a batch from the dump and loads it; `plan` returns `None` when nothing is to
-/// be done. A concurrent writer can change the table between dump and load, which fails the batch as
-/// a whole (it is atomic), so one failure re-plans from a fresh dump. `tolerate_unreadable` turns a
-/// failing dump into "nothing to do" (cleanup on a host that cannot have the table).
-pub fn apply_iptables(
-    family: Family,
-    table: &str,
-    tolerate_unreadable: bool,
-    plan: impl Fn(&SavedTable) -> Option<Batch>,
-) -> Result<(), FirewallError> {
-    for attempt in 0..2 {
-        let saved = match iptables_save(family, table) {
-            Ok(saved) => saved,
-            Err(e) if tolerate_unreadable => {
-                log::debug!("nothing to clean up in {family:?} table {table}: {e}");
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(batch) = plan(&saved) else { return Ok(()) };
-        match iptables_restore(family, &batch.render()) {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt == 0 => log::debug!("re-planning after a failed batch: {e}"),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Lists `what`, plans a script from the listing and applies it, re-planning once after a failure as
-/// [`apply_iptables`] does. `tolerate_unsupported` makes a kernel without nf_tables "nothing to do".
-pub fn apply_nft(
-    what: &[&str],
-    tolerate_unsupported: bool,
-    plan: impl Fn(&Listing) -> Result<Option<Script>, FirewallError>,
-) -> Result<(), FirewallError> {
-    for attempt in 0..2 {
-        let listing = match Listing::fetch(what) {
-            Ok(listing) => listing,
-            Err(FirewallError::Command { ref stderr, .. })
-                if tolerate_unsupported && stderr.contains("not supported") =>
-            {
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(script) = plan(&listing)?.filter(|s| !s.is_empty()) else { return Ok(()) };
-        match nft_apply(&script.render()) {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt == 0 => log::debug!("re-planning after a failed transaction: {e}"),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::iptables::{Batch, Rule};
-
-    #[test]
-    fn rule_text_that_would_change_meaning_is_refused() {
-        // An argument with a line break would become a second command: rendered as NUL, refused.
-        let mut batch = Batch::new("nat");
-        batch.append(&Rule::new("CNI-X", ["-d", "10.0.0.1\n-A PREROUTING -p tcp --dport 22 -j DNAT", "-j", "ACCEPT"]));
-        let text = batch.render();
-        assert_eq!(text.lines().count(), 3, "one command stays one line: {text:?}");
-        let e = check_text("iptables-restore", &text, Some(MAX_RESTORE_LINE)).unwrap_err();
-        assert!(e.to_string().contains("control character"), "{e}");
-        for arg in ["a\0b", "a\rb", "a\u{85}b"] {
-            let mut batch = Batch::new("nat");
-            batch.append(&Rule::new("CNI-X", ["-d", arg]));
-            assert!(check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).is_err(), "{arg:?}");
-        }
-        // iptables-restore reads 10239 bytes a line: one byte more and the tail is a new command.
-        let mut batch = Batch::new("nat");
-        batch.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", &"x".repeat(MAX_RESTORE_LINE)]));
-        let e = check_text("iptables-restore", &batch.render(), Some(MAX_RESTORE_LINE)).unwrap_err();
-        assert!(e.to_string().contains("10238 bytes"), "{e}");
-        assert!(check_text("nft", &batch.render(), None).is_ok(), "nft reads lines of any length");
-        let mut ok = Batch::new("nat");
-        ok.append(&Rule::new("CNI-X", ["-m", "comment", "--comment", "a\tb \"c\"", "-j", "ACCEPT"]));
-        assert!(check_text("iptables-restore", &ok.render(), Some(MAX_RESTORE_LINE)).is_ok());
-        let mut script = crate::firewall::nft::Script::new();
-        script.add_rule("ip", "t", "c", "ip daddr 10.0.0.1\0 accept");
-        assert!(check_text("nft", &script.render(), None).is_err());
-    }
 
     #[test]
     fn finds_the_blamed_line() {

@@ -20,9 +20,14 @@
 //! table dumped and the batch planned from the dump. Dumping the whole table on every ADD would make
 //! ADD grow with the number of containers (about 6 µs per rule with iptables-nft).
 
-use super::iptables::{chain_name, Batch, Rule, SavedTable};
-use super::restore::{self, has_tool, restore_tool, save_tool};
-use super::{Family, FirewallError};
+use super::{apply, chain_name, is_nft, nat_surely_without, plan_remove_chains, remove_chains_by_handle, save};
+use super::{Batch, Rule, SavedTable, NAT};
+use crate::errors::Collector;
+use crate::firewall::error::FirewallError;
+use crate::firewall::fastpath;
+use crate::firewall::model::{Family, Portmap};
+use crate::firewall::names::cut_at_char_boundary;
+use crate::firewall::tools::{self, has_tool, restore_tool, save_tool};
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -36,104 +41,12 @@ pub const MASQ_CHAIN: &str = "CNI-HOSTPORT-MASQ";
 /// The top-level chain of plugin versions before 2018, which jumped to per-container `CNI-SN-…` chains.
 pub const OLD_SNAT_CHAIN: &str = "CNI-HOSTPORT-SNAT";
 
-const NAT: &str = "nat";
 /// `multiport` takes at most 15 ports per rule.
 const MULTIPORT_MAX: usize = 15;
 /// Longer comments are cut to 253 bytes and `...` (256 in all), exactly as the reference cuts them.
 const COMMENT_MAX: usize = 255;
 const SETMARK_COMMENT: &str = "CNI portfwd masquerade mark";
 const MASQ_ENTRY_COMMENT: &str = "CNI portfwd requiring masquerade";
-
-/// A port-mapping protocol; the order (by name) is the order of the reference's entry rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// SCTP.
-    Sctp,
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// Parses `tcp`, `udp` or `sctp` in any letter case.
-    pub fn parse(s: &str) -> Option<Protocol> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Some(Protocol::Tcp),
-            "udp" => Some(Protocol::Udp),
-            "sctp" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
-    /// The lowercase name iptables and nft use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
-
-/// One validated port mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortForward {
-    /// Port on the host.
-    pub host_port: u16,
-    /// Port in the container.
-    pub container_port: u16,
-    /// Protocol.
-    pub protocol: Protocol,
-    /// Host address to match; `None` (or an unspecified address) means every local address.
-    pub host_ip: Option<IpAddr>,
-}
-
-impl PortForward {
-    /// Whether the mapping applies to a container address of `family`: a host IP of the other
-    /// family is skipped, as in the reference.
-    pub fn applies_to(&self, family: Family) -> bool {
-        self.host_ip.is_none_or(|ip| Family::of(&ip) == family)
-    }
-
-    /// The destination address to match, if the mapping names a specific one.
-    pub fn destination(&self) -> Option<IpAddr> {
-        self.host_ip.filter(|ip| !ip.is_unspecified())
-    }
-}
-
-/// One container's port mappings and the options that shape their rules (shared by both backends).
-#[derive(Debug, Clone, Copy)]
-pub struct Portmap<'a> {
-    /// Network name (config `name`).
-    pub network: &'a str,
-    /// `CNI_CONTAINERID`.
-    pub container_id: &'a str,
-    /// The mappings, in the runtime's order.
-    pub forwards: &'a [PortForward],
-    /// Masquerade hairpin and localhost connections (`snat`, default true).
-    pub snat: bool,
-    /// Masquerade every source, not just the container's subnet and localhost (`masqAll`).
-    pub masq_all: bool,
-    /// The mark bit of `CNI-HOSTPORT-SETMARK` (`markMasqBit`, default 13).
-    pub mark_bit: u8,
-    /// Jump here instead of `CNI-HOSTPORT-SETMARK`, whose chains are then not created.
-    pub external_set_mark_chain: Option<&'a str>,
-    /// Extra matches for IPv4 entry rules (`conditionsV4`).
-    pub conditions_v4: &'a [String],
-    /// Extra matches for IPv6 entry rules (`conditionsV6`).
-    pub conditions_v6: &'a [String],
-}
-
-impl Portmap<'_> {
-    /// The conditions of one family.
-    pub fn conditions(&self, family: Family) -> &[String] {
-        match family {
-            Family::V4 => self.conditions_v4,
-            Family::V6 => self.conditions_v6,
-        }
-    }
-}
 
 /// The per-container chain, `CNI-DN-<21 hex of sha512(network + containerID)>`.
 pub fn dnat_chain_name(network: &str, container_id: &str) -> String {
@@ -146,11 +59,7 @@ pub fn dnat_comment(network: &str, container_id: &str) -> String {
     if comment.len() <= COMMENT_MAX {
         return comment;
     }
-    let mut end = COMMENT_MAX - 2;
-    while !comment.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &comment[..end])
+    format!("{}...", cut_at_char_boundary(&comment, COMMENT_MAX - 2))
 }
 
 /// The tool name used in messages, as the reference names it.
@@ -368,10 +277,10 @@ fn unique(rules: Vec<Rule>) -> Vec<Rule> {
 /// line makes `iptables-restore` read the whole table first, which grows with every container
 /// (measured: 5 ms without, 14–20 ms with, at 1000 containers).
 fn shared_rules_in_place(t: &Portmap, family: Family) -> bool {
-    if !super::ipmasq::iptables_is_nft(family) {
+    if !is_nft(family) {
         return false;
     }
-    let nf = super::ipmasq::nft_family(family);
+    let nf = family.nft_family();
     shared_rules(t).1.iter().all(|(rule, _)| {
         let Ok(listed) = crate::netlink::nft_rules(nf, NAT, &rule.chain) else { return false };
         match rule.target() {
@@ -440,20 +349,20 @@ fn plan_setup(saved: &SavedTable, t: &Portmap, address: &IpNetwork) -> Option<Ba
 }
 
 /// ADD for the family of `address`: one batch when the host is set up, else dump, plan and load.
-pub fn setup_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+pub fn setup(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
     let shared_known = shared_rules_in_place(t, family);
     // Where the kernel could be asked (iptables-nft) and said the shared rules are missing, the
     // one-batch ADD would fail after the tool parsed every rule of it: plan from the dump at once.
-    let shared_missing = !shared_known && super::ipmasq::iptables_is_nft(family);
-    if !shared_missing && super::fastpath::enabled() {
-        match restore::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
+    let shared_missing = !shared_known && is_nft(family);
+    if !shared_missing && fastpath::enabled() {
+        match tools::iptables_restore(family, &plan_fast_setup(t, address, shared_known).render()) {
             Ok(()) => return Ok(()),
             Err(FirewallError::ToolNotFound(tool)) => return Err(FirewallError::ToolNotFound(tool)),
             Err(e) => log::debug!("portmap: planning from {} after the one-batch ADD failed: {e}", save_tool(family)),
         }
     }
-    restore::apply_iptables(family, NAT, false, |saved| plan_setup(saved, t, address))
+    apply(family, NAT, false, |saved| plan_setup(saved, t, address))
 }
 
 /// The `-C` batch of CHECK: every shared rule, container rule and entry rule of this address.
@@ -469,9 +378,9 @@ fn plan_check(t: &Portmap, address: &IpNetwork) -> Batch {
 
 /// CHECK for the family of `address`: iptables itself compares every rule ADD installs (`-C`, as
 /// the reference does), in one batch that changes nothing.
-pub fn check_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+pub fn check(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
-    restore::iptables_restore(family, &plan_check(t, address).render()).map_err(|e| {
+    tools::iptables_restore(family, &plan_check(t, address).render()).map_err(|e| {
         let text = e.to_string();
         let rule = text.rsplit_once("(input line: -C ").and_then(|(_, r)| r.strip_suffix(')'));
         FirewallError::Check(match rule {
@@ -485,23 +394,6 @@ pub fn check_portmap_iptables(t: &Portmap, address: &IpNetwork) -> Result<(), Fi
     })
 }
 
-/// Plans removing `chains`: every rule elsewhere that jumps to them, then flush and delete those
-/// that exist. `None` when there is nothing.
-fn plan_remove_chains(saved: &SavedTable, chains: &[String]) -> Option<Batch> {
-    let mut batch = Batch::new(NAT);
-    let doomed: HashSet<&str> = chains.iter().map(String::as_str).collect();
-    for rule in saved.rules.iter().filter(|r| !doomed.contains(r.chain.as_str())) {
-        if rule.target().is_some_and(|t| doomed.contains(t)) {
-            batch.delete(rule);
-        }
-    }
-    let declared: HashSet<&str> = saved.chains.iter().map(String::as_str).collect();
-    let existing: Vec<&String> = chains.iter().filter(|c| declared.contains(c.as_str())).collect();
-    existing.iter().for_each(|c| batch.flush_chain(c));
-    existing.iter().for_each(|c| batch.delete_chain(c));
-    (!batch.is_empty()).then_some(batch)
-}
-
 /// DEL's plan: the container chain and the pre-2018 `CNI-SN-…` chain, found by name, so neither the
 /// mappings nor the addresses are needed.
 fn plan_teardown(saved: &SavedTable, network: &str, container_id: &str) -> Option<Batch> {
@@ -512,8 +404,8 @@ fn plan_teardown(saved: &SavedTable, network: &str, container_id: &str) -> Optio
 /// DEL: removes the container's chains and every jump to them from both families' nat tables
 /// whose tools exist. A family in `present` (the container had an address of it) must be readable;
 /// another one that cannot be dumped (IPv6 disabled) has nothing of ours.
-pub fn teardown_portmap_iptables(network: &str, container_id: &str, present: &[Family]) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+pub fn teardown(network: &str, container_id: &str, present: &[Family]) -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
@@ -522,19 +414,17 @@ pub fn teardown_portmap_iptables(network: &str, container_id: &str, present: &[F
         // Only the reference's chains jump to these; listing just them keeps DEL from reading every
         // rule of a large container chain (the kernel's rule dump restarts from the head of the
         // table for each batch it returns, so a whole-table dump grows with its square).
-        match restore::remove_chains_nft(family, NAT, &chains, Some(&[DNAT_CHAIN, OLD_SNAT_CHAIN])) {
+        match remove_chains_by_handle(family, NAT, &chains, Some(&[DNAT_CHAIN, OLD_SNAT_CHAIN])) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => log::debug!("portmap teardown by handle failed, reading the table: {e}"),
         }
         let tolerate = !present.contains(&family);
-        if let Err(e) =
-            restore::apply_iptables(family, NAT, tolerate, |saved| plan_teardown(saved, network, container_id))
-        {
+        if let Err(e) = apply(family, NAT, tolerate, |saved| plan_teardown(saved, network, container_id)) {
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// GC's plan: the chains of `network`'s containers not in `valid_ids`, recognised by the entry rules'
@@ -560,8 +450,8 @@ fn plan_gc(saved: &SavedTable, network: &str, valid_ids: &HashSet<&str>) -> Opti
 
 /// GC: removes the chains of `network`'s containers whose ID is not in `valid_ids` (the chain hash
 /// covers network and container ID only, so any listed interface keeps the container's rules).
-pub fn gc_portmap_iptables(network: &str, valid_ids: &HashSet<&str>) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+pub fn gc(network: &str, valid_ids: &HashSet<&str>) -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
@@ -569,37 +459,38 @@ pub fn gc_portmap_iptables(network: &str, valid_ids: &HashSet<&str>) -> Result<(
         // The kernel lists iptables-nft rules with their comments: nothing stale, no iptables-save.
         let prefix = format!("dnat name: \"{network}\" id: \"");
         let stale = |c: &str| c.strip_prefix(&prefix).is_some_and(|r| !valid_ids.contains(r.trim_end_matches('"')));
-        if super::ipmasq::nat_surely_without(family, stale) {
+        if nat_surely_without(family, stale) {
             continue;
         }
         // A host without IPv6 cannot dump ip6tables, and so holds nothing there to collect.
         let tolerate = family == Family::V6;
-        if let Err(e) = restore::apply_iptables(family, NAT, tolerate, |saved| plan_gc(saved, network, valid_ids)) {
+        if let Err(e) = apply(family, NAT, tolerate, |saved| plan_gc(saved, network, valid_ids)) {
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// STATUS: whether `iptables-save`/`iptables-restore` of either family can work with the nat table.
-pub fn iptables_usable() -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+pub fn usable() -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(restore_tool(family)) {
             errors.push(FirewallError::ToolNotFound(restore_tool(family).to_string()));
             continue;
         }
-        match restore::iptables_save(family, NAT) {
+        match save(family, NAT) {
             Ok(_) => return Ok(()),
             Err(e) => errors.push(e),
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::{PortForward, Protocol};
 
     /// `iptables-save -t nat` after the reference portmap v1.1.1 (Debian, /usr/lib/cni) ran ADD in a
     /// throwaway netns with `name: specnet`, CNI_CONTAINERID=ctr1, prevResult 10.251.0.2/24 and
@@ -692,17 +583,7 @@ COMMIT
     }
 
     fn portmap<'a>(forwards: &'a [PortForward], id: &'a str) -> Portmap<'a> {
-        Portmap {
-            network: "specnet",
-            container_id: id,
-            forwards,
-            snat: true,
-            masq_all: false,
-            mark_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: &[],
-            conditions_v6: &[],
-        }
+        Portmap::with_defaults("specnet", id, forwards)
     }
 
     fn addr(s: &str) -> IpNetwork {

@@ -1,90 +1,35 @@
-//! IP masquerade for a container's addresses (bridge `ipMasq`), with the reference's rules
-//! (research 2.4) in both backends.
-//!
-//! iptables (`nat` table, per family), chain `CNI-<24 hex of sha512(network+containerID)>`:
+//! IP masquerade for a container's addresses (bridge and ptp `ipMasq`) in the iptables `nat` table,
+//! per family, with the reference's rules (research 2.4); chain
+//! `CNI-<24 hex of sha512(network+containerID)>`:
 //! ```text
 //! -A POSTROUTING -s 10.1.0.5/32 -m comment --comment "name: \"net\" id: \"cid\"" -j CNI-…
 //! -A CNI-… -d 10.1.0.0/24 -m comment --comment "name: \"net\" id: \"cid\"" -j ACCEPT
 //! -A CNI-… ! -d 224.0.0.0/4 -m comment --comment "name: \"net\" id: \"cid\"" -j MASQUERADE
 //! ```
-//! nftables, table `inet cni_plugins_masquerade`, one rule per address in `masq_checks`:
-//! ```text
-//! ip saddr 10.1.0.5 ip daddr != 10.1.0.0/24 masquerade comment "<h16(net)>-<h16(ifname:cid)>, net: …, if: …, id: …"
-//! ```
 
-use super::iptables::{chain_name, format_comment, go_quote, go_unquote, Batch, Rule, SavedTable};
-use super::masq_nft;
-use super::restore::{self, find_tool, has_tool, restore_tool, save_tool, PendingRestore};
-use super::{Backend, Family, FirewallError};
-use crate::netlink::{nft_chain_exists, NftFamily};
+use super::{apply, chain_name, format_comment, go_quote, go_unquote, nat_surely_without, plan_remove_chains, save};
+use super::{is_nft, remove_chains_by_handle, Batch, Rule, SavedTable, NAT};
+use crate::errors::Collector;
+use crate::firewall::error::FirewallError;
+use crate::firewall::fastpath;
+use crate::firewall::model::{Family, MasqTarget};
+use crate::firewall::names::cut_at_char_boundary;
+use crate::firewall::tools::{self, has_tool, restore_tool, save_tool, PendingRestore};
+use crate::netlink::nft_chain_exists;
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 
-/// One attachment whose traffic is masqueraded.
-#[derive(Debug, Clone, Copy)]
-pub struct MasqTarget<'a> {
-    /// Network name (config `name`).
-    pub network: &'a str,
-    /// `CNI_CONTAINERID`.
-    pub container_id: &'a str,
-    /// `CNI_IFNAME` (only the nftables backend uses it, as in the reference).
-    pub ifname: &'a str,
-    /// The container's addresses with their prefix, e.g. `10.1.0.5/24`.
-    pub addresses: &'a [IpNetwork],
-}
-
-const NAT: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";
-
-/// Whether the host's `iptables-restore` for `family` is the nf_tables variant (iptables-nft), whose
-/// chains the kernel can be asked about directly. Debian links it through alternatives to
-/// `xtables-nft-multi`; the legacy variant is `xtables-legacy-multi`.
-pub(super) fn iptables_is_nft(family: Family) -> bool {
-    find_tool(restore_tool(family))
-        .and_then(|p| std::fs::canonicalize(p).ok())
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().contains("nft")))
-        .unwrap_or(false)
-}
-
-pub(super) fn nft_family(family: Family) -> NftFamily {
-    match family {
-        Family::V4 => NftFamily::Ip,
-        Family::V6 => NftFamily::Ip6,
-    }
-}
 
 /// Whether the container's nat chain is known to be absent: then no rule can jump to it either
 /// (iptables refuses to delete a chain that is still referenced), so nothing needs reading. Any
 /// doubt (legacy iptables, a failing probe) answers `false`.
 fn chain_surely_absent(family: Family, chain: &str) -> bool {
-    super::fastpath::enabled()
-        && iptables_is_nft(family)
-        && matches!(nft_chain_exists(nft_family(family), NAT, chain), Ok(false))
+    fastpath::enabled() && is_nft(family) && matches!(nft_chain_exists(family.nft_family(), NAT, chain), Ok(false))
 }
 
-/// ADD: installs the masquerade rules for every address; re-running leaves one copy of each rule.
-///
-/// A new container's chain does not exist yet; the kernel says so in one netlink round trip, and the
-/// rules are then written blind in one batch. Reading the table first (`iptables-save`, `nft list`)
-/// costs a process and grows with every container on the host, so it is kept for the rare case of
-/// a chain that already exists (a repeated ADD, a second interface of the same container).
-pub fn setup_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallError> {
-    setup_ipmasq_prepared(backend, t, None)
-}
-
-/// [`setup_ipmasq`] with a restore tool started ahead of time ([`PendingRestore`]), used for its
-/// family's blind batch when that applies and otherwise left to load nothing.
-pub fn setup_ipmasq_prepared(
-    backend: Backend,
-    t: &MasqTarget,
-    prepared: Option<PendingRestore>,
-) -> Result<(), FirewallError> {
-    begin_ipmasq(backend, *t, prepared).finish()
-}
-
-/// A masquerade setup under way (see [`begin_ipmasq`]).
-pub struct MasqSetup<'a> {
-    backend: Backend,
+/// An ADD under way (see [`begin`]).
+pub struct Setup<'a> {
     target: MasqTarget<'a>,
     /// The prepared restore, fed with its family's blind batch and loading it.
     loading: Option<PendingRestore>,
@@ -92,16 +37,19 @@ pub struct MasqSetup<'a> {
     prepared: Option<PendingRestore>,
 }
 
-/// Starts [`setup_ipmasq_prepared`]: when the container's chain does not exist yet, the prepared
-/// restore gets its family's batch now and loads it while the caller goes on (the bridge
-/// configures the container meanwhile); [`MasqSetup::finish`] waits for it and does the rest.
-/// Dropping the value waits for the restore too, so a caller that fails in between can roll
-/// back knowing the batch has landed or failed.
-pub fn begin_ipmasq(backend: Backend, t: MasqTarget<'_>, prepared: Option<PendingRestore>) -> MasqSetup<'_> {
-    let mut setup = MasqSetup { backend, target: t, loading: None, prepared };
-    if backend != Backend::Iptables {
-        return setup;
-    }
+/// Starts ADD: installs the masquerade rules for every address; re-running leaves one copy of each
+/// rule.
+///
+/// A new container's chain does not exist yet; the kernel says so in one netlink round trip, and the
+/// rules are then written blind in one batch, through `prepared` (a restore tool started ahead of
+/// time) when it is of that family: it gets its batch now and loads it while the caller goes on (the
+/// bridge configures the container meanwhile); [`Setup::finish`] waits for it and does the rest.
+/// Dropping the value waits for the restore too, so a caller that fails in between can roll back
+/// knowing the batch has landed or failed. Reading the table first (`iptables-save`) costs a process
+/// and grows with every container on the host, so it is kept for the rare case of a chain that
+/// already exists (a repeated ADD, a second interface of the same container).
+pub fn begin(t: MasqTarget<'_>, prepared: Option<PendingRestore>) -> Setup<'_> {
+    let mut setup = Setup { target: t, loading: None, prepared };
     if let Some(mut p) = setup.prepared.take() {
         match blind_batch(p.family(), &t) {
             Some(batch) => {
@@ -114,27 +62,22 @@ pub fn begin_ipmasq(backend: Backend, t: MasqTarget<'_>, prepared: Option<Pendin
     setup
 }
 
-impl MasqSetup<'_> {
-    /// Waits for the batch started by [`begin_ipmasq`] and installs whatever it did not cover.
+impl Setup<'_> {
+    /// Waits for the batch started by [`begin`] and installs whatever it did not cover.
     pub fn finish(mut self) -> Result<(), FirewallError> {
         let t = &self.target;
-        match self.backend {
-            Backend::Iptables => {
-                for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
-                    if let Some(loading) = self.loading.take_if(|l| l.family() == family) {
-                        match loading.finish() {
-                            Ok(()) => continue,
-                            Err(e) => log::debug!("blind masquerade batch failed, re-planning: {e}"),
-                        }
-                    } else if let Some(()) = setup_family_blind(family, t, &mut self.prepared) {
-                        continue;
-                    }
-                    restore::apply_iptables(family, NAT, false, |saved| plan_iptables_setup(saved, family, t))?;
+        for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
+            if let Some(loading) = self.loading.take_if(|l| l.family() == family) {
+                match loading.finish() {
+                    Ok(()) => continue,
+                    Err(e) => log::debug!("blind masquerade batch failed, re-planning: {e}"),
                 }
-                Ok(())
+            } else if let Some(()) = setup_family_blind(family, t, &mut self.prepared) {
+                continue;
             }
-            Backend::Nftables => setup_nft(t),
+            apply(family, NAT, false, |saved| plan_iptables_setup(saved, family, t))?;
         }
+        Ok(())
     }
 }
 
@@ -154,7 +97,7 @@ fn setup_family_blind(family: Family, t: &MasqTarget, prepared: &mut Option<Pend
     let batch = blind_batch(family, t)?;
     let loaded = match prepared.take_if(|p| p.family() == family) {
         Some(p) => p.load(&batch.render()),
-        None => restore::iptables_restore(family, &batch.render()),
+        None => tools::iptables_restore(family, &batch.render()),
     };
     match loaded {
         Ok(()) => Some(()),
@@ -166,15 +109,10 @@ fn setup_family_blind(family: Family, t: &MasqTarget, prepared: &mut Option<Pend
     }
 }
 
-/// The nftables backend's ADD.
-fn setup_nft(t: &MasqTarget) -> Result<(), FirewallError> {
-    masq_nft::setup(t.network, t.ifname, t.container_id, t.addresses)
-}
-
-/// DEL: removes this attachment's rules from both backends, found by chain name and comment, so it
-/// works without addresses; what is already gone (or a tool the host lacks) is success.
-pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+/// DEL: removes this attachment's chain and the jumps to it, found by chain name, so it works
+/// without addresses; what is already gone (or a tool the host lacks) is success.
+pub fn teardown(t: &MasqTarget) -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
     let chain = chain_name("", t.network, t.container_id);
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
@@ -183,7 +121,7 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
         if chain_surely_absent(family, &chain) {
             continue;
         }
-        match restore::remove_chains_nft(family, NAT, std::slice::from_ref(&chain), Some(&[POSTROUTING])) {
+        match remove_chains_by_handle(family, NAT, std::slice::from_ref(&chain), Some(&[POSTROUTING])) {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => log::debug!("masquerade teardown by handle failed, reading the table: {e}"),
@@ -191,59 +129,43 @@ pub fn teardown_ipmasq(t: &MasqTarget) -> Result<(), FirewallError> {
         // Without an address of this family there is no evidence its table holds anything of ours,
         // so a host that cannot dump it (e.g. legacy ip6tables with IPv6 disabled) must not fail DEL.
         let tolerate_unreadable = addresses_of(t, family).is_empty();
-        if let Err(e) =
-            restore::apply_iptables(family, NAT, tolerate_unreadable, |saved| plan_iptables_teardown(saved, &chain))
-        {
+        if let Err(e) = apply(family, NAT, tolerate_unreadable, |saved| plan_iptables_teardown(saved, &chain)) {
             errors.push(e);
         }
     }
-    if let Err(e) = masq_nft::teardown(t.network, t.ifname, t.container_id) {
-        errors.push(e);
-    }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// CHECK: every rule ADD installs for these addresses is present.
-pub fn check_ipmasq(backend: Backend, t: &MasqTarget) -> Result<(), FirewallError> {
-    match backend {
-        Backend::Iptables => {
-            for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
-                // A batch of `-C` lines asks iptables itself whether each rule is there without
-                // dumping the table; only when it says no is the table read, to name what is missing.
-                if restore::iptables_restore(family, &plan_iptables_check(family, t).render()).is_ok() {
-                    continue;
-                }
-                let saved = restore::iptables_save(family, NAT)?;
-                verify_iptables(&saved, family, t).map_err(FirewallError::Check)?;
-            }
-            Ok(())
+pub fn check(t: &MasqTarget) -> Result<(), FirewallError> {
+    for family in Family::ALL.into_iter().filter(|f| !addresses_of(t, *f).is_empty()) {
+        // A batch of `-C` lines asks iptables itself whether each rule is there without
+        // dumping the table; only when it says no is the table read, to name what is missing.
+        if tools::iptables_restore(family, &plan_iptables_check(family, t).render()).is_ok() {
+            continue;
         }
-        Backend::Nftables => masq_nft::check(t.network, t.ifname, t.container_id, t.addresses),
+        let saved = save(family, NAT)?;
+        verify_iptables(&saved, family, t).map_err(FirewallError::Check)?;
     }
+    Ok(())
 }
 
-/// GC: removes both backends' masquerade rules of `network` whose attachment (container ID, ifname) is
-/// not in `valid`. iptables chains ignore ifname, so there a container ID listed with any ifname is kept.
-pub fn gc_ipmasq(network: &str, valid: &[(String, String)]) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
-    let valid_ids: HashSet<&str> = valid.iter().map(|(id, _)| id.as_str()).collect();
+/// GC: removes the masquerade chains of `network` whose container ID is not in `valid_ids` (the
+/// chains ignore ifname, so a container listed with any ifname is kept).
+pub fn gc(network: &str, valid_ids: &HashSet<&str>) -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
     for family in Family::ALL {
         if !has_tool(save_tool(family)) || !has_tool(restore_tool(family)) {
             continue;
         }
-        if nothing_to_collect(family, network, &valid_ids) {
+        if nothing_to_collect(family, network, valid_ids) {
             continue;
         }
-        if let Err(e) =
-            restore::apply_iptables(family, NAT, false, |saved| plan_iptables_gc(saved, network, &valid_ids))
-        {
+        if let Err(e) = apply(family, NAT, false, |saved| plan_iptables_gc(saved, network, valid_ids)) {
             errors.push(e);
         }
     }
-    if let Err(e) = masq_nft::gc(network, valid) {
-        errors.push(e);
-    }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// Whether the kernel shows (iptables-nft, over netlink) that the nat table holds no rule of `network`
@@ -253,21 +175,6 @@ fn nothing_to_collect(family: Family, network: &str, valid_ids: &HashSet<&str>) 
     nat_surely_without(family, |comment| {
         comment.strip_prefix(&prefix).and_then(go_unquote).is_some_and(|id| !valid_ids.contains(id.as_str()))
     })
-}
-
-/// Whether the kernel shows (iptables-nft, over netlink) that no rule of the family's nat table has
-/// a comment `wanted` selects. Legacy iptables or a failing dump answer `false`.
-pub(super) fn nat_surely_without(family: Family, wanted: impl Fn(&str) -> bool) -> bool {
-    if !iptables_is_nft(family) {
-        return false;
-    }
-    if !super::fastpath::enabled() {
-        return false;
-    }
-    match crate::netlink::nft_table_rules(nft_family(family), NAT) {
-        Ok(rules) => !rules.iter().any(|r| r.comment.as_deref().is_some_and(&wanted)),
-        Err(_) => false,
-    }
 }
 
 /// The target's addresses of one family, without duplicates, in the caller's order.
@@ -386,13 +293,7 @@ fn plan_iptables_teardown(saved: &SavedTable, chain: &str) -> Option<Batch> {
 /// the line too long for `iptables-restore`.
 fn masq_comment(network: &str, container_id: &str) -> String {
     let mut comment = format_comment(network, container_id);
-    if comment.len() > COMMENT_MAX {
-        let mut end = COMMENT_MAX;
-        while !comment.is_char_boundary(end) {
-            end -= 1;
-        }
-        comment.truncate(end);
-    }
+    comment.truncate(cut_at_char_boundary(&comment, COMMENT_MAX).len());
     comment
 }
 
@@ -426,23 +327,6 @@ fn plan_iptables_gc(saved: &SavedTable, network: &str, valid_ids: &HashSet<&str>
         }
     }
     plan_remove_chains(saved, &stale)
-}
-
-/// Deletes all jumps to `chains` from other chains, then flushes and deletes those that exist.
-fn plan_remove_chains(saved: &SavedTable, chains: &[String]) -> Option<Batch> {
-    let mut batch = Batch::new(NAT);
-    for rule in saved.rules.iter().filter(|r| !chains.contains(&r.chain)) {
-        if rule.target().is_some_and(|t| chains.iter().any(|c| c == t)) {
-            batch.delete(rule);
-        }
-    }
-    for chain in chains.iter().filter(|c| saved.has_chain(c)) {
-        batch.flush_chain(chain);
-    }
-    for chain in chains.iter().filter(|c| saved.has_chain(c)) {
-        batch.delete_chain(chain);
-    }
-    (!batch.is_empty()).then_some(batch)
 }
 
 /// CHECK for one family: the chain exists and holds its ACCEPT and MASQUERADE rules, and every jump exists.

@@ -1,7 +1,11 @@
-//! The nftables model: `nft -f` scripts built line by line and `nft -j list` output parsed into rules
-//! with their handles (the only way to delete one rule).
+//! The `nft` tool: scripts built line by line and run as one transaction (`nft -f -`), and
+//! `nft -j list` output parsed into rules with their handles (the only way to delete one rule).
+//! Used where nft text is the interface: user `conditionsV4`/`conditionsV6` of portmap, bridge's
+//! `macspoofchk`, and deletion by handle of iptables-nft rules.
 
-use super::FirewallError;
+use super::{check_text, push_line, run};
+use crate::firewall::error::FirewallError;
+use crate::firewall::names::cut_at_char_boundary;
 use serde_json::Value;
 
 /// Longest comment the kernel stores (`NFTNL_UDATA_COMMENT_MAXLEN`); knftables truncates to it too.
@@ -38,13 +42,7 @@ pub fn quote(what: &'static str, s: &str) -> Result<String, FirewallError> {
 
 /// Cuts a comment to [`COMMENT_MAX_LEN`] bytes at a character boundary.
 pub fn truncate_comment(mut comment: String) -> String {
-    if comment.len() > COMMENT_MAX_LEN {
-        let mut end = COMMENT_MAX_LEN;
-        while !comment.is_char_boundary(end) {
-            end -= 1;
-        }
-        comment.truncate(end);
-    }
+    comment.truncate(cut_at_char_boundary(&comment, COMMENT_MAX_LEN).len());
     comment
 }
 
@@ -107,11 +105,11 @@ impl Script {
     }
 
     /// The script text, one command per line; a control character inside a command is written as
-    /// NUL, which [`super::restore::nft_apply`] refuses to run.
+    /// NUL, which [`nft_apply`] refuses to run.
     pub fn render(&self) -> String {
         let mut text = String::new();
         for line in &self.lines {
-            super::restore::push_line(&mut text, line);
+            push_line(&mut text, line);
         }
         text
     }
@@ -189,7 +187,7 @@ impl Listing {
 
     /// Lists `what` (e.g. `["table", "bridge", "nat"]`); an absent table or chain is an empty listing.
     pub fn fetch(what: &[&str]) -> Result<Listing, FirewallError> {
-        match super::restore::nft_list(what)? {
+        match nft_list(what)? {
             None => Ok(Listing::default()),
             Some(doc) => Listing::parse(&doc)
                 .map_err(|reason| FirewallError::Parse { command: format!("nft -j list {}", what.join(" ")), reason }),
@@ -205,6 +203,52 @@ impl Listing {
     pub fn rules_in<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a ListedRule> + 'a {
         self.rules.iter().filter(move |r| r.chain == chain)
     }
+}
+
+/// Applies an nft script as one transaction: `nft -f -`.
+pub fn nft_apply(script: &str) -> Result<(), FirewallError> {
+    check_text("nft", script, None)?;
+    run("nft", &["-f", "-"], Some(script)).map(drop)
+}
+
+/// Lists an nft object as JSON (`nft -j list <what…>`); `None` when the table or chain does not exist.
+pub fn nft_list(what: &[&str]) -> Result<Option<serde_json::Value>, FirewallError> {
+    let mut args = vec!["-j", "list"];
+    args.extend_from_slice(what);
+    match run("nft", &args, None) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| FirewallError::Parse { command: format!("nft {}", args.join(" ")), reason: e.to_string() }),
+        Err(FirewallError::Command { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lists `what`, plans a script from the listing and applies it, re-planning once after a failure as
+/// the iptables backend's `apply` does. `tolerate_unsupported` makes a kernel without nf_tables "nothing to do".
+pub fn apply_nft(
+    what: &[&str],
+    tolerate_unsupported: bool,
+    plan: impl Fn(&Listing) -> Result<Option<Script>, FirewallError>,
+) -> Result<(), FirewallError> {
+    for attempt in 0..2 {
+        let listing = match Listing::fetch(what) {
+            Ok(listing) => listing,
+            Err(FirewallError::Command { ref stderr, .. })
+                if tolerate_unsupported && stderr.contains("not supported") =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(script) = plan(&listing)?.filter(|s| !s.is_empty()) else { return Ok(()) };
+        match nft_apply(&script.render()) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 0 => log::debug!("re-planning after a failed transaction: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

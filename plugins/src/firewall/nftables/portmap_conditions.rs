@@ -22,23 +22,21 @@
 //! ADD (as the reference does) would cost time growing with the number of mappings, and deleting
 //! rules makes the kernel wait for their destruction.
 
-use super::nft::{self, ListedRule, Listing, Script};
-use super::portmap_iptables::Portmap;
-use super::restore;
-use super::{Family, FirewallError};
+use super::{
+    HOSTIP_HOSTPORTS, HOSTPORTS, HOSTPORTS_ALL, HOSTPORT_TABLE as TABLE, HOSTPORT_TABLE_COMMENT as TABLE_COMMENT,
+};
+use super::{MASQUERADING, OUTPUT, PREROUTING};
+use crate::errors::Collector;
+use crate::firewall::error::FirewallError;
+use crate::firewall::fastpath;
+use crate::firewall::model::{Family, Portmap};
+use crate::firewall::tools::nft::{self, apply_nft, nft_apply, ListedRule, Listing, Script};
+use crate::firewall::tools::run;
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-pub use super::portmap_nftnl::{keyword, TABLE};
-const TABLE_COMMENT: &str = "CNI portmap plugin";
-const HOSTPORTS: &str = "hostports";
-const HOSTIP_HOSTPORTS: &str = "hostip_hostports";
-const HOSTPORTS_ALL: &str = "hostports_all";
-const PREROUTING: &str = "prerouting";
-const OUTPUT: &str = "output";
-const MASQUERADING: &str = "masquerading";
 /// Numeric priorities: nft 1.0.6 accepts the name `dstnat` only in the prerouting hook.
 const PREROUTING_SPEC: &str = "type nat hook prerouting priority -100 ;";
 const OUTPUT_SPEC: &str = "type nat hook output priority -100 ;";
@@ -65,7 +63,7 @@ fn ip_port(ip: IpAddr, port: u16) -> String {
 /// This container's `hostports` rules for one address, in mapping order.
 fn hostport_rules(t: &Portmap, address: &IpNetwork) -> Vec<String> {
     let family = Family::of(&address.ip());
-    let ip = keyword(family);
+    let ip = family.nft_keyword();
     t.forwards
         .iter()
         .filter(|f| f.applies_to(family))
@@ -87,7 +85,7 @@ fn masquerade_rules(t: &Portmap, address: &IpNetwork) -> Vec<String> {
         return Vec::new();
     }
     let family = Family::of(&address.ip());
-    let ip = keyword(family);
+    let ip = family.nft_keyword();
     let cip = address.ip();
     let source = match (t.masq_all, family) {
         (true, Family::V4) => "0.0.0.0/0".to_string(),
@@ -187,7 +185,7 @@ fn own_rules<'a>(listing: &'a Listing, container_id: &str) -> HashSet<(&'a str, 
 /// container's rules that are not there yet.
 fn plan_setup(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<Script, FirewallError> {
     let family = Family::of(&address.ip());
-    let fam = keyword(family);
+    let fam = family.nft_keyword();
     let comment = nft::quote("container ID", t.container_id)?;
     let mut script = Script::new();
     if listing.chains.is_empty() {
@@ -231,7 +229,7 @@ fn plan_setup(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<Scr
 
 /// The one-transaction ADD: this container's rules only, valid when the chains exist.
 fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> Result<Script, FirewallError> {
-    let fam = keyword(Family::of(&address.ip()));
+    let fam = Family::of(&address.ip()).nft_keyword();
     let comment = nft::quote("container ID", t.container_id)?;
     let mut script = Script::new();
     let mut seen: HashSet<(&str, String)> = HashSet::new();
@@ -245,23 +243,20 @@ fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> Result<Script, FirewallE
     Ok(script)
 }
 
-/// ADD for the family of `address`.
-pub fn setup_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+/// ADD for the family of `address`, for a portmap with entry conditions.
+pub fn setup(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
-    if t.conditions(family).is_empty() {
-        return super::portmap_nftnl::setup(t, address);
-    }
-    let fam = keyword(family);
+    let fam = family.nft_keyword();
     // `prerouting` right means a complete, current layout was written before (all chains are
     // created in one transaction); a missing `masquerading` fails the transaction below instead.
     let entry = [entry_rule(t, family)];
-    let listing = match super::fastpath::enabled() {
+    let listing = match fastpath::enabled() {
         true => Listing::fetch(&["chain", fam, TABLE, PREROUTING]),
         false => Err(FirewallError::Check("fast paths are off".into())),
     };
     match listing {
         Ok(listing) if chain_is(&listing, PREROUTING, &entry) => {
-            match restore::nft_apply(&plan_fast_setup(t, address)?.render()) {
+            match nft_apply(&plan_fast_setup(t, address)?.render()) {
                 Ok(()) => return Ok(()),
                 Err(e) => log::debug!("portmap: listing table {fam} {TABLE} after the one-transaction ADD failed: {e}"),
             }
@@ -269,13 +264,13 @@ pub fn setup_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), Firewal
         Ok(_) => {}
         Err(e) => log::debug!("portmap: cannot list {fam} {TABLE} {PREROUTING}: {e}"),
     }
-    restore::apply_nft(&["table", fam, TABLE], false, |listing| plan_setup(listing, t, address).map(Some))
+    apply_nft(&["table", fam, TABLE], false, |listing| plan_setup(listing, t, address).map(Some))
 }
 
 /// CHECK for the family of `address`: the entry chains lead to `hostports`, and every rule ADD
 /// adds for this container is there with its comment.
 fn verify(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<(), String> {
-    let fam = keyword(Family::of(&address.ip()));
+    let fam = Family::of(&address.ip()).nft_keyword();
     for chain in [PREROUTING, OUTPUT] {
         if !listing.rules_in(chain).any(|r| render(r).ends_with(ENTRY_TAIL)) {
             return Err(format!("chain {chain} of table {fam} {TABLE} does not jump to {HOSTPORTS_ALL}"));
@@ -297,12 +292,9 @@ fn verify(listing: &Listing, t: &Portmap, address: &IpNetwork) -> Result<(), Str
     Ok(())
 }
 
-/// CHECK for the family of `address`.
-pub fn check_portmap_nft(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
-    if t.conditions(Family::of(&address.ip())).is_empty() || !restore::has_tool("nft") {
-        return super::portmap_nftnl::check(t, address);
-    }
-    let fam = keyword(Family::of(&address.ip()));
+/// CHECK for the family of `address`, for a portmap with entry conditions.
+pub fn check(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+    let fam = Family::of(&address.ip()).nft_keyword();
     let listing = Listing::fetch(&["table", fam, TABLE])?;
     verify(&listing, t, address).map_err(FirewallError::Check)
 }
@@ -319,50 +311,35 @@ fn plan_teardown(listing: &Listing, container_id: &str) -> Option<Script> {
     (!script.is_empty()).then_some(script)
 }
 
-/// DEL: deletes this container's rules from both families' tables (what is not there is success).
-pub fn teardown_portmap_nft(container_id: &str) -> Result<(), FirewallError> {
-    if super::portmap_nftnl::teardown(container_id).is_ok() {
-        return Ok(());
-    }
-    let mut errors = Vec::new();
+/// DEL through `nft`: deletes this container's rules from both families' tables (what is not
+/// there is success).
+pub fn teardown(container_id: &str) -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
     for family in Family::ALL {
-        let what = ["table", keyword(family), TABLE];
-        if let Err(e) = restore::apply_nft(&what, true, |listing| Ok(plan_teardown(listing, container_id))) {
+        let what = ["table", family.nft_keyword(), TABLE];
+        if let Err(e) = apply_nft(&what, true, |listing| Ok(plan_teardown(listing, container_id))) {
             errors.push(e);
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
 /// STATUS: whether `nft` runs and the kernel has nf_tables.
-pub fn nft_usable() -> Result<(), FirewallError> {
-    if !restore::has_tool("nft") {
-        return super::portmap_nftnl::usable();
-    }
-    restore::run("nft", &["list", "tables"], None).map(drop)
+pub fn usable() -> Result<(), FirewallError> {
+    run("nft", &["list", "tables"], None).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::portmap_iptables::{PortForward, Protocol};
+    use crate::firewall::{PortForward, Protocol};
 
     fn fwd(host_port: u16, container_port: u16, protocol: Protocol, host_ip: Option<&str>) -> PortForward {
         PortForward { host_port, container_port, protocol, host_ip: host_ip.map(|s| s.parse().unwrap()) }
     }
 
-    fn portmap<'a>(forwards: &'a [PortForward]) -> Portmap<'a> {
-        Portmap {
-            network: "specnet",
-            container_id: "ctr1",
-            forwards,
-            snat: true,
-            masq_all: false,
-            mark_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: &[],
-            conditions_v6: &[],
-        }
+    fn portmap(forwards: &[PortForward]) -> Portmap<'_> {
+        Portmap::with_defaults("specnet", "ctr1", forwards)
     }
 
     fn forwards() -> Vec<PortForward> {

@@ -1,44 +1,29 @@
-//! The portmap nftables backend over netlink: the layout of [`super::portmap_nft`] (the reference's
-//! `ip|ip6 cni_hostport` tables) planned as data and committed as one NETLINK_NETFILTER batch per
-//! operation, with no process. Entry rules with user `conditionsV4`/`conditionsV6` are nft text
-//! this module does not compile, so an ADD with conditions is left to the `nft` path.
+//! The portmap nftables backend over netlink: the reference's `ip|ip6 cni_hostport` tables (see
+//! [`super::portmap_conditions`] for the layout) planned as data and committed as one
+//! NETLINK_NETFILTER batch per operation, with no process. Entry rules with user
+//! `conditionsV4`/`conditionsV6` are nft text this module does not compile, so ADD and CHECK of
+//! such a portmap go to [`super::portmap_conditions`] and `nft`.
 
-use super::portmap_iptables::{Portmap, Protocol};
-use super::{Family, FirewallError};
+use super::portmap_conditions;
+use super::{
+    HOSTIP_HOSTPORTS, HOSTPORTS, HOSTPORTS_ALL, HOSTPORT_TABLE as TABLE, HOSTPORT_TABLE_COMMENT as TABLE_COMMENT,
+};
+use super::{MASQUERADING, OUTPUT, PREROUTING};
+use crate::errors::Collector;
+use crate::firewall::error::FirewallError;
+use crate::firewall::fastpath;
+use crate::firewall::model::{Family, Portmap, Protocol};
+use crate::firewall::tools::has_tool;
 use crate::netlink::{
-    nft_chain_exists, nft_rules, nft_table_rules, AddrField, CmpOp, Expr, NftBatch, NftFamily, NftOp, NftRule, Verdict,
+    nft_chain_exists, nft_rules, nft_table_rules, AddrField, CmpOp, Expr, NftBatch, NftOp, NftRule, Verdict,
 };
 use ipnetwork::IpNetwork;
 use std::io;
 
-/// The table name, in both the `ip` and `ip6` families.
-pub const TABLE: &str = "cni_hostport";
-const TABLE_COMMENT: &str = "CNI portmap plugin";
-const HOSTPORTS: &str = "hostports";
-const HOSTIP_HOSTPORTS: &str = "hostip_hostports";
-const HOSTPORTS_ALL: &str = "hostports_all";
-const PREROUTING: &str = "prerouting";
-const OUTPUT: &str = "output";
-const MASQUERADING: &str = "masquerading";
 const CHAINS: [&str; 6] = [HOSTPORTS, HOSTIP_HOSTPORTS, HOSTPORTS_ALL, PREROUTING, OUTPUT, MASQUERADING];
 /// `(chain, hook number, priority)` of the base chains: `NF_INET_PRE_ROUTING` at dstnat,
 /// `NF_INET_LOCAL_OUT` at -100, `NF_INET_POST_ROUTING` at srcnat.
 const BASE_CHAINS: [(&str, u32, i32); 3] = [(PREROUTING, 0, -100), (OUTPUT, 3, -100), (MASQUERADING, 4, 100)];
-
-/// The nft family keyword of a family (`ip` or `ip6`).
-pub fn keyword(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    }
-}
-
-fn nft_family(family: Family) -> NftFamily {
-    match family {
-        Family::V4 => NftFamily::Ip,
-        Family::V6 => NftFamily::Ip6,
-    }
-}
 
 fn l4proto(p: Protocol) -> u8 {
     match p {
@@ -60,7 +45,7 @@ pub(super) struct TableState {
 impl TableState {
     /// Reads the table: one rule dump, and a probe for each chain that holds no rule.
     pub fn read(family: Family) -> io::Result<TableState> {
-        let fam = nft_family(family);
+        let fam = family.nft_family();
         let rules = nft_table_rules(fam, TABLE)?;
         let mut chains = Vec::new();
         for chain in CHAINS {
@@ -104,7 +89,7 @@ type OwnRule = (&'static str, Vec<Expr>, String);
 /// masquerade and, for IPv4 without masqAll, the localhost one.
 pub(super) fn own_rules(t: &Portmap, address: &IpNetwork) -> Vec<OwnRule> {
     let family = Family::of(&address.ip());
-    let ip = keyword(family);
+    let ip = Family::nft_keyword(family);
     let full = if family == Family::V4 { 32 } else { 128 };
     let host = |ip| IpNetwork::new(ip, full).unwrap_or(*address);
     let mut out: Vec<OwnRule> = Vec::new();
@@ -156,7 +141,7 @@ fn add_rule(chain: &str, exprs: Vec<Expr>, comment: Option<&str>) -> NftOp {
 /// `hostports_all`, `prerouting` and `output` only when they are not already right, add this
 /// container's rules that are not there yet.
 pub(super) fn plan_setup(state: &TableState, t: &Portmap, address: &IpNetwork) -> NftBatch {
-    let mut batch = NftBatch::new(nft_family(Family::of(&address.ip())));
+    let mut batch = NftBatch::new(Family::of(&address.ip()).nft_family());
     let ops = &mut batch.ops;
     if state.chains.is_empty() {
         ops.push(NftOp::AddTable { name: TABLE.to_string(), comment: Some(TABLE_COMMENT.to_string()) });
@@ -198,7 +183,7 @@ pub(super) fn plan_setup(state: &TableState, t: &Portmap, address: &IpNetwork) -
 
 /// The one-batch ADD into a set-up table: this container's rules only.
 fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> NftBatch {
-    let mut batch = NftBatch::new(nft_family(Family::of(&address.ip())));
+    let mut batch = NftBatch::new(Family::of(&address.ip()).nft_family());
     for (chain, exprs, _) in own_rules(t, address) {
         batch.ops.push(add_rule(chain, exprs, Some(t.container_id)));
     }
@@ -206,7 +191,7 @@ fn plan_fast_setup(t: &Portmap, address: &IpNetwork) -> NftBatch {
 }
 
 fn netlink_error(what: &str, family: Family, source: io::Error) -> FirewallError {
-    let fam = keyword(family);
+    let fam = Family::nft_keyword(family);
     FirewallError::Netlink { what: format!("{what} of table {fam} {TABLE}"), source }
 }
 
@@ -214,10 +199,13 @@ fn netlink_error(what: &str, family: Family, source: io::Error) -> FirewallError
 /// is right (all chains are created in one batch, so the layout is complete) only this
 /// container's rules are sent; otherwise, or when the kernel refuses that batch, the table is read
 /// and planned in full.
-pub(super) fn setup(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+pub fn setup(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
+    if !t.conditions(family).is_empty() {
+        return portmap_conditions::setup(t, address);
+    }
     let entry = [entry_rule()];
-    if let Some(Ok(prerouting)) = super::fastpath::enabled().then(|| nft_rules(nft_family(family), TABLE, PREROUTING)) {
+    if let Some(Ok(prerouting)) = fastpath::enabled().then(|| nft_rules(family.nft_family(), TABLE, PREROUTING)) {
         if prerouting.len() == 1 && prerouting[0].exprs == entry[0] {
             match plan_fast_setup(t, address).commit() {
                 Ok(()) => return Ok(()),
@@ -242,7 +230,7 @@ pub(super) fn setup(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallErro
 /// CHECK: the entry chains lead to `hostports_all` (whatever their conditions), which jumps to
 /// `hostports`, and every rule ADD adds for this container is there with its comment.
 pub(super) fn verify(state: &TableState, t: &Portmap, address: &IpNetwork) -> Result<(), String> {
-    let fam = keyword(Family::of(&address.ip()));
+    let fam = Family::nft_keyword(Family::of(&address.ip()));
     let tail = entry_rule();
     for chain in [PREROUTING, OUTPUT] {
         if !state.rules_in(chain).any(|r| r.exprs.ends_with(&tail)) {
@@ -264,11 +252,14 @@ pub(super) fn verify(state: &TableState, t: &Portmap, address: &IpNetwork) -> Re
 }
 
 /// CHECK for the family of `address`.
-pub(super) fn check(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
+pub fn check(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallError> {
     let family = Family::of(&address.ip());
+    if !t.conditions(family).is_empty() && has_tool("nft") {
+        return portmap_conditions::check(t, address);
+    }
     // Only rules are verified, so one dump is the whole read.
-    let state = if super::fastpath::enabled() {
-        let rules = nft_table_rules(nft_family(family), TABLE).map_err(|e| netlink_error("reading", family, e))?;
+    let state = if fastpath::enabled() {
+        let rules = nft_table_rules(family.nft_family(), TABLE).map_err(|e| netlink_error("reading", family, e))?;
         TableState { chains: Vec::new(), rules }
     } else {
         TableState::read(family).map_err(|e| netlink_error("reading", family, e))?
@@ -279,7 +270,7 @@ pub(super) fn check(t: &Portmap, address: &IpNetwork) -> Result<(), FirewallErro
 /// Plans deleting the rules whose comment is exactly the container ID, from the chains the
 /// reference writes them to.
 pub(super) fn plan_teardown(rules: &[NftRule], family: Family, container_id: &str) -> NftBatch {
-    let mut batch = NftBatch::new(nft_family(family));
+    let mut batch = NftBatch::new(family.nft_family());
     for rule in rules.iter().filter(|r| [HOSTPORTS, HOSTIP_HOSTPORTS, MASQUERADING].contains(&r.chain.as_str())) {
         if rule.comment.as_deref() == Some(container_id) {
             batch.ops.push(NftOp::DeleteRule { table: TABLE.into(), chain: rule.chain.clone(), handle: rule.handle });
@@ -290,12 +281,12 @@ pub(super) fn plan_teardown(rules: &[NftRule], family: Family, container_id: &st
 
 /// DEL: deletes this container's rules from both families' tables; what is not there, or a kernel
 /// without nf_tables, is success.
-pub(super) fn teardown(container_id: &str) -> Result<(), FirewallError> {
-    let mut errors = Vec::new();
+fn teardown_netlink(container_id: &str) -> Result<(), FirewallError> {
+    let mut errors = Collector::new();
     for family in Family::ALL {
         let mut result = Ok(());
         for _ in 0..2 {
-            result = match nft_table_rules(nft_family(family), TABLE) {
+            result = match nft_table_rules(family.nft_family(), TABLE) {
                 Ok(rules) => plan_teardown(&rules, family, container_id).commit(),
                 Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EPROTONOSUPPORT | nix::libc::EOPNOTSUPP)) => {
                     Ok(())
@@ -310,20 +301,30 @@ pub(super) fn teardown(container_id: &str) -> Result<(), FirewallError> {
             errors.push(netlink_error("teardown", family, e));
         }
     }
-    FirewallError::collect(errors)
+    errors.finish()
 }
 
-/// STATUS: whether the kernel answers nf_tables requests.
-pub(super) fn usable() -> Result<(), FirewallError> {
-    crate::netlink::nft_table_exists(NftFamily::Ip, TABLE)
-        .map(drop)
-        .map_err(|e| netlink_error("probing", Family::V4, e))
+/// DEL: deletes this container's rules from both families' tables (what is not there is success),
+/// through `nft` when netlink fails.
+pub fn teardown(container_id: &str) -> Result<(), FirewallError> {
+    if teardown_netlink(container_id).is_ok() {
+        return Ok(());
+    }
+    portmap_conditions::teardown(container_id)
+}
+
+/// STATUS: whether `nft` runs, or without `nft`, whether the kernel answers nf_tables requests.
+pub fn usable() -> Result<(), FirewallError> {
+    if has_tool("nft") {
+        return portmap_conditions::usable();
+    }
+    super::kernel_usable()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::portmap_iptables::PortForward;
+    use crate::firewall::PortForward;
     use crate::netlink::PayloadBase;
 
     fn forwards() -> Vec<PortForward> {
@@ -339,17 +340,7 @@ mod tests {
     }
 
     fn portmap(forwards: &[PortForward]) -> Portmap<'_> {
-        Portmap {
-            network: "pmnet",
-            container_id: "ctr1",
-            forwards,
-            snat: true,
-            masq_all: false,
-            mark_bit: 13,
-            external_set_mark_chain: None,
-            conditions_v4: &[],
-            conditions_v6: &[],
-        }
+        Portmap::with_defaults("pmnet", "ctr1", forwards)
     }
 
     #[test]

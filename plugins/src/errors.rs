@@ -1,0 +1,165 @@
+//! Errors in one style across the plugins' library.
+//!
+//! Each layer has one error type that names the object it failed on: [`FirewallError`] (the
+//! command, table or chain), [`NsError`] (the namespace path), and [`std::io::Error`] from
+//! [`crate::netlink`], [`crate::sysctl`], [`crate::veth`] and [`crate::lock`]. A plugin turns them
+//! into the [`CniError`] it reports in one way per layer, at its boundary:
+//! * [`FirewallError`] and [`NsError`] by `?` (the `From` impls here pick the code);
+//! * any other error by [`Ctx::ctx`], which says what was being done (`look up eth0: <error>`) and
+//!   reports an operational failure (code 999), or [`internal`] when the error already names it.
+//!
+//! DEL and GC go on after a failure and report every one at the end: [`Collector`].
+
+use crate::firewall::FirewallError;
+use crate::ns::NsError;
+use cni_types::error::{INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE};
+use cni_types::CniError;
+use std::fmt::Display;
+
+/// An operational failure (code 999) whose message is the error's own text.
+pub fn internal(e: impl Display) -> CniError {
+    CniError::internal(e)
+}
+
+/// Context for a layer's error at the plugin boundary.
+pub trait Ctx<T> {
+    /// The error as an operational failure (code 999), prefixed with what was being done:
+    /// `<what>: <error>`.
+    fn ctx<W: Display>(self, what: impl FnOnce() -> W) -> Result<T, CniError>;
+}
+
+impl<T, E: Display> Ctx<T> for Result<T, E> {
+    fn ctx<W: Display>(self, what: impl FnOnce() -> W) -> Result<T, CniError> {
+        self.map_err(|e| CniError::internal(format!("{}: {e}", what())))
+    }
+}
+
+impl From<FirewallError> for CniError {
+    /// A backend name that is not one is the configuration's fault (7); a host where neither
+    /// backend works cannot serve the plugin (50); anything else is an operational failure (999).
+    fn from(e: FirewallError) -> CniError {
+        let code = match e {
+            FirewallError::UnknownBackend(_) => INVALID_NETWORK_CONFIG,
+            FirewallError::NoBackend { .. } => PLUGIN_NOT_AVAILABLE,
+            _ => cni_types::error::INTERNAL,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
+impl From<NsError> for CniError {
+    /// A namespace that cannot be opened is an operational failure (999), as in the reference.
+    fn from(e: NsError) -> CniError {
+        CniError::internal(e)
+    }
+}
+
+/// Errors that fold into one: how [`collect`] reports several.
+pub trait Join: Sized {
+    /// One error standing for all of `errors` (at least two).
+    fn join(errors: Vec<Self>) -> Self;
+}
+
+impl Join for String {
+    fn join(errors: Vec<String>) -> String {
+        errors.join("; ")
+    }
+}
+
+/// Folds the errors of independent steps into one result: none is success, one is itself,
+/// several are [`Join::join`]ed.
+pub fn collect<E: Join>(mut errors: Vec<E>) -> Result<(), E> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(E::join(errors)),
+    }
+}
+
+/// What a DEL or GC could not do: each step runs whatever the others did, its error is kept, and
+/// [`Collector::finish`] reports them all (`E = String` for a plugin, [`FirewallError`] inside
+/// the rule layer).
+#[derive(Debug)]
+pub struct Collector<E = String> {
+    errors: Vec<E>,
+}
+
+impl<E> Default for Collector<E> {
+    fn default() -> Self {
+        Collector { errors: Vec::new() }
+    }
+}
+
+impl<E: Join> Collector<E> {
+    /// No error yet.
+    pub fn new() -> Self {
+        Collector::default()
+    }
+
+    /// Keeps an error.
+    pub fn push(&mut self, error: impl Into<E>) {
+        self.errors.push(error.into());
+    }
+
+    /// Keeps the error of `result`, if any, and returns its value otherwise.
+    pub fn keep<T>(&mut self, result: Result<T, impl Into<E>>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    /// Whether nothing failed so far.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// Success, or every kept error in one ([`collect`]).
+    pub fn finish(self) -> Result<(), E> {
+        collect(self.errors)
+    }
+}
+
+impl Collector<String> {
+    /// Keeps the error of `result` prefixed with what the step was: `<what>: <error>`.
+    pub fn step<W: Display>(&mut self, what: impl FnOnce() -> W, result: Result<(), impl Display>) {
+        if let Err(e) = result {
+            self.errors.push(format!("{}: {e}", what()));
+        }
+    }
+
+    /// Success, or every kept error as one operational failure (code 999), joined by `; `: what
+    /// a plugin's DEL or GC reports.
+    pub fn into_cni(self) -> Result<(), CniError> {
+        self.finish().map_err(CniError::internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_and_goes_on() {
+        let mut errors = Collector::<String>::new();
+        assert!(errors.keep(Ok::<_, String>(3)) == Some(3) && errors.is_empty());
+        assert_eq!(errors.keep(Err::<(), _>("first")), None);
+        errors.step(|| "delete veth0", Err::<(), _>("no such device"));
+        errors.step(|| "never", Ok::<(), String>(()));
+        let e = errors.into_cni().unwrap_err();
+        assert_eq!((e.code, e.msg.as_str()), (999, "first; delete veth0: no such device"));
+        assert!(Collector::<String>::new().into_cni().is_ok());
+        assert_eq!(collect(vec!["only".to_string()]), Err("only".to_string()));
+    }
+
+    #[test]
+    fn layers_convert_with_their_codes() {
+        let r: Result<(), std::io::Error> = Err(std::io::Error::other("gone"));
+        let e = r.ctx(|| format!("look up {}", "eth0")).unwrap_err();
+        assert_eq!((e.code, e.msg.as_str()), (999, "look up eth0: gone"));
+        assert_eq!(CniError::from(FirewallError::UnknownBackend("x".into())).code, 7);
+        let none = FirewallError::NoBackend {
+            iptables: Box::new(FirewallError::ToolNotFound("iptables-restore".into())),
+            nftables: Box::new(FirewallError::Check("no".into())),
+        };
+        assert_eq!(CniError::from(none).code, 50);
+        assert_eq!(CniError::from(FirewallError::Check("rule missing".into())), CniError::internal("rule missing"));
+    }
+}
