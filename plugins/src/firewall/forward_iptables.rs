@@ -33,6 +33,9 @@ const TABLE: &str = "filter";
 const FORWARD_COMMENT: &str = "CNI firewall plugin rules";
 const ADMIN_COMMENT: &str = "CNI firewall plugin admin overrides";
 const ISOLATION_COMMENT: &str = "CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)";
+/// What v1.1.1 (before `isolated`) wrote where the newest reference writes [`ISOLATION_COMMENT`]:
+/// a rule with either comment is the same rule, so a host switched from v1.1.1 gets no second copy.
+const V1_1_ISOLATION_COMMENT: &str = "CNI firewall plugin rules (ingressPolicy: same-bridge)";
 
 /// The iptables backend.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,6 +107,23 @@ fn isolation_rules(bridge: &str, policy: IngressPolicy) -> Vec<(Rule, Place)> {
     rules
 }
 
+/// The same rule as v1.1.1 wrote it, for a rule carrying [`ISOLATION_COMMENT`].
+fn v1_1_form(rule: &Rule) -> Option<Rule> {
+    (rule.comment() == Some(ISOLATION_COMMENT)).then(|| Rule {
+        chain: rule.chain.clone(),
+        args: rule
+            .args
+            .iter()
+            .map(|a| if a == ISOLATION_COMMENT { V1_1_ISOLATION_COMMENT.to_string() } else { a.clone() })
+            .collect(),
+    })
+}
+
+/// Whether `rule`, or its v1.1.1 form, is in the table.
+fn present(table: &SavedTable, rule: &Rule) -> bool {
+    table.contains(rule) || v1_1_form(rule).is_some_and(|old| table.contains(&old))
+}
+
 /// The addresses of one family, in order.
 fn of_family(addresses: &[IpAddr], family: Family) -> Vec<IpAddr> {
     addresses.iter().copied().filter(|a| Family::of(a) == family).collect()
@@ -132,7 +152,7 @@ impl Planner {
     }
 
     fn ensure_rule(&mut self, rule: &Rule, place: Place) {
-        if self.table.contains(rule) {
+        if present(&self.table, rule) {
             return;
         }
         match place {
@@ -220,7 +240,7 @@ fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Res
         }
     }
     for rule in rules {
-        if !saved.contains(&rule) {
+        if !present(saved, &rule) {
             return Err(FirewallError::Check(format!(
                 "{tool} filter table: expected rule \"-A {} {}\" not found",
                 rule.chain,
@@ -375,6 +395,26 @@ mod tests {
                 "COMMIT",
             ]
         );
+    }
+
+    #[test]
+    fn isolation_rules_v1_1_wrote_count_as_present() {
+        let old = "CNI firewall plugin rules (ingressPolicy: same-bridge)";
+        let saved = dump(&format!(
+            ":CNI-FORWARD - [0:0]\n:CNI-ADMIN - [0:0]\n:CNI-ISOLATION-STAGE-1 - [0:0]\n:CNI-ISOLATION-STAGE-2 - [0:0]\n\
+             -A FORWARD -m comment --comment \"{old}\" -j CNI-ISOLATION-STAGE-1\n\
+             -A FORWARD -m comment --comment \"CNI firewall plugin rules\" -j CNI-FORWARD\n\
+             -A CNI-FORWARD -m comment --comment \"CNI firewall plugin admin overrides\" -j CNI-ADMIN\n\
+             -A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+             -A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n\
+             -A CNI-ISOLATION-STAGE-1 -i cni0 ! -o cni0 -m comment --comment \"{old}\" -j CNI-ISOLATION-STAGE-2\n\
+             -A CNI-ISOLATION-STAGE-1 -m comment --comment \"{old}\" -j RETURN\n\
+             -A CNI-ISOLATION-STAGE-2 -o cni0 -m comment --comment \"{old}\" -j DROP\n\
+             -A CNI-ISOLATION-STAGE-2 -m comment --comment \"{old}\" -j RETURN\n"
+        ));
+        let a = attachment(&["10.88.0.2"], IngressPolicy::SameBridge);
+        assert!(plan_add(&saved, &a, Family::V4).is_none());
+        verify(&saved, &a, Family::V4).unwrap();
     }
 
     #[test]
