@@ -84,6 +84,16 @@ pub fn accept_rules(ip: &IpAddr) -> [Rule; 2] {
     ]
 }
 
+/// Which of the backend's rules an operation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Chains, jumps, accept rules and isolation rules.
+    All,
+    /// Only the `ingressPolicy` rules, which the reference writes with iptables whatever the
+    /// backend.
+    Isolation,
+}
+
 /// Where a rule goes when it is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -175,19 +185,26 @@ impl Planner {
 }
 
 /// Plans what ADD writes in one family; `None` when everything is in place.
-fn plan_add(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Option<(Batch, Vec<Rule>)> {
+fn plan_add(
+    saved: &SavedTable,
+    attachment: &ForwardAccept,
+    family: Family,
+    scope: Scope,
+) -> Option<(Batch, Vec<Rule>)> {
     let addresses = of_family(&attachment.addresses, family);
     if addresses.is_empty() {
         return None;
     }
     let mut p = Planner::new(saved);
-    p.ensure_chain(FORWARD_CHAIN);
-    p.ensure_chain(&attachment.admin_chain);
-    p.ensure_rule(&forward_jump(), Place::Head);
-    p.ensure_rule(&admin_jump(&attachment.admin_chain), Place::Head);
-    for ip in &addresses {
-        for rule in accept_rules(ip) {
-            p.ensure_rule(&rule, Place::Tail);
+    if scope == Scope::All {
+        p.ensure_chain(FORWARD_CHAIN);
+        p.ensure_chain(&attachment.admin_chain);
+        p.ensure_rule(&forward_jump(), Place::Head);
+        p.ensure_rule(&admin_jump(&attachment.admin_chain), Place::Head);
+        for ip in &addresses {
+            for rule in accept_rules(ip) {
+                p.ensure_rule(&rule, Place::Tail);
+            }
         }
     }
     if let (Some(bridge), true) = (&attachment.bridge, attachment.ingress != IngressPolicy::Open) {
@@ -308,26 +325,47 @@ fn plan_fast_remove(addresses: &[IpAddr], family: Family) -> Option<Option<Batch
     Some((!batch.is_empty()).then_some(batch))
 }
 
-/// ADD in one family: the fast path when it applies and its batch succeeds, else the plain
-/// path. Returns what it added.
-fn add_family(
-    attachment: &ForwardAccept,
-    family: Family,
-    pending: Option<PendingRestore>,
-) -> Result<Vec<Rule>, FirewallError> {
-    if let (Some(pending), Some((batch, added))) = (pending, plan_fast(attachment, family)) {
-        match pending.load(&batch.render()) {
-            Ok(()) => return Ok(added),
-            Err(e) => log::debug!("{} fast path not taken: {e}", tool_name(family)),
-        }
-    }
+/// ADD in one family by the plain path: dump, plan, one batch. Returns what it added.
+fn add_plain(attachment: &ForwardAccept, family: Family) -> Result<Vec<Rule>, FirewallError> {
     let added = std::cell::RefCell::new(Vec::new());
     apply_iptables(family, TABLE, false, |saved| {
-        let (batch, rules) = plan_add(saved, attachment, family)?;
+        let (batch, rules) = plan_add(saved, attachment, family, Scope::All)?;
         *added.borrow_mut() = rules;
         Some(batch)
     })?;
     Ok(added.into_inner())
+}
+
+/// ADD in every family of `attachment`, recording in `done` what each added: the fast batches
+/// first, all started before any is waited for (so the families' restores run side by side),
+/// then the plain path for every family the fast path did not serve.
+fn add_families(attachment: &ForwardAccept, done: &mut Vec<(Family, Vec<Rule>)>) -> Result<(), FirewallError> {
+    let mut fed = Vec::new();
+    let mut plain = Vec::new();
+    for family in Family::ALL.into_iter().filter(|f| !of_family(&attachment.addresses, *f).is_empty()) {
+        let started = plan_fast(attachment, family).and_then(|(batch, added)| {
+            let mut restore = PendingRestore::spawn(family).ok()?;
+            restore.feed(&batch.render());
+            Some((restore, added))
+        });
+        match started {
+            Some((restore, added)) => fed.push((family, restore, added)),
+            None => plain.push(family),
+        }
+    }
+    for (family, restore, added) in fed {
+        match restore.finish() {
+            Ok(()) => done.push((family, added)),
+            Err(e) => {
+                log::debug!("{} fast path not taken: {e}", tool_name(family));
+                plain.push(family);
+            }
+        }
+    }
+    for family in plain {
+        done.push((family, add_plain(attachment, family)?));
+    }
+    Ok(())
 }
 
 fn tool_name(family: Family) -> &'static str {
@@ -338,15 +376,18 @@ fn tool_name(family: Family) -> &'static str {
 }
 
 /// What CHECK finds missing in one family's dump, as the first missing chain or rule.
-fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Result<(), FirewallError> {
+fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family, scope: Scope) -> Result<(), FirewallError> {
     let addresses = of_family(&attachment.addresses, family);
     if addresses.is_empty() {
         return Ok(());
     }
     let tool = tool_name(family);
-    let mut chains = vec![FORWARD_CHAIN, attachment.admin_chain.as_str()];
-    let mut rules = vec![forward_jump(), admin_jump(&attachment.admin_chain)];
-    rules.extend(addresses.iter().flat_map(accept_rules));
+    let (mut chains, mut rules) = (Vec::new(), Vec::new());
+    if scope == Scope::All {
+        chains.extend([FORWARD_CHAIN, attachment.admin_chain.as_str()]);
+        rules.extend([forward_jump(), admin_jump(&attachment.admin_chain)]);
+        rules.extend(addresses.iter().flat_map(accept_rules));
+    }
     if let (Some(bridge), true) = (&attachment.bridge, attachment.ingress != IngressPolicy::Open) {
         chains.extend([STAGE1_CHAIN, STAGE2_CHAIN]);
         rules.extend(isolation_rules(bridge, attachment.ingress).into_iter().map(|(r, _)| r));
@@ -368,43 +409,51 @@ fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Res
     Ok(())
 }
 
+impl IptablesForward {
+    /// Only the `ingressPolicy` rules of `attachment` (nothing for `open`), in the families of
+    /// its addresses: the reference writes them with iptables whatever the backend, so the
+    /// firewalld backend calls this after its own work. One batch per family; idempotent.
+    pub fn add_isolation(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
+        if attachment.ingress == IngressPolicy::Open || attachment.bridge.is_none() {
+            return Ok(());
+        }
+        for family in Family::ALL {
+            if of_family(&attachment.addresses, family).is_empty() {
+                continue;
+            }
+            apply_iptables(family, TABLE, false, |saved| {
+                plan_add(saved, attachment, family, Scope::Isolation).map(|(batch, _)| batch)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Verifies what [`IptablesForward::add_isolation`] writes; changes nothing.
+    pub fn check_isolation(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
+        for family in Family::ALL {
+            if attachment.ingress == IngressPolicy::Open || of_family(&attachment.addresses, family).is_empty() {
+                continue;
+            }
+            verify(&iptables_save(family, TABLE)?, attachment, family, Scope::Isolation)?;
+        }
+        Ok(())
+    }
+}
+
 impl ForwardBackend for IptablesForward {
     /// Each family is one batch; when a later family fails, what the earlier ones added is
     /// deleted again, so a failed ADD leaves the tables as they were (chains aside).
     fn add(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
-        let families: Vec<Family> =
-            Family::ALL.into_iter().filter(|f| !of_family(&attachment.addresses, *f).is_empty()).collect();
-        // Where the fast path may apply, every family's restore starts now, so its start-up
-        // overlaps the probes and the other family's work; one left unused gets no input and
-        // changes nothing. Only for iptables-nft: a legacy restore waiting for its input could
-        // hold the xtables lock the plain path then waits for.
-        let mut pending: Vec<Option<PendingRestore>> = families
-            .iter()
-            .map(|f| {
-                let fast = super::fastpath::enabled() && super::ipmasq::iptables_is_nft(*f);
-                if fast {
-                    PendingRestore::spawn(*f).ok()
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let mut done: Vec<(Family, Vec<Rule>)> = Vec::new();
-        for (i, family) in families.into_iter().enumerate() {
-            let result = add_family(attachment, family, pending.get_mut(i).and_then(Option::take));
-            match result {
-                Ok(added) => done.push((family, added)),
-                Err(e) => {
-                    for (family, rules) in done {
-                        if let Err(undo) = apply_iptables(family, TABLE, true, |saved| plan_undo(saved, &rules)) {
-                            log::warn!("rolling back the {} rules: {undo}", tool_name(family));
-                        }
-                    }
-                    return Err(e);
+        let mut done = Vec::new();
+        let result = add_families(attachment, &mut done);
+        if result.is_err() {
+            for (family, rules) in done {
+                if let Err(undo) = apply_iptables(family, TABLE, true, |saved| plan_undo(saved, &rules)) {
+                    log::warn!("rolling back the {} rules: {undo}", tool_name(family));
                 }
             }
         }
-        Ok(())
+        result
     }
 
     fn check(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
@@ -412,7 +461,7 @@ impl ForwardBackend for IptablesForward {
             if of_family(&attachment.addresses, family).is_empty() {
                 continue;
             }
-            verify(&iptables_save(family, TABLE)?, attachment, family)?;
+            verify(&iptables_save(family, TABLE)?, attachment, family, Scope::All)?;
         }
         Ok(())
     }
@@ -476,7 +525,8 @@ mod tests {
     #[test]
     fn a_fresh_host_gets_the_reference_commands() {
         let (batch, added) =
-            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V4).unwrap();
+            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V4, Scope::All)
+                .unwrap();
         assert_eq!(
             batch.render(),
             "*filter\n-N CNI-FORWARD\n-N CNI-ADMIN\n\
@@ -487,9 +537,10 @@ mod tests {
         );
         assert_eq!(added.len(), 4);
         let (v6, _) =
-            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V6).unwrap();
+            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V6, Scope::All)
+                .unwrap();
         assert!(v6.render().contains("-A CNI-FORWARD -s fd00::2/128 -j ACCEPT\n"), "{}", v6.render());
-        assert!(plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V6).is_none());
+        assert!(plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V6, Scope::All).is_none());
     }
 
     #[test]
@@ -501,11 +552,12 @@ mod tests {
              -A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
              -A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n-A CNI-ADMIN -j DROP\n",
         );
-        assert!(plan_add(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4).is_none());
-        verify(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4).unwrap();
-        let e = verify(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4).unwrap_err();
+        assert!(plan_add(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4, Scope::All).is_none());
+        verify(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4, Scope::All).unwrap();
+        let e = verify(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4, Scope::All).unwrap_err();
         assert!(e.to_string().contains("-A CNI-FORWARD -d 10.88.0.3/32"), "{e}");
-        let (batch, _) = plan_add(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4).unwrap();
+        let (batch, _) =
+            plan_add(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4, Scope::All).unwrap();
         assert_eq!(
             batch.render(),
             "*filter\n-A CNI-FORWARD -d 10.88.0.3/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
@@ -515,7 +567,8 @@ mod tests {
 
     #[test]
     fn isolation_follows_the_reference_order() {
-        let (batch, _) = plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Isolated), Family::V4).unwrap();
+        let (batch, _) =
+            plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Isolated), Family::V4, Scope::All).unwrap();
         let text = batch.render();
         let tail: Vec<&str> = text.lines().skip(7).collect();
         assert_eq!(
@@ -535,6 +588,18 @@ mod tests {
     }
 
     #[test]
+    fn isolation_alone_touches_no_accept_rule() {
+        let a = attachment(&["10.88.0.2"], IngressPolicy::SameBridge);
+        let (batch, _) = plan_add(&dump(""), &a, Family::V4, Scope::Isolation).unwrap();
+        let text = batch.render();
+        assert!(text.starts_with("*filter\n-N CNI-ISOLATION-STAGE-1\n-N CNI-ISOLATION-STAGE-2\n"), "{text}");
+        assert!(!text.contains("CNI-FORWARD") && !text.contains("CNI-ADMIN"), "{text}");
+        let e = verify(&dump(""), &a, Family::V4, Scope::Isolation).unwrap_err();
+        assert!(e.to_string().contains("CNI-ISOLATION-STAGE-1"), "{e}");
+        assert!(plan_add(&dump(""), &a, Family::V6, Scope::Isolation).is_none());
+    }
+
+    #[test]
     fn isolation_rules_v1_1_wrote_count_as_present() {
         let old = "CNI firewall plugin rules (ingressPolicy: same-bridge)";
         let saved = dump(&format!(
@@ -550,8 +615,8 @@ mod tests {
              -A CNI-ISOLATION-STAGE-2 -m comment --comment \"{old}\" -j RETURN\n"
         ));
         let a = attachment(&["10.88.0.2"], IngressPolicy::SameBridge);
-        assert!(plan_add(&saved, &a, Family::V4).is_none());
-        verify(&saved, &a, Family::V4).unwrap();
+        assert!(plan_add(&saved, &a, Family::V4, Scope::All).is_none());
+        verify(&saved, &a, Family::V4, Scope::All).unwrap();
     }
 
     #[test]
