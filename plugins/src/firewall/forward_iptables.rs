@@ -24,12 +24,18 @@
 //! DEL likewise: the kernel says how many copies of each accept rule there are, and one batch
 //! `-D`eletes exactly those (iptables itself matches each `-D` against the rule, so a rule that
 //! only looked like ours fails the batch and the plain path decides); none there, no process.
+//!
+//! Netlink path, before the fast path: with the `open` policy and both jumps in place (read
+//! over netlink, comment included), ADD writes the accept rules as one nf_tables batch of
+//! exactly the expressions iptables-nft writes for them (address match, the `conntrack` xtables
+//! match, counter, accept), so `iptables-save` prints and `iptables -C` finds the reference's
+//! rules; DEL deletes, by handle, the rules whose expressions are exactly those. No process.
 
 use super::forward::{ForwardAccept, ForwardBackend, IngressPolicy};
 use super::iptables::{Batch, Rule, SavedTable};
 use super::restore::{self, apply_iptables, has_tool, iptables_save, restore_tool, save_tool, PendingRestore};
 use super::{Family, FirewallError};
-use crate::netlink::{nft_rules, AddrField, CmpOp, Expr, NftFamily, NftRule};
+use crate::netlink::{nft_rules, AddrField, CmpOp, Expr, NftBatch, NftFamily, NftOp, NftRule, Verdict};
 use std::net::IpAddr;
 
 /// The plugin's chain, jumped to from `FORWARD`.
@@ -287,20 +293,132 @@ fn plan_fast(attachment: &ForwardAccept, family: Family) -> Option<(Batch, Vec<R
     Some((batch, added))
 }
 
-/// Whether an nf_tables rule has exactly the shape iptables-nft gives one of the two accept
-/// rules of `ip` (`destination`: the conntrack one): the address match, the conntrack match
-/// (destination only), a counter, `accept`, and no comment.
-fn is_accept_rule(rule: &NftRule, ip: &IpAddr, destination: bool) -> bool {
+/// `-m conntrack --ctstate RELATED,ESTABLISHED` as iptables-nft stores it: xtables match
+/// `conntrack` revision 3 with its `struct xt_conntrack_mtinfo3` (162 bytes, `XT_ALIGN`ed to
+/// 168): `match_flags` = `XT_CONNTRACK_STATE` at byte 146, `state_mask` = the ESTABLISHED (2)
+/// and RELATED (4) bits at byte 150, native-endian `__u16`s; everything else zero.
+fn conntrack_related_established() -> Expr {
+    let mut info = vec![0u8; 168];
+    info[146..148].copy_from_slice(&1u16.to_ne_bytes());
+    info[150..152].copy_from_slice(&6u16.to_ne_bytes());
+    Expr::Match { name: "conntrack".into(), rev: 3, info }
+}
+
+/// The expressions iptables-nft writes for one of the two accept rules of `ip`
+/// (`destination`: the conntrack one), counter included.
+fn accept_rule_exprs(ip: &IpAddr, destination: bool) -> Option<Vec<Expr>> {
     let prefix = if ip.is_ipv4() { 32 } else { 128 };
-    let Ok(net) = ipnetwork::IpNetwork::new(*ip, prefix) else { return false };
+    let net = ipnetwork::IpNetwork::new(*ip, prefix).ok()?;
     let field = if destination { AddrField::Destination } else { AddrField::Source };
-    let mut wanted = Expr::addr_match(field, CmpOp::Eq, &net);
+    let mut exprs = Expr::addr_match(field, CmpOp::Eq, &net);
     if destination {
-        wanted.push(Expr::Other("match".into()));
+        exprs.push(conntrack_related_established());
     }
-    wanted.push(Expr::Verdict(crate::netlink::Verdict::Accept));
-    let shape: Vec<&Expr> = rule.exprs.iter().filter(|e| **e != Expr::Other("counter".into())).collect();
-    rule.comment.is_none() && shape.len() == wanted.len() && shape.iter().zip(&wanted).all(|(a, b)| *a == b)
+    exprs.push(Expr::Other("counter".into()));
+    exprs.push(Expr::Verdict(Verdict::Accept));
+    Some(exprs)
+}
+
+/// Whether an nf_tables rule is exactly one of the two accept rules of `ip` as iptables-nft
+/// writes it (a counter or not), with no comment.
+fn is_accept_rule(rule: &NftRule, ip: &IpAddr, destination: bool) -> bool {
+    let counter = Expr::Other("counter".into());
+    let Some(wanted) = accept_rule_exprs(ip, destination) else { return false };
+    let wanted: Vec<&Expr> = wanted.iter().filter(|e| **e != counter).collect();
+    let shape: Vec<&Expr> = rule.exprs.iter().filter(|e| **e != counter).collect();
+    rule.comment.is_none() && shape == wanted
+}
+
+/// Whether `rules` hold the plugin's jump to `target` with `comment` as iptables-nft writes it:
+/// the comment match, a counter or not, the jump, nothing else.
+fn has_jump(rules: &[NftRule], comment: &str, target: &str) -> bool {
+    rules.iter().any(|r| {
+        let shape: Vec<&Expr> = r.exprs.iter().filter(|e| **e != Expr::Other("counter".into())).collect();
+        r.comment.as_deref() == Some(comment)
+            && matches!(shape.as_slice(), [Expr::Match { name, .. }, Expr::Verdict(Verdict::Jump(to))]
+                if name == "comment" && to == target)
+    })
+}
+
+/// ADD without any process, where iptables is the nf_tables variant and the policy is `open`:
+/// the kernel shows the `FORWARD` and admin jumps in place, and the accept rules go in as one
+/// nf_tables batch of exactly the expressions iptables-nft writes (so `iptables-save` prints,
+/// and `iptables -C` finds, the reference's rules). `None` when this does not apply.
+fn add_netlink(attachment: &ForwardAccept, family: Family) -> Option<Vec<Rule>> {
+    if !super::fastpath::enabled()
+        || !super::ipmasq::iptables_is_nft(family)
+        || (attachment.ingress != IngressPolicy::Open && attachment.bridge.is_some())
+    {
+        return None;
+    }
+    let nft_family = super::ipmasq::nft_family(family);
+    let existing = nft_rules(nft_family, TABLE, FORWARD_CHAIN).ok()?;
+    let forward = nft_rules(nft_family, TABLE, "FORWARD").ok()?;
+    if !has_jump(&forward, FORWARD_COMMENT, FORWARD_CHAIN)
+        || !has_jump(&existing, ADMIN_COMMENT, &attachment.admin_chain)
+    {
+        return None;
+    }
+    let mut batch = NftBatch::new(nft_family);
+    let mut added = Vec::new();
+    for ip in of_family(&attachment.addresses, family) {
+        let has = |destination| existing.iter().any(|r| is_accept_rule(r, &ip, destination));
+        match (has(true), has(false)) {
+            (true, true) => {}
+            (false, false) => {
+                for (rule, destination) in accept_rules(&ip).into_iter().zip([true, false]) {
+                    let exprs = accept_rule_exprs(&ip, destination)?;
+                    batch.ops.push(NftOp::AddRule {
+                        table: TABLE.into(),
+                        chain: FORWARD_CHAIN.into(),
+                        exprs,
+                        comment: None,
+                    });
+                    added.push(rule);
+                }
+            }
+            _ => return None,
+        }
+    }
+    match batch.commit() {
+        Ok(()) => Some(added),
+        Err(e) => {
+            log::debug!("{} netlink path not taken: {e}", tool_name(family));
+            None
+        }
+    }
+}
+
+/// DEL without any process where iptables is the nf_tables variant: the rules that are exactly
+/// the accept rules of `addresses` (every copy) are deleted by handle in one nf_tables batch.
+/// `false` when this does not apply or the kernel refused the batch.
+fn remove_netlink(addresses: &[IpAddr], family: Family) -> bool {
+    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) {
+        return false;
+    }
+    let nft_family = super::ipmasq::nft_family(family);
+    let Ok(existing) = nft_rules(nft_family, TABLE, FORWARD_CHAIN) else { return false };
+    let mut batch = NftBatch::new(nft_family);
+    for rule in &existing {
+        let ours = addresses.iter().any(|ip| is_accept_rule(rule, ip, true) || is_accept_rule(rule, ip, false));
+        let mentions = addresses.iter().any(|ip| {
+            matches_address(rule, AddrField::Source, ip) || matches_address(rule, AddrField::Destination, ip)
+        });
+        // A rule naming the address that is not exactly ours: let iptables itself decide.
+        if mentions && !ours {
+            return false;
+        }
+        if ours {
+            batch.ops.push(NftOp::DeleteRule { table: TABLE.into(), chain: FORWARD_CHAIN.into(), handle: rule.handle });
+        }
+    }
+    match batch.commit() {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("{} netlink path not taken: {e}", tool_name(family));
+            false
+        }
+    }
 }
 
 /// The one-process DEL of the module doc: `Some(None)` when the kernel holds none of the
@@ -343,6 +461,10 @@ fn add_families(attachment: &ForwardAccept, done: &mut Vec<(Family, Vec<Rule>)>)
     let mut fed = Vec::new();
     let mut plain = Vec::new();
     for family in Family::ALL.into_iter().filter(|f| !of_family(&attachment.addresses, *f).is_empty()) {
+        if let Some(added) = add_netlink(attachment, family) {
+            done.push((family, added));
+            continue;
+        }
         let started = plan_fast(attachment, family).and_then(|(batch, added)| {
             let mut restore = PendingRestore::spawn(family).ok()?;
             restore.feed(&batch.render());
@@ -471,6 +593,9 @@ impl ForwardBackend for IptablesForward {
         for family in Family::ALL {
             let mine = of_family(addresses, family);
             if mine.is_empty() {
+                continue;
+            }
+            if remove_netlink(&mine, family) {
                 continue;
             }
             match plan_fast_remove(&mine, family) {
@@ -621,7 +746,6 @@ mod tests {
 
     #[test]
     fn recognises_the_accept_rules_as_iptables_nft_stores_them() {
-        use crate::netlink::Verdict;
         let ip: IpAddr = "10.88.0.2".parse().unwrap();
         let rule = |exprs: Vec<Expr>, comment: Option<&str>| NftRule {
             chain: FORWARD_CHAIN.into(),
@@ -630,21 +754,35 @@ mod tests {
             jumps: Vec::new(),
             exprs,
         };
-        let addr = |field| Expr::addr_match(field, CmpOp::Eq, &"10.88.0.2/32".parse().unwrap());
-        let counter = Expr::Other("counter".into());
-        let mut src = addr(AddrField::Source);
-        src.extend([counter.clone(), Expr::Verdict(Verdict::Accept)]);
-        let mut dst = addr(AddrField::Destination);
-        dst.extend([Expr::Other("match".into()), counter, Expr::Verdict(Verdict::Accept)]);
+        let src = accept_rule_exprs(&ip, false).unwrap();
+        let dst = accept_rule_exprs(&ip, true).unwrap();
+        assert_eq!(dst.len(), 5, "{dst:?}");
+        let Expr::Match { info, .. } = &dst[2] else { panic!("{dst:?}") };
+        assert_eq!(info.len(), 168);
         assert!(is_accept_rule(&rule(src.clone(), None), &ip, false));
         assert!(is_accept_rule(&rule(dst.clone(), None), &ip, true));
+        // Read back without its counter it is the same rule.
+        let no_counter: Vec<Expr> = src.iter().filter(|e| **e != Expr::Other("counter".into())).cloned().collect();
+        assert!(is_accept_rule(&rule(no_counter, None), &ip, false));
         assert!(matches_address(&rule(dst.clone(), None), AddrField::Destination, &ip));
         assert!(!matches_address(&rule(dst.clone(), None), AddrField::Source, &ip));
-        assert!(!is_accept_rule(&rule(dst, None), &ip, false));
+        assert!(!is_accept_rule(&rule(dst.clone(), None), &ip, false));
         assert!(!is_accept_rule(&rule(src.clone(), Some("admin")), &ip, false));
         assert!(!is_accept_rule(&rule(src.clone(), None), &"10.88.0.3".parse().unwrap(), false));
-        src.insert(2, Expr::Other("match".into()));
-        assert!(!is_accept_rule(&rule(src, None), &ip, false), "a rule with more matches is not ours");
+        // Another state match (`--ctstate NEW`) is not ours.
+        let mut other = dst;
+        other[2] = Expr::Match { name: "conntrack".into(), rev: 3, info: vec![0; 168] };
+        assert!(!is_accept_rule(&rule(other, None), &ip, true));
+        let jump = rule(
+            vec![
+                Expr::Match { name: "comment".into(), rev: 0, info: Vec::new() },
+                Expr::Other("counter".into()),
+                Expr::Verdict(Verdict::Jump("CNI-ADMIN".into())),
+            ],
+            Some(ADMIN_COMMENT),
+        );
+        assert!(has_jump(std::slice::from_ref(&jump), ADMIN_COMMENT, "CNI-ADMIN"));
+        assert!(!has_jump(&[jump], ADMIN_COMMENT, "NOMAD-ADMIN"));
     }
 
     #[test]
