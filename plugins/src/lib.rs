@@ -4,6 +4,7 @@ pub mod bandwidth;
 pub mod bridge;
 pub mod errors;
 pub mod firewall;
+pub mod firewall_plugin;
 pub mod fsutil;
 pub mod host_local;
 pub mod lock;

@@ -94,6 +94,8 @@ pub mod nft {
     pub const IMMEDIATE_DATA: u16 = 2;
     /// `NFTA_MATCH_NAME` (an xt match inside a rule of iptables-nft).
     pub const MATCH_NAME: u16 = 1;
+    /// `NFTA_MATCH_REV`.
+    pub const MATCH_REV: u16 = 2;
     /// `NFTA_MATCH_INFO`.
     pub const MATCH_INFO: u16 = 3;
     /// Userdata TLV type of a table, chain or rule comment (`NFTNL_UDATA_*_COMMENT`).

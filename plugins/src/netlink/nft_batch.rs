@@ -133,7 +133,18 @@ pub enum Expr {
         /// `NFTA_FIB_F_*`.
         flags: u32,
     },
-    /// An expression this model does not decode, by name (read back only).
+    /// `match name <name> rev <rev>`: an xtables match as iptables-nft stores it (nft_compat),
+    /// `info` being the match's kernel struct, `XT_ALIGN`ed.
+    Match {
+        /// The xtables match (`conntrack`, `comment`, …).
+        name: String,
+        /// Its revision.
+        rev: u32,
+        /// Its info struct.
+        info: Vec<u8>,
+    },
+    /// An expression this model does not decode, by name (read back only, or an expression
+    /// without attributes such as `counter`).
     Other(String),
 }
 
@@ -232,6 +243,7 @@ impl Expr {
             Expr::Load { .. } => "immediate",
             Expr::Dnat { .. } => "nat",
             Expr::Fib { .. } => "fib",
+            Expr::Match { .. } => "match",
             Expr::Other(name) => name.as_str(),
         };
         out.str_attr(nft::EXPR_NAME, name);
@@ -294,6 +306,11 @@ impl Expr {
                 data.u32_be(nft::FIB_RESULT, *result);
                 data.u32_be(nft::FIB_FLAGS, *flags);
             }
+            Expr::Match { name, rev, info } => {
+                data.str_attr(nft::MATCH_NAME, name);
+                data.u32_be(nft::MATCH_REV, *rev);
+                data.bytes_attr(nft::MATCH_INFO, info);
+            }
             Expr::Masquerade | Expr::Other(_) => {}
         }
         if !data.is_empty() {
@@ -324,6 +341,14 @@ impl Expr {
         };
         let other = || Expr::Other(String::from_utf8_lossy(name).into_owned());
         let decoded = match name {
+            b"match" => (|| {
+                let name = String::from_utf8_lossy(attrs(data).get(nft::MATCH_NAME)?.bytes_z()).into_owned();
+                Some(Expr::Match {
+                    name,
+                    rev: num(nft::MATCH_REV)?,
+                    info: blobs[usize::from(nft::MATCH_INFO)]?.to_vec(),
+                })
+            })(),
             b"meta" => (|| Some(Expr::Meta { key: num(nft::META_KEY)?, dreg: num(nft::META_DREG)? }))(),
             b"payload" => (|| {
                 let base = match num(nft::PAYLOAD_BASE)? {
@@ -636,6 +661,8 @@ mod tests {
         exprs.extend(Expr::dport(6, 8080));
         exprs.extend(Expr::dnat_to("fd00::5".parse().unwrap(), 80));
         exprs.extend(Expr::fib_daddr_local());
+        exprs.push(Expr::Match { name: "conntrack".into(), rev: 3, info: vec![1, 2, 3, 4, 0, 0, 0, 0] });
+        exprs.push(Expr::Other("counter".into()));
         let mut list = AttrWriter::new();
         for e in &exprs {
             list.nest(nft::LIST_ELEM, |elem| e.encode(elem));

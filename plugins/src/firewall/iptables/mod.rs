@@ -4,6 +4,7 @@
 //! where iptables is the nf_tables variant (see [`crate::firewall::fastpath`]). [`masq`] is bridge
 //! and ptp masquerade, [`portmap`] is portmap's DNAT.
 
+pub mod forward;
 pub mod masq;
 pub mod portmap;
 mod rules;
