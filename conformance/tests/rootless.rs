@@ -540,22 +540,38 @@ impl Harness {
         self.state().unwrap()["helper"]["pid"].as_u64().unwrap() as u32
     }
 
-    /// slirp4netns processes of this test still running (zombies do not count: the machine's
-    /// init may not reap them).
-    fn live_helpers(&self) -> Vec<u32> {
-        let marker = self.xdg.display().to_string();
+    /// Live processes (zombies do not count: the machine's init may not reap them) whose stat
+    /// and command line (NUL-separated) `want` accepts.
+    fn live_processes(&self, want: impl Fn(&str, &str) -> bool) -> Vec<u32> {
         let mut found = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .into_owned();
             let alive =
                 stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X");
-            if stat.contains("(slirp4netns)") && alive && String::from_utf8_lossy(&cmdline).contains(&marker) {
+            if alive && want(&stat, &cmdline) {
                 found.push(pid);
             }
         }
         found
+    }
+
+    /// slirp4netns processes of this test still running.
+    fn live_helpers(&self) -> Vec<u32> {
+        let marker = self.xdg.display().to_string();
+        self.live_processes(|stat, cmdline| stat.contains("(slirp4netns)") && cmdline.contains(&marker))
+    }
+
+    /// Port forwarders (the wrapper binary in forwarder mode) of this test still running.
+    fn live_forwarders(&self) -> Vec<u32> {
+        let marker = self.xdg.display().to_string();
+        self.live_processes(|_, cmdline| cmdline.contains("\0--forwarder\0") && cmdline.contains(&marker))
+    }
+
+    fn forwarder_pid(&self) -> Option<u32> {
+        self.state()?["forwarder"]["pid"].as_u64().map(|p| p as u32)
     }
 
     fn pause_mounts(&self) -> Vec<String> {
@@ -574,6 +590,8 @@ impl Harness {
     fn assert_clean_except(&self, others: &[u32]) {
         let helpers: Vec<u32> = self.live_helpers().into_iter().filter(|p| !others.contains(p)).collect();
         assert!(helpers.is_empty(), "slirp4netns still running: {helpers:?}");
+        let forwarders = self.live_forwarders();
+        assert!(forwarders.is_empty(), "port forwarder still running: {forwarders:?}");
         assert!(self.pause_mounts().is_empty(), "mounts left: {:?}", self.pause_mounts());
         assert!(
             !self.state_dir().exists(),
@@ -1030,6 +1048,96 @@ fn host_ip_and_udp_ports_keep_the_client_address() {
     assert!(err.contains("host port 18096/tcp") && err.contains("IPv6"), "{err}");
     assert_eq!(h.hostfwd_entries().len(), 3, "only the first container's forwards");
     h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
+/// Retries `f` for a few seconds: a container's IPv6 address may still be tentative at first.
+fn eventually(f: impl Fn() -> Result<String>) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => return other,
+        }
+    }
+}
+
+/// With `enableIPv6`, ports are published on IPv6 too, carried by the wrapper's forwarder: a
+/// client on the host's network reaches the container over either family with its own address
+/// (tcp and udp), `[::1]` works (it appears as slirp4netns' host address), a port taken on the
+/// host fails the ADD and leaves nothing, a killed forwarder is restarted with every port by
+/// the next call, and it goes away with the last port.
+#[test]
+fn ipv6_published_ports_keep_the_client_address() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": true}}]})));
+    if !h.has_portmap() {
+        skip("portmap is not built: the IPv4 published-port path stops at the rootless netns");
+        return;
+    }
+    let client = Client::new(&h);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 18110, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+               {"hostPort": 18111, "containerPort": 53, "protocol": "udp", "hostIP": ""},
+               {"hostPort": 18112, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8:2::1"},
+               {"hostPort": 18113, "containerPort": 80, "protocol": "tcp", "hostIP": "::"}]),
+    );
+    h.add(&c1).unwrap();
+    let flag = format!("--net={}", c1.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", SERVER, "::", "80", "c1"], &[])).unwrap();
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", UDP_SERVER, "::", "53", "udp"], &[])).unwrap();
+
+    // Both families, the client's own address (the server is dual-stack: IPv4 peers are mapped).
+    assert_eq!(eventually(|| client.tcp("2001:db8:2::1", 18110)).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert_eq!(client.tcp("192.0.2.1", 18110).unwrap(), "hello-c1 from ::ffff:192.0.2.10");
+    assert_eq!(client.udp("2001:db8:2::1", 18111).unwrap(), "hello-udp from 2001:db8:2::10");
+    assert_eq!(client.udp("192.0.2.1", 18111).unwrap(), "hello-udp from ::ffff:192.0.2.10");
+    // One IPv6 host address, and "::" (IPv6 only).
+    assert_eq!(client.tcp("2001:db8:2::1", 18112).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert!(h.connect_from_host("::1", 18112).is_err(), "published on 2001:db8:2::1 only");
+    assert_eq!(client.tcp("2001:db8:2::1", 18113).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert!(client.tcp("192.0.2.1", 18113).is_err(), "\"::\" is IPv6 only");
+    // The host's loopback: an address the container can answer.
+    assert_eq!(h.connect_from_host("::1", 18110).unwrap(), "hello-c1 from fd00::2");
+    let check = h.check(&c1).unwrap();
+    assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
+    let fwd = h.forwarder_pid().expect("forwarder recorded");
+    assert_eq!(h.live_forwarders(), vec![fwd]);
+
+    // A port taken on the host: the ADD fails by name and leaves nothing of its own.
+    h.host_server("::", 18114, "taker").unwrap();
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert("portMappings".into(), json!([{"hostPort": 18114, "containerPort": 80, "hostIP": "::"}]));
+    let err = h.add(&c2).unwrap_err().to_string();
+    assert!(err.contains("host port 18114/tcp") && err.contains("already in use"), "{err}");
+    let st = h.state().unwrap();
+    assert_eq!(st["members"].as_array().unwrap().len(), 1, "{st}");
+
+    // The forwarder killed: the next call restarts it with every port.
+    kill(fwd);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(client.tcp("2001:db8:2::1", 18110).is_err(), "no IPv6 port without the forwarder");
+    let check = h.check(&c1).unwrap();
+    assert!(check.ok(), "CHECK repairs: {}{}", check.stdout, check.stderr);
+    let again = h.forwarder_pid().unwrap();
+    assert_ne!(again, fwd);
+    assert_eq!(client.tcp("2001:db8:2::1", 18110).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert_eq!(client.udp("2001:db8:2::1", 18111).unwrap(), "hello-udp from 2001:db8:2::10");
+    assert_eq!(client.tcp("2001:db8:2::1", 18112).unwrap(), "hello-c1 from 2001:db8:2::10");
+
+    // The last port leaves: the forwarder goes, the netns stays for the other container.
+    let c3 = h.container("c3").unwrap();
+    h.add(&c3).unwrap();
+    h.del(&c1).unwrap();
+    assert!(client.tcp("2001:db8:2::1", 18110).is_err(), "port closed with its container");
+    assert!(h.live_forwarders().is_empty(), "{:?}", h.live_forwarders());
+    assert!(h.state().unwrap().get("forwarder").is_none());
+    h.del(&c3).unwrap();
     h.assert_clean();
 }
 
