@@ -1559,6 +1559,113 @@ fn figures() {
     }
 }
 
+/// Receives one connection on a dual-stack socket to its end; prints bytes and seconds.
+const SINK_ANY: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+c, a = s.accept(); t = time.monotonic(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(n, time.monotonic() - t, flush=True)
+"#;
+
+/// Sends `argv[2]` MiB to the first connection on a dual-stack socket, then exits.
+const SOURCE_ANY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+c, a = s.accept(); buf = b"x" * (1 << 20)
+for _ in range(int(sys.argv[2])):
+    c.sendall(buf)
+c.close()
+"#;
+
+/// Connects and reads to the end; prints bytes and seconds.
+const DRAIN: &str = r#"
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+t = time.monotonic(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(n, time.monotonic() - t, flush=True)
+"#;
+
+/// Gbit/s of "bytes seconds".
+fn gbit(line: &str) -> f64 {
+    let mut f = line.split_whitespace();
+    let bytes: f64 = f.next().unwrap().parse().unwrap();
+    let secs: f64 = f.next().unwrap().parse().unwrap();
+    bytes * 8.0 / secs / 1e9
+}
+
+/// Throughput through a published port between `client` and a server in `ctr` listening on
+/// `cport`: `upload` client → container, else container → client.
+fn published_throughput(h: &Harness, ctr: &Ctr, client: &Client, ip: &str, port: u16, cport: u16, upload: bool) -> f64 {
+    let flag = format!("--net={}", ctr.netns);
+    let (script, mb) = (if upload { SINK_ANY } else { SOURCE_ANY }, "200");
+    let cport = cport.to_string();
+    let mut args = vec!["/usr/bin/nsenter", flag.as_str(), PY, "-c", script, cport.as_str()];
+    if !upload {
+        args.push(mb);
+    }
+    let mut server = h.runtime_cmd(&args, &[]);
+    server.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut server = server.spawn().unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let port = port.to_string();
+    let figure = if upload {
+        client.ns.run(PY, &["-c", TCP_SOURCE_PY, ip, &port, mb]).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        gbit(&line)
+    } else {
+        gbit(&client.ns.run(PY, &["-c", DRAIN, ip, &port]).unwrap())
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    figure
+}
+
+/// Figures for the report, not a test: published-port throughput of slirp4netns (IPv4) beside
+/// the forwarder (IPv6), both keeping the client's address: `cargo test -p conformance --test
+/// rootless -- --ignored --nocapture published_port_figures`.
+#[test]
+#[ignore]
+fn published_port_figures() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": true}}]})));
+    let client = Client::new(&h);
+    let c1 = h.container("c1").unwrap().with_port(18120, 5001);
+    h.add(&c1).unwrap();
+    h.container_server(&c1, 80, "c1").unwrap();
+    for (what, ip) in [("IPv4 through slirp4netns", "192.0.2.1"), ("IPv6 through the forwarder", "2001:db8:2::1")] {
+        for upload in [true, false] {
+            let runs: Vec<String> = (0..3)
+                .map(|_| format!("{:.2}", published_throughput(&h, &c1, &client, ip, 18120, 5001, upload)))
+                .collect();
+            let dir = if upload { "client -> container" } else { "container -> client" };
+            eprintln!("FIGURE published port, {what}, 200 MB {dir}: {} Gbit/s", runs.join(" / "));
+        }
+    }
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
 /// The start time (`/proc/<pid>/stat` field 22) of a live process.
 fn start_time(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
