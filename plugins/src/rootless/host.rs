@@ -332,10 +332,11 @@ pub fn unprivileged_port_start() -> u16 {
     crate::sysctl::read("net.ipv4.ip_unprivileged_port_start").ok().and_then(|v| v.parse().ok()).unwrap_or(1024)
 }
 
-/// The forwards a list of port mappings asks for; refuses what cannot be forwarded. IPv4 host
-/// addresses go through the helper, IPv6 ones through the forwarder and only with
-/// `enable_ipv6`; an empty `hostIP` means both families then, IPv4 alone otherwise.
-pub fn forwards_for(mappings: &[PortMapping], enable_ipv6: bool) -> Result<Vec<Forward>, String> {
+/// The forwards a list of port mappings asks for; refuses what cannot be forwarded. IPv6 host
+/// addresses go through the forwarder and only with `enable_ipv6` (an empty `hostIP` means
+/// both families then, IPv4 alone otherwise); IPv4 ones through the forwarder when
+/// `carry_ipv4`, else through the helper's own forwarding.
+pub fn forwards_for(mappings: &[PortMapping], enable_ipv6: bool, carry_ipv4: bool) -> Result<Vec<Forward>, String> {
     let mut out: Vec<(Forward, i64)> = Vec::new();
     for m in mappings {
         let proto = if m.protocol.is_empty() { "tcp".to_string() } else { m.protocol.to_ascii_lowercase() };
@@ -368,7 +369,7 @@ pub fn forwards_for(mappings: &[PortMapping], enable_ipv6: bool) -> Result<Vec<F
             },
         };
         for host_addr in addrs {
-            let forwarder = host_addr.contains(':');
+            let forwarder = carry_ipv4 || host_addr.contains(':');
             let fwd = Forward {
                 id: None,
                 proto: proto.clone(),
@@ -448,34 +449,42 @@ mod tests {
 
     #[test]
     fn forwards_from_mappings() {
-        let f = forwards_for(&[pm(8080, 80, "tcp", ""), pm(5353, 53, "UDP", "127.0.0.1"), pm(8080, 80, "", "")], false)
-            .unwrap();
+        let f = forwards_for(
+            &[pm(8080, 80, "tcp", ""), pm(5353, 53, "UDP", "127.0.0.1"), pm(8080, 80, "", "")],
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(f.len(), 2);
         assert_eq!(
             (f[0].proto.as_str(), f[0].host_addr.as_str(), f[0].host_port, f[0].guest_port),
             ("tcp", "0.0.0.0", 8080, 8080)
         );
         assert_eq!((f[1].proto.as_str(), f[1].host_addr.as_str()), ("udp", "127.0.0.1"));
-        assert!(forwards_for(&[pm(80, 80, "sctp", "")], false).unwrap_err().contains("only tcp and udp"));
-        assert!(forwards_for(&[pm(0, 80, "tcp", "")], false).unwrap_err().contains("invalid hostPort 0"));
-        assert!(forwards_for(&[pm(70000, 80, "tcp", "")], false).is_err());
-        assert!(forwards_for(&[pm(80, 80, "tcp", "::1")], false).unwrap_err().contains("IPv6"));
-        assert!(forwards_for(&[pm(80, 80, "tcp", "x")], false).unwrap_err().contains("invalid hostIP"));
-        let e = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 81, "tcp", "")], false).unwrap_err();
+        assert!(forwards_for(&[pm(80, 80, "sctp", "")], false, false).unwrap_err().contains("only tcp and udp"));
+        assert!(forwards_for(&[pm(0, 80, "tcp", "")], false, false).unwrap_err().contains("invalid hostPort 0"));
+        assert!(forwards_for(&[pm(70000, 80, "tcp", "")], false, false).is_err());
+        assert!(forwards_for(&[pm(80, 80, "tcp", "::1")], false, false).unwrap_err().contains("IPv6"));
+        assert!(forwards_for(&[pm(80, 80, "tcp", "x")], false, false).unwrap_err().contains("invalid hostIP"));
+        let e = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 81, "tcp", "")], false, false).unwrap_err();
         assert!(e.contains("two container ports"), "{e}");
-        let e = forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "")], false).unwrap_err();
+        let e = forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "")], false, false).unwrap_err();
         assert!(e.contains("overlap"), "{e}");
-        let two = forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "127.0.0.2")], false).unwrap();
+        let two =
+            forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "127.0.0.2")], false, false).unwrap();
         assert_eq!(two.len(), 2, "one port on two host addresses, same container port");
-        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", "")], false).unwrap().len(), 2);
+        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", "")], false, false).unwrap().len(), 2);
         // With IPv6: "" is both families, the IPv6 side carried by the forwarder to the container port.
-        let both = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "udp", "2001:db8::1")], true).unwrap();
+        let both = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "udp", "2001:db8::1")], true, false).unwrap();
         let got: Vec<(&str, bool, u16)> =
             both.iter().map(|f| (f.host_addr.as_str(), f.forwarder, f.container_port)).collect();
         assert_eq!(got, [("0.0.0.0", false, 80), ("::", true, 80), ("2001:db8::1", true, 81)]);
-        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", "::")], true).unwrap().len(), 1);
-        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", "0.0.0.0")], true).unwrap()[0].host_addr, "0.0.0.0");
-        let e = forwards_for(&[pm(8080, 80, "tcp", "::1"), pm(8080, 80, "tcp", "")], true).unwrap_err();
+        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", "::")], true, false).unwrap().len(), 1);
+        let all = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "udp", "127.0.0.1")], true, true).unwrap();
+        assert!(all.iter().all(|f| f.forwarder), "{all:?}");
+        assert_eq!(all.len(), 3);
+        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", "0.0.0.0")], true, false).unwrap()[0].host_addr, "0.0.0.0");
+        let e = forwards_for(&[pm(8080, 80, "tcp", "::1"), pm(8080, 80, "tcp", "")], true, false).unwrap_err();
         assert!(e.contains("overlap"), "{e}");
     }
 

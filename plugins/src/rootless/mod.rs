@@ -60,6 +60,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// How long one inner plugin may run (bridge and portmap take milliseconds; iptables may wait
 /// for its lock a few seconds).
 const INNER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Whether IPv4 ports go through the forwarder too, rather than slirp4netns' `add_hostfwd`.
+const FORWARDER_CARRIES_IPV4: bool = false;
 /// The most of the host's `/etc/resolv.conf` read.
 const MAX_RESOLV_CONF: u64 = 1 << 20;
 
@@ -242,7 +244,11 @@ impl<'a> Session<'a> {
     /// restored is logged and stays recorded.
     fn ensure_forwarder(&self, st: &mut State) -> Result<(), CniError> {
         let needed = st.forwards().any(|(_, f)| f.forwarder);
-        if !needed || self.forwarder_running(st) {
+        if self.forwarder_running(st) {
+            self.reconcile_forwarder(st);
+            return Ok(());
+        }
+        if !needed {
             return Ok(());
         }
         if st.forwarder.is_some() {
@@ -277,6 +283,31 @@ impl<'a> Session<'a> {
             }
         }
         self.save(st)
+    }
+
+    /// Closes the ports a running forwarder carries that no attachment records any more (a DEL
+    /// that could not reach it, a crash between two steps). A stopped forwarder is left alone:
+    /// it cannot answer, and the next call tries again.
+    fn reconcile_forwarder(&self, st: &State) {
+        let Some(fwd) = st.forwarder.as_ref() else { return };
+        if slirp::proc_stat(fwd.pid).is_some_and(|p| matches!(p.state, 'T' | 't')) {
+            log::warn!("the port forwarder (pid {}) is stopped; its ports are not checked", fwd.pid);
+            return;
+        }
+        let active = match forwarder::list(&self.paths.forwarder_socket) {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::warn!("port forwarder: {e}");
+                return;
+            }
+        };
+        let recorded: Vec<i64> = st.forwards().filter(|(_, f)| f.forwarder).filter_map(|(_, f)| f.id).collect();
+        for id in active.into_iter().filter(|id| !recorded.contains(id)) {
+            match forwarder::remove(&self.paths.forwarder_socket, id) {
+                Ok(()) => log::info!("closed port {id} of the forwarder, which nobody records any more"),
+                Err(e) => log::warn!("close port {id} of the forwarder: {e}"),
+            }
+        }
     }
 
     /// Hands the host sockets bound for one attachment to the forwarder, now that the inner
@@ -664,8 +695,8 @@ impl<'a> Session<'a> {
     /// bound here (handed over once the container has its addresses). On any failure the ones
     /// already added are removed and the sockets closed.
     fn add_forwards(&self, st: &State) -> Result<(Vec<Forward>, Vec<Bound>), CniError> {
-        let wanted =
-            host::forwards_for(&self.conf.port_mappings, self.conf.enable_ipv6).map_err(CniError::invalid_config)?;
+        let wanted = host::forwards_for(&self.conf.port_mappings, self.conf.enable_ipv6, FORWARDER_CARRIES_IPV4)
+            .map_err(CniError::invalid_config)?;
         for fwd in &wanted {
             if let Some((m, _)) = st.forwards().find(|(_, f)| host::clashes(f, fwd)) {
                 return Err(internal(format!(
