@@ -97,6 +97,25 @@ print("ERROR no answer")
 sys.exit(1)
 "#;
 
+/// [`UDP_CLIENT`] on a connected socket: answers from any other address than the one written
+/// to are dropped by the kernel, as most UDP clients (DNS resolvers among them) do.
+const UDP_CLIENT_CONNECTED: &str = r#"
+import socket, sys, time
+c = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(0.5)
+c.connect((sys.argv[1], int(sys.argv[2])))
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    c.send(b"ping")
+    try:
+        print(c.recv(2048).decode().strip())
+        sys.exit(0)
+    except (socket.timeout, ConnectionRefusedError):
+        pass
+print("ERROR no answer")
+sys.exit(1)
+"#;
+
 /// An inner plugin that reports what it sees to `$PROBE_OUT` (one JSON line per call), chains
 /// results adding its `tag` to `dns.search`, and fails the verbs listed in `failOn`.
 const PROBE: &str = r#"#!/usr/bin/python3
@@ -1097,6 +1116,12 @@ fn ipv6_published_ports_keep_the_client_address() {
     assert_eq!(client.tcp("192.0.2.1", 18110).unwrap(), "hello-c1 from ::ffff:192.0.2.10");
     assert_eq!(client.udp("2001:db8:2::1", 18111).unwrap(), "hello-udp from 2001:db8:2::10");
     assert_eq!(client.udp("192.0.2.1", 18111).unwrap(), "hello-udp from ::ffff:192.0.2.10");
+    // A host address the route back does not prefer: UDP answers still come from it.
+    h.host.ns.run("ip", &["addr", "add", "2001:db8:3::1/128", "dev", "lo", "nodad"]).unwrap();
+    client.ns.run("ip", &["-6", "route", "add", "2001:db8:3::/64", "via", "2001:db8:2::1"]).unwrap();
+    let connected =
+        |ip: &str| client.ns.run(PY, &["-c", UDP_CLIENT_CONNECTED, ip, "18111", "3"]).map(|o| o.trim().to_string());
+    assert_eq!(connected("2001:db8:3::1").unwrap(), "hello-udp from 2001:db8:2::10");
     // One IPv6 host address, and "::" (IPv6 only).
     assert_eq!(client.tcp("2001:db8:2::1", 18112).unwrap(), "hello-c1 from 2001:db8:2::10");
     assert!(h.connect_from_host("::1", 18112).is_err(), "published on 2001:db8:2::1 only");

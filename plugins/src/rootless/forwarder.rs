@@ -561,6 +561,7 @@ fn carry(spec: PortSpec, fd: OwnedFd) -> Result<Running, String> {
         ("udp", nix::sys::socket::SockType::Datagram) => {
             let socket = UdpSocket::from(fd);
             socket.set_read_timeout(Some(POLL)).map_err(|e| e.to_string())?;
+            want_destinations(&socket).map_err(|e| format!("add: {e}"))?;
             std::thread::spawn(move || serve_udp(socket, spec, flag))
         }
         (proto, kind) => return Err(format!("add: a {kind:?} socket cannot carry {proto}")),
@@ -662,10 +663,82 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// A UDP flow: the connected socket towards the container and when it last carried anything.
+/// A UDP flow: the connected socket towards the container, when it last carried anything, and
+/// the host address the client wrote to (answers must come from it).
 struct Flow {
     socket: UdpSocket,
     last: AtomicU64,
+    local: Option<IpAddr>,
+}
+
+/// Asks the kernel to report each datagram's destination address (a wildcard socket answers
+/// from the address the client wrote to, not from whatever the route prefers).
+fn want_destinations(socket: &UdpSocket) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let v6 = socket.local_addr()?.is_ipv6();
+    if v6 {
+        setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+    } else {
+        setsockopt(socket, sockopt::Ipv4PacketInfo, &true)?;
+    }
+    Ok(())
+}
+
+/// One datagram: its length, its source and the local address it was sent to.
+fn recv_with_destination(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+    let mut space = nix::cmsg_space!(nix::libc::in6_pktinfo, nix::libc::in_pktinfo);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())?;
+    let mut local = None;
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                local = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            ControlMessageOwned::Ipv4PacketInfo(info) => {
+                local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))));
+            }
+            _ => {}
+        }
+    }
+    let peer = msg.address.as_ref().and_then(|a| match a.family() {
+        Some(nix::sys::socket::AddressFamily::Inet6) => {
+            a.as_sockaddr_in6().map(|a| SocketAddr::V6(std::net::SocketAddrV6::from(*a)))
+        }
+        Some(nix::sys::socket::AddressFamily::Inet) => {
+            a.as_sockaddr_in().map(|a| SocketAddr::V4(std::net::SocketAddrV4::from(*a)))
+        }
+        _ => None,
+    });
+    let peer = peer.ok_or_else(|| std::io::Error::other("datagram without a source address"))?;
+    Ok((msg.bytes, peer, local))
+}
+
+/// Sends `data` to `peer` from the local address `local` (when known).
+fn send_from(socket: &UdpSocket, data: &[u8], peer: SocketAddr, local: Option<IpAddr>) -> std::io::Result<()> {
+    use nix::sys::socket::SockaddrStorage;
+    let to = SockaddrStorage::from(peer);
+    let iov = [IoSlice::new(data)];
+    match local {
+        Some(IpAddr::V6(a)) if peer.is_ipv6() => {
+            let info =
+                nix::libc::in6_pktinfo { ipi6_addr: nix::libc::in6_addr { s6_addr: a.octets() }, ipi6_ifindex: 0 };
+            sendmsg(socket.as_raw_fd(), &iov, &[ControlMessage::Ipv6PacketInfo(&info)], MsgFlags::empty(), Some(&to))?;
+        }
+        Some(IpAddr::V4(a)) if peer.is_ipv4() => {
+            let info = nix::libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(a).to_be() },
+                ipi_addr: nix::libc::in_addr { s_addr: 0 },
+            };
+            sendmsg(socket.as_raw_fd(), &iov, &[ControlMessage::Ipv4PacketInfo(&info)], MsgFlags::empty(), Some(&to))?;
+        }
+        _ => {
+            socket.send_to(data, peer)?;
+        }
+    }
+    Ok(())
 }
 
 fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
@@ -674,7 +747,7 @@ fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
     let epoch = Instant::now();
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
-        let (n, peer) = match listener.recv_from(&mut buf) {
+        let (n, peer, local) = match recv_with_destination(&listener, &mut buf) {
             Ok(r) => r,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -689,7 +762,7 @@ fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
             Some(f) => f,
             None => match open_flow(&spec, peer) {
                 Ok(socket) => {
-                    let flow = Arc::new(Flow { socket, last: AtomicU64::new(0) });
+                    let flow = Arc::new(Flow { socket, last: AtomicU64::new(0), local });
                     if let Ok(mut f) = flows.lock() {
                         f.insert(peer, flow.clone());
                     }
@@ -736,7 +809,7 @@ fn udp_replies(flow: &Flow, listener: &UdpSocket, peer: SocketAddr, stop: &Atomi
         match flow.socket.recv(&mut buf) {
             Ok(n) => {
                 flow.last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                let _ = listener.send_to(&buf[..n], peer);
+                let _ = send_from(listener, &buf[..n], peer, flow.local);
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 let idle = (epoch.elapsed().as_millis() as u64).saturating_sub(flow.last.load(Ordering::Relaxed));
