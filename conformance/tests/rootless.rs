@@ -1166,6 +1166,55 @@ fn ipv6_published_ports_keep_the_client_address() {
     h.assert_clean();
 }
 
+/// A stopped forwarder (SIGSTOP): CHECK fails at once naming it, DEL detaches the container
+/// and names the port it could not close, and once the forwarder runs again the next call
+/// closes that port while the other container's keeps working.
+#[test]
+fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+    let client = Client::new(&h);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert("portMappings".into(), json!([{"hostPort": 18130, "containerPort": 80, "hostIP": "::"}]));
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert("portMappings".into(), json!([{"hostPort": 18131, "containerPort": 80, "hostIP": "::"}]));
+    h.add(&c1).unwrap();
+    h.add(&c2).unwrap();
+    let flag = format!("--net={}", c2.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", SERVER, "::", "80", "c2"], &[])).unwrap();
+    assert_eq!(eventually(|| client.tcp("2001:db8:2::1", 18131)).unwrap(), "hello-c2 from 2001:db8:2::10");
+    let pid = h.forwarder_pid().unwrap();
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().contains(" T ") {
+        assert!(Instant::now() < deadline, "forwarder {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let quick = Duration::from_secs(2);
+    let (check, t) = timed(|| h.check(&c1).unwrap());
+    let (_, msg, _) = check.error().unwrap();
+    assert!(msg.contains("stopped") && msg.contains(&pid.to_string()), "{msg}");
+    assert!(t < quick, "CHECK took {t:?}");
+    let (del, t) = timed(|| h.verb_list(&h.list, "DEL", &c1, &[]).unwrap());
+    let (_, msg, _) = del.error().unwrap();
+    assert!(msg.contains("18130/tcp") && msg.contains("stopped"), "{msg}");
+    assert!(t < quick, "DEL took {t:?}");
+    assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 1, "c1 is detached all the same");
+
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let check = h.check(&c2).unwrap();
+    assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
+    assert_eq!(h.forwarder_pid(), Some(pid), "resumed, not restarted");
+    // c1's port is closed (the host can bind it again); c2's still carried.
+    h.host_server("::", 18130, "host").unwrap();
+    assert_eq!(client.tcp("2001:db8:2::1", 18131).unwrap(), "hello-c2 from 2001:db8:2::10");
+    h.del(&c2).unwrap();
+    h.assert_clean();
+}
+
 /// A dead helper is restarted by the next ADD, and the older container's port works again.
 #[test]
 fn dead_helper_is_restarted_with_its_forwards() {

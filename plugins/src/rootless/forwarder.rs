@@ -267,6 +267,18 @@ pub fn is_ours(fwd: &HelperId, expect: &Expect) -> bool {
     super::slirp::is_alive(fwd) && expect.matches(fwd.pid)
 }
 
+/// Why the forwarder cannot answer now, if it cannot: it is stopped (SIGSTOP, a debugger).
+pub fn unresponsive(fwd: &HelperId) -> Option<String> {
+    let st = super::slirp::proc_stat(fwd.pid)?;
+    matches!(st.state, 'T' | 't').then(|| {
+        format!(
+            "the port forwarder (pid {}) is stopped and cannot answer; resume it (kill -CONT {}) or remove the \
+             last container with a published port to restart it",
+            fwd.pid, fwd.pid
+        )
+    })
+}
+
 /// Stops the recorded forwarder if it is still, verifiably, ours (see [`super::slirp::stop`]).
 pub fn stop(fwd: &HelperId, expect: &Expect) -> Result<(), String> {
     super::slirp::stop_verified(fwd, |h| is_ours(h, expect))

@@ -290,8 +290,8 @@ impl<'a> Session<'a> {
     /// it cannot answer, and the next call tries again.
     fn reconcile_forwarder(&self, st: &State) {
         let Some(fwd) = st.forwarder.as_ref() else { return };
-        if slirp::proc_stat(fwd.pid).is_some_and(|p| matches!(p.state, 'T' | 't')) {
-            log::warn!("the port forwarder (pid {}) is stopped; its ports are not checked", fwd.pid);
+        if let Some(why) = forwarder::unresponsive(fwd) {
+            log::warn!("{why}; its ports are checked by a later call");
             return;
         }
         let active = match forwarder::list(&self.paths.forwarder_socket) {
@@ -898,6 +898,14 @@ fn remove_carried(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<Stri
     if forwards.is_empty() || !s.forwarder_running(st) {
         return Vec::new();
     }
+    if let Some(why) = st.forwarder.as_ref().and_then(forwarder::unresponsive) {
+        let ports: Vec<String> =
+            forwards.iter().map(|f| format!("{}/{} on {}", f.host_port, f.proto, f.host_addr)).collect();
+        return vec![format!(
+            "host port(s) {} stay open until the forwarder runs again (they are closed then): {why}",
+            ports.join(", ")
+        )];
+    }
     let mut errors = Vec::new();
     for fwd in forwards {
         let Some(id) = fwd.id else { continue };
@@ -1123,6 +1131,9 @@ impl Plugin for RootlessWrapper {
         if !carried.is_empty() {
             if !s.forwarder_running(&st) {
                 return Err(internal("the port forwarder is not running"));
+            }
+            if let Some(why) = st.forwarder.as_ref().and_then(forwarder::unresponsive) {
+                return Err(internal(why));
             }
             let active = forwarder::list(&s.paths.forwarder_socket).map_err(internal)?;
             for fwd in carried {
