@@ -1168,7 +1168,8 @@ fn ipv6_published_ports_keep_the_client_address() {
 
 /// A stopped forwarder (SIGSTOP): CHECK fails at once naming it, DEL detaches the container
 /// and names the port it could not close, and once the forwarder runs again the next call
-/// closes that port while the other container's keeps working.
+/// closes that port while the other container's keeps working; a GC that drops the last
+/// container with ports closes them and stops the forwarder.
 #[test]
 fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later() {
     let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
@@ -1211,7 +1212,15 @@ fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later() {
     // c1's port is closed (the host can bind it again); c2's still carried.
     h.host_server("::", 18130, "host").unwrap();
     assert_eq!(client.tcp("2001:db8:2::1", 18131).unwrap(), "hello-c2 from 2001:db8:2::10");
-    h.del(&c2).unwrap();
+    // GC that knows no attachment: c2 and its port go, and the forwarder with them.
+    let c3 = h.container("c3").unwrap();
+    h.add(&c3).unwrap();
+    let valid = json!([{"containerID": c3.id, "ifname": "eth0"}]);
+    let gc = h.list_verb("GC", json!({"cni.dev/valid-attachments": valid})).unwrap();
+    assert!(gc.ok(), "GC: {}{}", gc.stdout, gc.stderr);
+    assert!(h.live_forwarders().is_empty(), "{:?}", h.live_forwarders());
+    h.host_server("::", 18131, "host").unwrap();
+    h.del(&c3).unwrap();
     h.assert_clean();
 }
 

@@ -4,8 +4,10 @@
 //! The runtime calls the wrapper after joining its pause process's user and mount namespaces,
 //! in its own network namespace (the host's). Per state directory (so per user) the wrapper
 //! keeps one netns, bind-mounted on `<stateDir>/netns`, with slirp4netns serving it. Published
-//! ports are forwarded by slirp4netns from the host to the netns' tap address on the same port,
-//! where the inner portmap DNATs them to the container. The inner plugins run as children of
+//! ports on IPv4 host addresses are forwarded by slirp4netns from the host to the netns' tap
+//! address on the same port, where the inner portmap DNATs them to the container; ports on IPv6
+//! host addresses are carried by the wrapper's own port forwarder ([`forwarder`]), which keeps
+//! the client's address too and is recorded, verified, repaired and stopped like the helper. The inner plugins run as children of
 //! the wrapper after it entered the shared netns and a private mount namespace that gives them
 //! writable `/run` and `/var/lib/cni` (see [`mounts`]).
 //!
