@@ -1155,9 +1155,15 @@ fn ipv6_published_ports_keep_the_client_address() {
     assert_eq!(client.udp("2001:db8:2::1", 18111).unwrap(), "hello-udp from 2001:db8:2::10");
     assert_eq!(client.tcp("2001:db8:2::1", 18112).unwrap(), "hello-c1 from 2001:db8:2::10");
 
+    // The plugins upgraded while it runs (a new file at the wrapper's path): the new wrapper
+    // still knows the running forwarder as its own, keeps it, and can stop it.
+    let fresh = h.bin.join("rootless-wrapper.new");
+    std::fs::copy(h.bin.join(WRAPPER), &fresh).unwrap();
+    std::fs::rename(&fresh, h.bin.join(WRAPPER)).unwrap();
     // The last port leaves: the forwarder goes, the netns stays for the other container.
     let c3 = h.container("c3").unwrap();
     h.add(&c3).unwrap();
+    assert_eq!(h.forwarder_pid(), Some(again), "kept across the upgrade");
     h.del(&c1).unwrap();
     assert!(client.tcp("2001:db8:2::1", 18110).is_err(), "port closed with its container");
     assert!(h.live_forwarders().is_empty(), "{:?}", h.live_forwarders());

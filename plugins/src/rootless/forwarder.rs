@@ -217,13 +217,16 @@ pub struct Paths {
 }
 
 /// What a process must be to count as the forwarder of one state directory: it runs this
-/// binary (or, in an earlier user namespace of this user where the binary cannot be looked
-/// at, has its name), as this user, with this directory's netns and control socket on its
+/// binary (or an earlier file at its path, replaced by an upgrade of the plugins while it ran;
+/// or, in an earlier user namespace of this user where the binary cannot be looked at, has its
+/// name), as this user, with this directory's netns and control socket on its
 /// command line. The same rules as for the helper ([`super::slirp::Expect`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expect {
     /// Device and inode of the wrapper binary.
     pub binary: Option<(u64, u64)>,
+    /// Its path.
+    pub path: Option<PathBuf>,
     /// The UID it runs as.
     pub uid: u32,
     /// The netns it serves.
@@ -235,9 +238,11 @@ pub struct Expect {
 impl Expect {
     /// The forwarder of `paths`, running this binary as this user.
     pub fn new(paths: &Paths) -> Expect {
-        let binary = std::env::current_exe().ok().and_then(|b| std::fs::metadata(b).ok()).map(|m| (m.dev(), m.ino()));
+        let path = std::env::current_exe().ok();
+        let binary = path.as_ref().and_then(|b| std::fs::metadata(b).ok()).map(|m| (m.dev(), m.ino()));
         Expect {
             binary,
+            path,
             uid: nix::unistd::geteuid().as_raw(),
             netns: paths.netns.clone(),
             control: paths.control.clone(),
@@ -255,7 +260,7 @@ impl Expect {
     /// Whether process `pid` is a forwarder serving this state directory.
     pub fn matches(&self, pid: i32) -> bool {
         let Some(binary) = self.binary else { return false };
-        super::slirp::process_args(pid, self.uid, binary, COMM).is_some_and(|cmdline| {
+        super::slirp::process_args(pid, self.uid, binary, COMM, self.path.as_deref()).is_some_and(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             self.matches_args(&args)
         })
@@ -597,8 +602,10 @@ fn serve_tcp(listener: TcpListener, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) 
             Ok((client, peer)) => {
                 let spec = spec.clone();
                 std::thread::spawn(move || {
+                    // Per client, so at debug level: a client hammering a port whose container
+                    // is gone must not fill the log.
                     if let Err(e) = relay_tcp(client, peer, &spec) {
-                        log::warn!("port {}: client {peer}: {e}", spec.id);
+                        log::debug!("port {}: client {peer}: {e}", spec.id);
                     }
                 });
             }
@@ -639,9 +646,11 @@ fn relay_tcp(client: TcpStream, peer: SocketAddr, spec: &PortSpec) -> Result<(),
         None => Socket::new(Domain::for_address(target), Type::STREAM.cloexec(), Some(Protocol::TCP))
             .map_err(|e| e.to_string())?,
     };
-    socket
-        .connect_timeout(&SockAddr::from(target), CONNECT_TIMEOUT)
-        .map_err(|e| format!("connect to {target}: {e}"))?;
+    if let Err(e) = socket.connect_timeout(&SockAddr::from(target), CONNECT_TIMEOUT) {
+        // The client learns it as a reset, as if the container had refused it itself.
+        let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        return Err(format!("connect to {target}: {e}"));
+    }
     let upstream = TcpStream::from(socket);
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
@@ -789,7 +798,7 @@ fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
                     flow
                 }
                 Err(e) => {
-                    log::warn!("port {}: client {peer}: {e}", spec.id);
+                    log::debug!("port {}: client {peer}: {e}", spec.id);
                     continue;
                 }
             },
