@@ -52,7 +52,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,6 +81,15 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(3);
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest control message.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The most TCP connections carried at once (two threads each), over all ports; more wait in
+/// the listen backlog.
+const MAX_CONNECTIONS: usize = 2048;
+/// The most UDP flows of one port at once (one thread and socket each); datagrams of further
+/// clients are dropped until one times out.
+const MAX_FLOWS: usize = 1024;
+/// Connections being carried now.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
 /// The copy buffer of one direction of one TCP connection.
 const COPY_BUFFER: usize = 256 << 10;
 
@@ -573,16 +582,17 @@ fn carry(spec: PortSpec, fd: OwnedFd) -> Result<Running, String> {
         ("tcp", nix::sys::socket::SockType::Stream) => {
             let listener = TcpListener::from(fd);
             listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-            std::thread::spawn(move || serve_tcp(listener, spec, flag))
+            std::thread::Builder::new().spawn(move || serve_tcp(listener, spec, flag))
         }
         ("udp", nix::sys::socket::SockType::Datagram) => {
             let socket = UdpSocket::from(fd);
             socket.set_read_timeout(Some(POLL)).map_err(|e| e.to_string())?;
             want_destinations(&socket).map_err(|e| format!("add: {e}"))?;
-            std::thread::spawn(move || serve_udp(socket, spec, flag))
+            std::thread::Builder::new().spawn(move || serve_udp(socket, spec, flag))
         }
         (proto, kind) => return Err(format!("add: a {kind:?} socket cannot carry {proto}")),
     };
+    let thread = thread.map_err(|e| format!("add: no thread for the port: {e}"))?;
     Ok(Running { stop, thread: Some(thread) })
 }
 
@@ -595,19 +605,30 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
 
 fn serve_tcp(listener: TcpListener, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
+        if CONNECTIONS.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            std::thread::sleep(POLL);
+            continue;
+        }
         if !wait_readable(listener.as_fd(), POLL) {
             continue;
         }
         match listener.accept() {
             Ok((client, peer)) => {
-                let spec = spec.clone();
-                std::thread::spawn(move || {
+                let spec2 = spec.clone();
+                CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new().spawn(move || {
                     // Per client, so at debug level: a client hammering a port whose container
                     // is gone must not fill the log.
-                    if let Err(e) = relay_tcp(client, peer, &spec) {
-                        log::debug!("port {}: client {peer}: {e}", spec.id);
+                    if let Err(e) = relay_tcp(client, peer, &spec2) {
+                        log::debug!("port {}: client {peer}: {e}", spec2.id);
                     }
+                    CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
                 });
+                if let Err(e) = spawned {
+                    CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+                    log::warn!("port {}: no thread for a connection: {e}", spec.id);
+                    std::thread::sleep(POLL);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
@@ -655,7 +676,7 @@ fn relay_tcp(client: TcpStream, peer: SocketAddr, spec: &PortSpec) -> Result<(),
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let (c2, u2) = (client.try_clone().map_err(|e| e.to_string())?, upstream.try_clone().map_err(|e| e.to_string())?);
-    let back = std::thread::spawn(move || pump(u2, c2));
+    let back = std::thread::Builder::new().spawn(move || pump(u2, c2)).map_err(|e| format!("no thread: {e}"))?;
     pump(client, upstream);
     let _ = back.join();
     Ok(())
@@ -779,8 +800,13 @@ fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
             }
         };
         let existing = flows.lock().ok().and_then(|f| f.get(&peer).cloned());
+        let full = flows.lock().map(|f| f.len() >= MAX_FLOWS).unwrap_or(true);
         let flow = match existing {
             Some(f) => f,
+            None if full => {
+                log::debug!("port {}: {MAX_FLOWS} flows already; dropping a datagram of {peer}", spec.id);
+                continue;
+            }
             None => match open_flow(&spec, peer) {
                 Ok(socket) => {
                     let flow = Arc::new(Flow { socket, last: AtomicU64::new(0), local });
@@ -789,12 +815,20 @@ fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
                     }
                     let (flow2, flows2, listener2, stop2) =
                         (flow.clone(), flows.clone(), listener.clone(), stop.clone());
-                    std::thread::spawn(move || {
-                        udp_replies(&flow2, &listener2, peer, &stop2, epoch);
+                    let peer2 = peer;
+                    let spawned = std::thread::Builder::new().spawn(move || {
+                        udp_replies(&flow2, &listener2, peer2, &stop2, epoch);
                         if let Ok(mut f) = flows2.lock() {
-                            f.remove(&peer);
+                            f.remove(&peer2);
                         }
                     });
+                    if let Err(e) = spawned {
+                        log::warn!("port {}: no thread for the flow of {peer}: {e}", spec.id);
+                        if let Ok(mut f) = flows.lock() {
+                            f.remove(&peer);
+                        }
+                        continue;
+                    }
                     flow
                 }
                 Err(e) => {
