@@ -470,6 +470,7 @@ fn serve() -> Result<(), String> {
         return Err("descriptor 3 is not a listening socket".into());
     }
     let control = UnixListener::from(owned);
+    raise_fd_limit();
     setup_netns().map_err(|e| format!("set up the shared netns for transparent forwarding: {e}"))?;
     log::info!("forwarder ready");
     let mut ports: HashMap<i64, Running> = HashMap::new();
@@ -477,6 +478,12 @@ fn serve() -> Result<(), String> {
         let (stream, _) = match control.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // Out of descriptors for a moment (many connections): they come back.
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS)) => {
+                log::warn!("accept on the control socket: {e}");
+                std::thread::sleep(POLL);
+                continue;
+            }
             Err(e) => return Err(format!("accept on the control socket: {e}")),
         };
         let answer = match read_request(&stream) {
@@ -492,6 +499,24 @@ fn serve() -> Result<(), String> {
         };
         let _ = stream.set_write_timeout(Some(API_TIMEOUT));
         let _ = (&stream).write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Raises the soft limit on open descriptors towards the hard one: every carried connection
+/// takes two, every UDP flow one.
+fn raise_fd_limit() {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct through a pointer to a live local.
+    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let want = lim.rlim_max.min(65536);
+    if want > lim.rlim_cur {
+        lim.rlim_cur = want;
+        // SAFETY: setrlimit reads one rlimit struct through a pointer to a live local.
+        if unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) } != 0 {
+            log::debug!("raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+        }
     }
 }
 
