@@ -1304,6 +1304,34 @@ fn stale_netns_is_recreated() {
     h.assert_clean();
 }
 
+/// A forwarder left in the user namespace of a dead pause process is known and stopped when
+/// the stale netns is recreated: its host port is free again for the new attachment.
+#[test]
+fn forwarder_of_a_dead_user_namespace_is_stopped() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+    let client = Client::new(&h);
+    let port = json!([{"hostPort": 18140, "containerPort": 80, "hostIP": "::"}]);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert("portMappings".into(), port.clone());
+    h.add(&c1).unwrap();
+    let old = h.forwarder_pid().unwrap();
+    h.restart_pause().unwrap();
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert("portMappings".into(), port);
+    h.add(&c2).unwrap();
+    assert!(!h.live_forwarders().contains(&old), "forwarder of the dead user namespace stopped");
+    let new = h.forwarder_pid().unwrap();
+    assert_eq!(h.live_forwarders(), vec![new]);
+    let flag = format!("--net={}", c2.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", SERVER, "::", "80", "c2"], &[])).unwrap();
+    assert_eq!(eventually(|| client.tcp("2001:db8:2::1", 18140)).unwrap(), "hello-c2 from 2001:db8:2::10");
+    h.del(&c2).unwrap();
+    h.assert_clean();
+}
+
 /// 16 ADD/DEL pairs at once (create/teardown churn), then 16 ADDs and 16 DELs at once.
 #[test]
 fn concurrent_add_and_del_of_sixteen_containers() {
