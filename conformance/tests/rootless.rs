@@ -97,6 +97,25 @@ print("ERROR no answer")
 sys.exit(1)
 "#;
 
+/// [`UDP_CLIENT`] on a connected socket: answers from any other address than the one written
+/// to are dropped by the kernel, as most UDP clients (DNS resolvers among them) do.
+const UDP_CLIENT_CONNECTED: &str = r#"
+import socket, sys, time
+c = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(0.5)
+c.connect((sys.argv[1], int(sys.argv[2])))
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    c.send(b"ping")
+    try:
+        print(c.recv(2048).decode().strip())
+        sys.exit(0)
+    except (socket.timeout, ConnectionRefusedError):
+        pass
+print("ERROR no answer")
+sys.exit(1)
+"#;
+
 /// An inner plugin that reports what it sees to `$PROBE_OUT` (one JSON line per call), chains
 /// results adding its `tag` to `dns.search`, and fails the verbs listed in `failOn`.
 const PROBE: &str = r#"#!/usr/bin/python3
@@ -540,22 +559,38 @@ impl Harness {
         self.state().unwrap()["helper"]["pid"].as_u64().unwrap() as u32
     }
 
-    /// slirp4netns processes of this test still running (zombies do not count: the machine's
-    /// init may not reap them).
-    fn live_helpers(&self) -> Vec<u32> {
-        let marker = self.xdg.display().to_string();
+    /// Live processes (zombies do not count: the machine's init may not reap them) whose stat
+    /// and command line (NUL-separated) `want` accepts.
+    fn live_processes(&self, want: impl Fn(&str, &str) -> bool) -> Vec<u32> {
         let mut found = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .into_owned();
             let alive =
                 stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X");
-            if stat.contains("(slirp4netns)") && alive && String::from_utf8_lossy(&cmdline).contains(&marker) {
+            if alive && want(&stat, &cmdline) {
                 found.push(pid);
             }
         }
         found
+    }
+
+    /// slirp4netns processes of this test still running.
+    fn live_helpers(&self) -> Vec<u32> {
+        let marker = self.xdg.display().to_string();
+        self.live_processes(|stat, cmdline| stat.contains("(slirp4netns)") && cmdline.contains(&marker))
+    }
+
+    /// Port forwarders (the wrapper binary in forwarder mode) of this test still running.
+    fn live_forwarders(&self) -> Vec<u32> {
+        let marker = self.xdg.display().to_string();
+        self.live_processes(|_, cmdline| cmdline.contains("\0--forwarder\0") && cmdline.contains(&marker))
+    }
+
+    fn forwarder_pid(&self) -> Option<u32> {
+        self.state()?["forwarder"]["pid"].as_u64().map(|p| p as u32)
     }
 
     fn pause_mounts(&self) -> Vec<String> {
@@ -574,6 +609,8 @@ impl Harness {
     fn assert_clean_except(&self, others: &[u32]) {
         let helpers: Vec<u32> = self.live_helpers().into_iter().filter(|p| !others.contains(p)).collect();
         assert!(helpers.is_empty(), "slirp4netns still running: {helpers:?}");
+        let forwarders = self.live_forwarders();
+        assert!(forwarders.is_empty(), "port forwarder still running: {forwarders:?}");
         assert!(self.pause_mounts().is_empty(), "mounts left: {:?}", self.pause_mounts());
         assert!(
             !self.state_dir().exists(),
@@ -1033,6 +1070,166 @@ fn host_ip_and_udp_ports_keep_the_client_address() {
     h.assert_clean();
 }
 
+/// Retries `f` for a few seconds: a container's IPv6 address may still be tentative at first.
+fn eventually(f: impl Fn() -> Result<String>) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => return other,
+        }
+    }
+}
+
+/// With `enableIPv6`, ports are published on IPv6 too, carried by the wrapper's forwarder: a
+/// client on the host's network reaches the container over either family with its own address
+/// (tcp and udp), `[::1]` works (it appears as slirp4netns' host address), a port taken on the
+/// host fails the ADD and leaves nothing, a killed forwarder is restarted with every port by
+/// the next call, and it goes away with the last port.
+#[test]
+fn ipv6_published_ports_keep_the_client_address() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": true}}]})));
+    if !h.has_portmap() {
+        skip("portmap is not built: the IPv4 published-port path stops at the rootless netns");
+        return;
+    }
+    let client = Client::new(&h);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 18110, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
+               {"hostPort": 18111, "containerPort": 53, "protocol": "udp", "hostIP": ""},
+               {"hostPort": 18112, "containerPort": 80, "protocol": "tcp", "hostIP": "2001:db8:2::1"},
+               {"hostPort": 18113, "containerPort": 80, "protocol": "tcp", "hostIP": "::"}]),
+    );
+    h.add(&c1).unwrap();
+    let flag = format!("--net={}", c1.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", SERVER, "::", "80", "c1"], &[])).unwrap();
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", UDP_SERVER, "::", "53", "udp"], &[])).unwrap();
+
+    // Both families, the client's own address (the server is dual-stack: IPv4 peers are mapped).
+    assert_eq!(eventually(|| client.tcp("2001:db8:2::1", 18110)).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert_eq!(client.tcp("192.0.2.1", 18110).unwrap(), "hello-c1 from ::ffff:192.0.2.10");
+    assert_eq!(client.udp("2001:db8:2::1", 18111).unwrap(), "hello-udp from 2001:db8:2::10");
+    assert_eq!(client.udp("192.0.2.1", 18111).unwrap(), "hello-udp from ::ffff:192.0.2.10");
+    // A host address the route back does not prefer: UDP answers still come from it.
+    h.host.ns.run("ip", &["addr", "add", "2001:db8:3::1/128", "dev", "lo", "nodad"]).unwrap();
+    client.ns.run("ip", &["-6", "route", "add", "2001:db8:3::/64", "via", "2001:db8:2::1"]).unwrap();
+    let connected =
+        |ip: &str| client.ns.run(PY, &["-c", UDP_CLIENT_CONNECTED, ip, "18111", "3"]).map(|o| o.trim().to_string());
+    assert_eq!(connected("2001:db8:3::1").unwrap(), "hello-udp from 2001:db8:2::10");
+    // One IPv6 host address, and "::" (IPv6 only).
+    assert_eq!(client.tcp("2001:db8:2::1", 18112).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert!(h.connect_from_host("::1", 18112).is_err(), "published on 2001:db8:2::1 only");
+    assert_eq!(client.tcp("2001:db8:2::1", 18113).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert!(client.tcp("192.0.2.1", 18113).is_err(), "\"::\" is IPv6 only");
+    // The host's loopback: an address the container can answer.
+    assert_eq!(h.connect_from_host("::1", 18110).unwrap(), "hello-c1 from fd00::2");
+    let check = h.check(&c1).unwrap();
+    assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
+    let fwd = h.forwarder_pid().expect("forwarder recorded");
+    assert_eq!(h.live_forwarders(), vec![fwd]);
+
+    // A port taken on the host: the ADD fails by name and leaves nothing of its own.
+    h.host_server("::", 18114, "taker").unwrap();
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert("portMappings".into(), json!([{"hostPort": 18114, "containerPort": 80, "hostIP": "::"}]));
+    let err = h.add(&c2).unwrap_err().to_string();
+    assert!(err.contains("host port 18114/tcp") && err.contains("already in use"), "{err}");
+    let st = h.state().unwrap();
+    assert_eq!(st["members"].as_array().unwrap().len(), 1, "{st}");
+
+    // The forwarder killed: the next call restarts it with every port.
+    kill(fwd);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(client.tcp("2001:db8:2::1", 18110).is_err(), "no IPv6 port without the forwarder");
+    let check = h.check(&c1).unwrap();
+    assert!(check.ok(), "CHECK repairs: {}{}", check.stdout, check.stderr);
+    let again = h.forwarder_pid().unwrap();
+    assert_ne!(again, fwd);
+    assert_eq!(client.tcp("2001:db8:2::1", 18110).unwrap(), "hello-c1 from 2001:db8:2::10");
+    assert_eq!(client.udp("2001:db8:2::1", 18111).unwrap(), "hello-udp from 2001:db8:2::10");
+    assert_eq!(client.tcp("2001:db8:2::1", 18112).unwrap(), "hello-c1 from 2001:db8:2::10");
+
+    // The plugins upgraded while it runs (a new file at the wrapper's path): the new wrapper
+    // still knows the running forwarder as its own, keeps it, and can stop it.
+    let fresh = h.bin.join("rootless-wrapper.new");
+    std::fs::copy(h.bin.join(WRAPPER), &fresh).unwrap();
+    std::fs::rename(&fresh, h.bin.join(WRAPPER)).unwrap();
+    // The last port leaves: the forwarder goes, the netns stays for the other container.
+    let c3 = h.container("c3").unwrap();
+    h.add(&c3).unwrap();
+    assert_eq!(h.forwarder_pid(), Some(again), "kept across the upgrade");
+    h.del(&c1).unwrap();
+    assert!(client.tcp("2001:db8:2::1", 18110).is_err(), "port closed with its container");
+    assert!(h.live_forwarders().is_empty(), "{:?}", h.live_forwarders());
+    assert!(h.state().unwrap().get("forwarder").is_none());
+    h.del(&c3).unwrap();
+    h.assert_clean();
+}
+
+/// A stopped forwarder (SIGSTOP): CHECK fails at once naming it, DEL detaches the container
+/// and names the port it could not close, and once the forwarder runs again the next call
+/// closes that port while the other container's keeps working; a GC that drops the last
+/// container with ports closes them and stops the forwarder.
+#[test]
+fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+    let client = Client::new(&h);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert("portMappings".into(), json!([{"hostPort": 18130, "containerPort": 80, "hostIP": "::"}]));
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert("portMappings".into(), json!([{"hostPort": 18131, "containerPort": 80, "hostIP": "::"}]));
+    h.add(&c1).unwrap();
+    h.add(&c2).unwrap();
+    let flag = format!("--net={}", c2.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", SERVER, "::", "80", "c2"], &[])).unwrap();
+    assert_eq!(eventually(|| client.tcp("2001:db8:2::1", 18131)).unwrap(), "hello-c2 from 2001:db8:2::10");
+    let pid = h.forwarder_pid().unwrap();
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().contains(" T ") {
+        assert!(Instant::now() < deadline, "forwarder {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let quick = Duration::from_secs(2);
+    let (check, t) = timed(|| h.check(&c1).unwrap());
+    let (_, msg, _) = check.error().unwrap();
+    assert!(msg.contains("stopped") && msg.contains(&pid.to_string()), "{msg}");
+    assert!(t < quick, "CHECK took {t:?}");
+    let (del, t) = timed(|| h.verb_list(&h.list, "DEL", &c1, &[]).unwrap());
+    let (_, msg, _) = del.error().unwrap();
+    assert!(msg.contains("18130/tcp") && msg.contains("stopped"), "{msg}");
+    assert!(t < quick, "DEL took {t:?}");
+    assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 1, "c1 is detached all the same");
+
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let check = h.check(&c2).unwrap();
+    assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
+    assert_eq!(h.forwarder_pid(), Some(pid), "resumed, not restarted");
+    // c1's port is closed (the host can bind it again); c2's still carried.
+    h.host_server("::", 18130, "host").unwrap();
+    assert_eq!(client.tcp("2001:db8:2::1", 18131).unwrap(), "hello-c2 from 2001:db8:2::10");
+    // GC that knows no attachment: c2 and its port go, and the forwarder with them.
+    let c3 = h.container("c3").unwrap();
+    h.add(&c3).unwrap();
+    let valid = json!([{"containerID": c3.id, "ifname": "eth0"}]);
+    let gc = h.list_verb("GC", json!({"cni.dev/valid-attachments": valid})).unwrap();
+    assert!(gc.ok(), "GC: {}{}", gc.stdout, gc.stderr);
+    assert!(h.live_forwarders().is_empty(), "{:?}", h.live_forwarders());
+    h.host_server("::", 18131, "host").unwrap();
+    h.del(&c3).unwrap();
+    h.assert_clean();
+}
+
 /// A dead helper is restarted by the next ADD, and the older container's port works again.
 #[test]
 fn dead_helper_is_restarted_with_its_forwards() {
@@ -1104,6 +1301,34 @@ fn stale_netns_is_recreated() {
     h.del(&c2).unwrap();
     assert_eq!(h.live_helpers().len(), 1);
     h.del(&c3).unwrap();
+    h.assert_clean();
+}
+
+/// A forwarder left in the user namespace of a dead pause process is known and stopped when
+/// the stale netns is recreated: its host port is free again for the new attachment.
+#[test]
+fn forwarder_of_a_dead_user_namespace_is_stopped() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+    let client = Client::new(&h);
+    let port = json!([{"hostPort": 18140, "containerPort": 80, "hostIP": "::"}]);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert("portMappings".into(), port.clone());
+    h.add(&c1).unwrap();
+    let old = h.forwarder_pid().unwrap();
+    h.restart_pause().unwrap();
+    let mut c2 = h.container("c2").unwrap();
+    c2.caps.insert("portMappings".into(), port);
+    h.add(&c2).unwrap();
+    assert!(!h.live_forwarders().contains(&old), "forwarder of the dead user namespace stopped");
+    let new = h.forwarder_pid().unwrap();
+    assert_eq!(h.live_forwarders(), vec![new]);
+    let flag = format!("--net={}", c2.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", SERVER, "::", "80", "c2"], &[])).unwrap();
+    assert_eq!(eventually(|| client.tcp("2001:db8:2::1", 18140)).unwrap(), "hello-c2 from 2001:db8:2::10");
+    h.del(&c2).unwrap();
     h.assert_clean();
 }
 
@@ -1449,6 +1674,113 @@ fn figures() {
         }
         h.assert_clean();
     }
+}
+
+/// Receives one connection on a dual-stack socket to its end; prints bytes and seconds.
+const SINK_ANY: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+c, a = s.accept(); t = time.monotonic(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(n, time.monotonic() - t, flush=True)
+"#;
+
+/// Sends `argv[2]` MiB to the first connection on a dual-stack socket, then exits.
+const SOURCE_ANY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+c, a = s.accept(); buf = b"x" * (1 << 20)
+for _ in range(int(sys.argv[2])):
+    c.sendall(buf)
+c.close()
+"#;
+
+/// Connects and reads to the end; prints bytes and seconds.
+const DRAIN: &str = r#"
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+t = time.monotonic(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(n, time.monotonic() - t, flush=True)
+"#;
+
+/// Gbit/s of "bytes seconds".
+fn gbit(line: &str) -> f64 {
+    let mut f = line.split_whitespace();
+    let bytes: f64 = f.next().unwrap().parse().unwrap();
+    let secs: f64 = f.next().unwrap().parse().unwrap();
+    bytes * 8.0 / secs / 1e9
+}
+
+/// Throughput through a published port between `client` and a server in `ctr` listening on
+/// `cport`: `upload` client → container, else container → client.
+fn published_throughput(h: &Harness, ctr: &Ctr, client: &Client, ip: &str, port: u16, cport: u16, upload: bool) -> f64 {
+    let flag = format!("--net={}", ctr.netns);
+    let (script, mb) = (if upload { SINK_ANY } else { SOURCE_ANY }, "200");
+    let cport = cport.to_string();
+    let mut args = vec!["/usr/bin/nsenter", flag.as_str(), PY, "-c", script, cport.as_str()];
+    if !upload {
+        args.push(mb);
+    }
+    let mut server = h.runtime_cmd(&args, &[]);
+    server.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut server = server.spawn().unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let port = port.to_string();
+    let figure = if upload {
+        client.ns.run(PY, &["-c", TCP_SOURCE_PY, ip, &port, mb]).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        gbit(&line)
+    } else {
+        gbit(&client.ns.run(PY, &["-c", DRAIN, ip, &port]).unwrap())
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    figure
+}
+
+/// Figures for the report, not a test: published-port throughput of slirp4netns (IPv4) beside
+/// the forwarder (IPv6), both keeping the client's address: `cargo test -p conformance --test
+/// rootless -- --ignored --nocapture published_port_figures`.
+#[test]
+#[ignore]
+fn published_port_figures() {
+    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": true}}]})));
+    let client = Client::new(&h);
+    let c1 = h.container("c1").unwrap().with_port(18120, 5001);
+    h.add(&c1).unwrap();
+    h.container_server(&c1, 80, "c1").unwrap();
+    for (what, ip) in [("IPv4 through slirp4netns", "192.0.2.1"), ("IPv6 through the forwarder", "2001:db8:2::1")] {
+        for upload in [true, false] {
+            let runs: Vec<String> = (0..3)
+                .map(|_| format!("{:.2}", published_throughput(&h, &c1, &client, ip, 18120, 5001, upload)))
+                .collect();
+            let dir = if upload { "client -> container" } else { "container -> client" };
+            eprintln!("FIGURE published port, {what}, 200 MB {dir}: {} Gbit/s", runs.join(" / "));
+        }
+    }
+    h.del(&c1).unwrap();
+    h.assert_clean();
 }
 
 /// The start time (`/proc/<pid>/stat` field 22) of a live process.

@@ -105,6 +105,12 @@ pub mod nft {
     pub const META_DREG: u16 = 1;
     /// `NFTA_META_KEY`.
     pub const META_KEY: u16 = 2;
+    /// `NFTA_META_SREG` (`meta set`).
+    pub const META_SREG: u16 = 3;
+    /// `NFTA_SOCKET_KEY`.
+    pub const SOCKET_KEY: u16 = 1;
+    /// `NFTA_SOCKET_DREG`.
+    pub const SOCKET_DREG: u16 = 2;
     /// `NFTA_PAYLOAD_DREG`.
     pub const PAYLOAD_DREG: u16 = 1;
     /// `NFTA_PAYLOAD_BASE`.
@@ -162,6 +168,10 @@ pub mod nft {
     pub const META_NFPROTO: u32 = 15;
     /// `NFT_META_L4PROTO`.
     pub const META_L4PROTO: u32 = 16;
+    /// `NFT_META_MARK`.
+    pub const META_MARK: u32 = 3;
+    /// `NFT_SOCKET_TRANSPARENT`.
+    pub const SOCKET_TRANSPARENT: u32 = 0;
     /// `NFT_REG_VERDICT`.
     pub const REG_VERDICT: u32 = 0;
     /// `NFT_REG_1`.

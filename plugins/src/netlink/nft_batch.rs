@@ -143,6 +143,20 @@ pub enum Expr {
         /// Its info struct.
         info: Vec<u8>,
     },
+    /// `socket <key> => reg <dreg>`: a property of the local socket the packet belongs to.
+    Socket {
+        /// `NFT_SOCKET_*`.
+        key: u32,
+        /// Destination register.
+        dreg: u32,
+    },
+    /// `meta set <key> with reg <sreg>`.
+    MetaSet {
+        /// `NFT_META_*`.
+        key: u32,
+        /// Source register.
+        sreg: u32,
+    },
     /// An expression this model does not decode, by name (read back only, or an expression
     /// without attributes such as `counter`).
     Other(String),
@@ -198,6 +212,17 @@ impl Expr {
         ]
     }
 
+    /// `socket transparent 1 meta mark set <mark>`: marks packets that belong to a local socket
+    /// with `IP_TRANSPARENT`/`IPV6_TRANSPARENT` (a transparent proxy's replies).
+    pub fn mark_transparent_socket(mark: u32) -> Vec<Expr> {
+        vec![
+            Expr::Socket { key: nft::SOCKET_TRANSPARENT, dreg: nft::REG_1 },
+            Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Eq, data: vec![1] },
+            Expr::Load { dreg: nft::REG_1, data: mark.to_ne_bytes().to_vec() },
+            Expr::MetaSet { key: nft::META_MARK, sreg: nft::REG_1 },
+        ]
+    }
+
     /// `ip[6] saddr|daddr <op> <net>` as nft encodes it: a byte-aligned prefix loads only its bytes,
     /// any other prefix loads the whole address and masks it; a full-length one is compared whole.
     pub fn addr_match(field: AddrField, op: CmpOp, net: &IpNetwork) -> Vec<Expr> {
@@ -244,6 +269,8 @@ impl Expr {
             Expr::Dnat { .. } => "nat",
             Expr::Fib { .. } => "fib",
             Expr::Match { .. } => "match",
+            Expr::Socket { .. } => "socket",
+            Expr::MetaSet { .. } => "meta",
             Expr::Other(name) => name.as_str(),
         };
         out.str_attr(nft::EXPR_NAME, name);
@@ -311,6 +338,14 @@ impl Expr {
                 data.u32_be(nft::MATCH_REV, *rev);
                 data.bytes_attr(nft::MATCH_INFO, info);
             }
+            Expr::Socket { key, dreg } => {
+                data.u32_be(nft::SOCKET_KEY, *key);
+                data.u32_be(nft::SOCKET_DREG, *dreg);
+            }
+            Expr::MetaSet { key, sreg } => {
+                data.u32_be(nft::META_KEY, *key);
+                data.u32_be(nft::META_SREG, *sreg);
+            }
             Expr::Masquerade | Expr::Other(_) => {}
         }
         if !data.is_empty() {
@@ -349,7 +384,11 @@ impl Expr {
                     info: blobs[usize::from(nft::MATCH_INFO)]?.to_vec(),
                 })
             })(),
+            b"meta" if num(nft::META_SREG).is_some() => {
+                (|| Some(Expr::MetaSet { key: num(nft::META_KEY)?, sreg: num(nft::META_SREG)? }))()
+            }
             b"meta" => (|| Some(Expr::Meta { key: num(nft::META_KEY)?, dreg: num(nft::META_DREG)? }))(),
+            b"socket" => (|| Some(Expr::Socket { key: num(nft::SOCKET_KEY)?, dreg: num(nft::SOCKET_DREG)? }))(),
             b"payload" => (|| {
                 let base = match num(nft::PAYLOAD_BASE)? {
                     1 => PayloadBase::Network,
@@ -663,6 +702,7 @@ mod tests {
         exprs.extend(Expr::fib_daddr_local());
         exprs.push(Expr::Match { name: "conntrack".into(), rev: 3, info: vec![1, 2, 3, 4, 0, 0, 0, 0] });
         exprs.push(Expr::Other("counter".into()));
+        exprs.extend(Expr::mark_transparent_socket(0x2a));
         let mut list = AttrWriter::new();
         for e in &exprs {
             list.nest(nft::LIST_ELEM, |elem| e.encode(elem));
