@@ -5,6 +5,7 @@
 use super::mounts::mounts_within;
 use super::slirp::Expect;
 use super::state::{Forward, HelperId};
+use crate::errors::Collector;
 use cni_types::PortMapping;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
@@ -283,7 +284,7 @@ pub fn remove_state_dir(dir: &Path, entries: &[&str]) -> Result<(), String> {
         let list: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
         return Err(format!("not removing {}: still mounted: {}", dir.display(), list.join(", ")));
     }
-    let mut errors = Vec::new();
+    let mut errors = Collector::new();
     for name in entries {
         let path = dir.join(name);
         let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
@@ -303,11 +304,7 @@ pub fn remove_state_dir(dir: &Path, entries: &[&str]) -> Result<(), String> {
         }
         Err(e) => errors.push(format!("remove {}: {e}", dir.display())),
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    errors.finish()
 }
 
 /// The helpers serving one state directory that no state records (started by a run that
