@@ -17,7 +17,9 @@ pub use addr::Address;
 pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
 pub use netconf::all_forwarding;
 pub use nft_batch::{AddrField, CmpOp, Expr, NftBatch, NftOp, PayloadBase, Verdict};
-pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
+pub use nftables::{
+    nft_chain_exists, nft_generation, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule,
+};
 pub use route::RouteSpec;
 pub use tc::{Filter, Qdisc, Redirect, Tbf, ETH_P_ALL, INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT};
 

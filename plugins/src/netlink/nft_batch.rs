@@ -18,6 +18,8 @@ const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+/// `NFNL_BATCH_GENID`, the attribute of BATCH_BEGIN.
+const NFNL_BATCH_GENID: u16 = 1;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
@@ -65,6 +67,8 @@ const NFPROTO_IPV6: u8 = 10;
 pub enum Verdict {
     /// `accept`.
     Accept,
+    /// `drop`.
+    Drop,
     /// `return`.
     Return,
     /// `jump <chain>`.
@@ -77,6 +81,7 @@ impl Verdict {
     fn code(&self) -> i32 {
         match self {
             Verdict::Accept => 1,
+            Verdict::Drop => 0,
             Verdict::Return => -5,
             Verdict::Jump(_) => -3,
             Verdict::Goto(_) => -4,
@@ -166,6 +171,13 @@ pub enum Expr {
         /// `MAP_IPS` is left out when read back.
         flags: u32,
     },
+    /// `ct load <key> => reg <dreg>` (original direction implied).
+    Ct {
+        /// `NFT_CT_*`.
+        key: u32,
+        /// Destination register.
+        dreg: u32,
+    },
     /// `fib <flags> <result> => reg <dreg>`.
     Fib {
         /// Destination register.
@@ -183,6 +195,16 @@ pub enum Expr {
 const NFT_META_NFPROTO: u32 = 15;
 /// `NFT_META_L4PROTO`.
 const NFT_META_L4PROTO: u32 = 16;
+/// `NFT_META_IIFNAME`.
+const NFT_META_IIFNAME: u32 = 6;
+/// `NFT_META_OIFNAME`.
+const NFT_META_OIFNAME: u32 = 7;
+/// `NFT_CT_STATE`.
+const NFT_CT_STATE: u32 = 0;
+/// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)`.
+const CT_STATE_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
+/// `IFNAMSIZ`: nft compares interface names as this many NUL-padded bytes.
+const IFNAMSIZ: usize = 16;
 /// `NFT_REG_1`.
 const REG1: u32 = 1;
 /// `NFT_REG_2`.
@@ -240,6 +262,31 @@ impl Expr {
         ]
     }
 
+    /// `ct state established,related`, as nft encodes it (the state bits masked, compared with 0).
+    pub fn ct_established_related() -> Vec<Expr> {
+        vec![
+            Expr::Ct { key: NFT_CT_STATE, dreg: REG1 },
+            Expr::Bitwise {
+                sreg: REG1,
+                dreg: REG1,
+                mask: CT_STATE_ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp { sreg: REG1, op: CmpOp::Neq, data: vec![0; 4] },
+        ]
+    }
+
+    /// `iifname <op> "<name>"` (`input`) or `oifname <op> "<name>"`: the name NUL-padded to
+    /// `IFNAMSIZ`, as nft compares it. `name` must be a valid interface name (at most 15 bytes).
+    pub fn ifname(input: bool, op: CmpOp, name: &str) -> Vec<Expr> {
+        let mut data = name.as_bytes().to_vec();
+        data.resize(IFNAMSIZ, 0);
+        vec![
+            Expr::Meta { key: if input { NFT_META_IIFNAME } else { NFT_META_OIFNAME }, dreg: REG1 },
+            Expr::Cmp { sreg: REG1, op, data },
+        ]
+    }
+
     /// `fib daddr type local`.
     pub fn fib_daddr_local() -> Vec<Expr> {
         vec![
@@ -293,6 +340,7 @@ impl Expr {
             Expr::Load { .. } => "immediate",
             Expr::Dnat { .. } => "nat",
             Expr::Fib { .. } => "fib",
+            Expr::Ct { .. } => "ct",
             Expr::Other(name) => name.as_str(),
         };
         out.put_str(NFTA_EXPR_NAME, name);
@@ -346,6 +394,10 @@ impl Expr {
                 data.put_u32(1, *dreg);
                 data.put_u32(2, *result);
                 data.put_u32(3, *flags);
+            }
+            Expr::Ct { key, dreg } => {
+                data.put_u32(1, *dreg);
+                data.put_u32(2, *key);
             }
             Expr::Masquerade | Expr::Other(_) => {}
         }
@@ -417,6 +469,7 @@ impl Expr {
                 }
                 Some(Expr::Verdict(match (code?, chain) {
                     (1, None) => Verdict::Accept,
+                    (0, None) => Verdict::Drop,
                     (-5, None) => Verdict::Return,
                     (-3, Some(c)) => Verdict::Jump(c),
                     (-4, Some(c)) => Verdict::Goto(c),
@@ -439,6 +492,8 @@ impl Expr {
                 Some(Expr::Dnat { v6, addr_reg, proto_reg, flags: u32s[7].unwrap_or(0) & !NF_NAT_RANGE_MAP_IPS })
             })(),
             b"fib" => (|| Some(Expr::Fib { dreg: u32s[1]?, result: u32s[2]?, flags: u32s[3]? }))(),
+            // Only the original-direction form (no NFTA_CT_DIRECTION, 3) is in the model.
+            b"ct" if u32s[3].is_none() && blobs[3].is_none() => (|| Some(Expr::Ct { key: u32s[2]?, dreg: u32s[1]? }))(),
             _ => None,
         };
         decoded.unwrap_or_else(other)
@@ -486,6 +541,17 @@ pub enum NftOp {
     },
     /// `add rule <family> <table> <chain> <exprs> [comment "…"]`.
     AddRule {
+        /// Table name.
+        table: String,
+        /// Chain name.
+        chain: String,
+        /// Its expressions.
+        exprs: Vec<Expr>,
+        /// Its comment.
+        comment: Option<String>,
+    },
+    /// `insert rule <family> <table> <chain> <exprs> [comment "…"]`: at the head of the chain.
+    InsertRule {
         /// Table name.
         table: String,
         /// Chain name.
@@ -588,8 +654,19 @@ impl NftBatch {
     /// The batch's bytes, sequence numbers from `seq`: BATCH_BEGIN, one message per change (each
     /// asking for an ACK), BATCH_END.
     pub fn encode(&self, seq: u32) -> Vec<u8> {
+        self.encode_at(seq, None)
+    }
+
+    /// [`NftBatch::encode`], with BATCH_BEGIN carrying `NFNL_BATCH_GENID` when `generation` is given:
+    /// the kernel then refuses the whole batch (`ERESTART`) if the ruleset changed since that
+    /// generation was read.
+    fn encode_at(&self, seq: u32, generation: Option<u32>) -> Vec<u8> {
         let family = self.family as u8;
-        let mut out = self.message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, NFNL_SUBSYS_NFTABLES, 0, &[]);
+        let mut begin = Attrs::default();
+        if let Some(id) = generation {
+            begin.put_u32(NFNL_BATCH_GENID, id);
+        }
+        let mut out = self.message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, NFNL_SUBSYS_NFTABLES, 0, &begin.0);
         for (i, op) in self.ops.iter().enumerate() {
             let mut a = Attrs::default();
             let (msg, flags) = match op {
@@ -626,17 +703,13 @@ impl NftBatch {
                     (NFT_MSG_DELCHAIN, 0)
                 }
                 NftOp::AddRule { table, chain, exprs, comment } => {
-                    a.put_str(NFTA_RULE_TABLE, table);
-                    a.put_str(NFTA_RULE_CHAIN, chain);
-                    a.nest(NFTA_RULE_EXPRESSIONS, |list| {
-                        for e in exprs {
-                            list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));
-                        }
-                    });
-                    if let Some(c) = comment {
-                        a.put_bytes(NFTA_RULE_USERDATA, &comment_udata(c));
-                    }
+                    encode_rule(&mut a, table, chain, exprs, comment.as_deref());
                     (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
+                }
+                // Without NLM_F_APPEND and without a position the kernel puts the rule first.
+                NftOp::InsertRule { table, chain, exprs, comment } => {
+                    encode_rule(&mut a, table, chain, exprs, comment.as_deref());
+                    (NFT_MSG_NEWRULE, NLM_F_CREATE)
                 }
                 NftOp::DeleteRule { table, chain, handle } => {
                     a.put_str(NFTA_RULE_TABLE, table);
@@ -657,12 +730,23 @@ impl NftBatch {
     /// Sends the batch in the calling thread's network namespace and waits (at most 10 s) for the
     /// kernel to accept every change; the first refusal is the error and nothing is changed.
     pub fn commit(&self) -> io::Result<()> {
+        self.commit_at(None)
+    }
+
+    /// [`NftBatch::commit`] only if the ruleset is still at `generation` (from
+    /// [`super::nft_generation`]); otherwise nothing is changed and the error is `ERESTART`, so a
+    /// plan made from a read can never be applied over someone else's change made after the read.
+    pub fn commit_if_unchanged(&self, generation: u32) -> io::Result<()> {
+        self.commit_at(Some(generation))
+    }
+
+    fn commit_at(&self, generation: Option<u32>) -> io::Result<()> {
         if self.ops.is_empty() {
             return Ok(());
         }
         let socket = super::open(NETLINK_NETFILTER)?;
         let seq = 1;
-        socket.send(&self.encode(seq), 0)?;
+        socket.send(&self.encode_at(seq, generation), 0)?;
         let mut pending: Vec<u32> = (0..self.ops.len() as u32).map(|i| seq + 1 + i).collect();
         while !pending.is_empty() {
             let data = super::receive(&socket)?;
@@ -691,6 +775,20 @@ impl NftBatch {
     }
 }
 
+/// The body of a NEWRULE message.
+fn encode_rule(a: &mut Attrs, table: &str, chain: &str, exprs: &[Expr], comment: Option<&str>) {
+    a.put_str(NFTA_RULE_TABLE, table);
+    a.put_str(NFTA_RULE_CHAIN, chain);
+    a.nest(NFTA_RULE_EXPRESSIONS, |list| {
+        for e in exprs {
+            list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));
+        }
+    });
+    if let Some(c) = comment {
+        a.put_bytes(NFTA_RULE_USERDATA, &comment_udata(c));
+    }
+}
+
 /// The change in nft's words, for error messages.
 fn describe(op: &NftOp) -> String {
     match op {
@@ -700,6 +798,9 @@ fn describe(op: &NftOp) -> String {
         NftOp::DeleteChain { table, chain } => format!("delete chain {table} {chain}"),
         NftOp::AddRule { table, chain, comment, .. } => {
             format!("add rule {table} {chain} (comment {:?})", comment.as_deref().unwrap_or(""))
+        }
+        NftOp::InsertRule { table, chain, comment, .. } => {
+            format!("insert rule {table} {chain} (comment {:?})", comment.as_deref().unwrap_or(""))
         }
         NftOp::DeleteRule { table, chain, handle } => format!("delete rule {table} {chain} handle {handle}"),
     }
@@ -747,6 +848,42 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_and_interface_matches_are_what_nft_writes() {
+        // `nft --debug=netlink`: ct state established,related / oifname != "cni0" / drop
+        assert_eq!(
+            Expr::ct_established_related(),
+            vec![
+                Expr::Ct { key: 0, dreg: 1 },
+                Expr::Bitwise { sreg: 1, dreg: 1, mask: 6u32.to_ne_bytes().to_vec(), xor: vec![0; 4] },
+                Expr::Cmp { sreg: 1, op: CmpOp::Neq, data: vec![0; 4] },
+            ]
+        );
+        let mut name = b"cni0".to_vec();
+        name.resize(16, 0);
+        assert_eq!(
+            Expr::ifname(false, CmpOp::Neq, "cni0"),
+            vec![Expr::Meta { key: 7, dreg: 1 }, Expr::Cmp { sreg: 1, op: CmpOp::Neq, data: name }]
+        );
+        assert_eq!(Expr::ifname(true, CmpOp::Eq, "x")[0], Expr::Meta { key: 6, dreg: 1 });
+        assert_eq!(Verdict::Drop.code(), 0);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn insert_prepends_and_a_generation_guards_the_batch() {
+        let insert = NftBatch {
+            family: NftFamily::Inet,
+            ops: vec![NftOp::InsertRule { table: "t".into(), chain: "c".into(), exprs: vec![], comment: None }],
+        };
+        let bytes = insert.encode_at(1, Some(0x0102_0304));
+        // BATCH_BEGIN grows by the NFNL_BATCH_GENID attribute (big-endian u32).
+        assert_eq!(&bytes[..4], &28u32.to_ne_bytes());
+        assert_eq!(&bytes[20..28], &[8, 0, 1, 0, 1, 2, 3, 4]);
+        // NEWRULE with REQUEST|ACK|CREATE and no APPEND.
+        assert_eq!(&bytes[28 + 4..28 + 8], &[6, 10, 0x05, 0x04]);
+    }
+
+    #[test]
     fn expressions_round_trip() {
         let mut exprs = Expr::nfproto(false);
         exprs.extend(Expr::addr_match(AddrField::Destination, CmpOp::Eq, &net("224.0.0.0/4")));
@@ -756,6 +893,9 @@ mod tests {
         exprs.extend(Expr::dport(6, 8080));
         exprs.extend(Expr::dnat_to("fd00::5".parse().unwrap(), 80));
         exprs.extend(Expr::fib_daddr_local());
+        exprs.extend(Expr::ct_established_related());
+        exprs.extend(Expr::ifname(true, CmpOp::Neq, "cni0"));
+        exprs.push(Expr::Verdict(Verdict::Drop));
         let mut list = Attrs::default();
         for e in &exprs {
             list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));

@@ -274,6 +274,23 @@ pub fn nft_table_rules(family: NftFamily, table: &str) -> io::Result<Vec<NftRule
     Ok(rules)
 }
 
+/// The ruleset's generation (`NFT_MSG_GETGEN`): it changes with every committed batch, so a batch
+/// planned from reads made after this call can be sent with
+/// [`super::NftBatch::commit_if_unchanged`].
+pub fn nft_generation() -> io::Result<u32> {
+    const NFT_MSG_GETGEN: u16 = 16;
+    const NFTA_GEN_ID: u16 = 1;
+    let mut id = None;
+    exchange(&request(NFT_MSG_GETGEN, NftFamily::Inet, &[], 1), 1, |payload| {
+        for (kind, value) in attributes(payload.get(4..).unwrap_or_default()) {
+            if let (NFTA_GEN_ID, Ok(bytes)) = (kind, <[u8; 4]>::try_from(value)) {
+                id = Some(u32::from_be_bytes(bytes));
+            }
+        }
+    })?;
+    id.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "nf_tables sent no generation id"))
+}
+
 /// `nft list table <family> <table>` succeeds.
 pub fn nft_table_exists(family: NftFamily, table: &str) -> io::Result<bool> {
     exists(&request(NFT_MSG_GETTABLE, family, &[(NFTA_TABLE_NAME, table)], 1), 1)
