@@ -14,6 +14,7 @@
 
 pub mod fastpath;
 pub mod forward;
+pub mod forward_iptables;
 pub mod forward_nft;
 mod ipmasq;
 pub mod iptables;
