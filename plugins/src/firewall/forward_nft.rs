@@ -252,8 +252,11 @@ pub(super) fn plan_add(state: &TableState, network: &str, attachment: &ForwardAc
     if !has(FORWARD) {
         layout.push(NftOp::AddTable { name: TABLE.to_string(), comment: Some(TABLE_COMMENT.to_string()) });
     }
+    // The second isolation stage is only asked about when a policy needs it (an `open` ADD then
+    // reads no more than the rules): it is made with the layout and only rules jump to it.
+    let stage2_needed = !has(FORWARD) || bridge.is_some();
     for name in [ISOLATION_1, ISOLATION_2, ADMIN_JUMPS] {
-        if !has(name) {
+        if !has(name) && (name != ISOLATION_2 || stage2_needed) {
             layout.push(add_chain(name, None, None));
         }
     }
@@ -418,7 +421,10 @@ impl NftForward {
 impl ForwardBackend for NftForward {
     fn add(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
         let bridge = validate(attachment)?;
-        let wanted = [FORWARD, ISOLATION_1, ISOLATION_2, ADMIN_JUMPS, attachment.admin_chain.as_str()];
+        let mut wanted = vec![FORWARD, ISOLATION_1, ADMIN_JUMPS, attachment.admin_chain.as_str()];
+        if bridge.is_some() {
+            wanted.push(ISOLATION_2);
+        }
         read_plan_commit("firewall setup", &wanted, |state| plan_add(state, &self.network, attachment, bridge).batch())
     }
 
@@ -568,7 +574,9 @@ mod tests {
     #[test]
     fn add_into_a_laid_out_table_touches_only_its_own_rules() {
         let first = attachment("ctr1", &["10.88.0.5"], IngressPolicy::Open);
-        let state = laid_out(&first);
+        let mut state = laid_out(&first);
+        // An `open` ADD does not ask about the second isolation stage; nothing is missing for it.
+        state.chains.remove(ISOLATION_2);
         let second = attachment("ctr2", &["10.88.0.6"], IngressPolicy::Open);
         let (batch, guarded) = plan_add(&state, "podman", &second, None).batch();
         assert!(!guarded, "{batch:?}");
