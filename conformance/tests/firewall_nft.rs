@@ -195,12 +195,18 @@ fn del_needs_no_prev_result_and_spares_a_recycled_address() {
     assert!(firewall_call(&rt, &other_net, "ADD", &stranger, Some(&prev)).ok());
     let gone = Attachment::new("ctr-gone", &c);
     assert!(firewall_call(&rt, &l, "ADD", &gone, Some(&prev)).ok());
+    // Rules whose record is gone (another store): the nftables rules name their attachment.
+    let mut elsewhere = l.clone();
+    elsewhere["plugins"][1]["dataDir"] = json!(host.dir.join("other-store").display().to_string());
+    let ghost = Attachment::new("ctr-ghost", &c);
+    assert!(firewall_call(&rt, &elsewhere, "ADD", &ghost, Some(&prev)).ok());
     let mut gc = build_config(&l["plugins"][1], "fwrec", "1.1.0", None, &Default::default());
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-new", "ifname": "eth0"}]);
     let out = rt.invoke("firewall", "GC", &Attachment::default(), &gc).unwrap();
     assert!(out.ok(), "GC: {:?}", out.error());
     let left: Vec<String> = rules(&host, "forward").into_iter().map(|(r, _)| r).collect();
     assert!(!left.iter().any(|r| r.contains("ctr-gone")), "GC left a stale attachment: {left:?}");
+    assert!(!left.iter().any(|r| r.contains("ctr-ghost")), "GC left rules without a record: {left:?}");
     assert!(left.iter().any(|r| r.contains("ctr-new")), "GC removed a valid attachment: {left:?}");
     assert!(left.iter().any(|r| r.contains("ctr-stranger")), "GC reached into another network: {left:?}");
 }

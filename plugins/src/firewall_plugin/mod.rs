@@ -254,6 +254,16 @@ impl Plugin for FirewallPlugin {
                 errors.push(format!("{}/{}: {e}", r.container_id, r.ifname));
             }
         }
+        // The nftables rules name their network and attachment, so GC also finds those no record
+        // names (a store removed while rules stayed).
+        if let Ok(Backend::Nftables) = config::parse(args).and_then(|c| backends::resolve(c.backend).map_err(internal))
+        {
+            let keep: Vec<(String, String)> =
+                valid.iter().map(|(id, ifname)| (id.to_string(), ifname.to_string())).collect();
+            if let Err(e) = crate::firewall::forward_nft::NftForward::new(&network).gc(&keep) {
+                errors.push(format!("nftables: {e}"));
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
