@@ -81,11 +81,14 @@ fn k3s_list(dir: &Path) -> Value {
     l
 }
 
-/// podman's CNI chain (`containers/common` `libnetwork/cni`): bridge with masquerading, portmap,
-/// firewall and an empty tuning, as `podman network create` writes it. The firewall keeps its
-/// store in the host's scratch directory (the reference ignores the key).
+/// podman 4's chain for its default network (`containers/common` `libnetwork/cni`): bridge with
+/// hairpin mode and masquerading, portmap, firewall (no backend named: iptables here, as the
+/// reference chooses), tuning (empty), at podman's spec version 0.4.0. The firewall's store goes
+/// to the fake host's directory (the reference ignores `dataDir`).
 fn podman_list(dir: &Path) -> Value {
     let mut l = portmap_list(dir);
+    l["cniVersion"] = json!("0.4.0");
+    l["plugins"][0]["hairpinMode"] = json!(true);
     if let Some(plugins) = l["plugins"].as_array_mut() {
         plugins.push(json!({"type": "firewall", "dataDir": dir.join("firewall").display().to_string()}));
         plugins.push(json!({"type": "tuning"}));
@@ -232,11 +235,26 @@ pub const NETS: &[Net] = &[
     },
     Net {
         key: "podman",
-        title: "podman chain: bridge + host-local + portmap (1 port) + firewall + tuning",
+        title: "podman chain: bridge + host-local (hairpin, masquerade) + portmap (1 port) + firewall + tuning",
         note: "",
         plugins: &["bridge", "host-local", "portmap", "firewall", "tuning"],
         floor: None,
         list: podman_list,
+        caps: |i| port_caps(i, 1),
+        reference_check_broken: PORTMAP_CHECK_BUG,
+    },
+    Net {
+        key: "podman-nft",
+        title: "podman chain, firewall backend nftables (ours; the reference has none and uses iptables)",
+        note: "the reference has no nftables firewall backend: it treats the unknown backend as unset and \
+               writes its iptables rules",
+        plugins: &["bridge", "host-local", "portmap", "firewall", "tuning"],
+        floor: None,
+        list: |d| {
+            let mut l = podman_list(d);
+            l["plugins"][2]["backend"] = json!("nftables");
+            l
+        },
         caps: |i| port_caps(i, 1),
         reference_check_broken: PORTMAP_CHECK_BUG,
     },
@@ -655,10 +673,13 @@ impl Lane {
                 || l.contains("CNI-FLOOR")
         };
         let ipt = self.host.ns.run("iptables-save", &["-t", "nat"]).unwrap_or_default();
+        // The firewall's chains stay by design (both suites); its per-address rules must not.
+        let filter = self.host.ns.run("iptables-save", &["-t", "filter"]).unwrap_or_default();
+        let accepts = filter.lines().filter(|l| l.starts_with("-A CNI-FORWARD") && l.contains(" 10.88.")).count();
         let nft = self.host.ns.run("nft", &["list", "ruleset"]).unwrap_or_default();
         // Native nftables rules (ipMasqBackend=nftables) name no network, only their verdict.
         let nft_rules = nft.lines().filter(|l| l.contains(NET_NAME) || l.contains("masquerade comment")).count();
-        let rules = ipt.lines().filter(ours).count().max(nft_rules);
+        let rules = ipt.lines().filter(ours).count().max(nft_rules) + accepts;
         Ok(Leftovers { veths, reservations, rules })
     }
 }

@@ -43,8 +43,9 @@ const PORTMAP_CAPPED: &str = "portmap-100";
 const PORTMAP_GROWTH: &str = "portmap-10";
 /// Network of the k3s chain scenario (sequential, every plugin of one suite).
 const K3S: &str = "k3s";
-/// Network of the podman chain scenario (sequential, every plugin of one suite).
-const PODMAN: &str = "podman";
+/// Networks of the podman chain scenario (sequential, every plugin of one suite): as podman
+/// writes it, then with our firewall's nftables backend.
+const PODMAN: &[&str] = &["podman", "podman-nft"];
 /// Network whose operations are measured for peak memory.
 const MEMORY: &str = "bridge-masq";
 /// Scenario names `--only` accepts.
@@ -318,7 +319,9 @@ fn real_main() -> Result<()> {
         sequential(&setup, &mut report, K3S, c.portmap, c.portmap, c.portmap_window)?;
     }
     if wants("podman") {
-        sequential(&setup, &mut report, PODMAN, c.portmap, c.portmap, c.portmap_window)?;
+        for key in PODMAN {
+            sequential(&setup, &mut report, key, c.portmap, c.portmap, c.portmap_window)?;
+        }
     }
     if wants("tuning") {
         // Beside the suites of the run, the newest reference builds when they are at hand.

@@ -1,13 +1,13 @@
 //! Which [`ForwardBackend`] serves a configuration: the one place the plugin names a backend.
 //!
 //! HOOK(15b): the firewalld backend plugs in at [`firewalld_running`] and in [`open`]'s
-//! `Backend::Firewalld` arm. HOOK(15c): the nftables backend plugs in at `Backend::Nftables`.
-//! Until then those arms answer with an error that says the backend is not built in, and the
-//! automatic choice never picks firewalld.
+//! `Backend::Firewalld` arm. Until then that arm answers with an error that says the backend is
+//! not built in, and the automatic choice never picks firewalld.
 
 use super::config::BackendChoice;
 use crate::firewall::forward::ForwardBackend;
 use crate::firewall::iptables::forward::IptablesForward;
+use crate::firewall::nftables::forward::NftForward;
 use crate::firewall::{self, FirewallError};
 
 /// A backend chosen for one operation.
@@ -65,13 +65,13 @@ pub fn resolve(choice: BackendChoice) -> Result<Backend, FirewallError> {
     })
 }
 
-/// The backend's implementation; `zone` is the firewalld zone in force.
-pub fn open(backend: Backend, zone: &str) -> Result<Box<dyn ForwardBackend>, FirewallError> {
+/// The backend's implementation for the network named `network`; `zone` is the firewalld zone in
+/// force.
+pub fn open(backend: Backend, zone: &str, network: &str) -> Result<Box<dyn ForwardBackend>, FirewallError> {
     let _ = zone;
     match backend {
         Backend::Iptables => Ok(Box::new(IptablesForward)),
-        // HOOK(15c): `Ok(Box::new(NftForward::new()))`.
-        Backend::Nftables => Err(not_built("nftables")),
+        Backend::Nftables => Ok(Box::new(NftForward::new(network))),
         // HOOK(15b): `Ok(Box::new(Firewalld::new(zone)?))`.
         Backend::Firewalld => Err(not_built("firewalld")),
     }

@@ -122,6 +122,7 @@ fn remove_rules(
     store: &Store,
     backend: Backend,
     zone: &str,
+    network: &str,
     attachment: &ForwardAccept,
     skip: &HashSet<(String, String, String)>,
 ) -> Result<(), CniError> {
@@ -130,10 +131,11 @@ fn remove_rules(
     if free.len() < attachment.addresses.len() {
         log::info!("keeping the rules of addresses another attachment holds");
     }
-    if free.is_empty() {
+    // The nftables rules name their attachment, so another holder of an address keeps its own.
+    if free.is_empty() && backend != Backend::Nftables {
         return Ok(());
     }
-    let b = backends::open(backend, zone).map_err(internal)?;
+    let b = backends::open(backend, zone, network).map_err(internal)?;
     b.remove(attachment, &free).map_err(|e| internal(format!("remove the {} rules: {e}", backend.as_str())))
 }
 
@@ -151,7 +153,7 @@ impl Plugin for FirewallPlugin {
         let prev = args.prev_result()?.ok_or_else(|| internal(MISSING_PREV))?;
         let attachment = attachment_of(args, &conf, &prev)?;
         let backend = backends::resolve(conf.backend).map_err(internal)?;
-        let b = backends::open(backend, &conf.firewalld_zone).map_err(internal)?;
+        let b = backends::open(backend, &conf.firewalld_zone, &conf.network).map_err(internal)?;
         if attachment.addresses.is_empty() {
             // Nothing to accept and, as in the reference, no family to isolate in.
             return Ok(prev);
@@ -214,7 +216,7 @@ impl Plugin for FirewallPlugin {
             }
         }
         let me: HashSet<_> = [(network.clone(), args.container_id.clone(), args.ifname.clone())].into();
-        remove_rules(&store, backend, &zone, &attachment, &me)?;
+        remove_rules(&store, backend, &zone, &network, &attachment, &me)?;
         store
             .remove(&network, &args.container_id, &args.ifname)
             .map_err(|e| internal(format!("remove from the firewall plugin's store: {e}")))
@@ -225,7 +227,7 @@ impl Plugin for FirewallPlugin {
         let prev = args.prev_result()?.ok_or_else(|| internal(MISSING_PREV))?;
         let attachment = attachment_of(args, &conf, &prev)?;
         let backend = backends::resolve(conf.backend).map_err(internal)?;
-        let b = backends::open(backend, &conf.firewalld_zone).map_err(internal)?;
+        let b = backends::open(backend, &conf.firewalld_zone, &conf.network).map_err(internal)?;
         b.check(&attachment).map_err(internal)
     }
 
@@ -246,10 +248,20 @@ impl Plugin for FirewallPlugin {
                 errors.push(format!("{}/{}: unknown backend {:?}", r.container_id, r.ifname, r.backend));
                 continue;
             };
-            let removed = remove_rules(&store, backend, &r.firewalld_zone, &attachment_from_record(r), &skip)
+            let removed = remove_rules(&store, backend, &r.firewalld_zone, &network, &attachment_from_record(r), &skip)
                 .and_then(|()| store.remove(&network, &r.container_id, &r.ifname).map_err(internal));
             if let Err(e) = removed {
                 errors.push(format!("{}/{}: {e}", r.container_id, r.ifname));
+            }
+        }
+        // The nftables rules name their network and attachment, so GC also finds those no record
+        // names (a store removed while rules stayed).
+        if let Ok(Backend::Nftables) = config::parse(args).and_then(|c| backends::resolve(c.backend).map_err(internal))
+        {
+            let keep: Vec<(String, String)> =
+                valid.iter().map(|(id, ifname)| (id.to_string(), ifname.to_string())).collect();
+            if let Err(e) = crate::firewall::nftables::forward::NftForward::new(&network).gc(&keep) {
+                errors.push(format!("nftables: {e}"));
             }
         }
         if errors.is_empty() {
@@ -265,7 +277,7 @@ impl Plugin for FirewallPlugin {
             CniError::new(PLUGIN_NOT_AVAILABLE, format!("firewall: no usable backend: {e}"))
         };
         let backend = backends::resolve(conf.backend).map_err(unusable)?;
-        let b = backends::open(backend, &conf.firewalld_zone).map_err(unusable)?;
+        let b = backends::open(backend, &conf.firewalld_zone, &conf.network).map_err(unusable)?;
         b.usable().map_err(|e| {
             CniError::new(
                 PLUGIN_NOT_AVAILABLE,

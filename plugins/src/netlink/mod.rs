@@ -35,7 +35,9 @@ pub use conntrack::delete_udp_conntrack;
 pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
 pub use netconf::all_forwarding;
 pub use nft_batch::{AddrField, CmpOp, Expr, NftBatch, NftOp, PayloadBase, Verdict};
-pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
+pub use nftables::{
+    nft_chain_exists, nft_generation, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule,
+};
 pub use route::RouteSpec;
 use socket::DUMP_RETRIES;
 pub use socket::{Flow, Protocol, Reply, Socket, REPLY_DEADLINE};

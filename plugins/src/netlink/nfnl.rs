@@ -12,6 +12,9 @@ pub const SUBSYS_NFTABLES: u16 = 10;
 pub const MSG_BATCH_BEGIN: u16 = 0x10;
 /// `NFNL_MSG_BATCH_END`.
 pub const MSG_BATCH_END: u16 = 0x11;
+/// `NFNL_BATCH_GENID`, the attribute of BATCH_BEGIN that makes the kernel refuse a batch planned
+/// from an older ruleset generation.
+pub const BATCH_GENID: u16 = 1;
 
 /// A nfnetlink message: header, `nfgenmsg` (family, `NFNETLINK_V0`, `res_id` big-endian), body.
 /// `kind` is the whole message type (the subsystem already shifted in, or a batch marker).
@@ -47,6 +50,10 @@ pub mod nft {
     pub const MSG_GETRULE: u16 = 7;
     /// `NFT_MSG_DELRULE`.
     pub const MSG_DELRULE: u16 = 8;
+    /// `NFT_MSG_GETGEN`.
+    pub const MSG_GETGEN: u16 = 16;
+    /// `NFTA_GEN_ID`.
+    pub const GEN_ID: u16 = 1;
 
     /// `NFTA_TABLE_NAME`.
     pub const TABLE_NAME: u16 = 1;
@@ -168,6 +175,20 @@ pub mod nft {
     pub const META_NFPROTO: u32 = 15;
     /// `NFT_META_L4PROTO`.
     pub const META_L4PROTO: u32 = 16;
+    /// `NFT_META_IIFNAME`.
+    pub const META_IIFNAME: u32 = 6;
+    /// `NFT_META_OIFNAME`.
+    pub const META_OIFNAME: u32 = 7;
+    /// `NFTA_CT_DREG`.
+    pub const CT_DREG: u16 = 1;
+    /// `NFTA_CT_KEY`.
+    pub const CT_KEY: u16 = 2;
+    /// `NFTA_CT_DIRECTION`.
+    pub const CT_DIRECTION: u16 = 3;
+    /// `NFT_CT_STATE`.
+    pub const CT_STATE: u32 = 0;
+    /// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)`.
+    pub const CT_STATE_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
     /// `NFT_META_MARK`.
     pub const META_MARK: u32 = 3;
     /// `NFT_SOCKET_TRANSPARENT`.

@@ -23,6 +23,8 @@ use std::net::IpAddr;
 pub enum Verdict {
     /// `accept`.
     Accept,
+    /// `drop`.
+    Drop,
     /// `return`.
     Return,
     /// `jump <chain>`.
@@ -35,6 +37,7 @@ impl Verdict {
     fn code(&self) -> i32 {
         match self {
             Verdict::Accept => 1,
+            Verdict::Drop => 0,
             Verdict::Return => -5,
             Verdict::Jump(_) => -3,
             Verdict::Goto(_) => -4,
@@ -124,6 +127,13 @@ pub enum Expr {
         /// `MAP_IPS` is left out when read back.
         flags: u32,
     },
+    /// `ct load <key> => reg <dreg>` (original direction implied).
+    Ct {
+        /// `NFT_CT_*`.
+        key: u32,
+        /// Destination register.
+        dreg: u32,
+    },
     /// `fib <flags> <result> => reg <dreg>`.
     Fib {
         /// Destination register.
@@ -204,6 +214,33 @@ impl Expr {
         ]
     }
 
+    /// `ct state established,related`, as nft encodes it (the state bits masked, compared with 0).
+    pub fn ct_established_related() -> Vec<Expr> {
+        vec![
+            Expr::Ct { key: nft::CT_STATE, dreg: nft::REG_1 },
+            Expr::Bitwise {
+                sreg: nft::REG_1,
+                dreg: nft::REG_1,
+                mask: nft::CT_STATE_ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp { sreg: nft::REG_1, op: CmpOp::Neq, data: vec![0; 4] },
+        ]
+    }
+
+    /// `iifname <op> "<name>"` (`input`) or `oifname <op> "<name>"`: the name NUL-padded to
+    /// `IFNAMSIZ`, as nft compares it. `name` must be a valid interface name (at most 15 bytes).
+    pub fn ifname(input: bool, op: CmpOp, name: &str) -> Vec<Expr> {
+        /// `IFNAMSIZ`: nft compares interface names as this many NUL-padded bytes.
+        const IFNAMSIZ: usize = 16;
+        let mut data = name.as_bytes().to_vec();
+        data.resize(IFNAMSIZ, 0);
+        vec![
+            Expr::Meta { key: if input { nft::META_IIFNAME } else { nft::META_OIFNAME }, dreg: nft::REG_1 },
+            Expr::Cmp { sreg: nft::REG_1, op, data },
+        ]
+    }
+
     /// `fib daddr type local`.
     pub fn fib_daddr_local() -> Vec<Expr> {
         vec![
@@ -268,6 +305,7 @@ impl Expr {
             Expr::Load { .. } => "immediate",
             Expr::Dnat { .. } => "nat",
             Expr::Fib { .. } => "fib",
+            Expr::Ct { .. } => "ct",
             Expr::Match { .. } => "match",
             Expr::Socket { .. } => "socket",
             Expr::MetaSet { .. } => "meta",
@@ -327,6 +365,10 @@ impl Expr {
                 data.u32_be(nft::NAT_REG_ADDR_MIN, *addr_reg);
                 data.u32_be(nft::NAT_REG_PROTO_MIN, *proto_reg);
                 data.u32_be(nft::NAT_FLAGS, *flags);
+            }
+            Expr::Ct { key, dreg } => {
+                data.u32_be(nft::CT_DREG, *dreg);
+                data.u32_be(nft::CT_KEY, *key);
             }
             Expr::Fib { dreg, result, flags } => {
                 data.u32_be(nft::FIB_DREG, *dreg);
@@ -421,6 +463,7 @@ impl Expr {
                 let chain = verdict.get(nft::VERDICT_CHAIN).map(|c| c.string());
                 Some(Expr::Verdict(match (code?, chain) {
                     (1, None) => Verdict::Accept,
+                    (0, None) => Verdict::Drop,
                     (-5, None) => Verdict::Return,
                     (-3, Some(c)) => Verdict::Jump(c),
                     (-4, Some(c)) => Verdict::Goto(c),
@@ -454,6 +497,10 @@ impl Expr {
                     flags: num(nft::FIB_FLAGS)?,
                 })
             })(),
+            // Only the original-direction form (no NFTA_CT_DIRECTION) is in the model.
+            b"ct" if blobs[usize::from(nft::CT_DIRECTION)].is_none() => {
+                (|| Some(Expr::Ct { key: num(nft::CT_KEY)?, dreg: num(nft::CT_DREG)? }))()
+            }
             _ => None,
         };
         decoded.unwrap_or_else(other)
@@ -497,6 +544,17 @@ pub enum NftOp {
     },
     /// `add rule <family> <table> <chain> <exprs> [comment "…"]`.
     AddRule {
+        /// Table name.
+        table: String,
+        /// Chain name.
+        chain: String,
+        /// Its expressions.
+        exprs: Vec<Expr>,
+        /// Its comment.
+        comment: Option<String>,
+    },
+    /// `insert rule <family> <table> <chain> <exprs> [comment "…"]`: at the head of the chain.
+    InsertRule {
         /// Table name.
         table: String,
         /// Chain name.
@@ -550,9 +608,21 @@ impl NftBatch {
     /// The batch's bytes, sequence numbers from `seq`: BATCH_BEGIN, one message per change (each
     /// asking for an ACK), BATCH_END.
     pub fn encode(&self, seq: u32) -> Vec<u8> {
+        self.encode_at(seq, None)
+    }
+
+    /// [`NftBatch::encode`], with BATCH_BEGIN carrying `NFNL_BATCH_GENID` when `generation` is given:
+    /// the kernel then refuses the whole batch (`ERESTART`) if the ruleset changed since that
+    /// generation was read.
+    fn encode_at(&self, seq: u32, generation: Option<u32>) -> Vec<u8> {
         let family = self.family as u8;
-        let batch_marker = |kind: u16, seq: u32| nfnl::message(kind, NLM_F_REQUEST, seq, 0, nfnl::SUBSYS_NFTABLES, &[]);
-        let mut out = batch_marker(nfnl::MSG_BATCH_BEGIN, seq);
+        let batch_marker =
+            |kind: u16, seq: u32, body: &[u8]| nfnl::message(kind, NLM_F_REQUEST, seq, 0, nfnl::SUBSYS_NFTABLES, body);
+        let mut begin = AttrWriter::new();
+        if let Some(id) = generation {
+            begin.u32_be(nfnl::BATCH_GENID, id);
+        }
+        let mut out = batch_marker(nfnl::MSG_BATCH_BEGIN, seq, begin.bytes());
         for (i, op) in self.ops.iter().enumerate() {
             let mut a = AttrWriter::new();
             let (msg, flags) = match op {
@@ -589,17 +659,13 @@ impl NftBatch {
                     (nft::MSG_DELCHAIN, 0)
                 }
                 NftOp::AddRule { table, chain, exprs, comment } => {
-                    a.str_attr(nft::RULE_TABLE, table);
-                    a.str_attr(nft::RULE_CHAIN, chain);
-                    a.nest(nft::RULE_EXPRESSIONS, |list| {
-                        for e in exprs {
-                            list.nest(nft::LIST_ELEM, |elem| e.encode(elem));
-                        }
-                    });
-                    if let Some(c) = comment {
-                        a.bytes_attr(nft::RULE_USERDATA, &comment_udata(c));
-                    }
+                    encode_rule(&mut a, table, chain, exprs, comment.as_deref());
                     (nft::MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
+                }
+                // Without NLM_F_APPEND and without a position the kernel puts the rule first.
+                NftOp::InsertRule { table, chain, exprs, comment } => {
+                    encode_rule(&mut a, table, chain, exprs, comment.as_deref());
+                    (nft::MSG_NEWRULE, NLM_F_CREATE)
                 }
                 NftOp::DeleteRule { table, chain, handle } => {
                     a.str_attr(nft::RULE_TABLE, table);
@@ -612,13 +678,24 @@ impl NftBatch {
             let flags = NLM_F_REQUEST | NLM_F_ACK | flags;
             out.extend(nfnl::message(kind, flags, seq.wrapping_add(1 + i as u32), family, 0, a.bytes()));
         }
-        out.extend(batch_marker(nfnl::MSG_BATCH_END, seq.wrapping_add(1 + self.ops.len() as u32)));
+        out.extend(batch_marker(nfnl::MSG_BATCH_END, seq.wrapping_add(1 + self.ops.len() as u32), &[]));
         out
     }
 
     /// Sends the batch in the calling thread's network namespace and waits (at most 10 s) for the
     /// kernel to accept every change; the first refusal is the error and nothing is changed.
     pub fn commit(&self) -> io::Result<()> {
+        self.commit_at(None)
+    }
+
+    /// [`NftBatch::commit`] only if the ruleset is still at `generation` (from
+    /// [`super::nft_generation`]); otherwise nothing is changed and the kernel answers `ERESTART`,
+    /// so a plan made from a read can never be applied over someone else's change made after it.
+    pub fn commit_if_unchanged(&self, generation: u32) -> io::Result<()> {
+        self.commit_at(Some(generation))
+    }
+
+    fn commit_at(&self, generation: Option<u32>) -> io::Result<()> {
         if self.ops.is_empty() {
             return Ok(());
         }
@@ -627,11 +704,27 @@ impl NftBatch {
         let mut socket = Socket::open(Protocol::Netfilter)?;
         // BATCH_BEGIN, the changes, BATCH_END: only the changes are answered.
         let seq = socket.reserve(count + 2);
-        socket.send(&self.encode(seq))?;
+        socket.send(&self.encode_at(seq, generation))?;
         socket.acks(seq.wrapping_add(1), count).map_err(|(index, e)| {
             let what = index.and_then(|i| self.ops.get(i)).map(describe).unwrap_or_else(|| "nf_tables batch".into());
             named(what, e)
         })
+    }
+}
+
+/// The body of a NEWRULE message.
+fn encode_rule(a: &mut AttrWriter, table: &str, chain: &str, exprs: &[Expr], comment: Option<&str>) {
+    a.str_attr(nft::RULE_TABLE, table);
+    a.str_attr(nft::RULE_CHAIN, chain);
+    a.nest(nft::RULE_EXPRESSIONS, |list| {
+        for e in exprs {
+            list.nest(nft::LIST_ELEM, |elem| {
+                e.encode(elem);
+            });
+        }
+    });
+    if let Some(c) = comment {
+        a.bytes_attr(nft::RULE_USERDATA, &comment_udata(c));
     }
 }
 
@@ -644,6 +737,9 @@ fn describe(op: &NftOp) -> String {
         NftOp::DeleteChain { table, chain } => format!("delete chain {table} {chain}"),
         NftOp::AddRule { table, chain, comment, .. } => {
             format!("add rule {table} {chain} (comment {:?})", comment.as_deref().unwrap_or(""))
+        }
+        NftOp::InsertRule { table, chain, comment, .. } => {
+            format!("insert rule {table} {chain} (comment {:?})", comment.as_deref().unwrap_or(""))
         }
         NftOp::DeleteRule { table, chain, handle } => format!("delete rule {table} {chain} handle {handle}"),
     }
@@ -691,6 +787,42 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_and_interface_matches_are_what_nft_writes() {
+        // `nft --debug=netlink`: ct state established,related / oifname != "cni0" / drop
+        assert_eq!(
+            Expr::ct_established_related(),
+            vec![
+                Expr::Ct { key: 0, dreg: 1 },
+                Expr::Bitwise { sreg: 1, dreg: 1, mask: 6u32.to_ne_bytes().to_vec(), xor: vec![0; 4] },
+                Expr::Cmp { sreg: 1, op: CmpOp::Neq, data: vec![0; 4] },
+            ]
+        );
+        let mut name = b"cni0".to_vec();
+        name.resize(16, 0);
+        assert_eq!(
+            Expr::ifname(false, CmpOp::Neq, "cni0"),
+            vec![Expr::Meta { key: 7, dreg: 1 }, Expr::Cmp { sreg: 1, op: CmpOp::Neq, data: name }]
+        );
+        assert_eq!(Expr::ifname(true, CmpOp::Eq, "x")[0], Expr::Meta { key: 6, dreg: 1 });
+        assert_eq!(Verdict::Drop.code(), 0);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn insert_prepends_and_a_generation_guards_the_batch() {
+        let insert = NftBatch {
+            family: NftFamily::Inet,
+            ops: vec![NftOp::InsertRule { table: "t".into(), chain: "c".into(), exprs: vec![], comment: None }],
+        };
+        let bytes = insert.encode_at(1, Some(0x0102_0304));
+        // BATCH_BEGIN grows by the NFNL_BATCH_GENID attribute (big-endian u32).
+        assert_eq!(&bytes[..4], &28u32.to_ne_bytes());
+        assert_eq!(&bytes[20..28], &[8, 0, 1, 0, 1, 2, 3, 4]);
+        // NEWRULE with REQUEST|ACK|CREATE and no APPEND.
+        assert_eq!(&bytes[28 + 4..28 + 8], &[6, 10, 0x05, 0x04]);
+    }
+
+    #[test]
     fn expressions_round_trip() {
         let mut exprs = Expr::nfproto(false);
         exprs.extend(Expr::addr_match(AddrField::Destination, CmpOp::Eq, &net("224.0.0.0/4")));
@@ -703,6 +835,9 @@ mod tests {
         exprs.push(Expr::Match { name: "conntrack".into(), rev: 3, info: vec![1, 2, 3, 4, 0, 0, 0, 0] });
         exprs.push(Expr::Other("counter".into()));
         exprs.extend(Expr::mark_transparent_socket(0x2a));
+        exprs.extend(Expr::ct_established_related());
+        exprs.extend(Expr::ifname(true, CmpOp::Neq, "cni0"));
+        exprs.push(Expr::Verdict(Verdict::Drop));
         let mut list = AttrWriter::new();
         for e in &exprs {
             list.nest(nft::LIST_ELEM, |elem| e.encode(elem));

@@ -180,6 +180,22 @@ pub fn nft_table_rules(family: NftFamily, table: &str) -> io::Result<Vec<NftRule
     dump_rules(family, &[(nft::RULE_TABLE, table)])
 }
 
+/// The ruleset's generation (`NFT_MSG_GETGEN`): it changes with every committed batch, so a batch
+/// planned from reads made after this call can be sent with
+/// [`super::NftBatch::commit_if_unchanged`].
+pub fn nft_generation() -> io::Result<u32> {
+    let mut socket = Socket::open(Protocol::Netfilter)?;
+    let mut id = None;
+    let kind = nfnl::kind(nfnl::SUBSYS_NFTABLES, nft::MSG_GETGEN);
+    socket.exchange(kind, NLM_F_REQUEST | NLM_F_ACK, &request_body(NftFamily::Inet, &[]), |reply| {
+        if let Some(gen) = attrs(reply.body.get(4..).unwrap_or_default()).get(nft::GEN_ID).and_then(|a| a.u32_be()) {
+            id = Some(gen);
+        }
+        Ok(Flow::More)
+    })?;
+    id.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "nf_tables sent no generation id"))
+}
+
 /// `nft list table <family> <table>` succeeds.
 pub fn nft_table_exists(family: NftFamily, table: &str) -> io::Result<bool> {
     exists(nft::MSG_GETTABLE, family, &[(nft::TABLE_NAME, table)])

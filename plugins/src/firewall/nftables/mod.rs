@@ -5,6 +5,7 @@
 //! portmap with user `conditionsV4`/`conditionsV6` (nft text) goes through `nft -f -`
 //! ([`portmap_conditions`]).
 
+pub mod forward;
 pub mod masq;
 pub mod portmap;
 pub mod portmap_conditions;
