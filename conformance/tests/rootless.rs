@@ -34,6 +34,36 @@ use std::time::{Duration, Instant};
 /// Debian's default PATH for users: no sbin, which the wrapper must make up for (M10).
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const WRAPPER: &str = "rootless-wrapper";
+/// The two helpers the tests that apply to both run with.
+const SLIRP: &str = "slirp4netns";
+const PASTA: &str = "pasta";
+/// The process names a helper of this test can have (pasta re-executes itself as passt.avx2).
+const HELPER_COMMS: [&str; 5] = ["slirp4netns", "pasta", "passt", "pasta.avx2", "passt.avx2"];
+
+/// Runs each listed `fn(helper: &str)` once per helper, as `slirp4netns::<name>` and
+/// `pasta::<name>`.
+macro_rules! for_both_helpers {
+    ($($f:ident),* $(,)?) => {
+        mod slirp4netns {
+            $( #[test] fn $f() { super::$f(super::SLIRP) } )*
+        }
+        mod pasta {
+            $( #[test] fn $f() { super::$f(super::PASTA) } )*
+        }
+    };
+}
+
+for_both_helpers!(
+    traffic_through_the_helper_and_published_ports_then_clean_teardown,
+    dns_goes_through_the_advertised_address,
+    host_loopback_is_closed_by_default,
+    custom_cidr_and_ipv6,
+    outbound_ipv6_from_a_container,
+    dead_helper_is_restarted_with_its_forwards,
+    stale_netns_is_recreated,
+    concurrent_add_and_del_of_sixteen_containers,
+    gc_detaches_what_the_runtime_no_longer_knows,
+);
 /// How long any one command may take before the test calls it hung.
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -168,8 +198,17 @@ macro_rules! setup {
     ($conf:expr) => {{
         require_root!();
         let Some(m) = machine() else { return };
-        Harness::new(m, $conf).unwrap()
+        let conf: Value = $conf;
+        if conf["helper"] == PASTA && !on_path(PASTA) {
+            skip("pasta is not installed (Debian package passt)");
+            return;
+        }
+        Harness::new(m, conf).unwrap()
     }};
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(name).is_file())
 }
 
 /// The pause process: owner of the user and mount namespaces, like podman's.
@@ -226,6 +265,19 @@ impl Harness {
         // Built (or found) first: a failing build must not leave the directories below behind.
         let suite = ours();
         let host = FakeHost::new()?;
+        // A default route on the fake host, as every real host has: Debian 12's pasta picks its
+        // outbound interface from it and refuses to start without one. Nothing answers there.
+        for args in [
+            "link add upl0 type veth peer name upl1",
+            "link set upl0 up",
+            "link set upl1 up",
+            "addr add 203.0.113.1/24 dev upl0",
+            "addr add 2001:db8:ff::1/64 dev upl0 nodad",
+            "route add default via 203.0.113.254",
+            "-6 route add default via 2001:db8:ff::fe",
+        ] {
+            host.ns.run("ip", &args.split(' ').collect::<Vec<_>>())?;
+        }
         let name = unique("rl");
         let xdg = PathBuf::from("/run/user").join(&name);
         let extra_run = PathBuf::from("/run/user").join(format!("{name}-ns"));
@@ -540,7 +592,7 @@ impl Harness {
         self.state().unwrap()["helper"]["pid"].as_u64().unwrap() as u32
     }
 
-    /// slirp4netns processes of this test still running (zombies do not count: the machine's
+    /// Helper processes of this test still running (zombies do not count: the machine's
     /// init may not reap them).
     fn live_helpers(&self) -> Vec<u32> {
         let marker = self.xdg.display().to_string();
@@ -551,7 +603,8 @@ impl Harness {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let alive =
                 stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X");
-            if stat.contains("(slirp4netns)") && alive && String::from_utf8_lossy(&cmdline).contains(&marker) {
+            let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c).unwrap_or("");
+            if HELPER_COMMS.contains(&comm) && alive && String::from_utf8_lossy(&cmdline).contains(&marker) {
                 found.push(pid);
             }
         }
@@ -573,7 +626,7 @@ impl Harness {
     /// like helpers).
     fn assert_clean_except(&self, others: &[u32]) {
         let helpers: Vec<u32> = self.live_helpers().into_iter().filter(|p| !others.contains(p)).collect();
-        assert!(helpers.is_empty(), "slirp4netns still running: {helpers:?}");
+        assert!(helpers.is_empty(), "helper still running: {helpers:?}");
         assert!(self.pause_mounts().is_empty(), "mounts left: {:?}", self.pause_mounts());
         assert!(
             !self.state_dir().exists(),
@@ -646,8 +699,14 @@ fn in_host(cmd: &mut Command, host: &FakeHost) {
 }
 
 fn wrapper(extra: Value) -> Value {
+    wrapper_with(SLIRP, extra)
+}
+
+/// The wrapper with `helper` as its uplink.
+fn wrapper_with(helper: &str, extra: Value) -> Value {
     let mut w = json!({
         "type": WRAPPER,
+        "helper": helper,
         "capabilities": {"portMappings": true},
         "stateDir": "$XDG_RUNTIME_DIR/cni-rootless",
         "plugins": [
@@ -672,25 +731,27 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (v, t.elapsed())
 }
 
-/// Two containers on the inner bridge, host loopback reached through slirp4netns, a port
-/// published on the (fake) host, and nothing left after the last DEL.
-#[test]
-fn traffic_through_slirp_and_published_ports_then_clean_teardown() {
-    let h = setup!(wrapper(json!({"allowHostLoopback": true})));
+/// Two containers on the inner bridge, host loopback reached through the helper, a port
+/// published on the (fake) host (slirp4netns; pasta refuses ports), and nothing left after the
+/// last DEL.
+fn traffic_through_the_helper_and_published_ports_then_clean_teardown(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"allowHostLoopback": true})));
+    let ports = helper == SLIRP;
     h.host_server("127.0.0.1", 38471, "host").unwrap();
-    let c1 = h.container("c1").unwrap().with_port(18080, 80);
+    let c1 = h.container("c1").unwrap();
+    let c1 = if ports { c1.with_port(18080, 80) } else { c1 };
     let c2 = h.container("c2").unwrap();
 
     let (r1, first) = timed(|| h.add(&c1));
     let r1 = r1.unwrap();
     let (r2, later) = timed(|| h.add(&c2));
     let r2 = r2.unwrap();
-    eprintln!("ADD timing through setpriv+nsenter: first (creates netns + slirp4netns) {first:?}, later {later:?}");
+    eprintln!("ADD timing through setpriv+nsenter: first (creates netns + {helper}) {first:?}, later {later:?}");
     let (ip1, ip2) = (ip_of(&r1), ip_of(&r2));
     assert!(ip1.starts_with("10.88.") && ip2.starts_with("10.88.") && ip1 != ip2, "{r1} {r2}");
     assert_eq!(r1["interfaces"][2]["sandbox"], c1.netns.as_str());
 
-    // Outbound: container → slirp4netns gateway → the fake host's loopback.
+    // Outbound: container → the helper's gateway address → the fake host's loopback.
     assert_eq!(h.connect_from(&c1, "10.0.2.2", 38471).unwrap(), "hello-host from 127.0.0.1");
     // The inner bridge got the helper's MTU.
     let link = h.in_netns(&c1.netns, &["ip", "-j", "link", "show", "eth0"]).unwrap();
@@ -702,20 +763,24 @@ fn traffic_through_slirp_and_published_ports_then_clean_teardown() {
     assert!(h.connect_from(&c2, &ip1, 80).unwrap().starts_with("hello-c1 from "));
 
     // Inbound: fake-host client → slirp4netns forward → inner portmap DNAT → container.
-    if h.has_portmap() {
+    if ports && h.has_portmap() {
         let got = h.connect_from_host("127.0.0.1", 18080).unwrap();
         assert!(got.starts_with("hello-c1 from "), "{got}");
-    } else {
+    } else if ports {
         skip("portmap is not built: the published-port path stops at the rootless netns");
     }
-    assert_eq!(h.hostfwd_entries().len(), 1);
+    if ports {
+        assert_eq!(h.hostfwd_entries().len(), 1);
+    }
     let check = h.check(&c1).unwrap();
     assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
 
     // The first container leaves: its port closes, the other keeps working.
     h.del(&c1).unwrap();
-    assert!(h.connect_from_host("127.0.0.1", 18080).is_err(), "forward removed with its container");
-    assert!(h.hostfwd_entries().is_empty());
+    if ports {
+        assert!(h.connect_from_host("127.0.0.1", 18080).is_err(), "forward removed with its container");
+        assert!(h.hostfwd_entries().is_empty());
+    }
     assert_eq!(h.connect_from(&c2, "10.0.2.2", 38471).unwrap(), "hello-host from 127.0.0.1");
     assert_eq!(h.live_helpers().len(), 1);
 
@@ -727,11 +792,35 @@ fn traffic_through_slirp_and_published_ports_then_clean_teardown() {
     h.assert_clean();
 }
 
-/// `--disable-host-loopback` by default: the host's 127.0.0.1 is unreachable while the same
-/// server on another host address is reachable.
-#[test]
-fn host_loopback_is_closed_by_default() {
-    let h = setup!(wrapper(json!({})));
+/// DNS: the address the wrapper writes first into `resolv.conf` (cidr + 3) forwards a query
+/// from a container to the host's own first nameserver, and the answer comes back.
+fn dns_goes_through_the_advertised_address(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"cidr": "10.77.0.0/24"})));
+    // The host's resolver, on the fake host, named by the resolv.conf the runtime's mount
+    // namespace shows (the helpers read it there).
+    h.host.ns.run("ip", &["addr", "add", "192.0.2.53/32", "dev", "lo"]).unwrap();
+    let mut dns = Command::new(PY);
+    dns.args(["-c", UDP_SERVER, "192.0.2.53", "53", "dns"]);
+    in_host(&mut dns, &h.host);
+    h.spawn_server(dns).unwrap();
+    let resolv = h.xdg.join("host-resolv.conf");
+    std::fs::write(&resolv, b"nameserver 192.0.2.53\n").unwrap();
+    h.runtime_sh(&format!("mount --bind {} /etc/resolv.conf", resolv.display())).unwrap();
+    let c1 = h.container("c1").unwrap();
+    h.add(&c1).unwrap();
+    let advertised = std::fs::read_to_string(h.state_dir().join("resolv.conf")).unwrap();
+    assert_eq!(advertised.lines().next(), Some("nameserver 10.77.0.3"), "{advertised}");
+    let out = h.in_netns(&c1.netns, &[PY, "-c", UDP_CLIENT, "10.77.0.3", "53", "3"]).unwrap();
+    assert!(out.ok(), "no DNS answer through {helper}: {}{}", out.stdout, out.stderr);
+    assert!(out.stdout.starts_with("hello-dns from "), "{}", out.stdout);
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
+/// `--disable-host-loopback` (slirp4netns) or `--no-map-gw` (pasta) by default: the host's
+/// 127.0.0.1 is unreachable while the same server on another host address is reachable.
+fn host_loopback_is_closed_by_default(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({})));
     // A second host address: reachable through slirp4netns like any remote address.
     h.host.ns.run("ip", &["addr", "add", "192.0.2.1/32", "dev", "lo"]).unwrap();
     h.host_server("0.0.0.0", 38472, "host").unwrap();
@@ -858,11 +947,13 @@ mount --rbind $R /run
 /// Another `cidr` moves every derived address (gateway, DNS, tap, forward target); with IPv6
 /// the tap gets its SLAAC address without waiting for duplicate address detection, which is
 /// switched back on afterwards.
-#[test]
-fn custom_cidr_and_ipv6() {
-    let h = setup!(wrapper(json!({"cidr": "10.99.0.0/24", "enableIPv6": true, "allowHostLoopback": true})));
+fn custom_cidr_and_ipv6(helper: &str) {
+    let h =
+        setup!(wrapper_with(helper, json!({"cidr": "10.99.0.0/24", "enableIPv6": true, "allowHostLoopback": true})));
+    let ports = helper == SLIRP;
     h.host_server("127.0.0.1", 38475, "host").unwrap();
-    let c1 = h.container("c1").unwrap().with_port(18089, 80);
+    let c1 = h.container("c1").unwrap();
+    let c1 = if ports { c1.with_port(18089, 80) } else { c1 };
     h.add(&c1).unwrap();
     let netns = h.rootless_netns();
     let addrs = h.in_netns(&netns, &["ip", "-o", "addr", "show", "dev", "tap0"]).unwrap().stdout;
@@ -875,8 +966,10 @@ fn custom_cidr_and_ipv6() {
         Some("nameserver 10.99.0.3")
     );
     assert_eq!(h.connect_from(&c1, "10.99.0.2", 38475).unwrap(), "hello-host from 127.0.0.1");
-    assert_eq!(h.hostfwd_entries()[0]["guest_addr"], "10.99.0.100");
-    if h.has_portmap() {
+    if ports {
+        assert_eq!(h.hostfwd_entries()[0]["guest_addr"], "10.99.0.100");
+    }
+    if ports && h.has_portmap() {
         h.container_server(&c1, 80, "c1").unwrap();
         assert!(h.connect_from_host("127.0.0.1", 18089).unwrap().starts_with("hello-c1"));
     }
@@ -887,12 +980,14 @@ fn custom_cidr_and_ipv6() {
 /// With `enableIPv6` a container has an IPv6 path out: the shared netns gets a default route
 /// through slirp4netns (the inner bridge's forwarding keeps the router advertisement's out),
 /// and it is put back when removed and after a helper restart, which makes a new tap.
-#[test]
-fn outbound_ipv6_from_a_container() {
-    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+fn outbound_ipv6_from_a_container(helper: &str) {
+    let h = setup!(wrapper_with(
+        helper,
+        json!({"enableIPv6": true, "plugins": [
         {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
-                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})
+    ));
     // A global address on the fake host: slirp4netns reaches it like any remote IPv6 host.
     h.host.ns.run("ip", &["addr", "add", "2001:db8:1::1/128", "dev", "lo", "nodad"]).unwrap();
     h.host_server("::", 38476, "host6").unwrap();
@@ -1034,11 +1129,12 @@ fn host_ip_and_udp_ports_keep_the_client_address() {
 }
 
 /// A dead helper is restarted by the next ADD, and the older container's port works again.
-#[test]
-fn dead_helper_is_restarted_with_its_forwards() {
-    let h = setup!(wrapper(json!({"allowHostLoopback": true})));
+fn dead_helper_is_restarted_with_its_forwards(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"allowHostLoopback": true})));
+    let ports = helper == SLIRP;
     h.host_server("127.0.0.1", 38473, "host").unwrap();
-    let c1 = h.container("c1").unwrap().with_port(18082, 80);
+    let c1 = h.container("c1").unwrap();
+    let c1 = if ports { c1.with_port(18082, 80) } else { c1 };
     h.add(&c1).unwrap();
     h.container_server(&c1, 80, "c1").unwrap();
     let old = h.helper_pid();
@@ -1053,7 +1149,7 @@ fn dead_helper_is_restarted_with_its_forwards() {
     assert_ne!(old, new);
     assert_eq!(h.live_helpers(), vec![new]);
     assert_eq!(h.connect_from(&c1, "10.0.2.2", 38473).unwrap(), "hello-host from 127.0.0.1");
-    if h.has_portmap() {
+    if ports && h.has_portmap() {
         assert!(h.connect_from_host("127.0.0.1", 18082).unwrap().starts_with("hello-c1"));
     }
     let check = h.check(&c1).unwrap();
@@ -1065,9 +1161,8 @@ fn dead_helper_is_restarted_with_its_forwards() {
 
 /// A netns file that lost its mount (reboot-like) and one from a dead user namespace (the
 /// pause process restarted) are recreated, and the old helper is stopped.
-#[test]
-fn stale_netns_is_recreated() {
-    let h = setup!(wrapper(json!({"allowHostLoopback": true})));
+fn stale_netns_is_recreated(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"allowHostLoopback": true})));
     h.host_server("127.0.0.1", 38474, "host").unwrap();
     let c1 = h.container("c1").unwrap();
     h.add(&c1).unwrap();
@@ -1108,9 +1203,8 @@ fn stale_netns_is_recreated() {
 }
 
 /// 16 ADD/DEL pairs at once (create/teardown churn), then 16 ADDs and 16 DELs at once.
-#[test]
-fn concurrent_add_and_del_of_sixteen_containers() {
-    let h = setup!(wrapper(json!({})));
+fn concurrent_add_and_del_of_sixteen_containers(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({})));
     let ctrs: Vec<Ctr> = (0..16).map(|i| h.container(&format!("c{i}")).unwrap()).collect();
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -1137,8 +1231,17 @@ fn concurrent_add_and_del_of_sixteen_containers() {
     });
     assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 16);
     assert_eq!(h.live_helpers().len(), 1);
-    let ping = h.in_netns(&ctrs[0].netns, &["ping", "-c1", "-W2", "10.0.2.2"]).unwrap();
-    assert!(ping.ok(), "{}{}", ping.stdout, ping.stderr);
+    if helper == SLIRP {
+        // slirp4netns answers pings to its gateway itself; pasta passes them on to the host's
+        // network, where nothing has that address.
+        let ping = h.in_netns(&ctrs[0].netns, &["ping", "-c1", "-W2", "10.0.2.2"]).unwrap();
+        assert!(ping.ok(), "{}{}", ping.stdout, ping.stderr);
+    }
+    h.host.ns.run("ip", &["addr", "add", "192.0.2.1/32", "dev", "lo"]).unwrap();
+    h.host_server("192.0.2.1", 38477, "host").unwrap();
+    for c in [&ctrs[0], &ctrs[15]] {
+        assert!(h.connect_from(c, "192.0.2.1", 38477).unwrap().starts_with("hello-host from "));
+    }
     std::thread::scope(|s| {
         let handles: Vec<_> = ctrs.iter().map(|c| s.spawn(|| h.del(c))).collect();
         for j in handles {
@@ -1151,12 +1254,12 @@ fn concurrent_add_and_del_of_sixteen_containers() {
 
 /// GC with the runtime's list detaches the others (inner DEL, forwards); with an empty list it
 /// tears everything down; without a list it only validates.
-#[test]
-fn gc_detaches_what_the_runtime_no_longer_knows() {
-    let mut h = setup!(wrapper(json!({})));
+fn gc_detaches_what_the_runtime_no_longer_knows(helper: &str) {
+    let mut h = setup!(wrapper_with(helper, json!({})));
+    let ports = helper == SLIRP;
     h.list["cniVersion"] = json!("1.1.0");
-    let c1 = h.container("c1").unwrap().with_port(18083, 80);
-    let c2 = h.container("c2").unwrap().with_port(18084, 80);
+    let (c1, c2) = (h.container("c1").unwrap(), h.container("c2").unwrap());
+    let (c1, c2) = if ports { (c1.with_port(18083, 80), c2.with_port(18084, 80)) } else { (c1, c2) };
     h.add(&c1).unwrap();
     let r2 = h.add(&c2).unwrap();
     let ipam = h.state_dir().join("var/lib/cni/networks").join(h.list["name"].as_str().unwrap());
@@ -1172,9 +1275,11 @@ fn gc_detaches_what_the_runtime_no_longer_knows() {
     assert_eq!(members.len(), 1);
     assert_eq!(members[0]["containerID"], c1.id.as_str());
     assert!(!ipam.join(ip_of(&r2)).exists(), "c2's address released by the inner DEL");
-    let fwd = h.hostfwd_entries();
-    assert_eq!(fwd.len(), 1);
-    assert_eq!(fwd[0]["host_port"], 18083);
+    if ports {
+        let fwd = h.hostfwd_entries();
+        assert_eq!(fwd.len(), 1);
+        assert_eq!(fwd[0]["host_port"], 18083);
+    }
     let links = h.in_netns(&h.rootless_netns(), &["ip", "-o", "link", "show", "type", "veth"]).unwrap();
     assert_eq!(links.stdout.lines().count(), 1, "{}", links.stdout);
     let (_, msg, _) = h.check(&c2).unwrap().error().unwrap();
@@ -1355,6 +1460,58 @@ fn status_and_clear_errors() {
     assert!(code == 50 && msg.contains("/dev/net/tun"), "{msg}");
     let err = h.add(&c1).unwrap_err().to_string();
     assert!(err.contains("no read/write access to /dev/net/tun"), "{err}");
+    h.assert_clean();
+}
+
+/// A stand-in for pasta that fails the way a broken one does.
+const FAILING_PASTA: &str = "#!/bin/sh\necho 'boom: fake pasta cannot start' >&2\nexit 1\n";
+
+/// pasta: published ports are refused by name before anything is made (also when the
+/// configuration names slirp4netns but the running netns is pasta's), DEL and STATUS work, a
+/// missing pasta is named by STATUS, and one that fails to start leaves nothing behind and its
+/// output is in the error.
+#[test]
+fn pasta_refuses_published_ports_and_reports_failures() {
+    let h = setup!(wrapper_with(PASTA, json!({})));
+    let name = h.list["name"].as_str().unwrap().to_string();
+    let c1 = h.container("c1").unwrap();
+    let ported = c1.clone().with_port(18097, 80);
+    let conf = build_config(&h.wrapper_conf(), &name, "1.0.0", None, &ported.caps);
+    let out = h.invoke(WRAPPER, "ADD", Some(&ported), &conf, &[]).unwrap();
+    let (code, msg, _) = out.error().unwrap();
+    assert_eq!(code, 7, "{msg}");
+    assert!(msg.contains("portMappings") && msg.contains("\"pasta\""), "{msg}");
+    assert!(!h.state_dir().exists(), "nothing created");
+    assert!(h.live_helpers().is_empty());
+    // DEL of what was refused: nothing to do.
+    assert!(h.invoke(WRAPPER, "DEL", Some(&ported), &conf, &[]).unwrap().ok());
+
+    h.add(&c1).unwrap();
+    let pid = h.helper_pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert!(HELPER_COMMS[1..].contains(&comm.trim()), "pasta runs as {comm}");
+    let slirp_list = h.with_wrapper(|w| w["helper"] = json!(SLIRP));
+    let c2 = h.container("c2").unwrap().with_port(18098, 80);
+    let err = h.add_list(&slirp_list, &c2, &[]).unwrap_err().to_string();
+    assert!(err.contains("portMappings") && err.contains("runs pasta"), "{err}");
+    assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 1);
+    assert_eq!(h.live_helpers(), vec![pid], "the running pasta is kept");
+    let status = h.list_verb("STATUS", json!({})).unwrap();
+    assert!(status.ok(), "{}{}", status.stdout, status.stderr);
+    h.del(&c1).unwrap();
+    h.assert_clean();
+
+    let missing = h.with_wrapper(|w| w["helper"] = json!("/nonexistent/pasta"));
+    let (_, _, plugins) = Harness::list_parts(&missing);
+    let out = h.invoke(WRAPPER, "STATUS", None, &build_config(&plugins[0], &name, "1.1.0", None, &Map::new()), &[]);
+    let (code, msg, _) = out.unwrap().error().unwrap();
+    assert!(code == 50 && msg.contains("/nonexistent/pasta"), "{msg}");
+
+    script(&h.bin.join("pasta-broken"), FAILING_PASTA).unwrap();
+    let broken = h.bin.join("pasta-broken").display().to_string();
+    let failing = h.with_wrapper(|w| w["helper"] = json!(broken));
+    let err = h.add_list(&failing, &c1, &[]).unwrap_err().to_string();
+    assert!(err.contains("boom: fake pasta cannot start"), "{err}");
     h.assert_clean();
 }
 

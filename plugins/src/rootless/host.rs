@@ -320,7 +320,7 @@ pub fn helpers_serving(expect: &Expect) -> Vec<HelperId> {
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
         let Some(stat) = super::slirp::proc_stat(pid) else { continue };
-        if stat.comm == "slirp4netns" && expect.matches(pid) {
+        if super::slirp::comm_names(expect.kind).contains(&stat.comm.as_str()) && expect.matches(pid) {
             found.push(HelperId { pid, start_time: stat.start_time, comm: stat.comm, ..Default::default() });
         }
     }

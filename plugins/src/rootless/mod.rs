@@ -1,5 +1,8 @@
 //! `rootless-wrapper`: runs a chain of inner plugins (bridge, host-local, portmap, …) for a
-//! rootless runtime, inside one shared "rootless netns" whose uplink is slirp4netns.
+//! rootless runtime, inside one shared "rootless netns" whose uplink is slirp4netns ([`slirp`],
+//! the default) or pasta ([`pasta`], `helper: "pasta"`; it has no port API, so published ports
+//! are refused with it). Both get the same addresses, so the netns looks the same either way;
+//! which one serves a netns is recorded, and a netns keeps its helper until it is recreated.
 //!
 //! The runtime calls the wrapper after joining its pause process's user and mount namespaces,
 //! in its own network namespace (the host's). Per state directory (so per user) the wrapper
@@ -16,7 +19,7 @@
 //! without following links and read up to a bound, a record naming files outside the directory's
 //! fixed layout is reset (an ADD or DEL first runs its container's inner DEL in the layout's
 //! netns, so that interface goes at once rather than when the kernel frees the netns), and a recorded helper is signalled only once the process is verified
-//! to be a slirp4netns of this user serving this directory ([`slirp::Expect`]). Teardown removes
+//! to be a helper of this user serving this directory ([`slirp::Expect`]). Teardown removes
 //! only the names of that layout. Every wait has a deadline: the lock (a later call gives up
 //! with a clear error instead of queueing forever behind a stuck one), the helper's API and
 //! readiness, the inner plugins, and every other child process. Every verb validates the state first: a netns
@@ -38,6 +41,7 @@
 pub mod config;
 pub mod host;
 pub mod mounts;
+pub mod pasta;
 pub mod slirp;
 pub mod state;
 pub mod trust;
@@ -46,7 +50,7 @@ use crate::ns::NetNs;
 use cni_types::error::{INTERNAL, PLUGIN_NOT_AVAILABLE};
 use cni_types::invoke;
 use cni_types::{CmdArgs, CniError, CniResult, Command, Plugin};
-use config::{lookup, InnerExtras, WrapperConf};
+use config::{lookup, HelperKind, InnerExtras, WrapperConf};
 use serde_json::{Map, Value};
 use state::{Forward, Member, NetParams, State, STATE_VERSION};
 use std::path::{Path, PathBuf};
@@ -79,18 +83,21 @@ pub struct Paths {
     pub api_socket: PathBuf,
     /// slirp4netns' output.
     pub log: PathBuf,
+    /// pasta's output.
+    pub pasta_log: PathBuf,
     /// The generated resolv.conf.
     pub resolv: PathBuf,
 }
 
 /// The names the wrapper makes in a state directory; teardown removes these and nothing else
 /// (`resolv.tmp`: the temporary name earlier versions used).
-pub const LAYOUT: [&str; 10] = [
+pub const LAYOUT: [&str; 11] = [
     "state.json",
     "state.json.tmp",
     "netns",
     "slirp.sock",
     "slirp.log",
+    "pasta.log",
     "resolv.conf",
     "resolv.conf.tmp",
     "resolv.tmp",
@@ -108,12 +115,17 @@ impl Paths {
             netns: dir.join("netns"),
             api_socket: dir.join("slirp.sock"),
             log: dir.join("slirp.log"),
+            pasta_log: dir.join("pasta.log"),
             resolv: dir.join("resolv.conf"),
         }
     }
 
-    fn helper_paths(&self, netns: &Path) -> slirp::HelperPaths {
-        slirp::HelperPaths { netns: netns.to_path_buf(), api_socket: self.api_socket.clone(), log: self.log.clone() }
+    fn helper_paths(&self, kind: HelperKind, netns: &Path) -> slirp::HelperPaths {
+        let log = match kind {
+            HelperKind::Slirp4netns => self.log.clone(),
+            HelperKind::Pasta => self.pasta_log.clone(),
+        };
+        slirp::HelperPaths { netns: netns.to_path_buf(), api_socket: self.api_socket.clone(), log }
     }
 }
 
@@ -172,9 +184,24 @@ impl<'a> Session<'a> {
         Ok(Session { conf, args, paths, _lock: lock })
     }
 
-    /// What a helper of this state directory must be (see [`slirp::Expect`]).
-    fn expect(&self) -> slirp::Expect {
-        slirp::Expect::new(slirp::find_helper(&self.conf.helper).as_deref(), &self.paths.netns, &self.paths.api_socket)
+    /// What a helper of `kind` of this state directory must be (see [`slirp::Expect`]).
+    fn expect_kind(&self, kind: HelperKind) -> slirp::Expect {
+        slirp::Expect::new(
+            kind,
+            slirp::find_helper(self.binary_of(kind)).as_deref(),
+            &self.paths.netns,
+            &self.paths.api_socket,
+        )
+    }
+
+    /// The helper binary of `kind`: the configured one when it is of that kind (a netns made
+    /// with the other helper keeps it until it is recreated), else that kind's usual name.
+    fn binary_of(&self, kind: HelperKind) -> &str {
+        if self.conf.kind == kind {
+            self.conf.helper.as_str()
+        } else {
+            kind.name()
+        }
     }
 
     /// Why a record cannot have been written by this wrapper for this directory, if it cannot:
@@ -183,7 +210,11 @@ impl<'a> Session<'a> {
         if st.netns != self.paths.netns {
             return Some(format!("it names {} as the netns, not {}", st.netns.display(), self.paths.netns.display()));
         }
-        let socket = st.helper.as_ref().map(|h| &h.api_socket).filter(|s| **s != self.paths.api_socket);
+        // pasta has no socket (an empty path in the record); only slirp4netns' is ever used.
+        let socket = st.helper.as_ref().map(|h| &h.api_socket).filter(|s| match st.params.helper {
+            HelperKind::Slirp4netns => **s != self.paths.api_socket,
+            HelperKind::Pasta => !s.as_os_str().is_empty(),
+        });
         socket.map(|s| {
             format!("it names {} as the helper's socket, not {}", s.display(), self.paths.api_socket.display())
         })
@@ -230,6 +261,7 @@ impl<'a> Session<'a> {
             mtu: self.conf.mtu,
             enable_ipv6: self.conf.enable_ipv6,
             allow_host_loopback: self.conf.allow_host_loopback,
+            helper: self.conf.kind,
         }
     }
 
@@ -254,6 +286,10 @@ impl<'a> Session<'a> {
         self.conf.mtu = st.params.mtu;
         self.conf.enable_ipv6 = st.params.enable_ipv6;
         self.conf.allow_host_loopback = st.params.allow_host_loopback;
+        if self.conf.kind != st.params.helper {
+            self.conf.kind = st.params.helper;
+            self.conf.helper = st.params.helper.name().to_string();
+        }
     }
 
     /// Why a recorded netns cannot be used any more, if it cannot.
@@ -324,7 +360,8 @@ impl<'a> Session<'a> {
     }
 
     fn helper_running(&self, st: &State) -> bool {
-        st.helper.as_ref().is_some_and(|h| slirp::is_ours(h, &self.expect()) && self.paths.api_socket.exists())
+        let socket_ok = st.params.helper != HelperKind::Slirp4netns || self.paths.api_socket.exists();
+        st.helper.as_ref().is_some_and(|h| slirp::is_ours(h, &self.expect_kind(st.params.helper)) && socket_ok)
     }
 
     /// Stops the helper (only if it is verifiably ours, plus any unrecorded one that is
@@ -332,13 +369,21 @@ impl<'a> Session<'a> {
     /// wrapper made in the directory. Only paths of the layout are touched, whatever `st` says.
     fn teardown(&self, st: Option<&State>) -> Vec<String> {
         let mut errors = Vec::new();
-        let expect = self.expect();
-        if let Some(h) = st.and_then(|s| s.helper.as_ref()) {
-            errors.extend(slirp::stop(h, &expect).err());
+        if let Some((h, kind)) = st.and_then(|s| s.helper.as_ref().map(|h| (h, s.params.helper))) {
+            errors.extend(slirp::stop(h, &self.expect_kind(kind)).err());
         }
-        for stray in host::helpers_serving(&expect) {
-            log::warn!("stopping unrecorded slirp4netns pid {} serving {}", stray.pid, self.paths.netns.display());
-            errors.extend(slirp::stop(&stray, &expect).err());
+        // Whatever the record says: either helper may have been left serving this netns.
+        for kind in [HelperKind::Slirp4netns, HelperKind::Pasta] {
+            let expect = self.expect_kind(kind);
+            for stray in host::helpers_serving(&expect) {
+                log::warn!(
+                    "stopping unrecorded {} pid {} serving {}",
+                    kind.name(),
+                    stray.pid,
+                    self.paths.netns.display()
+                );
+                errors.extend(slirp::stop(&stray, &expect).err());
+            }
         }
         errors.extend(host::remove_netns(&self.paths.netns).err());
         errors.extend(host::remove_state_dir(&self.paths.dir, &LAYOUT).err());
@@ -349,9 +394,10 @@ impl<'a> Session<'a> {
     /// Starts the helper into `st.netns`, replays every recorded forward, and saves.
     fn start_helper(&self, st: &mut State) -> Result<(), CniError> {
         host::check_tun().map_err(internal)?;
-        let binary = slirp::find_helper(&self.conf.helper)
-            .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.conf.helper)))?;
-        let expect = self.expect();
+        let kind = st.params.helper;
+        let binary = slirp::find_helper(self.binary_of(kind))
+            .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.binary_of(kind))))?;
+        let expect = self.expect_kind(kind);
         // A new helper has none of the old one's forwards.
         st.stale_forwards.clear();
         if let Some(old) = st.helper.take() {
@@ -362,16 +408,19 @@ impl<'a> Session<'a> {
             let _ = slirp::stop(&stray, &expect);
         }
         let started = Instant::now();
-        let helper =
-            self.with_tap_defaults(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
-        let helper = helper.map_err(|e| internal(format!("start slirp4netns: {e}")))?;
+        let paths = self.paths.helper_paths(kind, &st.netns);
+        let helper = self.with_tap_defaults(st, || match kind {
+            HelperKind::Slirp4netns => slirp::start(&binary, &st.params, &paths),
+            HelperKind::Pasta => pasta::start(&binary, &st.params, &self.conf.net, &paths, &expect),
+        });
+        let helper = helper.map_err(|e| internal(format!("start {}: {e}", kind.name())))?;
         if st.params.enable_ipv6 {
             if let Err(e) = host::ipv6_uplink_in(&st.netns, slirp::TAP, host::GATEWAY6) {
                 let _ = slirp::stop(&helper, &expect);
                 return Err(internal(format!("IPv6 uplink: {e}")));
             }
         }
-        log::debug!("slirp4netns pid {} ready in {:?}", helper.pid, started.elapsed());
+        log::debug!("{} pid {} ready in {:?}", kind.name(), helper.pid, started.elapsed());
         let socket = helper.api_socket.clone();
         st.helper = Some(helper);
         let guest =
@@ -442,7 +491,7 @@ impl<'a> Session<'a> {
             }
             return Err(e);
         }
-        log::info!("created rootless netns {} served by slirp4netns", st.netns.display());
+        log::info!("created rootless netns {} served by {}", st.netns.display(), self.conf.kind.name());
         Ok(st)
     }
 
@@ -479,7 +528,7 @@ impl<'a> Session<'a> {
             None => Ok(None),
             Some(mut s) => {
                 if !self.helper_running(&s) {
-                    log::warn!("slirp4netns for {} is not running; restarting it", s.netns.display());
+                    log::warn!("{} for {} is not running; restarting it", s.params.helper.name(), s.netns.display());
                     self.start_helper(&mut s)?;
                     return Ok(Some(s));
                 }
@@ -524,6 +573,10 @@ impl<'a> Session<'a> {
     /// Adds the forwards `mappings` need; on any failure the ones already added are removed.
     fn add_forwards(&self, st: &State) -> Result<Vec<Forward>, CniError> {
         let wanted = host::forwards_for(&self.conf.port_mappings).map_err(CniError::invalid_config)?;
+        if !wanted.is_empty() && st.params.helper == HelperKind::Pasta {
+            // The rootless netns already runs pasta although this configuration names another.
+            return Err(CniError::invalid_config(pasta_ports_refused(&st.netns)));
+        }
         for fwd in &wanted {
             if let Some((m, _)) = st.forwards().find(|(_, f)| host::clashes(f, fwd)) {
                 return Err(internal(format!(
@@ -697,7 +750,8 @@ fn read_host_resolv_conf() -> String {
 /// Removes forwards from the helper and returns what could not be removed. A helper that is
 /// gone took its forwards with it; one that is stopped cannot answer, and is not waited for.
 fn remove_forwards(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<String> {
-    let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_ours(h, &s.expect())) else { return Vec::new() };
+    let expect = s.expect_kind(st.params.helper);
+    let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_ours(h, &expect)) else { return Vec::new() };
     let ids: Vec<(i64, &Forward)> = forwards.iter().filter_map(|f| f.id.map(|id| (id, f))).collect();
     if ids.is_empty() {
         return Vec::new();
@@ -752,6 +806,9 @@ impl Plugin for RootlessWrapper {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let started = Instant::now();
         let conf = WrapperConf::load(args, &getenv)?;
+        if conf.kind == HelperKind::Pasta && !conf.port_mappings.is_empty() {
+            return Err(CniError::invalid_config(pasta_ports_refused(&conf.state_dir.join("netns"))));
+        }
         // Before anything is created: without these rights nothing below can work.
         host::check_privileges().map_err(internal)?;
         let mut s = Session::open(conf, args)?;
@@ -874,7 +931,7 @@ impl Plugin for RootlessWrapper {
         if let Some(why) = slirp::unresponsive(helper) {
             return Err(internal(why));
         }
-        if !member.forwards.is_empty() {
+        if !member.forwards.is_empty() && st.params.helper == HelperKind::Slirp4netns {
             let active = slirp::list_hostfwd(&s.paths.api_socket).map_err(|e| {
                 // It may have been stopped after the check above: say so rather than "no answer".
                 internal(slirp::unresponsive(helper).unwrap_or_else(|| format!("list_hostfwd: {e}")))
@@ -968,6 +1025,16 @@ impl Plugin for RootlessWrapper {
         }
         combine(inner?)
     }
+}
+
+/// Why an ADD with published ports is refused when pasta serves the rootless netns.
+fn pasta_ports_refused(netns: &Path) -> String {
+    format!(
+        "runtimeConfig.portMappings: published ports are not supported with helper \"pasta\" (it has no \
+         run-time port API, and Debian 12's pasta forwards inbound connections incompletely); use helper \
+         \"slirp4netns\" for containers that publish ports (the rootless netns {} runs pasta)",
+        netns.display()
+    )
 }
 
 /// Saves the state, or tears everything down when nobody is attached any more.
