@@ -611,10 +611,12 @@ impl Harness {
         found
     }
 
+    /// Mounts of the state directory, and netns aliases, in the pause's mount namespace.
     fn pause_mounts(&self) -> Vec<String> {
         let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pause_pid())).unwrap_or_default();
         let dir = self.state_dir().display().to_string();
-        info.lines().filter(|l| l.contains(&dir)).map(str::to_string).collect()
+        let alias = self.xdg.join("netns/cni-rootless-").display().to_string();
+        info.lines().filter(|l| l.contains(&dir) || l.contains(&alias)).map(str::to_string).collect()
     }
 
     /// After the last DEL: no helper, no netns mount, no state.
@@ -628,6 +630,14 @@ impl Harness {
         let helpers: Vec<u32> = self.live_helpers().into_iter().filter(|p| !others.contains(p)).collect();
         assert!(helpers.is_empty(), "helper still running: {helpers:?}");
         assert!(self.pause_mounts().is_empty(), "mounts left: {:?}", self.pause_mounts());
+        let aliases: Vec<String> = std::fs::read_dir(self.xdg.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("cni-rootless-"))
+            .collect();
+        assert!(aliases.is_empty(), "netns aliases left: {aliases:?}");
         assert!(
             !self.state_dir().exists(),
             "state directory left: {:?}",
@@ -1490,6 +1500,14 @@ fn pasta_refuses_published_ports_and_reports_failures() {
     let pid = h.helper_pid();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert!(HELPER_COMMS[1..].contains(&comm.trim()), "pasta runs as {comm}");
+    // Given the netns where Debian's AppArmor profile lets it open one, and the same namespace.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let given = &args[args.iter().position(|a| a == "--netns").unwrap() + 1];
+    assert!(given.starts_with(&format!("{}/netns/cni-rootless-", h.xdg.display())), "{args:?}");
+    let ino = |p: &str| h.runtime_sh(&format!("stat -L -c %i {p}")).unwrap();
+    assert_eq!(ino(given), ino(&h.rootless_netns()));
+    assert!(!args.iter().any(|a| a.starts_with(&h.xdg.display().to_string()) && a.ends_with(".pid")), "{args:?}");
     let slirp_list = h.with_wrapper(|w| w["helper"] = json!(SLIRP));
     let c2 = h.container("c2").unwrap().with_port(18098, 80);
     let err = h.add_list(&slirp_list, &c2, &[]).unwrap_err().to_string();

@@ -87,6 +87,9 @@ pub struct Paths {
     pub pasta_log: PathBuf,
     /// The generated resolv.conf.
     pub resolv: PathBuf,
+    /// A second mount of the netns under `$XDG_RUNTIME_DIR/netns/`, the only place Debian's
+    /// AppArmor profile lets pasta open a namespace; named after the state directory.
+    pub netns_alias: Option<PathBuf>,
 }
 
 /// The names the wrapper makes in a state directory; teardown removes these and nothing else
@@ -117,16 +120,36 @@ impl Paths {
             log: dir.join("slirp.log"),
             pasta_log: dir.join("pasta.log"),
             resolv: dir.join("resolv.conf"),
+            netns_alias: None,
         }
     }
 
-    fn helper_paths(&self, kind: HelperKind, netns: &Path) -> slirp::HelperPaths {
+    /// The netns path `kind` is given: pasta's is the alias when there is one.
+    pub fn helper_netns(&self, kind: HelperKind) -> &Path {
+        match (kind, &self.netns_alias) {
+            (HelperKind::Pasta, Some(alias)) => alias,
+            _ => &self.netns,
+        }
+    }
+
+    fn helper_paths(&self, kind: HelperKind) -> slirp::HelperPaths {
         let log = match kind {
             HelperKind::Slirp4netns => self.log.clone(),
             HelperKind::Pasta => self.pasta_log.clone(),
         };
-        slirp::HelperPaths { netns: netns.to_path_buf(), api_socket: self.api_socket.clone(), log }
+        slirp::HelperPaths { netns: self.helper_netns(kind).to_path_buf(), api_socket: self.api_socket.clone(), log }
     }
+}
+
+/// The name of the netns alias of `state_dir` in `$XDG_RUNTIME_DIR/netns/`: a prefix and a
+/// 64-bit FNV-1a hash of the path, so one user's state directories never share one.
+pub fn alias_name(state_dir: &Path) -> String {
+    let hash = state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("cni-rootless-{hash:016x}")
 }
 
 fn internal(msg: impl std::fmt::Display) -> CniError {
@@ -181,6 +204,9 @@ impl<'a> Session<'a> {
         let mut paths = Paths::new(&dir);
         // Beside the name the configuration gives, even when that name is a link.
         paths.lock = Paths::new(&conf.state_dir).lock;
+        paths.netns_alias = getenv("XDG_RUNTIME_DIR")
+            .filter(|x| x.starts_with('/'))
+            .map(|x| Path::new(&x).join("netns").join(alias_name(&conf.state_dir)));
         Ok(Session { conf, args, paths, _lock: lock })
     }
 
@@ -189,7 +215,7 @@ impl<'a> Session<'a> {
         slirp::Expect::new(
             kind,
             slirp::find_helper(self.binary_of(kind)).as_deref(),
-            &self.paths.netns,
+            self.paths.helper_netns(kind),
             &self.paths.api_socket,
         )
     }
@@ -385,6 +411,9 @@ impl<'a> Session<'a> {
                 errors.extend(slirp::stop(&stray, &expect).err());
             }
         }
+        if let Some(alias) = &self.paths.netns_alias {
+            errors.extend(host::remove_netns(alias).err());
+        }
         errors.extend(host::remove_netns(&self.paths.netns).err());
         errors.extend(host::remove_state_dir(&self.paths.dir, &LAYOUT).err());
         log::debug!("tore down the rootless netns in {}", self.paths.dir.display());
@@ -407,8 +436,11 @@ impl<'a> Session<'a> {
         for stray in host::helpers_serving(&expect) {
             let _ = slirp::stop(&stray, &expect);
         }
+        if let (HelperKind::Pasta, Some(alias)) = (kind, &self.paths.netns_alias) {
+            self.make_alias(&st.netns, alias)?;
+        }
         let started = Instant::now();
-        let paths = self.paths.helper_paths(kind, &st.netns);
+        let paths = self.paths.helper_paths(kind);
         let helper = self.with_tap_defaults(st, || match kind {
             HelperKind::Slirp4netns => slirp::start(&binary, &st.params, &paths),
             HelperKind::Pasta => pasta::start(&binary, &st.params, &self.conf.net, &paths, &expect),
@@ -442,6 +474,15 @@ impl<'a> Session<'a> {
             }
         }
         self.save(st)
+    }
+
+    /// Mounts the netns on `alias` too, in a directory checked as the state directory is.
+    fn make_alias(&self, netns: &Path, alias: &Path) -> Result<(), CniError> {
+        let unsafe_dir = |e: String| internal(format!("rootless-wrapper: unsafe netns directory: {e}"));
+        if let Some(dir) = alias.parent() {
+            trust::secure_dir(dir, true).map_err(unsafe_dir)?;
+        }
+        host::alias_netns(netns, alias).map_err(|e| internal(format!("netns for pasta: {e}")))
     }
 
     /// Runs `work` (the helper's start) with the IPv6 defaults a new tap needs, then restores
@@ -1060,6 +1101,19 @@ mod tests {
         for inside in [&p.state, &p.netns, &p.api_socket, &p.log, &p.resolv] {
             assert!(inside.starts_with(&p.dir));
         }
+    }
+
+    #[test]
+    fn netns_aliases_are_named_after_the_state_directory() {
+        let a = alias_name(Path::new("/run/user/1000/cni-rootless"));
+        assert!(a.starts_with("cni-rootless-") && a.len() == "cni-rootless-".len() + 16, "{a}");
+        assert_eq!(a, alias_name(Path::new("/run/user/1000/cni-rootless")));
+        assert_ne!(a, alias_name(Path::new("/run/user/1000/cni-rootless2")));
+        let mut p = Paths::new(Path::new("/s"));
+        assert_eq!(p.helper_netns(HelperKind::Pasta), Path::new("/s/netns"));
+        p.netns_alias = Some(PathBuf::from("/run/user/1000/netns/x"));
+        assert_eq!(p.helper_netns(HelperKind::Pasta), Path::new("/run/user/1000/netns/x"));
+        assert_eq!(p.helper_netns(HelperKind::Slirp4netns), Path::new("/s/netns"));
     }
 
     #[test]
