@@ -1533,6 +1533,79 @@ fn pasta_refuses_published_ports_and_reports_failures() {
     h.assert_clean();
 }
 
+/// pasta, recognised by what it is, not by what the record says: an impostor named pasta whose
+/// command line names the same netns is never signalled while the real pasta is found and
+/// stopped; a stopped pasta (SIGSTOP) gives CHECK a clean error at once, blocks no DEL, and the
+/// last DEL stops it all the same.
+#[test]
+fn pasta_impostors_are_spared_and_a_stopped_pasta_blocks_nobody() {
+    let h = setup!(wrapper_with(PASTA, json!({})));
+    let c1 = h.container("c1").unwrap();
+    h.add(&c1).unwrap();
+    let real = h.helper_pid();
+    let cmdline = std::fs::read(format!("/proc/{real}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let alias = args[args.iter().position(|a| a == "--netns").unwrap() + 1].clone();
+    let fake_bin = h.extra_run.join("impostor");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    std::os::unix::fs::symlink("/bin/bash", fake_bin.join("pasta")).unwrap();
+    let exe = fake_bin.join("pasta").display().to_string();
+    let mut impostor = h
+        .user_cmd(&[&exe, "-c", "read -t 3600 x", "pasta", "--config-net", "--netns", &alias], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ipid = impostor.id();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut st = h.state().unwrap();
+    st["helper"]["pid"] = json!(ipid);
+    st["helper"]["startTime"] = json!(start_time(ipid));
+    st["helper"]["comm"] = json!("pasta");
+    std::fs::write(h.state_dir().join("state.json"), serde_json::to_vec(&st).unwrap()).unwrap();
+    h.del(&c1).unwrap();
+    assert!(is_running(ipid), "the impostor was signalled");
+    assert!(!is_running(real), "the real pasta, verified, was stopped");
+    h.assert_clean_except(&[ipid]);
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+
+    let (c2, c3) = (h.container("c2").unwrap(), h.container("c3").unwrap());
+    h.add(&c2).unwrap();
+    h.add(&c3).unwrap();
+    let pid = h.helper_pid();
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    let stopped = || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().contains(" T ")
+        {
+            assert!(Instant::now() < deadline, "pasta {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
+    let quick = Duration::from_secs(10);
+    let (check, t) = timed(|| h.check(&c2).unwrap());
+    let (_, msg, _) = check.error().unwrap();
+    assert!(msg.contains("stopped") && msg.contains(&pid.to_string()), "{msg}");
+    assert!(t < quick, "CHECK took {t:?}");
+    let (del, t) = timed(|| h.del(&c2));
+    del.unwrap();
+    assert!(t < quick, "DEL took {t:?}");
+    assert!(is_running(pid), "a stopped pasta serving others is left to its owner");
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let check = h.check(&c3).unwrap();
+    assert!(check.ok(), "{}{}", check.stdout, check.stderr);
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
+    let (del, t) = timed(|| h.del(&c3));
+    del.unwrap();
+    assert!(t < quick, "{t:?}");
+    h.assert_clean();
+}
+
 /// Every example configuration with the wrapper, run rootless: ADD, traffic, CHECK, DEL.
 #[test]
 fn example_conflists_run_rootless() {
