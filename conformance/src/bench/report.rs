@@ -304,14 +304,12 @@ impl Report {
         push(format!("last DEL (stops the helper), median of {nl}"), Unit::Ms, median(&t.last_del));
         push("container eth0 MTU".into(), Unit::Count, t.mtu);
         push(format!("TCP container → host loopback, median of {nr} × {mib} MiB"), Unit::Gbps, median(&t.gbit));
-        if t.ports {
-            let ni = t.gbit_in.len();
-            push(
-                format!("TCP host loopback → published port → container, median of {ni} × {mib} MiB"),
-                Unit::Gbps,
-                median(&t.gbit_in),
-            );
-        }
+        let ni = t.gbit_in.len();
+        push(
+            format!("TCP host loopback → published port → container, median of {ni} × {mib} MiB"),
+            Unit::Gbps,
+            median(&t.gbit_in),
+        );
         push("errors".into(), Unit::Count, Some(t.errors as f64));
         push("leftovers after DEL".into(), Unit::Count, Some(t.leftovers.len() as f64));
         self.problems += t.errors + t.leftovers.len();

@@ -41,7 +41,8 @@ const NAME: &str = "benchrootless";
 const HOST_LOOPBACK: &str = "10.0.2.2";
 /// First port of the throughput sinks on the fake host's loopback.
 const SINK_PORT: u16 = 39100;
-/// The host port published for the inbound runs (slirp4netns only: pasta refuses ports).
+/// The host port published for the inbound runs (slirp4netns' add_hostfwd for IPv4; with
+/// pasta the wrapper's forwarder).
 const PUBLISHED_PORT: u16 = 39200;
 /// The container port behind it.
 const CONTAINER_PORT: u16 = 5001;
@@ -74,11 +75,8 @@ pub struct RootlessTimes {
     pub last_del: Vec<f64>,
     /// Container → fake host loopback, Gbit/s per run.
     pub gbit: Vec<f64>,
-    /// Fake host loopback → published port → container, Gbit/s per run (empty when the helper
-    /// cannot publish ports).
+    /// Fake host loopback → published port → container, Gbit/s per run.
     pub gbit_in: Vec<f64>,
-    /// Whether the helper publishes ports (the inbound runs apply).
-    pub ports: bool,
     /// The MTU of a container's `eth0`.
     pub mtu: Option<f64>,
     /// Failed operations.
@@ -525,18 +523,16 @@ pub fn unavailable(suite: &Suite, helper: &str) -> Option<String> {
 
 /// The scenario: `cycles` create/teardown cycles of one container (first ADD, last DEL); then
 /// `containers` more ADDs with the shared netns up, the MTU of `eth0`, `runs` throughput runs
-/// from the first container to the fake host's loopback and (when `helper` publishes ports)
-/// from the fake host's loopback through a published port to it, DELs of the others, the last
-/// DEL; after every teardown a look for anything left.
+/// from the first container to the fake host's loopback and from the fake host's loopback
+/// through a published port to it, DELs of the others, the last DEL; after every teardown a
+/// look for anything left.
 pub fn rootless(suite: &Suite, c: RootlessCounts, helper: &str) -> Result<RootlessTimes> {
     let m = machine(suite, helper).map_err(anyhow::Error::msg)?;
     let mut w = World::new(m, suite, helper)?;
-    let mut t = RootlessTimes { ports: helper == "slirp4netns", ..Default::default() };
+    let mut t = RootlessTimes::default();
     let mut c0 = w.container("c0")?;
-    if t.ports {
-        let pm = json!([{"hostPort": PUBLISHED_PORT, "containerPort": CONTAINER_PORT, "protocol": "tcp"}]);
-        c0.caps.insert("portMappings".into(), pm);
-    }
+    let pm = json!([{"hostPort": PUBLISHED_PORT, "containerPort": CONTAINER_PORT, "protocol": "tcp"}]);
+    c0.caps.insert("portMappings".into(), pm);
     let teardown_check = |w: &World, t: &mut RootlessTimes, when: &str| {
         for l in w.left_after_teardown() {
             t.leftovers.push(format!("{when}: {l}"));
@@ -576,11 +572,9 @@ pub fn rootless(suite: &Suite, c: RootlessCounts, helper: &str) -> Result<Rootle
             Ok(g) => t.gbit.push(g),
             Err(e) => t.fail(&format!("throughput run {r}"), &e),
         }
-        if t.ports {
-            match w.throughput_in(&c0, c.mib) {
-                Ok(g) => t.gbit_in.push(g),
-                Err(e) => t.fail(&format!("inbound throughput run {r}"), &e),
-            }
+        match w.throughput_in(&c0, c.mib) {
+            Ok(g) => t.gbit_in.push(g),
+            Err(e) => t.fail(&format!("inbound throughput run {r}"), &e),
         }
     }
     for ctr in &others {

@@ -639,9 +639,10 @@ fn rootless(setup: &Setup, report: &mut Report, c: RootlessCounts) -> Result<()>
         }
         eprintln!("== {scenario}");
         let inbound = if helper == "slirp4netns" {
-            "host → container through a published port from the fake host's loopback"
+            "host → container through a published port from the fake host's loopback (slirp4netns' add_hostfwd)"
         } else {
-            "no inbound figure: published ports are refused with pasta"
+            "host → container through a published port from the fake host's loopback (the wrapper's forwarder: \
+             pasta has no port API)"
         };
         note(
             &mut report.notes,

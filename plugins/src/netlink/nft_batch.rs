@@ -175,10 +175,28 @@ pub enum Expr {
         /// `NFTA_FIB_F_*`.
         flags: u32,
     },
+    /// `socket <key> => reg <dreg>`: a property of the local socket the packet belongs to.
+    Socket {
+        /// `NFT_SOCKET_*`.
+        key: u32,
+        /// Destination register.
+        dreg: u32,
+    },
+    /// `meta set <key> with reg <sreg>`.
+    MetaSet {
+        /// `NFT_META_*`.
+        key: u32,
+        /// Source register.
+        sreg: u32,
+    },
     /// An expression this model does not decode, by name (read back only).
     Other(String),
 }
 
+/// `NFT_META_MARK`.
+const NFT_META_MARK: u32 = 3;
+/// `NFT_SOCKET_TRANSPARENT`.
+const NFT_SOCKET_TRANSPARENT: u32 = 0;
 /// `NFT_META_NFPROTO`.
 const NFT_META_NFPROTO: u32 = 15;
 /// `NFT_META_L4PROTO`.
@@ -248,6 +266,17 @@ impl Expr {
         ]
     }
 
+    /// `socket transparent 1 meta mark set <mark>`: marks packets that belong to a local socket
+    /// with `IP_TRANSPARENT`/`IPV6_TRANSPARENT` (a transparent proxy's replies).
+    pub fn mark_transparent_socket(mark: u32) -> Vec<Expr> {
+        vec![
+            Expr::Socket { key: NFT_SOCKET_TRANSPARENT, dreg: REG1 },
+            Expr::Cmp { sreg: REG1, op: CmpOp::Eq, data: vec![1] },
+            Expr::Load { dreg: REG1, data: mark.to_ne_bytes().to_vec() },
+            Expr::MetaSet { key: NFT_META_MARK, sreg: REG1 },
+        ]
+    }
+
     /// `ip[6] saddr|daddr <op> <net>` as nft encodes it: a byte-aligned prefix loads only its bytes,
     /// any other prefix loads the whole address and masks it; a full-length one is compared whole.
     pub fn addr_match(field: AddrField, op: CmpOp, net: &IpNetwork) -> Vec<Expr> {
@@ -293,6 +322,8 @@ impl Expr {
             Expr::Load { .. } => "immediate",
             Expr::Dnat { .. } => "nat",
             Expr::Fib { .. } => "fib",
+            Expr::Socket { .. } => "socket",
+            Expr::MetaSet { .. } => "meta",
             Expr::Other(name) => name.as_str(),
         };
         out.put_str(NFTA_EXPR_NAME, name);
@@ -347,6 +378,14 @@ impl Expr {
                 data.put_u32(2, *result);
                 data.put_u32(3, *flags);
             }
+            Expr::Socket { key, dreg } => {
+                data.put_u32(1, *key);
+                data.put_u32(2, *dreg);
+            }
+            Expr::MetaSet { key, sreg } => {
+                data.put_u32(2, *key);
+                data.put_u32(3, *sreg);
+            }
             Expr::Masquerade | Expr::Other(_) => {}
         }
         if !data.0.is_empty() {
@@ -382,7 +421,9 @@ impl Expr {
         };
         let other = || Expr::Other(String::from_utf8_lossy(name).into_owned());
         let decoded = match name {
+            b"meta" if u32s[3].is_some() => (|| Some(Expr::MetaSet { key: u32s[2]?, sreg: u32s[3]? }))(),
             b"meta" => (|| Some(Expr::Meta { key: u32s[2]?, dreg: u32s[1]? }))(),
+            b"socket" => (|| Some(Expr::Socket { key: u32s[1]?, dreg: u32s[2]? }))(),
             b"payload" => (|| {
                 let base = match u32s[2]? {
                     1 => PayloadBase::Network,
@@ -756,6 +797,7 @@ mod tests {
         exprs.extend(Expr::dport(6, 8080));
         exprs.extend(Expr::dnat_to("fd00::5".parse().unwrap(), 80));
         exprs.extend(Expr::fib_daddr_local());
+        exprs.extend(Expr::mark_transparent_socket(0x2a));
         let mut list = Attrs::default();
         for e in &exprs {
             list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));

@@ -47,8 +47,7 @@ pub enum HelperKind {
     /// slirp4netns: the default, with its API for published ports.
     #[default]
     Slirp4netns,
-    /// pasta: no run-time port API, so published ports are refused until another forwarder
-    /// carries them.
+    /// pasta: no run-time port API, so the wrapper's forwarder carries every published port.
     Pasta,
 }
 

@@ -350,65 +350,89 @@ pub fn unprivileged_port_start() -> u16 {
     crate::sysctl::read("net.ipv4.ip_unprivileged_port_start").ok().and_then(|v| v.parse().ok()).unwrap_or(1024)
 }
 
-/// The forwards a list of port mappings asks for; refuses what slirp4netns cannot forward.
-pub fn forwards_for(mappings: &[PortMapping]) -> Result<Vec<Forward>, String> {
+/// The forwards a list of port mappings asks for; refuses what cannot be forwarded. IPv6 host
+/// addresses go through the forwarder and only with `enable_ipv6` (an empty `hostIP` means
+/// both families then, IPv4 alone otherwise); IPv4 ones through the forwarder when
+/// `carry_ipv4`, else through the helper's own forwarding.
+pub fn forwards_for(mappings: &[PortMapping], enable_ipv6: bool, carry_ipv4: bool) -> Result<Vec<Forward>, String> {
     let mut out: Vec<(Forward, i64)> = Vec::new();
     for m in mappings {
         let proto = if m.protocol.is_empty() { "tcp".to_string() } else { m.protocol.to_ascii_lowercase() };
         if proto != "tcp" && proto != "udp" {
-            return Err(format!("host port {}/{proto}: slirp4netns forwards only tcp and udp", m.host_port));
+            return Err(format!("host port {}/{proto}: only tcp and udp ports can be published", m.host_port));
         }
         let port = u16::try_from(m.host_port)
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("invalid hostPort {} (1..65535)", m.host_port))?;
-        let host_addr = match m.host_ip.as_str() {
-            "" => Ipv4Addr::UNSPECIFIED.to_string(),
+        let container_port = u16::try_from(m.container_port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("host port {port}/{proto}: invalid containerPort {}", m.container_port))?;
+        let any4 = Ipv4Addr::UNSPECIFIED.to_string();
+        let any6 = std::net::Ipv6Addr::UNSPECIFIED.to_string();
+        let addrs: Vec<String> = match m.host_ip.as_str() {
+            "" if enable_ipv6 => vec![any4, any6],
+            "" => vec![any4],
             ip => match ip.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
-                Ok(std::net::IpAddr::V6(_)) => {
+                Ok(std::net::IpAddr::V4(v4)) => vec![v4.to_string()],
+                Ok(std::net::IpAddr::V6(_)) if !enable_ipv6 => {
                     return Err(format!(
-                        "host port {port}/{proto}: hostIP {ip} is IPv6, and slirp4netns forwards only IPv4 \
-                         host addresses"
+                        "host port {port}/{proto}: hostIP {ip} is IPv6, which needs \"enableIPv6\": true in the \
+                         rootless-wrapper configuration"
                     ))
                 }
+                Ok(std::net::IpAddr::V6(v6)) => vec![v6.to_string()],
                 Err(_) => return Err(format!("host port {port}/{proto}: invalid hostIP {ip:?}")),
             },
         };
-        let fwd = Forward { id: None, proto, host_addr, host_port: port, guest_port: port };
-        let mut duplicate = false;
-        for (f, cport) in out.iter().filter(|(f, _)| f.proto == fwd.proto && f.host_port == fwd.host_port) {
-            if *cport != m.container_port {
-                // Inside the rootless netns the host address is gone, so one port can lead to
-                // only one container port.
-                return Err(format!(
-                    "host port {port}/{} is mapped to two container ports; inside the rootless netns one host \
-                     port can lead to only one container port",
-                    fwd.proto
-                ));
+        for host_addr in addrs {
+            let forwarder = carry_ipv4 || host_addr.contains(':');
+            let fwd = Forward {
+                id: None,
+                proto: proto.clone(),
+                host_addr,
+                host_port: port,
+                guest_port: port,
+                container_port,
+                forwarder,
+            };
+            let mut duplicate = false;
+            for (f, cport) in out.iter().filter(|(f, _)| f.proto == fwd.proto && f.host_port == fwd.host_port) {
+                if *cport != m.container_port {
+                    // Inside the rootless netns the host address is gone, so one port can lead to
+                    // only one container port.
+                    return Err(format!(
+                        "host port {port}/{} is mapped to two container ports; inside the rootless netns one host \
+                         port can lead to only one container port",
+                        fwd.proto
+                    ));
+                }
+                if f.host_addr == fwd.host_addr {
+                    duplicate = true;
+                } else if clashes(f, &fwd) {
+                    return Err(format!(
+                        "host port {port}/{} is mapped on {} and on {}, which overlap",
+                        fwd.proto, f.host_addr, fwd.host_addr
+                    ));
+                }
             }
-            if f.host_addr == fwd.host_addr {
-                duplicate = true;
-            } else if clashes(f, &fwd) {
-                return Err(format!(
-                    "host port {port}/{} is mapped on {} and on {}, which overlap",
-                    fwd.proto, f.host_addr, fwd.host_addr
-                ));
+            if !duplicate {
+                out.push((fwd, m.container_port));
             }
-        }
-        if !duplicate {
-            out.push((fwd, m.container_port));
         }
     }
     Ok(out.into_iter().map(|(f, _)| f).collect())
 }
 
-/// Whether two forwards would bind the same host socket.
+/// Whether two forwards would bind the same host socket (IPv6 sockets are IPv6-only).
 pub fn clashes(a: &Forward, b: &Forward) -> bool {
-    let any = Ipv4Addr::UNSPECIFIED.to_string();
+    let parse = |f: &Forward| f.host_addr.parse::<std::net::IpAddr>().ok();
+    let (Some(x), Some(y)) = (parse(a), parse(b)) else { return a.host_addr == b.host_addr };
     a.proto == b.proto
         && a.host_port == b.host_port
-        && (a.host_addr == b.host_addr || a.host_addr == any || b.host_addr == any)
+        && x.is_ipv4() == y.is_ipv4()
+        && (x == y || x.is_unspecified() || y.is_unspecified())
 }
 
 /// Tries to bind the host socket a forward needs, so that a port the user may not bind or that
@@ -420,20 +444,7 @@ pub fn probe_host_port(fwd: &Forward) -> Result<(), String> {
     } else {
         TcpListener::bind((addr, fwd.host_port)).map(drop)
     };
-    let Err(e) = bound else { return Ok(()) };
-    let what = format!("host port {}/{} on {}", fwd.host_port, fwd.proto, fwd.host_addr);
-    Err(match e.kind() {
-        std::io::ErrorKind::PermissionDenied => format!(
-            "{what} cannot be published: ports below {} are privileged here (net.ipv4.ip_unprivileged_port_start); \
-             use a higher hostPort or lower that sysctl",
-            unprivileged_port_start()
-        ),
-        std::io::ErrorKind::AddrInUse => format!("{what} cannot be published: it is already in use"),
-        std::io::ErrorKind::AddrNotAvailable => {
-            format!("{what} cannot be published: {} is not an address of this host", fwd.host_addr)
-        }
-        _ => format!("{what} cannot be published: {e}"),
-    })
+    bound.map_err(|e| super::forwarder::port_error(fwd, &e))
 }
 
 #[cfg(test)]
@@ -456,26 +467,43 @@ mod tests {
 
     #[test]
     fn forwards_from_mappings() {
-        let f =
-            forwards_for(&[pm(8080, 80, "tcp", ""), pm(5353, 53, "UDP", "127.0.0.1"), pm(8080, 80, "", "")]).unwrap();
+        let f = forwards_for(
+            &[pm(8080, 80, "tcp", ""), pm(5353, 53, "UDP", "127.0.0.1"), pm(8080, 80, "", "")],
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(f.len(), 2);
         assert_eq!(
             (f[0].proto.as_str(), f[0].host_addr.as_str(), f[0].host_port, f[0].guest_port),
             ("tcp", "0.0.0.0", 8080, 8080)
         );
         assert_eq!((f[1].proto.as_str(), f[1].host_addr.as_str()), ("udp", "127.0.0.1"));
-        assert!(forwards_for(&[pm(80, 80, "sctp", "")]).unwrap_err().contains("only tcp and udp"));
-        assert!(forwards_for(&[pm(0, 80, "tcp", "")]).unwrap_err().contains("invalid hostPort 0"));
-        assert!(forwards_for(&[pm(70000, 80, "tcp", "")]).is_err());
-        assert!(forwards_for(&[pm(80, 80, "tcp", "::1")]).unwrap_err().contains("IPv6"));
-        assert!(forwards_for(&[pm(80, 80, "tcp", "x")]).unwrap_err().contains("invalid hostIP"));
-        let e = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 81, "tcp", "")]).unwrap_err();
+        assert!(forwards_for(&[pm(80, 80, "sctp", "")], false, false).unwrap_err().contains("only tcp and udp"));
+        assert!(forwards_for(&[pm(0, 80, "tcp", "")], false, false).unwrap_err().contains("invalid hostPort 0"));
+        assert!(forwards_for(&[pm(70000, 80, "tcp", "")], false, false).is_err());
+        assert!(forwards_for(&[pm(80, 80, "tcp", "::1")], false, false).unwrap_err().contains("IPv6"));
+        assert!(forwards_for(&[pm(80, 80, "tcp", "x")], false, false).unwrap_err().contains("invalid hostIP"));
+        let e = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 81, "tcp", "")], false, false).unwrap_err();
         assert!(e.contains("two container ports"), "{e}");
-        let e = forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "")]).unwrap_err();
+        let e = forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "")], false, false).unwrap_err();
         assert!(e.contains("overlap"), "{e}");
-        let two = forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "127.0.0.2")]).unwrap();
+        let two =
+            forwards_for(&[pm(8080, 80, "tcp", "127.0.0.1"), pm(8080, 80, "tcp", "127.0.0.2")], false, false).unwrap();
         assert_eq!(two.len(), 2, "one port on two host addresses, same container port");
-        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", "")]).unwrap().len(), 2);
+        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", "")], false, false).unwrap().len(), 2);
+        // With IPv6: "" is both families, the IPv6 side carried by the forwarder to the container port.
+        let both = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "udp", "2001:db8::1")], true, false).unwrap();
+        let got: Vec<(&str, bool, u16)> =
+            both.iter().map(|f| (f.host_addr.as_str(), f.forwarder, f.container_port)).collect();
+        assert_eq!(got, [("0.0.0.0", false, 80), ("::", true, 80), ("2001:db8::1", true, 81)]);
+        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", "::")], true, false).unwrap().len(), 1);
+        let all = forwards_for(&[pm(8080, 80, "tcp", ""), pm(8081, 81, "udp", "127.0.0.1")], true, true).unwrap();
+        assert!(all.iter().all(|f| f.forwarder), "{all:?}");
+        assert_eq!(all.len(), 3);
+        assert_eq!(forwards_for(&[pm(8080, 80, "tcp", "0.0.0.0")], true, false).unwrap()[0].host_addr, "0.0.0.0");
+        let e = forwards_for(&[pm(8080, 80, "tcp", "::1"), pm(8080, 80, "tcp", "")], true, false).unwrap_err();
+        assert!(e.contains("overlap"), "{e}");
     }
 
     #[test]
@@ -486,20 +514,30 @@ mod tests {
             host_addr: addr.into(),
             host_port: port,
             guest_port: port,
+            ..Default::default()
         };
         assert!(clashes(&f("0.0.0.0", 1, "tcp"), &f("127.0.0.1", 1, "tcp")));
         assert!(clashes(&f("127.0.0.1", 1, "tcp"), &f("127.0.0.1", 1, "tcp")));
         assert!(!clashes(&f("127.0.0.1", 1, "tcp"), &f("127.0.0.2", 1, "tcp")));
         assert!(!clashes(&f("0.0.0.0", 1, "tcp"), &f("0.0.0.0", 1, "udp")));
         assert!(!clashes(&f("0.0.0.0", 1, "tcp"), &f("0.0.0.0", 2, "tcp")));
+        // IPv6 sockets are IPv6-only: "::" and "0.0.0.0" live side by side.
+        assert!(!clashes(&f("0.0.0.0", 1, "tcp"), &f("::", 1, "tcp")));
+        assert!(clashes(&f("::", 1, "tcp"), &f("2001:db8::1", 1, "tcp")));
+        assert!(!clashes(&f("::1", 1, "tcp"), &f("2001:db8::1", 1, "tcp")));
     }
 
     #[test]
     fn port_probe_names_the_port() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let fwd =
-            Forward { id: None, proto: "tcp".into(), host_addr: "127.0.0.1".into(), host_port: port, guest_port: port };
+        let fwd = Forward {
+            proto: "tcp".into(),
+            host_addr: "127.0.0.1".into(),
+            host_port: port,
+            guest_port: port,
+            ..Default::default()
+        };
         let e = probe_host_port(&fwd).unwrap_err();
         assert!(e.contains(&format!("host port {port}/tcp")) && e.contains("already in use"), "{e}");
         drop(taken);

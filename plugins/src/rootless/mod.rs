@@ -1,7 +1,7 @@
 //! `rootless-wrapper`: runs a chain of inner plugins (bridge, host-local, portmap, …) for a
 //! rootless runtime, inside one shared "rootless netns" whose uplink is slirp4netns ([`slirp`],
-//! the default) or pasta ([`pasta`], `helper: "pasta"`; it has no port API, so published ports
-//! are refused with it). Both get the same addresses, so the netns looks the same either way;
+//! the default) or pasta ([`pasta`], `helper: "pasta"`; it has no port API, so the forwarder
+//! carries all its published ports). Both get the same addresses, so the netns looks the same either way;
 //! which one serves a netns is recorded, and a netns keeps its helper until it is recreated.
 //!
 //! The runtime calls the wrapper after joining its pause process's user and mount namespaces,
@@ -39,6 +39,7 @@
 //! default route) runs in a forked child.
 
 pub mod config;
+pub mod forwarder;
 pub mod host;
 pub mod mounts;
 pub mod pasta;
@@ -53,6 +54,7 @@ use cni_types::{CmdArgs, CniError, CniResult, Command, Plugin};
 use config::{lookup, HelperKind, InnerExtras, WrapperConf};
 use serde_json::{Map, Value};
 use state::{Forward, Member, NetParams, State, STATE_VERSION};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -62,8 +64,13 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// How long one inner plugin may run (bridge and portmap take milliseconds; iptables may wait
 /// for its lock a few seconds).
 const INNER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Whether IPv4 ports go through the forwarder too, rather than slirp4netns' `add_hostfwd`.
+const FORWARDER_CARRIES_IPV4: bool = false;
 /// The most of the host's `/etc/resolv.conf` read.
 const MAX_RESOLV_CONF: u64 = 1 << 20;
+
+/// A forward the forwarder will carry, with the host socket bound for it.
+type Bound = (Forward, OwnedFd);
 
 /// The rootless-wrapper meta-plugin.
 pub struct RootlessWrapper;
@@ -90,11 +97,15 @@ pub struct Paths {
     /// A second mount of the netns under `$XDG_RUNTIME_DIR/netns/`, the only place Debian's
     /// AppArmor profile lets pasta open a namespace; named after the state directory.
     pub netns_alias: Option<PathBuf>,
+    /// The port forwarder's control socket.
+    pub forwarder_socket: PathBuf,
+    /// The port forwarder's output.
+    pub forwarder_log: PathBuf,
 }
 
 /// The names the wrapper makes in a state directory; teardown removes these and nothing else
 /// (`resolv.tmp`: the temporary name earlier versions used).
-pub const LAYOUT: [&str; 11] = [
+pub const LAYOUT: [&str; 13] = [
     "state.json",
     "state.json.tmp",
     "netns",
@@ -106,6 +117,8 @@ pub const LAYOUT: [&str; 11] = [
     "resolv.tmp",
     "run",
     "var",
+    "forwarder.sock",
+    "forwarder.log",
 ];
 
 impl Paths {
@@ -121,6 +134,16 @@ impl Paths {
             pasta_log: dir.join("pasta.log"),
             resolv: dir.join("resolv.conf"),
             netns_alias: None,
+            forwarder_socket: dir.join("forwarder.sock"),
+            forwarder_log: dir.join("forwarder.log"),
+        }
+    }
+
+    fn forwarder_paths(&self) -> forwarder::Paths {
+        forwarder::Paths {
+            netns: self.netns.clone(),
+            control: self.forwarder_socket.clone(),
+            log: self.forwarder_log.clone(),
         }
     }
 
@@ -230,6 +253,143 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// What a forwarder of this state directory must be (see [`forwarder::Expect`]).
+    fn forwarder_expect(&self) -> forwarder::Expect {
+        forwarder::Expect::new(&self.paths.forwarder_paths())
+    }
+
+    /// Whether the recorded forwarder still runs and is verifiably ours.
+    fn forwarder_running(&self, st: &State) -> bool {
+        st.forwarder.as_ref().is_some_and(|f| forwarder::is_ours(f, &self.forwarder_expect()))
+            && self.paths.forwarder_socket.exists()
+    }
+
+    /// Stops the recorded forwarder and any unrecorded one serving this directory.
+    fn stop_forwarders(&self, st: Option<&State>) -> Vec<String> {
+        let expect = self.forwarder_expect();
+        let mut errors = Vec::new();
+        if let Some(f) = st.and_then(|s| s.forwarder.as_ref()) {
+            errors.extend(forwarder::stop(f, &expect).err());
+        }
+        for stray in forwarder::serving(&expect) {
+            log::warn!("stopping unrecorded forwarder pid {} serving {}", stray.pid, self.paths.netns.display());
+            errors.extend(forwarder::stop(&stray, &expect).err());
+        }
+        errors
+    }
+
+    /// How the forwarder carries `fwd` to the container of `result`; `None` when the container
+    /// has no address.
+    fn port_spec(&self, st: &State, fwd: &Forward, result: &Value) -> Option<forwarder::PortSpec> {
+        let targets = forwarder::targets_from_result(result, fwd.container_port);
+        let gateway = config::SlirpNet::derive(&st.params.cidr).map(|n| n.gateway).unwrap_or(self.conf.net.gateway);
+        (!targets.is_empty()).then(|| forwarder::PortSpec {
+            id: fwd.id.unwrap_or_default(),
+            proto: fwd.proto.clone(),
+            targets,
+            map4: Some(gateway),
+            map6: Some(host::GATEWAY6),
+        })
+    }
+
+    /// Starts the forwarder when a recorded port needs it and it is not running, with every
+    /// recorded port bound again (this must run in the host's netns). A port that cannot be
+    /// restored is logged and stays recorded.
+    fn ensure_forwarder(&self, st: &mut State) -> Result<(), CniError> {
+        let needed = st.forwards().any(|(_, f)| f.forwarder);
+        if self.forwarder_running(st) {
+            self.reconcile_forwarder(st);
+            return Ok(());
+        }
+        if !needed {
+            return Ok(());
+        }
+        if st.forwarder.is_some() {
+            log::warn!("the port forwarder for {} is not running; restarting it", st.netns.display());
+        }
+        for problem in self.stop_forwarders(Some(st)) {
+            log::warn!("{problem}");
+        }
+        st.forwarder = None;
+        let started = forwarder::start(&self.paths.forwarder_paths())
+            .map_err(|e| internal(format!("start the port forwarder: {e}")))?;
+        st.forwarder = Some(started);
+        for member in &st.members {
+            let Some(result) = member.result.as_ref() else { continue };
+            for fwd in member.forwards.iter().filter(|f| f.forwarder) {
+                let restored = self
+                    .port_spec(st, fwd, result)
+                    .ok_or_else(|| "the container has no address".to_string())
+                    .and_then(|spec| {
+                        let socket = forwarder::bind_host_port(fwd)?;
+                        forwarder::add(&self.paths.forwarder_socket, &spec, socket.as_fd())
+                    });
+                if let Err(e) = restored {
+                    log::warn!(
+                        "could not restore host port {}/{} on {} of container {}: {e}",
+                        fwd.host_port,
+                        fwd.proto,
+                        fwd.host_addr,
+                        member.container_id
+                    );
+                }
+            }
+        }
+        self.save(st)
+    }
+
+    /// Closes the ports a running forwarder carries that no attachment records any more (a DEL
+    /// that could not reach it, a crash between two steps). A stopped forwarder is left alone:
+    /// it cannot answer, and the next call tries again.
+    fn reconcile_forwarder(&self, st: &State) {
+        let Some(fwd) = st.forwarder.as_ref() else { return };
+        if let Some(why) = forwarder::unresponsive(fwd) {
+            log::warn!("{why}; its ports are checked by a later call");
+            return;
+        }
+        let active = match forwarder::list(&self.paths.forwarder_socket) {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::warn!("port forwarder: {e}");
+                return;
+            }
+        };
+        let recorded: Vec<i64> = st.forwards().filter(|(_, f)| f.forwarder).filter_map(|(_, f)| f.id).collect();
+        for id in active.into_iter().filter(|id| !recorded.contains(id)) {
+            match forwarder::remove(&self.paths.forwarder_socket, id) {
+                Ok(()) => log::info!("closed port {id} of the forwarder, which nobody records any more"),
+                Err(e) => log::warn!("close port {id} of the forwarder: {e}"),
+            }
+        }
+    }
+
+    /// Hands the host sockets bound for one attachment to the forwarder, now that the inner
+    /// chain gave the container its addresses; on failure the ones handed over are removed.
+    fn publish(&self, st: &State, bound: &[Bound], result: &Value) -> Result<(), CniError> {
+        let mut done: Vec<i64> = Vec::new();
+        for (fwd, socket) in bound {
+            let sent = self
+                .port_spec(st, fwd, result)
+                .ok_or_else(|| {
+                    format!(
+                        "host port {}/{} on {} cannot be forwarded: the container got no address",
+                        fwd.host_port, fwd.proto, fwd.host_addr
+                    )
+                })
+                .and_then(|spec| forwarder::add(&self.paths.forwarder_socket, &spec, socket.as_fd()));
+            match sent {
+                Ok(()) => done.extend(fwd.id),
+                Err(e) => {
+                    for id in done {
+                        let _ = forwarder::remove(&self.paths.forwarder_socket, id);
+                    }
+                    return Err(internal(format!("port forwarder: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Why a record cannot have been written by this wrapper for this directory, if it cannot:
     /// every path in it is fixed by the layout.
     fn foreign(&self, st: &State) -> Option<String> {
@@ -269,12 +429,18 @@ impl<'a> Session<'a> {
     }
 
     /// After members left: tear everything down when none remain, else record who is left.
-    fn settle(&self, st: &State) -> Vec<CniError> {
+    fn settle(&self, st: &mut State) -> Vec<CniError> {
         if st.members.is_empty() {
-            self.teardown(Some(st)).into_iter().map(internal).collect()
-        } else {
-            self.save(st).err().into_iter().collect()
+            return self.teardown(Some(st)).into_iter().map(internal).collect();
         }
+        if st.forwarder.is_some() && !st.forwards().any(|(_, f)| f.forwarder) {
+            // Nothing left to carry: it would only sit there.
+            for problem in self.stop_forwarders(Some(st)) {
+                log::warn!("{problem}");
+            }
+            st.forwarder = None;
+        }
+        self.save(st).err().into_iter().collect()
     }
 
     fn save(&self, st: &State) -> Result<(), CniError> {
@@ -414,6 +580,7 @@ impl<'a> Session<'a> {
         if let Some(alias) = &self.paths.netns_alias {
             errors.extend(host::remove_netns(alias).err());
         }
+        errors.extend(self.stop_forwarders(st));
         errors.extend(host::remove_netns(&self.paths.netns).err());
         errors.extend(host::remove_state_dir(&self.paths.dir, &LAYOUT).err());
         log::debug!("tore down the rootless netns in {}", self.paths.dir.display());
@@ -458,7 +625,7 @@ impl<'a> Session<'a> {
         let guest =
             config::SlirpNet::derive(&st.params.cidr).map(|n| n.guest).unwrap_or(self.conf.net.guest).to_string();
         for member in &mut st.members {
-            for fwd in &mut member.forwards {
+            for fwd in member.forwards.iter_mut().filter(|f| !f.forwarder) {
                 fwd.id = match slirp::add_hostfwd(&socket, fwd, &guest) {
                     Ok(id) => Some(id),
                     Err(e) => {
@@ -523,6 +690,7 @@ impl<'a> Session<'a> {
             helper: None,
             members: Vec::new(),
             stale_forwards: Vec::new(),
+            forwarder: None,
         };
         let made = self.prepare_dir().and_then(|_| host::create_netns(&st.netns).map_err(internal));
         let made = made.and_then(|_| self.save(&st)).and_then(|_| self.start_helper(&mut st));
@@ -571,8 +739,10 @@ impl<'a> Session<'a> {
                 if !self.helper_running(&s) {
                     log::warn!("{} for {} is not running; restarting it", s.params.helper.name(), s.netns.display());
                     self.start_helper(&mut s)?;
+                    self.ensure_forwarder(&mut s)?;
                     return Ok(Some(s));
                 }
+                self.ensure_forwarder(&mut s)?;
                 if s.params.enable_ipv6 {
                     // Put back if someone removed it (a route already there is fine).
                     if let Err(e) = host::ipv6_uplink_in(&s.netns, slirp::TAP, host::GATEWAY6) {
@@ -611,13 +781,14 @@ impl<'a> Session<'a> {
         self.save(st)
     }
 
-    /// Adds the forwards `mappings` need; on any failure the ones already added are removed.
-    fn add_forwards(&self, st: &State) -> Result<Vec<Forward>, CniError> {
-        let wanted = host::forwards_for(&self.conf.port_mappings).map_err(CniError::invalid_config)?;
-        if !wanted.is_empty() && st.params.helper == HelperKind::Pasta {
-            // The rootless netns already runs pasta although this configuration names another.
-            return Err(CniError::invalid_config(pasta_ports_refused(&st.netns)));
-        }
+    /// Adds the forwards `mappings` need: the helper's at once, the forwarder's as host sockets
+    /// bound here (handed over once the container has its addresses). On any failure the ones
+    /// already added are removed and the sockets closed. pasta has no port API: with it the
+    /// forwarder carries both families.
+    fn add_forwards(&self, st: &State) -> Result<(Vec<Forward>, Vec<Bound>), CniError> {
+        let carry_ipv4 = FORWARDER_CARRIES_IPV4 || st.params.helper == HelperKind::Pasta;
+        let wanted = host::forwards_for(&self.conf.port_mappings, self.conf.enable_ipv6, carry_ipv4)
+            .map_err(CniError::invalid_config)?;
         for fwd in &wanted {
             if let Some((m, _)) = st.forwards().find(|(_, f)| host::clashes(f, fwd)) {
                 return Err(internal(format!(
@@ -633,7 +804,24 @@ impl<'a> Session<'a> {
         let socket = self.paths.api_socket.clone();
         let guest = self.conf.net.guest.to_string();
         let mut added: Vec<Forward> = Vec::new();
+        let mut bound: Vec<Bound> = Vec::new();
+        let mut next_id = st.next_forwarder_id();
         for fwd in wanted {
+            if fwd.forwarder {
+                match forwarder::bind_host_port(&fwd) {
+                    Ok(socket) => {
+                        let fwd = Forward { id: Some(next_id), ..fwd };
+                        next_id += 1;
+                        added.push(fwd.clone());
+                        bound.push((fwd, socket));
+                        continue;
+                    }
+                    Err(e) => {
+                        remove_forwards_logged(self, st, &added);
+                        return Err(internal(e));
+                    }
+                }
+            }
             let result = host::probe_host_port(&fwd).and_then(|_| {
                 slirp::add_hostfwd(&socket, &fwd, &guest).map_err(|e| {
                     format!("slirp4netns could not forward host port {}/{}: {e}", fwd.host_port, fwd.proto)
@@ -647,7 +835,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        Ok(added)
+        Ok((added, bound))
     }
 
     /// Runs `work` inside the shared netns (a fresh empty one when `None`) and the private mount
@@ -791,6 +979,41 @@ fn read_host_resolv_conf() -> String {
 /// Removes forwards from the helper and returns what could not be removed. A helper that is
 /// gone took its forwards with it; one that is stopped cannot answer, and is not waited for.
 fn remove_forwards(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<String> {
+    let (carried, forwards): (Vec<Forward>, Vec<Forward>) = forwards.iter().cloned().partition(|f| f.forwarder);
+    let mut errors = remove_carried(s, st, &carried);
+    errors.extend(remove_helper_forwards(s, st, &forwards));
+    errors
+}
+
+/// Removes ports from the forwarder; one that is gone took them with it.
+fn remove_carried(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<String> {
+    if forwards.is_empty() || !s.forwarder_running(st) {
+        return Vec::new();
+    }
+    if let Some(why) = st.forwarder.as_ref().and_then(forwarder::unresponsive) {
+        let ports: Vec<String> =
+            forwards.iter().map(|f| format!("{}/{} on {}", f.host_port, f.proto, f.host_addr)).collect();
+        return vec![format!(
+            "host port(s) {} stay open until the forwarder runs again (they are closed then): {why}",
+            ports.join(", ")
+        )];
+    }
+    let mut errors = Vec::new();
+    for fwd in forwards {
+        let Some(id) = fwd.id else { continue };
+        if let Err(e) = forwarder::remove(&s.paths.forwarder_socket, id) {
+            errors.push(format!(
+                "remove host port {}/{} on {} from the forwarder: {e}",
+                fwd.host_port, fwd.proto, fwd.host_addr
+            ));
+            break;
+        }
+    }
+    errors
+}
+
+/// Removes forwards from the helper (see [`remove_forwards`]).
+fn remove_helper_forwards(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<String> {
     let expect = s.expect_kind(st.params.helper);
     let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_ours(h, &expect)) else { return Vec::new() };
     let ids: Vec<(i64, &Forward)> = forwards.iter().filter_map(|f| f.id.map(|id| (id, f))).collect();
@@ -847,9 +1070,6 @@ impl Plugin for RootlessWrapper {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let started = Instant::now();
         let conf = WrapperConf::load(args, &getenv)?;
-        if conf.kind == HelperKind::Pasta && !conf.port_mappings.is_empty() {
-            return Err(CniError::invalid_config(pasta_ports_refused(&conf.state_dir.join("netns"))));
-        }
         // Before anything is created: without these rights nothing below can work.
         host::check_privileges().map_err(internal)?;
         let mut s = Session::open(conf, args)?;
@@ -861,7 +1081,7 @@ impl Plugin for RootlessWrapper {
         if let Some(old) = st.take_member(&args.container_id, &args.ifname) {
             remove_forwards_logged(&s, &st, &old.forwards);
         }
-        let forwards = match s.add_forwards(&st) {
+        let (forwards, bound) = match s.add_forwards(&st) {
             Ok(f) => f,
             Err(e) => {
                 finish(&s, &st);
@@ -880,9 +1100,37 @@ impl Plugin for RootlessWrapper {
         });
         // Recorded before the inner plugins run, so a crash in between leaves something GC sees.
         s.save(&st)?;
+        if !bound.is_empty() {
+            // Started (if need be) from the host's netns: it binds the older ports again.
+            if let Err(e) = s.ensure_forwarder(&mut st) {
+                if let Some(m) = st.take_member(&args.container_id, &args.ifname) {
+                    remove_forwards_logged(&s, &st, &m.forwards);
+                }
+                finish(&s, &st);
+                return Err(e);
+            }
+        }
         let host_done = started.elapsed();
         let netns = st.netns.clone();
         let outcome = s.inside(Some(&netns), || s.add_chain()).and_then(|r| r);
+        // The container has its addresses now: the forwarder can carry its ports.
+        let outcome = match outcome {
+            Ok(value) => match s.publish(&st, &bound, &value) {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    let prev = Some(value);
+                    let undo = s.inside(Some(&netns), || {
+                        s.del_chain(args, prev.as_ref(), &s.conf.runtime_config, s.conf.plugins.len())
+                    });
+                    for problem in undo.unwrap_or_else(|e| vec![e]) {
+                        log::warn!("cleanup after failed ADD: {problem}");
+                    }
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        drop(bound);
         match outcome {
             Ok(value) => {
                 let result = CniResult::parse(value.clone(), &s.conf.cni_version)?;
@@ -934,7 +1182,7 @@ impl Plugin for RootlessWrapper {
             stuck = remove_forwards(&s, &st, &m.forwards);
             if !stuck.is_empty() {
                 // Tried again by every later call, once the helper answers.
-                st.stale_forwards.extend(m.forwards.iter().filter(|f| f.id.is_some()).cloned());
+                st.stale_forwards.extend(m.forwards.iter().filter(|f| f.id.is_some() && !f.forwarder).cloned());
             }
         }
         let netns = st.netns.clone();
@@ -949,7 +1197,7 @@ impl Plugin for RootlessWrapper {
         if !st.members.is_empty() {
             errors.extend(stuck.into_iter().map(internal));
         }
-        errors.extend(s.settle(&st));
+        errors.extend(s.settle(&mut st));
         combine(errors)
     }
 
@@ -972,12 +1220,30 @@ impl Plugin for RootlessWrapper {
         if let Some(why) = slirp::unresponsive(helper) {
             return Err(internal(why));
         }
-        if !member.forwards.is_empty() && st.params.helper == HelperKind::Slirp4netns {
+        let carried: Vec<&Forward> = member.forwards.iter().filter(|f| f.forwarder).collect();
+        if !carried.is_empty() {
+            if !s.forwarder_running(&st) {
+                return Err(internal("the port forwarder is not running"));
+            }
+            if let Some(why) = st.forwarder.as_ref().and_then(forwarder::unresponsive) {
+                return Err(internal(why));
+            }
+            let active = forwarder::list(&s.paths.forwarder_socket).map_err(internal)?;
+            for fwd in carried {
+                if !fwd.id.is_some_and(|id| active.contains(&id)) {
+                    return Err(internal(format!(
+                        "host port {}/{} on {} of container {} is not carried by the port forwarder",
+                        fwd.host_port, fwd.proto, fwd.host_addr, args.container_id
+                    )));
+                }
+            }
+        }
+        if member.forwards.iter().any(|f| !f.forwarder) {
             let active = slirp::list_hostfwd(&s.paths.api_socket).map_err(|e| {
                 // It may have been stopped after the check above: say so rather than "no answer".
                 internal(slirp::unresponsive(helper).unwrap_or_else(|| format!("list_hostfwd: {e}")))
             })?;
-            for fwd in &member.forwards {
+            for fwd in member.forwards.iter().filter(|f| !f.forwarder) {
                 if !fwd.id.is_some_and(|id| active.contains(&id)) {
                     return Err(internal(format!(
                         "host port {}/{} of container {} is not forwarded by slirp4netns",
@@ -1035,7 +1301,7 @@ impl Plugin for RootlessWrapper {
             Ok(errs) => errors.extend(errs),
             Err(e) => errors.push(e),
         }
-        errors.extend(s.settle(&st));
+        errors.extend(s.settle(&mut st));
         combine(errors)
     }
 
@@ -1066,16 +1332,6 @@ impl Plugin for RootlessWrapper {
         }
         combine(inner?)
     }
-}
-
-/// Why an ADD with published ports is refused when pasta serves the rootless netns.
-fn pasta_ports_refused(netns: &Path) -> String {
-    format!(
-        "runtimeConfig.portMappings: published ports are not supported with helper \"pasta\" (it has no \
-         run-time port API, and Debian 12's pasta forwards inbound connections incompletely); use helper \
-         \"slirp4netns\" for containers that publish ports (the rootless netns {} runs pasta)",
-        netns.display()
-    )
 }
 
 /// Saves the state, or tears everything down when nobody is attached any more.

@@ -16,7 +16,8 @@
 //!
 //! pasta has no API to add a port at run time, and its own inbound forwarding is broken in ways
 //! that matter for published ports (issue 20), so it is started with every automatic forward
-//! off (`-t none -u none -T none -U none`) and published ports are refused with it.
+//! off (`-t none -u none -T none -U none`), and the wrapper's port forwarder carries published
+//! ports of both families instead.
 
 use super::config::SlirpNet;
 use super::slirp::{self, Expect, HelperPaths};

@@ -138,30 +138,19 @@ impl Expect {
 
     /// Whether process `pid` is a helper serving this state directory.
     pub fn matches(&self, pid: i32) -> bool {
-        if self.binaries.is_empty() || pid <= 0 {
+        if pid <= 0 {
             return false;
         }
-        let proc = PathBuf::from(format!("/proc/{pid}"));
-        if !std::fs::metadata(&proc).is_ok_and(|m| m.uid() == self.uid) {
-            log::debug!("pid {pid} does not run as uid {}", self.uid);
-            return false;
-        }
-        let same_binary = match std::fs::metadata(proc.join("exe")) {
-            Ok(m) => self.binaries.contains(&(m.dev(), m.ino())),
-            // A helper started in an earlier user namespace of this user: the kernel hides the
-            // binary of a process in another user namespace, and there its name stands in for it.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                sibling_userns(pid) && proc_stat(pid).is_some_and(|s| comm_names(self.kind).contains(&s.comm.as_str()))
-            }
-            Err(_) => false,
-        };
-        if !same_binary {
-            log::debug!("pid {pid} does not run the helper binary");
-            return false;
-        }
-        let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else { return false };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        self.matches_args(&args)
+        // The name a process of an earlier user namespace must have (see [`process_args`]).
+        let comm = proc_stat(pid).map(|s| s.comm).unwrap_or_default();
+        let names = comm_names(self.kind);
+        let name = names.iter().copied().find(|n| *n == comm).unwrap_or(names[0]);
+        self.binaries.iter().any(|binary| {
+            process_args(pid, self.uid, *binary, name).is_some_and(|cmdline| {
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                self.matches_args(&args)
+            })
+        })
     }
 }
 
@@ -171,6 +160,33 @@ pub fn comm_names(kind: HelperKind) -> &'static [&'static str] {
         HelperKind::Slirp4netns => &["slirp4netns"],
         HelperKind::Pasta => &["pasta", "passt", "pasta.avx2", "passt.avx2"],
     }
+}
+
+/// The command line (NUL-separated) of process `pid` if it runs the binary `(dev, ino)` as
+/// `uid`. A process started in an earlier user namespace of this user counts when its name is
+/// `comm`: the kernel hides the binary of a process in another user namespace, and there its
+/// name stands in for it.
+pub fn process_args(pid: i32, uid: u32, (dev, ino): (u64, u64), comm: &str) -> Option<Vec<u8>> {
+    if pid <= 0 {
+        return None;
+    }
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    if !std::fs::metadata(&proc).is_ok_and(|m| m.uid() == uid) {
+        log::debug!("pid {pid} does not run as uid {uid}");
+        return None;
+    }
+    let same_binary = match std::fs::metadata(proc.join("exe")) {
+        Ok(m) => (m.dev(), m.ino()) == (dev, ino),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            sibling_userns(pid) && proc_stat(pid).is_some_and(|s| s.comm == comm)
+        }
+        Err(_) => false,
+    };
+    if !same_binary {
+        log::debug!("pid {pid} does not run the expected binary");
+        return None;
+    }
+    std::fs::read(proc.join("cmdline")).ok()
 }
 
 /// `(inside, outside, count)` lines of a `uid_map`.
@@ -194,7 +210,7 @@ pub fn same_mapping(ours: &str, theirs: &str) -> bool {
 
 /// Whether process `pid` lives in a user namespace of this user that maps exactly what ours
 /// maps (the namespace of an earlier pause process), read where no ptrace rights are needed.
-fn sibling_userns(pid: i32) -> bool {
+pub fn sibling_userns(pid: i32) -> bool {
     let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
     same_mapping(&read("/proc/self/uid_map".into()), &read(format!("/proc/{pid}/uid_map")))
         && same_mapping(&read("/proc/self/gid_map".into()), &read(format!("/proc/{pid}/gid_map")))
@@ -223,9 +239,15 @@ pub fn unresponsive(helper: &HelperId) -> Option<String> {
 /// Stops the recorded helper if it is still, verifiably, ours; anything else with its PID is
 /// left alone. Waits for it to exit so the netns is released before it is unmounted.
 pub fn stop(helper: &HelperId, expect: &Expect) -> Result<(), String> {
+    stop_verified(helper, |h| is_ours(h, expect))
+}
+
+/// Stops the recorded process while `is_ours` holds for it (checked again before each
+/// signal), SIGTERM then SIGKILL, and waits for it to exit.
+pub fn stop_verified(helper: &HelperId, is_ours: impl Fn(&HelperId) -> bool) -> Result<(), String> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    if !is_ours(helper, expect) {
+    if !is_ours(helper) {
         log::debug!("helper pid {} is gone or not ours; nothing to stop", helper.pid);
         return Ok(());
     }
@@ -233,7 +255,7 @@ pub fn stop(helper: &HelperId, expect: &Expect) -> Result<(), String> {
     for (signal, wait) in [(Signal::SIGTERM, Duration::from_secs(2)), (Signal::SIGKILL, Duration::from_secs(2))] {
         // Checked again right before each signal, so the PID cannot have been reused in between
         // by anything but another process that passes the same checks.
-        if !is_ours(helper, expect) {
+        if !is_ours(helper) {
             return Ok(());
         }
         match kill(pid, signal) {
@@ -433,15 +455,7 @@ pub fn start(binary: &Path, params: &NetParams, paths: &HelperPaths) -> Result<H
                     nix::libc::umount2(path.as_ptr(), nix::libc::MNT_DETACH);
                 }
             }
-            if child_fd == 3 {
-                let flags = nix::libc::fcntl(3, nix::libc::F_GETFD);
-                if flags < 0 || nix::libc::fcntl(3, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if nix::libc::dup2(child_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            inherit_as_fd3(child_fd)
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("start {}: {e}", binary.display()))?;
@@ -486,6 +500,25 @@ pub fn start(binary: &Path, params: &NetParams, paths: &HelperPaths) -> Result<H
         binary: binary.to_path_buf(),
         api_socket: paths.api_socket.clone(),
     })
+}
+
+/// Makes `fd` descriptor 3 of the program about to be executed (kept across exec). Only
+/// async-signal-safe syscalls, so it may run between fork and exec.
+pub fn inherit_as_fd3(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    use nix::libc;
+    if fd == 3 {
+        // SAFETY: fcntl on a descriptor number takes and returns plain integers.
+        let flags = unsafe { libc::fcntl(3, libc::F_GETFD) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    // SAFETY: dup2 on descriptor numbers takes and returns plain integers (the copy has no
+    // close-on-exec flag).
+    } else if unsafe { libc::dup2(fd, 3) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The nsfs mount points of this mount namespace other than `keep`, for the helper to drop.

@@ -46,6 +46,21 @@ pub struct Forward {
     /// Port on the tap address in the rootless netns (the host port; the inner portmap DNATs it).
     #[serde(rename = "guestPort")]
     pub guest_port: u16,
+    /// The container port (the forwarder connects to it directly).
+    #[serde(rename = "containerPort", skip_serializing_if = "is_zero")]
+    pub container_port: u16,
+    /// Carried by the wrapper's forwarder ([`super::forwarder`]), not by the helper; `id` is
+    /// then the wrapper's own.
+    #[serde(skip_serializing_if = "is_false")]
+    pub forwarder: bool,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// One attachment: a container interface on the inner network.
@@ -108,6 +123,9 @@ pub struct State {
     pub helper: Option<HelperId>,
     /// The attachments, keyed by (container ID, ifname).
     pub members: Vec<Member>,
+    /// The port forwarder, once started (its `apiSocket` is its control socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarder: Option<HelperId>,
     /// Forwards of departed attachments the helper could not remove then (it was stopped);
     /// removed as soon as it answers again, forgotten when it is restarted.
     #[serde(rename = "staleForwards", skip_serializing_if = "Vec::is_empty")]
@@ -125,6 +143,11 @@ impl State {
     pub fn take_member(&mut self, container_id: &str, ifname: &str) -> Option<Member> {
         let i = self.members.iter().position(|m| m.container_id == container_id && m.ifname == ifname)?;
         Some(self.members.remove(i))
+    }
+
+    /// The next ID for a forward the forwarder carries (IDs are never reused within a state).
+    pub fn next_forwarder_id(&self) -> i64 {
+        self.forwards().filter(|(_, f)| f.forwarder).filter_map(|(_, f)| f.id).max().unwrap_or(0) + 1
     }
 
     /// Every forward of every attachment, with the attachment it belongs to.
@@ -209,10 +232,12 @@ mod tests {
                     host_addr: "0.0.0.0".into(),
                     host_port: 8080,
                     guest_port: 8080,
+                    ..Default::default()
                 }],
                 ..Default::default()
             }],
             stale_forwards: Vec::new(),
+            forwarder: None,
         }
     }
 
