@@ -1979,31 +1979,38 @@ fn published_throughput(h: &Harness, ctr: &Ctr, client: &Client, ip: &str, port:
 }
 
 /// Figures for the report, not a test: published-port throughput of slirp4netns (IPv4) beside
-/// the forwarder (IPv6), both keeping the client's address: `cargo test -p conformance --test
-/// rootless -- --ignored --nocapture published_port_figures`.
+/// the forwarder (IPv6; and IPv4 with pasta), each helper in turn, all keeping the client's
+/// address: `cargo test -p conformance --test rootless -- --ignored --nocapture
+/// published_port_figures`.
 #[test]
 #[ignore]
 fn published_port_figures() {
-    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
-        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
-                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
-        {"type": "portmap", "capabilities": {"portMappings": true}}]})));
-    let client = Client::new(&h);
-    let c1 = h.container("c1").unwrap().with_port(18120, 5001);
-    h.add(&c1).unwrap();
-    h.container_server(&c1, 80, "c1").unwrap();
-    for (what, ip) in [("IPv4 through slirp4netns", "192.0.2.1"), ("IPv6 through the forwarder", "2001:db8:2::1")] {
-        for upload in [true, false] {
-            let runs: Vec<String> = (0..3)
-                .map(|_| format!("{:.2}", published_throughput(&h, &c1, &client, ip, 18120, 5001, upload)))
-                .collect();
-            let dir = if upload { "client -> container" } else { "container -> client" };
-            eprintln!("FIGURE published port, {what}, 200 MB {dir}: {} Gbit/s", runs.join(" / "));
+    for helper in [SLIRP, PASTA] {
+        let h = setup!(wrapper_with(
+            helper,
+            json!({"enableIPv6": true, "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}]})
+        ));
+        let client = Client::new(&h);
+        let c1 = h.container("c1").unwrap().with_port(18120, 5001);
+        h.add(&c1).unwrap();
+        h.container_server(&c1, 80, "c1").unwrap();
+        let ipv4 = if helper == SLIRP { "IPv4 through slirp4netns" } else { "IPv4 through the forwarder" };
+        for (what, ip) in [(ipv4, "192.0.2.1"), ("IPv6 through the forwarder", "2001:db8:2::1")] {
+            for upload in [true, false] {
+                let runs: Vec<String> = (0..3)
+                    .map(|_| format!("{:.2}", published_throughput(&h, &c1, &client, ip, 18120, 5001, upload)))
+                    .collect();
+                let dir = if upload { "client -> container" } else { "container -> client" };
+                eprintln!("FIGURE helper {helper}: published port, {what}, 200 MB {dir}: {} Gbit/s", runs.join(" / "));
+            }
         }
+        h.del(&c1).unwrap();
+        h.assert_clean();
     }
-    h.del(&c1).unwrap();
-    h.assert_clean();
 }
 
 /// The start time (`/proc/<pid>/stat` field 22) of a live process.
