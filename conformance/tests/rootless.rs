@@ -1268,9 +1268,15 @@ fn ipv6_published_ports_keep_the_client_address(helper: &str) {
     assert_eq!(client.udp("2001:db8:2::1", 18111).unwrap(), "hello-udp from 2001:db8:2::10");
     assert_eq!(client.tcp("2001:db8:2::1", 18112).unwrap(), "hello-c1 from 2001:db8:2::10");
 
+    // The plugins upgraded while it runs (a new file at the wrapper's path): the new wrapper
+    // still knows the running forwarder as its own, keeps it, and can stop it.
+    let fresh = h.bin.join("rootless-wrapper.new");
+    std::fs::copy(h.bin.join(WRAPPER), &fresh).unwrap();
+    std::fs::rename(&fresh, h.bin.join(WRAPPER)).unwrap();
     // The last port leaves: the forwarder goes, the netns stays for the other container.
     let c3 = h.container("c3").unwrap();
     h.add(&c3).unwrap();
+    assert_eq!(h.forwarder_pid(), Some(again), "kept across the upgrade");
     h.del(&c1).unwrap();
     assert!(client.tcp("2001:db8:2::1", 18110).is_err(), "port closed with its container");
     assert!(h.live_forwarders().is_empty(), "{:?}", h.live_forwarders());
@@ -1281,7 +1287,8 @@ fn ipv6_published_ports_keep_the_client_address(helper: &str) {
 
 /// A stopped forwarder (SIGSTOP): CHECK fails at once naming it, DEL detaches the container
 /// and names the port it could not close, and once the forwarder runs again the next call
-/// closes that port while the other container's keeps working.
+/// closes that port while the other container's keeps working; a GC that drops the last
+/// container with ports closes them and stops the forwarder.
 fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later(helper: &str) {
     let h = setup!(wrapper_with(
         helper,
@@ -1326,7 +1333,15 @@ fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later(helper: &str
     // c1's port is closed (the host can bind it again); c2's still carried.
     h.host_server("::", 18130, "host").unwrap();
     assert_eq!(client.tcp("2001:db8:2::1", 18131).unwrap(), "hello-c2 from 2001:db8:2::10");
-    h.del(&c2).unwrap();
+    // GC that knows no attachment: c2 and its port go, and the forwarder with them.
+    let c3 = h.container("c3").unwrap();
+    h.add(&c3).unwrap();
+    let valid = json!([{"containerID": c3.id, "ifname": "eth0"}]);
+    let gc = h.list_verb("GC", json!({"cni.dev/valid-attachments": valid})).unwrap();
+    assert!(gc.ok(), "GC: {}{}", gc.stdout, gc.stderr);
+    assert!(h.live_forwarders().is_empty(), "{:?}", h.live_forwarders());
+    h.host_server("::", 18131, "host").unwrap();
+    h.del(&c3).unwrap();
     h.assert_clean();
 }
 

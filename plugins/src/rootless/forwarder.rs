@@ -52,7 +52,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,6 +81,15 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(3);
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest control message.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The most TCP connections carried at once (two threads each), over all ports; more wait in
+/// the listen backlog.
+const MAX_CONNECTIONS: usize = 2048;
+/// The most UDP flows of one port at once (one thread and socket each); datagrams of further
+/// clients are dropped until one times out.
+const MAX_FLOWS: usize = 1024;
+/// Connections being carried now.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
 /// The copy buffer of one direction of one TCP connection.
 const COPY_BUFFER: usize = 256 << 10;
 
@@ -217,13 +226,16 @@ pub struct Paths {
 }
 
 /// What a process must be to count as the forwarder of one state directory: it runs this
-/// binary (or, in an earlier user namespace of this user where the binary cannot be looked
-/// at, has its name), as this user, with this directory's netns and control socket on its
+/// binary (or an earlier file at its path, replaced by an upgrade of the plugins while it ran;
+/// or, in an earlier user namespace of this user where the binary cannot be looked at, has its
+/// name), as this user, with this directory's netns and control socket on its
 /// command line. The same rules as for the helper ([`super::slirp::Expect`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expect {
     /// Device and inode of the wrapper binary.
     pub binary: Option<(u64, u64)>,
+    /// Its path.
+    pub path: Option<PathBuf>,
     /// The UID it runs as.
     pub uid: u32,
     /// The netns it serves.
@@ -235,9 +247,11 @@ pub struct Expect {
 impl Expect {
     /// The forwarder of `paths`, running this binary as this user.
     pub fn new(paths: &Paths) -> Expect {
-        let binary = std::env::current_exe().ok().and_then(|b| std::fs::metadata(b).ok()).map(|m| (m.dev(), m.ino()));
+        let path = std::env::current_exe().ok();
+        let binary = path.as_ref().and_then(|b| std::fs::metadata(b).ok()).map(|m| (m.dev(), m.ino()));
         Expect {
             binary,
+            path,
             uid: nix::unistd::geteuid().as_raw(),
             netns: paths.netns.clone(),
             control: paths.control.clone(),
@@ -255,7 +269,7 @@ impl Expect {
     /// Whether process `pid` is a forwarder serving this state directory.
     pub fn matches(&self, pid: i32) -> bool {
         let Some(binary) = self.binary else { return false };
-        super::slirp::process_args(pid, self.uid, binary, COMM).is_some_and(|cmdline| {
+        super::slirp::process_args(pid, self.uid, binary, COMM, self.path.as_deref()).is_some_and(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             self.matches_args(&args)
         })
@@ -456,6 +470,7 @@ fn serve() -> Result<(), String> {
         return Err("descriptor 3 is not a listening socket".into());
     }
     let control = UnixListener::from(owned);
+    raise_fd_limit();
     setup_netns().map_err(|e| format!("set up the shared netns for transparent forwarding: {e}"))?;
     log::info!("forwarder ready");
     let mut ports: HashMap<i64, Running> = HashMap::new();
@@ -463,6 +478,12 @@ fn serve() -> Result<(), String> {
         let (stream, _) = match control.accept() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // Out of descriptors for a moment (many connections): they come back.
+            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS)) => {
+                log::warn!("accept on the control socket: {e}");
+                std::thread::sleep(POLL);
+                continue;
+            }
             Err(e) => return Err(format!("accept on the control socket: {e}")),
         };
         let answer = match read_request(&stream) {
@@ -478,6 +499,24 @@ fn serve() -> Result<(), String> {
         };
         let _ = stream.set_write_timeout(Some(API_TIMEOUT));
         let _ = (&stream).write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Raises the soft limit on open descriptors towards the hard one: every carried connection
+/// takes two, every UDP flow one.
+fn raise_fd_limit() {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct through a pointer to a live local.
+    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let want = lim.rlim_max.min(65536);
+    if want > lim.rlim_cur {
+        lim.rlim_cur = want;
+        // SAFETY: setrlimit reads one rlimit struct through a pointer to a live local.
+        if unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) } != 0 {
+            log::debug!("raise RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+        }
     }
 }
 
@@ -568,16 +607,17 @@ fn carry(spec: PortSpec, fd: OwnedFd) -> Result<Running, String> {
         ("tcp", nix::sys::socket::SockType::Stream) => {
             let listener = TcpListener::from(fd);
             listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-            std::thread::spawn(move || serve_tcp(listener, spec, flag))
+            std::thread::Builder::new().spawn(move || serve_tcp(listener, spec, flag))
         }
         ("udp", nix::sys::socket::SockType::Datagram) => {
             let socket = UdpSocket::from(fd);
             socket.set_read_timeout(Some(POLL)).map_err(|e| e.to_string())?;
             want_destinations(&socket).map_err(|e| format!("add: {e}"))?;
-            std::thread::spawn(move || serve_udp(socket, spec, flag))
+            std::thread::Builder::new().spawn(move || serve_udp(socket, spec, flag))
         }
         (proto, kind) => return Err(format!("add: a {kind:?} socket cannot carry {proto}")),
     };
+    let thread = thread.map_err(|e| format!("add: no thread for the port: {e}"))?;
     Ok(Running { stop, thread: Some(thread) })
 }
 
@@ -590,17 +630,30 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
 
 fn serve_tcp(listener: TcpListener, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
+        if CONNECTIONS.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            std::thread::sleep(POLL);
+            continue;
+        }
         if !wait_readable(listener.as_fd(), POLL) {
             continue;
         }
         match listener.accept() {
             Ok((client, peer)) => {
-                let spec = spec.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = relay_tcp(client, peer, &spec) {
-                        log::warn!("port {}: client {peer}: {e}", spec.id);
+                let spec2 = spec.clone();
+                CONNECTIONS.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new().spawn(move || {
+                    // Per client, so at debug level: a client hammering a port whose container
+                    // is gone must not fill the log.
+                    if let Err(e) = relay_tcp(client, peer, &spec2) {
+                        log::debug!("port {}: client {peer}: {e}", spec2.id);
                     }
+                    CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
                 });
+                if let Err(e) = spawned {
+                    CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+                    log::warn!("port {}: no thread for a connection: {e}", spec.id);
+                    std::thread::sleep(POLL);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
@@ -639,14 +692,16 @@ fn relay_tcp(client: TcpStream, peer: SocketAddr, spec: &PortSpec) -> Result<(),
         None => Socket::new(Domain::for_address(target), Type::STREAM.cloexec(), Some(Protocol::TCP))
             .map_err(|e| e.to_string())?,
     };
-    socket
-        .connect_timeout(&SockAddr::from(target), CONNECT_TIMEOUT)
-        .map_err(|e| format!("connect to {target}: {e}"))?;
+    if let Err(e) = socket.connect_timeout(&SockAddr::from(target), CONNECT_TIMEOUT) {
+        // The client learns it as a reset, as if the container had refused it itself.
+        let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        return Err(format!("connect to {target}: {e}"));
+    }
     let upstream = TcpStream::from(socket);
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
     let (c2, u2) = (client.try_clone().map_err(|e| e.to_string())?, upstream.try_clone().map_err(|e| e.to_string())?);
-    let back = std::thread::spawn(move || pump(u2, c2));
+    let back = std::thread::Builder::new().spawn(move || pump(u2, c2)).map_err(|e| format!("no thread: {e}"))?;
     pump(client, upstream);
     let _ = back.join();
     Ok(())
@@ -770,8 +825,13 @@ fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
             }
         };
         let existing = flows.lock().ok().and_then(|f| f.get(&peer).cloned());
+        let full = flows.lock().map(|f| f.len() >= MAX_FLOWS).unwrap_or(true);
         let flow = match existing {
             Some(f) => f,
+            None if full => {
+                log::debug!("port {}: {MAX_FLOWS} flows already; dropping a datagram of {peer}", spec.id);
+                continue;
+            }
             None => match open_flow(&spec, peer) {
                 Ok(socket) => {
                     let flow = Arc::new(Flow { socket, last: AtomicU64::new(0), local });
@@ -780,16 +840,24 @@ fn serve_udp(listener: UdpSocket, spec: Arc<PortSpec>, stop: Arc<AtomicBool>) {
                     }
                     let (flow2, flows2, listener2, stop2) =
                         (flow.clone(), flows.clone(), listener.clone(), stop.clone());
-                    std::thread::spawn(move || {
-                        udp_replies(&flow2, &listener2, peer, &stop2, epoch);
+                    let peer2 = peer;
+                    let spawned = std::thread::Builder::new().spawn(move || {
+                        udp_replies(&flow2, &listener2, peer2, &stop2, epoch);
                         if let Ok(mut f) = flows2.lock() {
-                            f.remove(&peer);
+                            f.remove(&peer2);
                         }
                     });
+                    if let Err(e) = spawned {
+                        log::warn!("port {}: no thread for the flow of {peer}: {e}", spec.id);
+                        if let Ok(mut f) = flows.lock() {
+                            f.remove(&peer);
+                        }
+                        continue;
+                    }
                     flow
                 }
                 Err(e) => {
-                    log::warn!("port {}: client {peer}: {e}", spec.id);
+                    log::debug!("port {}: client {peer}: {e}", spec.id);
                     continue;
                 }
             },

@@ -1,14 +1,18 @@
 //! `rootless-wrapper`: runs a chain of inner plugins (bridge, host-local, portmap, …) for a
 //! rootless runtime, inside one shared "rootless netns" whose uplink is slirp4netns ([`slirp`],
 //! the default) or pasta ([`pasta`], `helper: "pasta"`; it has no port API, so the forwarder
-//! carries all its published ports). Both get the same addresses, so the netns looks the same either way;
-//! which one serves a netns is recorded, and a netns keeps its helper until it is recreated.
+//! carries all its published ports). Both get the same addresses, so the netns looks the same
+//! either way; which one serves a netns is recorded, and a netns keeps its helper until it is
+//! recreated.
 //!
 //! The runtime calls the wrapper after joining its pause process's user and mount namespaces,
 //! in its own network namespace (the host's). Per state directory (so per user) the wrapper
-//! keeps one netns, bind-mounted on `<stateDir>/netns`, with slirp4netns serving it. Published
-//! ports are forwarded by slirp4netns from the host to the netns' tap address on the same port,
-//! where the inner portmap DNATs them to the container. The inner plugins run as children of
+//! keeps one netns, bind-mounted on `<stateDir>/netns`, with the helper serving it. Published
+//! ports on IPv4 host addresses are forwarded by slirp4netns from the host to the netns' tap
+//! address on the same port, where the inner portmap DNATs them to the container; ports on IPv6
+//! host addresses (and, with pasta, IPv4 ones too) are carried by the wrapper's own port
+//! forwarder ([`forwarder`]), which keeps the client's address too and is recorded, verified,
+//! repaired and stopped like the helper. The inner plugins run as children of
 //! the wrapper after it entered the shared netns and a private mount namespace that gives them
 //! writable `/run` and `/var/lib/cni` (see [`mounts`]).
 //!

@@ -146,7 +146,7 @@ impl Expect {
         let names = comm_names(self.kind);
         let name = names.iter().copied().find(|n| *n == comm).unwrap_or(names[0]);
         self.binaries.iter().any(|binary| {
-            process_args(pid, self.uid, *binary, name).is_some_and(|cmdline| {
+            process_args(pid, self.uid, *binary, name, None).is_some_and(|cmdline| {
                 let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
                 self.matches_args(&args)
             })
@@ -165,8 +165,9 @@ pub fn comm_names(kind: HelperKind) -> &'static [&'static str] {
 /// The command line (NUL-separated) of process `pid` if it runs the binary `(dev, ino)` as
 /// `uid`. A process started in an earlier user namespace of this user counts when its name is
 /// `comm`: the kernel hides the binary of a process in another user namespace, and there its
-/// name stands in for it.
-pub fn process_args(pid: i32, uid: u32, (dev, ino): (u64, u64), comm: &str) -> Option<Vec<u8>> {
+/// name stands in for it. With `path`, a process still running an earlier file at that path
+/// (replaced by an upgrade: the kernel names it `<path> (deleted)`) counts too.
+pub fn process_args(pid: i32, uid: u32, (dev, ino): (u64, u64), comm: &str, path: Option<&Path>) -> Option<Vec<u8>> {
     if pid <= 0 {
         return None;
     }
@@ -175,8 +176,14 @@ pub fn process_args(pid: i32, uid: u32, (dev, ino): (u64, u64), comm: &str) -> O
         log::debug!("pid {pid} does not run as uid {uid}");
         return None;
     }
+    let replaced = || {
+        let Some(path) = path else { return false };
+        let mut deleted = path.as_os_str().to_os_string();
+        deleted.push(" (deleted)");
+        std::fs::read_link(proc.join("exe")).is_ok_and(|target| target.as_os_str() == deleted)
+    };
     let same_binary = match std::fs::metadata(proc.join("exe")) {
-        Ok(m) => (m.dev(), m.ino()) == (dev, ino),
+        Ok(m) => (m.dev(), m.ino()) == (dev, ino) || replaced(),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             sibling_userns(pid) && proc_stat(pid).is_some_and(|s| s.comm == comm)
         }
