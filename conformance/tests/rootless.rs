@@ -34,6 +34,38 @@ use std::time::{Duration, Instant};
 /// Debian's default PATH for users: no sbin, which the wrapper must make up for (M10).
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const WRAPPER: &str = "rootless-wrapper";
+/// The two helpers the tests that apply to both run with.
+const SLIRP: &str = "slirp4netns";
+const PASTA: &str = "pasta";
+/// The process names a helper of this test can have (pasta re-executes itself as passt.avx2).
+const HELPER_COMMS: [&str; 5] = ["slirp4netns", "pasta", "passt", "pasta.avx2", "passt.avx2"];
+
+/// Runs each listed `fn(helper: &str)` once per helper, as `slirp4netns::<name>` and
+/// `pasta::<name>`.
+macro_rules! for_both_helpers {
+    ($($f:ident),* $(,)?) => {
+        mod slirp4netns {
+            $( #[test] fn $f() { super::$f(super::SLIRP) } )*
+        }
+        mod pasta {
+            $( #[test] fn $f() { super::$f(super::PASTA) } )*
+        }
+    };
+}
+
+for_both_helpers!(
+    traffic_through_the_helper_and_published_ports_then_clean_teardown,
+    dns_goes_through_the_advertised_address,
+    host_loopback_is_closed_by_default,
+    custom_cidr_and_ipv6,
+    outbound_ipv6_from_a_container,
+    dead_helper_is_restarted_with_its_forwards,
+    stale_netns_is_recreated,
+    concurrent_add_and_del_of_sixteen_containers,
+    gc_detaches_what_the_runtime_no_longer_knows,
+    ipv6_published_ports_keep_the_client_address,
+    a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later,
+);
 /// How long any one command may take before the test calls it hung.
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -187,8 +219,17 @@ macro_rules! setup {
     ($conf:expr) => {{
         require_root!();
         let Some(m) = machine() else { return };
-        Harness::new(m, $conf).unwrap()
+        let conf: Value = $conf;
+        if conf["helper"] == PASTA && !on_path(PASTA) {
+            skip("pasta is not installed (Debian package passt)");
+            return;
+        }
+        Harness::new(m, conf).unwrap()
     }};
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(name).is_file())
 }
 
 /// The pause process: owner of the user and mount namespaces, like podman's.
@@ -245,6 +286,19 @@ impl Harness {
         // Built (or found) first: a failing build must not leave the directories below behind.
         let suite = ours();
         let host = FakeHost::new()?;
+        // A default route on the fake host, as every real host has: Debian 12's pasta picks its
+        // outbound interface from it and refuses to start without one. Nothing answers there.
+        for args in [
+            "link add upl0 type veth peer name upl1",
+            "link set upl0 up",
+            "link set upl1 up",
+            "addr add 203.0.113.1/24 dev upl0",
+            "addr add 2001:db8:ff::1/64 dev upl0 nodad",
+            "route add default via 203.0.113.254",
+            "-6 route add default via 2001:db8:ff::fe",
+        ] {
+            host.ns.run("ip", &args.split(' ').collect::<Vec<_>>())?;
+        }
         let name = unique("rl");
         let xdg = PathBuf::from("/run/user").join(&name);
         let extra_run = PathBuf::from("/run/user").join(format!("{name}-ns"));
@@ -577,10 +631,13 @@ impl Harness {
         found
     }
 
-    /// slirp4netns processes of this test still running.
+    /// Helper processes (either kind) of this test still running.
     fn live_helpers(&self) -> Vec<u32> {
         let marker = self.xdg.display().to_string();
-        self.live_processes(|stat, cmdline| stat.contains("(slirp4netns)") && cmdline.contains(&marker))
+        self.live_processes(|stat, cmdline| {
+            let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c).unwrap_or("");
+            HELPER_COMMS.contains(&comm) && cmdline.contains(&marker) && !cmdline.contains("\0--forwarder\0")
+        })
     }
 
     /// Port forwarders (the wrapper binary in forwarder mode) of this test still running.
@@ -593,10 +650,12 @@ impl Harness {
         self.state()?["forwarder"]["pid"].as_u64().map(|p| p as u32)
     }
 
+    /// Mounts of the state directory, and netns aliases, in the pause's mount namespace.
     fn pause_mounts(&self) -> Vec<String> {
         let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pause_pid())).unwrap_or_default();
         let dir = self.state_dir().display().to_string();
-        info.lines().filter(|l| l.contains(&dir)).map(str::to_string).collect()
+        let alias = self.xdg.join("netns/cni-rootless-").display().to_string();
+        info.lines().filter(|l| l.contains(&dir) || l.contains(&alias)).map(str::to_string).collect()
     }
 
     /// After the last DEL: no helper, no netns mount, no state.
@@ -608,10 +667,18 @@ impl Harness {
     /// like helpers).
     fn assert_clean_except(&self, others: &[u32]) {
         let helpers: Vec<u32> = self.live_helpers().into_iter().filter(|p| !others.contains(p)).collect();
-        assert!(helpers.is_empty(), "slirp4netns still running: {helpers:?}");
+        assert!(helpers.is_empty(), "helper still running: {helpers:?}");
         let forwarders = self.live_forwarders();
         assert!(forwarders.is_empty(), "port forwarder still running: {forwarders:?}");
         assert!(self.pause_mounts().is_empty(), "mounts left: {:?}", self.pause_mounts());
+        let aliases: Vec<String> = std::fs::read_dir(self.xdg.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("cni-rootless-"))
+            .collect();
+        assert!(aliases.is_empty(), "netns aliases left: {aliases:?}");
         assert!(
             !self.state_dir().exists(),
             "state directory left: {:?}",
@@ -683,8 +750,14 @@ fn in_host(cmd: &mut Command, host: &FakeHost) {
 }
 
 fn wrapper(extra: Value) -> Value {
+    wrapper_with(SLIRP, extra)
+}
+
+/// The wrapper with `helper` as its uplink.
+fn wrapper_with(helper: &str, extra: Value) -> Value {
     let mut w = json!({
         "type": WRAPPER,
+        "helper": helper,
         "capabilities": {"portMappings": true},
         "stateDir": "$XDG_RUNTIME_DIR/cni-rootless",
         "plugins": [
@@ -709,11 +782,13 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (v, t.elapsed())
 }
 
-/// Two containers on the inner bridge, host loopback reached through slirp4netns, a port
-/// published on the (fake) host, and nothing left after the last DEL.
-#[test]
-fn traffic_through_slirp_and_published_ports_then_clean_teardown() {
-    let h = setup!(wrapper(json!({"allowHostLoopback": true})));
+/// Two containers on the inner bridge, host loopback reached through the helper, a port
+/// published on the (fake) host (slirp4netns; pasta refuses ports), and nothing left after the
+/// last DEL.
+fn traffic_through_the_helper_and_published_ports_then_clean_teardown(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"allowHostLoopback": true})));
+    // slirp4netns forwards IPv4 ports itself (add_hostfwd); with pasta the wrapper's forwarder does.
+    let slirp = helper == SLIRP;
     h.host_server("127.0.0.1", 38471, "host").unwrap();
     let c1 = h.container("c1").unwrap().with_port(18080, 80);
     let c2 = h.container("c2").unwrap();
@@ -722,12 +797,12 @@ fn traffic_through_slirp_and_published_ports_then_clean_teardown() {
     let r1 = r1.unwrap();
     let (r2, later) = timed(|| h.add(&c2));
     let r2 = r2.unwrap();
-    eprintln!("ADD timing through setpriv+nsenter: first (creates netns + slirp4netns) {first:?}, later {later:?}");
+    eprintln!("ADD timing through setpriv+nsenter: first (creates netns + {helper}) {first:?}, later {later:?}");
     let (ip1, ip2) = (ip_of(&r1), ip_of(&r2));
     assert!(ip1.starts_with("10.88.") && ip2.starts_with("10.88.") && ip1 != ip2, "{r1} {r2}");
     assert_eq!(r1["interfaces"][2]["sandbox"], c1.netns.as_str());
 
-    // Outbound: container → slirp4netns gateway → the fake host's loopback.
+    // Outbound: container → the helper's gateway address → the fake host's loopback.
     assert_eq!(h.connect_from(&c1, "10.0.2.2", 38471).unwrap(), "hello-host from 127.0.0.1");
     // The inner bridge got the helper's MTU.
     let link = h.in_netns(&c1.netns, &["ip", "-j", "link", "show", "eth0"]).unwrap();
@@ -738,21 +813,28 @@ fn traffic_through_slirp_and_published_ports_then_clean_teardown() {
     h.container_server(&c1, 80, "c1").unwrap();
     assert!(h.connect_from(&c2, &ip1, 80).unwrap().starts_with("hello-c1 from "));
 
-    // Inbound: fake-host client → slirp4netns forward → inner portmap DNAT → container.
+    // Inbound: fake-host client → slirp4netns forward → inner portmap DNAT → container, or
+    // → the wrapper's forwarder → container.
     if h.has_portmap() {
         let got = h.connect_from_host("127.0.0.1", 18080).unwrap();
         assert!(got.starts_with("hello-c1 from "), "{got}");
     } else {
         skip("portmap is not built: the published-port path stops at the rootless netns");
     }
-    assert_eq!(h.hostfwd_entries().len(), 1);
+    if slirp {
+        assert_eq!(h.hostfwd_entries().len(), 1);
+    } else {
+        assert!(h.forwarder_pid().is_some(), "pasta's ports go through the forwarder");
+    }
     let check = h.check(&c1).unwrap();
     assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
 
     // The first container leaves: its port closes, the other keeps working.
     h.del(&c1).unwrap();
     assert!(h.connect_from_host("127.0.0.1", 18080).is_err(), "forward removed with its container");
-    assert!(h.hostfwd_entries().is_empty());
+    if slirp {
+        assert!(h.hostfwd_entries().is_empty());
+    }
     assert_eq!(h.connect_from(&c2, "10.0.2.2", 38471).unwrap(), "hello-host from 127.0.0.1");
     assert_eq!(h.live_helpers().len(), 1);
 
@@ -764,11 +846,35 @@ fn traffic_through_slirp_and_published_ports_then_clean_teardown() {
     h.assert_clean();
 }
 
-/// `--disable-host-loopback` by default: the host's 127.0.0.1 is unreachable while the same
-/// server on another host address is reachable.
-#[test]
-fn host_loopback_is_closed_by_default() {
-    let h = setup!(wrapper(json!({})));
+/// DNS: the address the wrapper writes first into `resolv.conf` (cidr + 3) forwards a query
+/// from a container to the host's own first nameserver, and the answer comes back.
+fn dns_goes_through_the_advertised_address(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"cidr": "10.77.0.0/24"})));
+    // The host's resolver, on the fake host, named by the resolv.conf the runtime's mount
+    // namespace shows (the helpers read it there).
+    h.host.ns.run("ip", &["addr", "add", "192.0.2.53/32", "dev", "lo"]).unwrap();
+    let mut dns = Command::new(PY);
+    dns.args(["-c", UDP_SERVER, "192.0.2.53", "53", "dns"]);
+    in_host(&mut dns, &h.host);
+    h.spawn_server(dns).unwrap();
+    let resolv = h.xdg.join("host-resolv.conf");
+    std::fs::write(&resolv, b"nameserver 192.0.2.53\n").unwrap();
+    h.runtime_sh(&format!("mount --bind {} /etc/resolv.conf", resolv.display())).unwrap();
+    let c1 = h.container("c1").unwrap();
+    h.add(&c1).unwrap();
+    let advertised = std::fs::read_to_string(h.state_dir().join("resolv.conf")).unwrap();
+    assert_eq!(advertised.lines().next(), Some("nameserver 10.77.0.3"), "{advertised}");
+    let out = h.in_netns(&c1.netns, &[PY, "-c", UDP_CLIENT, "10.77.0.3", "53", "3"]).unwrap();
+    assert!(out.ok(), "no DNS answer through {helper}: {}{}", out.stdout, out.stderr);
+    assert!(out.stdout.starts_with("hello-dns from "), "{}", out.stdout);
+    h.del(&c1).unwrap();
+    h.assert_clean();
+}
+
+/// `--disable-host-loopback` (slirp4netns) or `--no-map-gw` (pasta) by default: the host's
+/// 127.0.0.1 is unreachable while the same server on another host address is reachable.
+fn host_loopback_is_closed_by_default(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({})));
     // A second host address: reachable through slirp4netns like any remote address.
     h.host.ns.run("ip", &["addr", "add", "192.0.2.1/32", "dev", "lo"]).unwrap();
     h.host_server("0.0.0.0", 38472, "host").unwrap();
@@ -895,9 +1001,10 @@ mount --rbind $R /run
 /// Another `cidr` moves every derived address (gateway, DNS, tap, forward target); with IPv6
 /// the tap gets its SLAAC address without waiting for duplicate address detection, which is
 /// switched back on afterwards.
-#[test]
-fn custom_cidr_and_ipv6() {
-    let h = setup!(wrapper(json!({"cidr": "10.99.0.0/24", "enableIPv6": true, "allowHostLoopback": true})));
+fn custom_cidr_and_ipv6(helper: &str) {
+    let h =
+        setup!(wrapper_with(helper, json!({"cidr": "10.99.0.0/24", "enableIPv6": true, "allowHostLoopback": true})));
+    let slirp = helper == SLIRP;
     h.host_server("127.0.0.1", 38475, "host").unwrap();
     let c1 = h.container("c1").unwrap().with_port(18089, 80);
     h.add(&c1).unwrap();
@@ -912,7 +1019,9 @@ fn custom_cidr_and_ipv6() {
         Some("nameserver 10.99.0.3")
     );
     assert_eq!(h.connect_from(&c1, "10.99.0.2", 38475).unwrap(), "hello-host from 127.0.0.1");
-    assert_eq!(h.hostfwd_entries()[0]["guest_addr"], "10.99.0.100");
+    if slirp {
+        assert_eq!(h.hostfwd_entries()[0]["guest_addr"], "10.99.0.100");
+    }
     if h.has_portmap() {
         h.container_server(&c1, 80, "c1").unwrap();
         assert!(h.connect_from_host("127.0.0.1", 18089).unwrap().starts_with("hello-c1"));
@@ -924,12 +1033,14 @@ fn custom_cidr_and_ipv6() {
 /// With `enableIPv6` a container has an IPv6 path out: the shared netns gets a default route
 /// through slirp4netns (the inner bridge's forwarding keeps the router advertisement's out),
 /// and it is put back when removed and after a helper restart, which makes a new tap.
-#[test]
-fn outbound_ipv6_from_a_container() {
-    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+fn outbound_ipv6_from_a_container(helper: &str) {
+    let h = setup!(wrapper_with(
+        helper,
+        json!({"enableIPv6": true, "plugins": [
         {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
-                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})
+    ));
     // A global address on the fake host: slirp4netns reaches it like any remote IPv6 host.
     h.host.ns.run("ip", &["addr", "add", "2001:db8:1::1/128", "dev", "lo", "nodad"]).unwrap();
     h.host_server("::", 38476, "host6").unwrap();
@@ -1086,13 +1197,15 @@ fn eventually(f: impl Fn() -> Result<String>) -> Result<String> {
 /// (tcp and udp), `[::1]` works (it appears as slirp4netns' host address), a port taken on the
 /// host fails the ADD and leaves nothing, a killed forwarder is restarted with every port by
 /// the next call, and it goes away with the last port.
-#[test]
-fn ipv6_published_ports_keep_the_client_address() {
-    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+fn ipv6_published_ports_keep_the_client_address(helper: &str) {
+    let h = setup!(wrapper_with(
+        helper,
+        json!({"enableIPv6": true, "plugins": [
         {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
                   "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
-        {"type": "portmap", "capabilities": {"portMappings": true}}]})));
+        {"type": "portmap", "capabilities": {"portMappings": true}}]})
+    ));
     if !h.has_portmap() {
         skip("portmap is not built: the IPv4 published-port path stops at the rootless netns");
         return;
@@ -1176,12 +1289,14 @@ fn ipv6_published_ports_keep_the_client_address() {
 /// and names the port it could not close, and once the forwarder runs again the next call
 /// closes that port while the other container's keeps working; a GC that drops the last
 /// container with ports closes them and stops the forwarder.
-#[test]
-fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later() {
-    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
+fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later(helper: &str) {
+    let h = setup!(wrapper_with(
+        helper,
+        json!({"enableIPv6": true, "plugins": [
         {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
-                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})));
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]})
+    ));
     let client = Client::new(&h);
     let mut c1 = h.container("c1").unwrap();
     c1.caps.insert("portMappings".into(), json!([{"hostPort": 18130, "containerPort": 80, "hostIP": "::"}]));
@@ -1231,9 +1346,8 @@ fn a_stopped_forwarder_gives_clean_errors_and_its_ports_close_later() {
 }
 
 /// A dead helper is restarted by the next ADD, and the older container's port works again.
-#[test]
-fn dead_helper_is_restarted_with_its_forwards() {
-    let h = setup!(wrapper(json!({"allowHostLoopback": true})));
+fn dead_helper_is_restarted_with_its_forwards(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"allowHostLoopback": true})));
     h.host_server("127.0.0.1", 38473, "host").unwrap();
     let c1 = h.container("c1").unwrap().with_port(18082, 80);
     h.add(&c1).unwrap();
@@ -1262,9 +1376,8 @@ fn dead_helper_is_restarted_with_its_forwards() {
 
 /// A netns file that lost its mount (reboot-like) and one from a dead user namespace (the
 /// pause process restarted) are recreated, and the old helper is stopped.
-#[test]
-fn stale_netns_is_recreated() {
-    let h = setup!(wrapper(json!({"allowHostLoopback": true})));
+fn stale_netns_is_recreated(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({"allowHostLoopback": true})));
     h.host_server("127.0.0.1", 38474, "host").unwrap();
     let c1 = h.container("c1").unwrap();
     h.add(&c1).unwrap();
@@ -1333,9 +1446,8 @@ fn forwarder_of_a_dead_user_namespace_is_stopped() {
 }
 
 /// 16 ADD/DEL pairs at once (create/teardown churn), then 16 ADDs and 16 DELs at once.
-#[test]
-fn concurrent_add_and_del_of_sixteen_containers() {
-    let h = setup!(wrapper(json!({})));
+fn concurrent_add_and_del_of_sixteen_containers(helper: &str) {
+    let h = setup!(wrapper_with(helper, json!({})));
     let ctrs: Vec<Ctr> = (0..16).map(|i| h.container(&format!("c{i}")).unwrap()).collect();
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -1362,8 +1474,17 @@ fn concurrent_add_and_del_of_sixteen_containers() {
     });
     assert_eq!(h.state().unwrap()["members"].as_array().unwrap().len(), 16);
     assert_eq!(h.live_helpers().len(), 1);
-    let ping = h.in_netns(&ctrs[0].netns, &["ping", "-c1", "-W2", "10.0.2.2"]).unwrap();
-    assert!(ping.ok(), "{}{}", ping.stdout, ping.stderr);
+    if helper == SLIRP {
+        // slirp4netns answers pings to its gateway itself; pasta passes them on to the host's
+        // network, where nothing has that address.
+        let ping = h.in_netns(&ctrs[0].netns, &["ping", "-c1", "-W2", "10.0.2.2"]).unwrap();
+        assert!(ping.ok(), "{}{}", ping.stdout, ping.stderr);
+    }
+    h.host.ns.run("ip", &["addr", "add", "192.0.2.1/32", "dev", "lo"]).unwrap();
+    h.host_server("192.0.2.1", 38477, "host").unwrap();
+    for c in [&ctrs[0], &ctrs[15]] {
+        assert!(h.connect_from(c, "192.0.2.1", 38477).unwrap().starts_with("hello-host from "));
+    }
     std::thread::scope(|s| {
         let handles: Vec<_> = ctrs.iter().map(|c| s.spawn(|| h.del(c))).collect();
         for j in handles {
@@ -1376,9 +1497,9 @@ fn concurrent_add_and_del_of_sixteen_containers() {
 
 /// GC with the runtime's list detaches the others (inner DEL, forwards); with an empty list it
 /// tears everything down; without a list it only validates.
-#[test]
-fn gc_detaches_what_the_runtime_no_longer_knows() {
-    let mut h = setup!(wrapper(json!({})));
+fn gc_detaches_what_the_runtime_no_longer_knows(helper: &str) {
+    let mut h = setup!(wrapper_with(helper, json!({})));
+    let slirp = helper == SLIRP;
     h.list["cniVersion"] = json!("1.1.0");
     let c1 = h.container("c1").unwrap().with_port(18083, 80);
     let c2 = h.container("c2").unwrap().with_port(18084, 80);
@@ -1397,9 +1518,11 @@ fn gc_detaches_what_the_runtime_no_longer_knows() {
     assert_eq!(members.len(), 1);
     assert_eq!(members[0]["containerID"], c1.id.as_str());
     assert!(!ipam.join(ip_of(&r2)).exists(), "c2's address released by the inner DEL");
-    let fwd = h.hostfwd_entries();
-    assert_eq!(fwd.len(), 1);
-    assert_eq!(fwd[0]["host_port"], 18083);
+    if slirp {
+        let fwd = h.hostfwd_entries();
+        assert_eq!(fwd.len(), 1);
+        assert_eq!(fwd[0]["host_port"], 18083);
+    }
     let links = h.in_netns(&h.rootless_netns(), &["ip", "-o", "link", "show", "type", "veth"]).unwrap();
     assert_eq!(links.stdout.lines().count(), 1, "{}", links.stdout);
     let (_, msg, _) = h.check(&c2).unwrap().error().unwrap();
@@ -1583,6 +1706,149 @@ fn status_and_clear_errors() {
     h.assert_clean();
 }
 
+/// A stand-in for pasta that fails the way a broken one does.
+const FAILING_PASTA: &str = "#!/bin/sh\necho 'boom: fake pasta cannot start' >&2\nexit 1\n";
+
+/// pasta: published IPv4 ports go through the wrapper's forwarder (pasta has no port API), tcp
+/// and udp, and the client's own address reaches the container; a netns already served by
+/// pasta carries ports that way also when the configuration names slirp4netns; pasta is given
+/// the netns alias; STATUS works; a missing pasta is named by STATUS, and one that fails to
+/// start leaves nothing behind and its output is in the error.
+#[test]
+fn pasta_ports_go_through_the_forwarder_and_failures_are_reported() {
+    let h = setup!(wrapper_with(PASTA, json!({})));
+    let name = h.list["name"].as_str().unwrap().to_string();
+    let client = Client::new(&h);
+    let mut c1 = h.container("c1").unwrap();
+    c1.caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 18097, "containerPort": 80, "protocol": "tcp"},
+               {"hostPort": 18098, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.1"}]),
+    );
+    h.add(&c1).unwrap();
+    h.container_server(&c1, 80, "c1").unwrap();
+    let flag = format!("--net={}", c1.netns);
+    h.spawn_server(h.runtime_cmd(&["/usr/bin/nsenter", &flag, PY, "-c", UDP_SERVER, "0.0.0.0", "53", "udp"], &[]))
+        .unwrap();
+    assert_eq!(eventually(|| client.tcp("192.0.2.1", 18097)).unwrap(), "hello-c1 from 192.0.2.10");
+    assert_eq!(client.udp("192.0.2.1", 18098).unwrap(), "hello-udp from 192.0.2.10");
+    assert_eq!(h.connect_from_host("127.0.0.1", 18097).unwrap(), "hello-c1 from 10.0.2.2");
+    assert!(h.forwarder_pid().is_some());
+    let check = h.check(&c1).unwrap();
+    assert!(check.ok(), "CHECK: {}{}", check.stdout, check.stderr);
+
+    let pid = h.helper_pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert!(HELPER_COMMS[1..].contains(&comm.trim()), "pasta runs as {comm}");
+    // Given the netns where Debian's AppArmor profile lets it open one, and the same namespace.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let given = &args[args.iter().position(|a| a == "--netns").unwrap() + 1];
+    assert!(given.starts_with(&format!("{}/netns/cni-rootless-", h.xdg.display())), "{args:?}");
+    let ino = |p: &str| h.runtime_sh(&format!("stat -L -c %i {p}")).unwrap();
+    assert_eq!(ino(given), ino(&h.rootless_netns()));
+    assert!(!args.iter().any(|a| a.starts_with(&h.xdg.display().to_string()) && a.ends_with(".pid")), "{args:?}");
+    let slirp_list = h.with_wrapper(|w| w["helper"] = json!(SLIRP));
+    let c2 = h.container("c2").unwrap().with_port(18099, 80);
+    h.add_list(&slirp_list, &c2, &[]).unwrap();
+    h.container_server(&c2, 80, "c2").unwrap();
+    assert_eq!(client.tcp("192.0.2.1", 18099).unwrap(), "hello-c2 from 192.0.2.10");
+    assert_eq!(h.live_helpers(), vec![pid], "the running pasta is kept");
+    let status = h.list_verb("STATUS", json!({})).unwrap();
+    assert!(status.ok(), "{}{}", status.stdout, status.stderr);
+    let del = h.verb_list(&slirp_list, "DEL", &c2, &[]).unwrap();
+    assert!(del.ok(), "{}{}", del.stdout, del.stderr);
+    h.del(&c1).unwrap();
+    assert!(client.tcp("192.0.2.1", 18097).is_err(), "port closed with its container");
+    h.assert_clean();
+
+    let missing = h.with_wrapper(|w| w["helper"] = json!("/nonexistent/pasta"));
+    let (_, _, plugins) = Harness::list_parts(&missing);
+    let out = h.invoke(WRAPPER, "STATUS", None, &build_config(&plugins[0], &name, "1.1.0", None, &Map::new()), &[]);
+    let (code, msg, _) = out.unwrap().error().unwrap();
+    assert!(code == 50 && msg.contains("/nonexistent/pasta"), "{msg}");
+
+    script(&h.bin.join("pasta-broken"), FAILING_PASTA).unwrap();
+    let broken = h.bin.join("pasta-broken").display().to_string();
+    let failing = h.with_wrapper(|w| w["helper"] = json!(broken));
+    let err = h.add_list(&failing, &c1, &[]).unwrap_err().to_string();
+    assert!(err.contains("boom: fake pasta cannot start"), "{err}");
+    h.assert_clean();
+}
+
+/// pasta, recognised by what it is, not by what the record says: an impostor named pasta whose
+/// command line names the same netns is never signalled while the real pasta is found and
+/// stopped; a stopped pasta (SIGSTOP) gives CHECK a clean error at once, blocks no DEL, and the
+/// last DEL stops it all the same.
+#[test]
+fn pasta_impostors_are_spared_and_a_stopped_pasta_blocks_nobody() {
+    let h = setup!(wrapper_with(PASTA, json!({})));
+    let c1 = h.container("c1").unwrap();
+    h.add(&c1).unwrap();
+    let real = h.helper_pid();
+    let cmdline = std::fs::read(format!("/proc/{real}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let alias = args[args.iter().position(|a| a == "--netns").unwrap() + 1].clone();
+    let fake_bin = h.extra_run.join("impostor");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    std::os::unix::fs::symlink("/bin/bash", fake_bin.join("pasta")).unwrap();
+    let exe = fake_bin.join("pasta").display().to_string();
+    let mut impostor = h
+        .user_cmd(&[&exe, "-c", "read -t 3600 x", "pasta", "--config-net", "--netns", &alias], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ipid = impostor.id();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut st = h.state().unwrap();
+    st["helper"]["pid"] = json!(ipid);
+    st["helper"]["startTime"] = json!(start_time(ipid));
+    st["helper"]["comm"] = json!("pasta");
+    std::fs::write(h.state_dir().join("state.json"), serde_json::to_vec(&st).unwrap()).unwrap();
+    h.del(&c1).unwrap();
+    assert!(is_running(ipid), "the impostor was signalled");
+    assert!(!is_running(real), "the real pasta, verified, was stopped");
+    h.assert_clean_except(&[ipid]);
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+
+    let (c2, c3) = (h.container("c2").unwrap(), h.container("c3").unwrap());
+    h.add(&c2).unwrap();
+    h.add(&c3).unwrap();
+    let pid = h.helper_pid();
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    let stopped = || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().contains(" T ")
+        {
+            assert!(Instant::now() < deadline, "pasta {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
+    let quick = Duration::from_secs(10);
+    let (check, t) = timed(|| h.check(&c2).unwrap());
+    let (_, msg, _) = check.error().unwrap();
+    assert!(msg.contains("stopped") && msg.contains(&pid.to_string()), "{msg}");
+    assert!(t < quick, "CHECK took {t:?}");
+    let (del, t) = timed(|| h.del(&c2));
+    del.unwrap();
+    assert!(t < quick, "DEL took {t:?}");
+    assert!(is_running(pid), "a stopped pasta serving others is left to its owner");
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let check = h.check(&c3).unwrap();
+    assert!(check.ok(), "{}{}", check.stdout, check.stderr);
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    stopped();
+    let (del, t) = timed(|| h.del(&c3));
+    del.unwrap();
+    assert!(t < quick, "{t:?}");
+    h.assert_clean();
+}
+
 /// Every example configuration with the wrapper, run rootless: ADD, traffic, CHECK, DEL.
 #[test]
 fn example_conflists_run_rootless() {
@@ -1756,31 +2022,38 @@ fn published_throughput(h: &Harness, ctr: &Ctr, client: &Client, ip: &str, port:
 }
 
 /// Figures for the report, not a test: published-port throughput of slirp4netns (IPv4) beside
-/// the forwarder (IPv6), both keeping the client's address: `cargo test -p conformance --test
-/// rootless -- --ignored --nocapture published_port_figures`.
+/// the forwarder (IPv6; and IPv4 with pasta), each helper in turn, all keeping the client's
+/// address: `cargo test -p conformance --test rootless -- --ignored --nocapture
+/// published_port_figures`.
 #[test]
 #[ignore]
 fn published_port_figures() {
-    let h = setup!(wrapper(json!({"enableIPv6": true, "plugins": [
-        {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
-                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
-        {"type": "portmap", "capabilities": {"portMappings": true}}]})));
-    let client = Client::new(&h);
-    let c1 = h.container("c1").unwrap().with_port(18120, 5001);
-    h.add(&c1).unwrap();
-    h.container_server(&c1, 80, "c1").unwrap();
-    for (what, ip) in [("IPv4 through slirp4netns", "192.0.2.1"), ("IPv6 through the forwarder", "2001:db8:2::1")] {
-        for upload in [true, false] {
-            let runs: Vec<String> = (0..3)
-                .map(|_| format!("{:.2}", published_throughput(&h, &c1, &client, ip, 18120, 5001, upload)))
-                .collect();
-            let dir = if upload { "client -> container" } else { "container -> client" };
-            eprintln!("FIGURE published port, {what}, 200 MB {dir}: {} Gbit/s", runs.join(" / "));
+    for helper in [SLIRP, PASTA] {
+        let h = setup!(wrapper_with(
+            helper,
+            json!({"enableIPv6": true, "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}]})
+        ));
+        let client = Client::new(&h);
+        let c1 = h.container("c1").unwrap().with_port(18120, 5001);
+        h.add(&c1).unwrap();
+        h.container_server(&c1, 80, "c1").unwrap();
+        let ipv4 = if helper == SLIRP { "IPv4 through slirp4netns" } else { "IPv4 through the forwarder" };
+        for (what, ip) in [(ipv4, "192.0.2.1"), ("IPv6 through the forwarder", "2001:db8:2::1")] {
+            for upload in [true, false] {
+                let runs: Vec<String> = (0..3)
+                    .map(|_| format!("{:.2}", published_throughput(&h, &c1, &client, ip, 18120, 5001, upload)))
+                    .collect();
+                let dir = if upload { "client -> container" } else { "container -> client" };
+                eprintln!("FIGURE helper {helper}: published port, {what}, 200 MB {dir}: {} Gbit/s", runs.join(" / "));
+            }
         }
+        h.del(&c1).unwrap();
+        h.assert_clean();
     }
-    h.del(&c1).unwrap();
-    h.assert_clean();
 }
 
 /// The start time (`/proc/<pid>/stat` field 22) of a live process.

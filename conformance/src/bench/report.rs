@@ -296,14 +296,20 @@ impl Report {
             });
         };
         let (nf, nl, nr) = (t.first_add.len(), t.last_del.len(), t.gbit.len());
-        push(format!("first ADD (creates netns + slirp4netns), median of {nf}"), Unit::Ms, median(&t.first_add));
+        push(format!("first ADD (creates netns + helper), median of {nf}"), Unit::Ms, median(&t.first_add));
         push("ADD p50 (shared netns up)".into(), Unit::Ms, percentile(&t.add, 50.0));
         push("ADD p90 (shared netns up)".into(), Unit::Ms, percentile(&t.add, 90.0));
         push("DEL p50 (others attached)".into(), Unit::Ms, percentile(&t.del, 50.0));
         push("DEL p90 (others attached)".into(), Unit::Ms, percentile(&t.del, 90.0));
-        push(format!("last DEL (stops slirp4netns), median of {nl}"), Unit::Ms, median(&t.last_del));
+        push(format!("last DEL (stops the helper), median of {nl}"), Unit::Ms, median(&t.last_del));
         push("container eth0 MTU".into(), Unit::Count, t.mtu);
         push(format!("TCP container → host loopback, median of {nr} × {mib} MiB"), Unit::Gbps, median(&t.gbit));
+        let ni = t.gbit_in.len();
+        push(
+            format!("TCP host loopback → published port → container, median of {ni} × {mib} MiB"),
+            Unit::Gbps,
+            median(&t.gbit_in),
+        );
         push("errors".into(), Unit::Count, Some(t.errors as f64));
         push("leftovers after DEL".into(), Unit::Count, Some(t.leftovers.len() as f64));
         self.problems += t.errors + t.leftovers.len();
@@ -316,7 +322,8 @@ impl Report {
         self.raw.insert(
             scenario.into(),
             json!({"ours": {"first_add": round3(&t.first_add), "add": round3(&t.add), "del": round3(&t.del),
-                "last_del": round3(&t.last_del), "gbit_per_s": round3(&t.gbit), "mtu": t.mtu,
+                "last_del": round3(&t.last_del), "gbit_per_s": round3(&t.gbit),
+                "gbit_per_s_inbound": round3(&t.gbit_in), "mtu": t.mtu,
                 "errors": t.errors, "first_error": t.first_error, "leftovers": t.leftovers}}),
         );
     }

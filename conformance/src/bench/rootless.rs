@@ -12,7 +12,8 @@
 //! `setgroups`/`setresgid`/`setresuid` to the user, `setns` into the pause's user and mount
 //! namespaces), so a timed ADD pays one process start, as under podman, not three.
 //!
-//! The reference suite has no such plugin; only ours is measured.
+//! It runs once per helper (slirp4netns, pasta), so the figures of both stand side by side in
+//! one report. The reference suite has no such plugin; only ours is measured.
 
 use super::proc::{check_stop, timed};
 use anyhow::{bail, Context, Result};
@@ -36,10 +37,17 @@ const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The network name of the list.
 const NAME: &str = "benchrootless";
-/// The host's loopback as the containers see it through slirp4netns (`allowHostLoopback`).
+/// The host's loopback as the containers see it through either helper (`allowHostLoopback`).
 const HOST_LOOPBACK: &str = "10.0.2.2";
 /// First port of the throughput sinks on the fake host's loopback.
 const SINK_PORT: u16 = 39100;
+/// The host port published for the inbound runs (slirp4netns' add_hostfwd for IPv4; with
+/// pasta the wrapper's forwarder).
+const PUBLISHED_PORT: u16 = 39200;
+/// The container port behind it.
+const CONTAINER_PORT: u16 = 5001;
+/// The helpers measured, in report order.
+pub const HELPERS: [&str; 2] = ["slirp4netns", "pasta"];
 
 /// How many of everything.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +75,8 @@ pub struct RootlessTimes {
     pub last_del: Vec<f64>,
     /// Container → fake host loopback, Gbit/s per run.
     pub gbit: Vec<f64>,
+    /// Fake host loopback → published port → container, Gbit/s per run.
+    pub gbit_in: Vec<f64>,
     /// The MTU of a container's `eth0`.
     pub mtu: Option<f64>,
     /// Failed operations.
@@ -88,9 +98,14 @@ impl RootlessTimes {
 
 /// Checks the tools; creates the user (as the rootless tests do) when missing. `Err(reason)`
 /// when the scenario cannot run here.
-fn machine(suite: &Suite) -> std::result::Result<Machine, String> {
+fn machine(suite: &Suite, helper: &str) -> std::result::Result<Machine, String> {
     if !suite.has(WRAPPER) {
         return Err(format!("{} has no {WRAPPER}", suite.name));
+    }
+    let on_path =
+        |n: &str| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(n).is_file());
+    if !on_path(helper) {
+        return Err(format!("{helper} is not installed"));
     }
     rootless_user::prepare(&["slirp4netns", "newuidmap", "newgidmap", "nsenter", "unshare"], Tun::Refuse)
         .map_err(|e| e.to_string())
@@ -143,6 +158,8 @@ fn run(mut cmd: Command, stdin: &[u8]) -> Result<Output> {
 struct Ctr {
     id: String,
     netns: String,
+    /// Its capability arguments (`portMappings`).
+    caps: Map<String, Value>,
 }
 
 /// The scenario's world: fake host, XDG_RUNTIME_DIR, plugin copies, pause process.
@@ -161,13 +178,24 @@ struct World {
 }
 
 impl World {
-    fn new(m: Machine, suite: &Suite) -> Result<World> {
+    fn new(m: Machine, suite: &Suite, helper: &str) -> Result<World> {
         let host = FakeHost::new()?;
+        // A default route, as real hosts have: Debian 12's pasta refuses to start without one.
+        for args in [
+            "link add upl0 type veth peer name upl1",
+            "link set upl0 up",
+            "link set upl1 up",
+            "addr add 203.0.113.1/24 dev upl0",
+            "route add default via 203.0.113.254",
+        ] {
+            host.ns.run("ip", &args.split(' ').collect::<Vec<_>>())?;
+        }
         let name = unique("rl");
         let xdg = PathBuf::from("/run/user").join(&name);
         let bin = std::env::temp_dir().join(format!("{name}-bin"));
         let wrapper = json!({
             "type": WRAPPER,
+            "helper": helper,
             "capabilities": {"portMappings": true},
             "stateDir": "$XDG_RUNTIME_DIR/cni-rootless",
             "allowHostLoopback": true,
@@ -276,7 +304,7 @@ impl World {
         let dir = self.xdg.join("netns");
         let p = dir.join(tag).display().to_string();
         self.runtime_sh(&format!("mkdir -p {} && touch {p} && unshare --net={p} ip link set lo up", dir.display()))?;
-        Ok(Ctr { id: format!("bench-{tag}"), netns: p })
+        Ok(Ctr { id: format!("bench-{tag}"), netns: p, caps: Map::new() })
     }
 
     /// Runs a command as the runtime inside a container's netns.
@@ -302,13 +330,13 @@ impl World {
         run(self.runtime_cmd(&wrapper, &[], &env)?, conf.to_string().as_bytes())
     }
 
-    fn wrapper_conf(&self, prev: Option<&Value>) -> Value {
-        build_config(&self.list["plugins"][0], NAME, "1.0.0", prev, &Map::new())
+    fn wrapper_conf(&self, prev: Option<&Value>, caps: &Map<String, Value>) -> Value {
+        build_config(&self.list["plugins"][0], NAME, "1.0.0", prev, caps)
     }
 
     /// ADD (timed: exec of the wrapper and parsing its result); caches the result for DEL.
     fn add(&mut self, ctr: &Ctr) -> Result<f64> {
-        let conf = self.wrapper_conf(None);
+        let conf = self.wrapper_conf(None, &ctr.caps);
         let (result, ms) = timed(|| -> Result<Value> {
             let out = self.invoke("ADD", ctr, &conf)?;
             if !out.ok() {
@@ -322,7 +350,7 @@ impl World {
 
     /// DEL with the cached result as `prevResult` (timed like ADD).
     fn del(&mut self, ctr: &Ctr) -> Result<f64> {
-        let conf = self.wrapper_conf(self.results.get(&ctr.id));
+        let conf = self.wrapper_conf(self.results.get(&ctr.id), &ctr.caps);
         let (r, ms) = timed(|| -> Result<()> {
             let out = self.invoke("DEL", ctr, &conf)?;
             if !out.ok() {
@@ -412,6 +440,44 @@ impl World {
         Ok(bytes * 8.0 / secs / 1e9)
     }
 
+    /// Fake host loopback → published port → container; Gbit/s. The sink runs in the container
+    /// as the runtime, the source on the fake host as root.
+    fn throughput_in(&self, ctr: &Ctr, mib: u32) -> Result<f64> {
+        let flag = format!("--net={}", ctr.netns);
+        let port = CONTAINER_PORT.to_string();
+        let mut sink = self.runtime_cmd("/usr/bin/nsenter", &[&flag, PY, "-c", TCP_SINK_PY, "0.0.0.0", &port], &[])?;
+        sink.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut sink = Sink(sink.spawn().context("spawn the sink")?);
+        let mut out = BufReader::new(sink.0.stdout.take().context("sink stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("sink did not start: {line:?}");
+        }
+        let mut src = Command::new(PY);
+        src.args(["-c", TCP_SOURCE_PY, "127.0.0.1", &PUBLISHED_PORT.to_string(), &mib.to_string()]).env_clear();
+        let host = self.host.ns.file()?;
+        // SAFETY: runs in the forked child before exec; setns is one async-signal-safe syscall.
+        unsafe {
+            src.pre_exec(move || {
+                nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        let src = run(src, b"")?;
+        if !src.ok() {
+            bail!("sender failed: {}", src.stderr.trim());
+        }
+        line.clear();
+        out.read_line(&mut line)?;
+        let mut f = line.split_whitespace();
+        let (Some(bytes), Some(secs)) = (f.next(), f.next()) else { bail!("sink said {line:?}") };
+        let (bytes, secs): (f64, f64) = (bytes.parse()?, secs.parse()?);
+        if bytes < f64::from(mib) * 1048576.0 || secs <= 0.0 {
+            bail!("sink received {bytes} bytes in {secs} s");
+        }
+        Ok(bytes * 8.0 / secs / 1e9)
+    }
+
     /// Stops whatever of this world still runs; returns what had to be stopped.
     fn stop_everything(&mut self) -> Vec<String> {
         let left: Vec<String> =
@@ -449,20 +515,24 @@ impl Drop for World {
     }
 }
 
-/// Why the scenario cannot run here, or `None` when it can (creating the user if needed).
-pub fn unavailable(suite: &Suite) -> Option<String> {
-    machine(suite).err()
+/// Why the scenario cannot run here with `helper`, or `None` when it can (creating the user if
+/// needed).
+pub fn unavailable(suite: &Suite, helper: &str) -> Option<String> {
+    machine(suite, helper).err()
 }
 
 /// The scenario: `cycles` create/teardown cycles of one container (first ADD, last DEL); then
 /// `containers` more ADDs with the shared netns up, the MTU of `eth0`, `runs` throughput runs
-/// from the first container to the fake host's loopback, DELs of the others, the last DEL;
-/// after every teardown a look for anything left.
-pub fn rootless(suite: &Suite, c: RootlessCounts) -> Result<RootlessTimes> {
-    let m = machine(suite).map_err(anyhow::Error::msg)?;
-    let mut w = World::new(m, suite)?;
+/// from the first container to the fake host's loopback and from the fake host's loopback
+/// through a published port to it, DELs of the others, the last DEL; after every teardown a
+/// look for anything left.
+pub fn rootless(suite: &Suite, c: RootlessCounts, helper: &str) -> Result<RootlessTimes> {
+    let m = machine(suite, helper).map_err(anyhow::Error::msg)?;
+    let mut w = World::new(m, suite, helper)?;
     let mut t = RootlessTimes::default();
-    let c0 = w.container("c0")?;
+    let mut c0 = w.container("c0")?;
+    let pm = json!([{"hostPort": PUBLISHED_PORT, "containerPort": CONTAINER_PORT, "protocol": "tcp"}]);
+    c0.caps.insert("portMappings".into(), pm);
     let teardown_check = |w: &World, t: &mut RootlessTimes, when: &str| {
         for l in w.left_after_teardown() {
             t.leftovers.push(format!("{when}: {l}"));
@@ -501,6 +571,10 @@ pub fn rootless(suite: &Suite, c: RootlessCounts) -> Result<RootlessTimes> {
         match w.throughput(&c0, port, c.mib) {
             Ok(g) => t.gbit.push(g),
             Err(e) => t.fail(&format!("throughput run {r}"), &e),
+        }
+        match w.throughput_in(&c0, c.mib) {
+            Ok(g) => t.gbit_in.push(g),
+            Err(e) => t.fail(&format!("inbound throughput run {r}"), &e),
         }
     }
     for ctr in &others {

@@ -637,29 +637,38 @@ fn nftables(setup: &Setup, report: &mut Report, n: usize, window: usize) -> Resu
     Ok(Some(format!("\n### nftables and netavark (N={n} each)\n\n{}\n", rows.join("\n"))))
 }
 
-/// The rootless-wrapper scenario, ours only (the reference has no such plugin).
+/// The rootless-wrapper scenario, ours only (the reference has no such plugin), once per helper.
 fn rootless(setup: &Setup, report: &mut Report, c: RootlessCounts) -> Result<()> {
     let ours = &setup.suites[0];
-    let scenario = format!("rootless-wrapper (bridge + host-local + portmap inside, slirp4netns), N={}", c.containers);
-    if let Some(why) = bench::rootless::unavailable(ours) {
-        note(&mut report.notes, format!("rootless-wrapper scenario skipped: {why}"));
-        return Ok(());
-    }
-    eprintln!("== {scenario}");
-    note(
-        &mut report.notes,
-        format!(
-            "{scenario}: ours only, the reference has no rootless-wrapper; run as the unprivileged user in its own \
-             user and mount namespaces in a fake host, allowHostLoopback on, inner bridge MTU left to the wrapper"
-        ),
-    );
-    match bench::rootless::rootless(ours, c) {
-        Ok(t) => report.rootless(&scenario, &t, c.mib),
-        // Ctrl-C ends the run; anything else fails this scenario only.
-        Err(e) if bench::proc::check_stop().is_err() => return Err(e),
-        Err(e) => {
-            report.problems += 1;
-            note(&mut report.notes, format!("{scenario}: could not run: {e:#}"));
+    for helper in bench::rootless::HELPERS {
+        let scenario = format!("rootless-wrapper (bridge + host-local + portmap inside, {helper}), N={}", c.containers);
+        if let Some(why) = bench::rootless::unavailable(ours, helper) {
+            note(&mut report.notes, format!("rootless-wrapper scenario with {helper} skipped: {why}"));
+            continue;
+        }
+        eprintln!("== {scenario}");
+        let inbound = if helper == "slirp4netns" {
+            "host → container through a published port from the fake host's loopback (slirp4netns' add_hostfwd)"
+        } else {
+            "host → container through a published port from the fake host's loopback (the wrapper's forwarder: \
+             pasta has no port API)"
+        };
+        note(
+            &mut report.notes,
+            format!(
+                "{scenario}: ours only, the reference has no rootless-wrapper; run as the unprivileged user in its \
+                 own user and mount namespaces in a fake host, allowHostLoopback on, inner bridge MTU left to the \
+                 wrapper; {inbound}"
+            ),
+        );
+        match bench::rootless::rootless(ours, c, helper) {
+            Ok(t) => report.rootless(&scenario, &t, c.mib),
+            // Ctrl-C ends the run; anything else fails this scenario only.
+            Err(e) if bench::proc::check_stop().is_err() => return Err(e),
+            Err(e) => {
+                report.problems += 1;
+                note(&mut report.notes, format!("{scenario}: could not run: {e:#}"));
+            }
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 use cni_types::error::INVALID_NETWORK_CONFIG;
 use cni_types::{CmdArgs, CniError, PortMapping};
 use ipnetwork::Ipv4Network;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -15,8 +15,10 @@ pub const DEFAULT_MTU: u32 = 65520;
 pub const DEFAULT_CIDR: &str = "10.0.2.0/24";
 /// The state directory when `stateDir` is unset.
 pub const DEFAULT_STATE_DIR: &str = "$XDG_RUNTIME_DIR/cni-rootless";
-/// The only helper implemented.
+/// The default helper.
 pub const SLIRP4NETNS: &str = "slirp4netns";
+/// The other helper: pasta, from the passt package.
+pub const PASTA: &str = "pasta";
 /// This plugin's type, refused as an inner plugin.
 pub const SELF_TYPE: &str = "rootless-wrapper";
 
@@ -38,8 +40,45 @@ struct Raw {
     plugins: Option<Vec<Value>>,
 }
 
+/// Which program serves the shared netns as its uplink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HelperKind {
+    /// slirp4netns: the default, with its API for published ports.
+    #[default]
+    Slirp4netns,
+    /// pasta: no run-time port API, so the wrapper's forwarder carries every published port.
+    Pasta,
+}
+
+impl HelperKind {
+    /// The name users write in `helper`, and the binary looked up on `PATH`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HelperKind::Slirp4netns => SLIRP4NETNS,
+            HelperKind::Pasta => PASTA,
+        }
+    }
+
+    /// The kind a `helper` value names: a known name, or a path whose file name starts with
+    /// one (`/usr/bin/pasta`, `/usr/bin/passt.avx2`); any other path is taken for slirp4netns.
+    pub fn of(helper: &str) -> Option<HelperKind> {
+        let base = helper.rsplit('/').next().unwrap_or(helper);
+        match helper {
+            "" | SLIRP4NETNS => Some(HelperKind::Slirp4netns),
+            PASTA => Some(HelperKind::Pasta),
+            _ if helper.contains('/') && (base.starts_with("pasta") || base.starts_with("passt")) => {
+                Some(HelperKind::Pasta)
+            }
+            _ if helper.contains('/') => Some(HelperKind::Slirp4netns),
+            _ => None,
+        }
+    }
+}
+
 /// The addresses slirp4netns gives its network: they move with `--cidr`, so they are derived,
-/// never written down as 10.0.2.x.
+/// never written down as 10.0.2.x. pasta is given the same ones (`-a`, `-n`, `-g`,
+/// `--dns-forward`), so both helpers look alike from inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlirpNet {
     /// The network, host bits cleared.
@@ -78,8 +117,10 @@ pub struct WrapperConf {
     pub cni_version: String,
     /// Where the shared netns and all state live (one shared netns per state directory).
     pub state_dir: PathBuf,
-    /// The slirp4netns binary: a name looked up on `PATH`, or a path.
+    /// The helper binary: a name looked up on `PATH`, or a path.
     pub helper: String,
+    /// Which helper that is.
+    pub kind: HelperKind,
     /// MTU of the tap device (and of inner bridges that set none).
     pub mtu: u32,
     /// slirp4netns' network and its derived addresses.
@@ -139,15 +180,13 @@ impl WrapperConf {
         let raw: Raw = args.decode()?;
         let state_dir = if raw.state_dir.is_empty() { DEFAULT_STATE_DIR } else { raw.state_dir.as_str() };
         let state_dir = expand_state_dir(state_dir, getenv).map_err(invalid)?;
-        let helper = match raw.helper.as_str() {
-            "" => SLIRP4NETNS.to_string(),
-            h if h == SLIRP4NETNS || h.contains('/') => h.to_string(),
-            other => {
-                return Err(invalid(format!(
-                    "helper {other:?} is not supported: use \"slirp4netns\" or the path of a slirp4netns binary"
-                )))
-            }
-        };
+        let kind = HelperKind::of(&raw.helper).ok_or_else(|| {
+            invalid(format!(
+                "helper {:?} is not supported: use \"slirp4netns\", \"pasta\" or the path of one of them",
+                raw.helper
+            ))
+        })?;
+        let helper = if raw.helper.is_empty() { kind.name().to_string() } else { raw.helper.clone() };
         let mtu = match raw.mtu {
             None | Some(0) => DEFAULT_MTU,
             Some(m) => u32::try_from(m)
@@ -178,6 +217,7 @@ impl WrapperConf {
             cni_version: if raw.cni_version.is_empty() { args.cni_version.clone() } else { raw.cni_version },
             state_dir,
             helper,
+            kind,
             mtu,
             net,
             enable_ipv6: raw.enable_ipv6,
@@ -348,6 +388,24 @@ mod tests {
             ("/opt/slirp4netns", 1500, true, true)
         );
         assert_eq!(c.net.gateway, "10.9.0.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.kind, HelperKind::Slirp4netns);
+    }
+
+    #[test]
+    fn helper_kinds() {
+        assert_eq!(HelperKind::of(""), Some(HelperKind::Slirp4netns));
+        assert_eq!(HelperKind::of("slirp4netns"), Some(HelperKind::Slirp4netns));
+        assert_eq!(HelperKind::of("pasta"), Some(HelperKind::Pasta));
+        assert_eq!(HelperKind::of("/usr/bin/pasta"), Some(HelperKind::Pasta));
+        assert_eq!(HelperKind::of("/usr/bin/passt.avx2"), Some(HelperKind::Pasta));
+        assert_eq!(HelperKind::of("/opt/bin/slirp4netns"), Some(HelperKind::Slirp4netns));
+        assert_eq!(HelperKind::of("passt"), None);
+        assert_eq!(HelperKind::of("vde_plug"), None);
+        let a = args_for(json!({"cniVersion": "1.0.0", "name": "rl", "stateDir": "/tmp/s", "helper": "pasta",
+            "plugins": [{"type": "bridge"}]}));
+        let c = WrapperConf::load(&a, &env(None)).unwrap();
+        assert_eq!((c.helper.as_str(), c.kind, c.mtu), ("pasta", HelperKind::Pasta, DEFAULT_MTU));
+        assert_eq!(serde_json::to_value(HelperKind::Pasta).unwrap(), json!("pasta"));
     }
 
     #[test]
@@ -364,7 +422,7 @@ mod tests {
         assert_eq!(bad(json!({"plugins": null})).code, 7);
         assert!(bad(json!({"plugins": [{"bridge": "x"}]})).msg.contains("no \"type\""));
         assert!(bad(json!({"plugins": [{"type": "rootless-wrapper"}]})).msg.contains("itself"));
-        assert!(bad(json!({"helper": "pasta"})).msg.contains("not supported"));
+        assert!(bad(json!({"helper": "vde"})).msg.contains("not supported"));
         assert!(bad(json!({"mtu": 100})).msg.contains("out of range"));
         assert!(bad(json!({"cidr": "10.0.0.0/30"})).msg.contains("too small"));
         assert_eq!(bad(json!({"mtu": "big"})).code, 6);

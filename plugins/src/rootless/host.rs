@@ -198,6 +198,24 @@ pub fn create_netns(path: &Path) -> Result<(), String> {
     made.map(drop)
 }
 
+/// Makes `alias` a second mount of the netns mounted on `netns` (nothing to do when it already
+/// is one), for a helper that may open namespaces only under a fixed directory (Debian's
+/// AppArmor profile for pasta: `/run/user/<uid>/netns/*`).
+pub fn alias_netns(netns: &Path, alias: &Path) -> Result<(), String> {
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let want = id(netns).map_err(|e| format!("stat {}: {e}", netns.display()))?;
+    let is_file = std::fs::symlink_metadata(alias).is_ok_and(|m| m.file_type().is_file());
+    if is_file && id(alias).is_ok_and(|got| got == want) {
+        return Ok(());
+    }
+    remove_netns(alias)?;
+    super::trust::create_fresh(alias, 0o600).map_err(|e| format!("create {}: {e}", alias.display()))?;
+    mount(Some(netns), alias, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+        let _ = std::fs::remove_file(alias);
+        format!("bind-mount {} on {}: {e}", netns.display(), alias.display())
+    })
+}
+
 /// Reads a sysctl inside `netns` and sets it to `value`, returning the old value; runs in a
 /// child since this process cannot come back from another netns.
 pub fn swap_sysctl_in(netns: &Path, key: &str, value: &str) -> Result<String, String> {
@@ -317,7 +335,7 @@ pub fn helpers_serving(expect: &Expect) -> Vec<HelperId> {
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
         let Some(stat) = super::slirp::proc_stat(pid) else { continue };
-        if stat.comm == "slirp4netns" && expect.matches(pid) {
+        if super::slirp::comm_names(expect.kind).contains(&stat.comm.as_str()) && expect.matches(pid) {
             found.push(HelperId { pid, start_time: stat.start_time, comm: stat.comm, ..Default::default() });
         }
     }

@@ -1,13 +1,18 @@
 //! `rootless-wrapper`: runs a chain of inner plugins (bridge, host-local, portmap, …) for a
-//! rootless runtime, inside one shared "rootless netns" whose uplink is slirp4netns.
+//! rootless runtime, inside one shared "rootless netns" whose uplink is slirp4netns ([`slirp`],
+//! the default) or pasta ([`pasta`], `helper: "pasta"`; it has no port API, so the forwarder
+//! carries all its published ports). Both get the same addresses, so the netns looks the same
+//! either way; which one serves a netns is recorded, and a netns keeps its helper until it is
+//! recreated.
 //!
 //! The runtime calls the wrapper after joining its pause process's user and mount namespaces,
 //! in its own network namespace (the host's). Per state directory (so per user) the wrapper
-//! keeps one netns, bind-mounted on `<stateDir>/netns`, with slirp4netns serving it. Published
+//! keeps one netns, bind-mounted on `<stateDir>/netns`, with the helper serving it. Published
 //! ports on IPv4 host addresses are forwarded by slirp4netns from the host to the netns' tap
 //! address on the same port, where the inner portmap DNATs them to the container; ports on IPv6
-//! host addresses are carried by the wrapper's own port forwarder ([`forwarder`]), which keeps
-//! the client's address too and is recorded, verified, repaired and stopped like the helper. The inner plugins run as children of
+//! host addresses (and, with pasta, IPv4 ones too) are carried by the wrapper's own port
+//! forwarder ([`forwarder`]), which keeps the client's address too and is recorded, verified,
+//! repaired and stopped like the helper. The inner plugins run as children of
 //! the wrapper after it entered the shared netns and a private mount namespace that gives them
 //! writable `/run` and `/var/lib/cni` (see [`mounts`]).
 //!
@@ -18,7 +23,7 @@
 //! without following links and read up to a bound, a record naming files outside the directory's
 //! fixed layout is reset (an ADD or DEL first runs its container's inner DEL in the layout's
 //! netns, so that interface goes at once rather than when the kernel frees the netns), and a recorded helper is signalled only once the process is verified
-//! to be a slirp4netns of this user serving this directory ([`slirp::Expect`]). Teardown removes
+//! to be a helper of this user serving this directory ([`slirp::Expect`]). Teardown removes
 //! only the names of that layout. Every wait has a deadline: the lock (a later call gives up
 //! with a clear error instead of queueing forever behind a stuck one), the helper's API and
 //! readiness, the inner plugins, and every other child process. Every verb validates the state first: a netns
@@ -41,6 +46,7 @@ pub mod config;
 pub mod forwarder;
 pub mod host;
 pub mod mounts;
+pub mod pasta;
 pub mod slirp;
 pub mod state;
 pub mod trust;
@@ -50,7 +56,7 @@ use crate::ns::NetNs;
 use cni_types::error::PLUGIN_NOT_AVAILABLE;
 use cni_types::invoke;
 use cni_types::{CmdArgs, CniError, CniResult, Command, Plugin};
-use config::{lookup, InnerExtras, WrapperConf};
+use config::{lookup, HelperKind, InnerExtras, WrapperConf};
 use serde_json::{Map, Value};
 use state::{Forward, Member, NetParams, State, STATE_VERSION};
 use std::os::fd::{AsFd, OwnedFd};
@@ -89,8 +95,13 @@ pub struct Paths {
     pub api_socket: PathBuf,
     /// slirp4netns' output.
     pub log: PathBuf,
+    /// pasta's output.
+    pub pasta_log: PathBuf,
     /// The generated resolv.conf.
     pub resolv: PathBuf,
+    /// A second mount of the netns under `$XDG_RUNTIME_DIR/netns/`, the only place Debian's
+    /// AppArmor profile lets pasta open a namespace; named after the state directory.
+    pub netns_alias: Option<PathBuf>,
     /// The port forwarder's control socket.
     pub forwarder_socket: PathBuf,
     /// The port forwarder's output.
@@ -99,12 +110,13 @@ pub struct Paths {
 
 /// The names the wrapper makes in a state directory; teardown removes these and nothing else
 /// (`resolv.tmp`: the temporary name earlier versions used).
-pub const LAYOUT: [&str; 12] = [
+pub const LAYOUT: [&str; 13] = [
     "state.json",
     "state.json.tmp",
     "netns",
     "slirp.sock",
     "slirp.log",
+    "pasta.log",
     "resolv.conf",
     "resolv.conf.tmp",
     "resolv.tmp",
@@ -124,7 +136,9 @@ impl Paths {
             netns: dir.join("netns"),
             api_socket: dir.join("slirp.sock"),
             log: dir.join("slirp.log"),
+            pasta_log: dir.join("pasta.log"),
             resolv: dir.join("resolv.conf"),
+            netns_alias: None,
             forwarder_socket: dir.join("forwarder.sock"),
             forwarder_log: dir.join("forwarder.log"),
         }
@@ -138,9 +152,32 @@ impl Paths {
         }
     }
 
-    fn helper_paths(&self, netns: &Path) -> slirp::HelperPaths {
-        slirp::HelperPaths { netns: netns.to_path_buf(), api_socket: self.api_socket.clone(), log: self.log.clone() }
+    /// The netns path `kind` is given: pasta's is the alias when there is one.
+    pub fn helper_netns(&self, kind: HelperKind) -> &Path {
+        match (kind, &self.netns_alias) {
+            (HelperKind::Pasta, Some(alias)) => alias,
+            _ => &self.netns,
+        }
     }
+
+    fn helper_paths(&self, kind: HelperKind) -> slirp::HelperPaths {
+        let log = match kind {
+            HelperKind::Slirp4netns => self.log.clone(),
+            HelperKind::Pasta => self.pasta_log.clone(),
+        };
+        slirp::HelperPaths { netns: self.helper_netns(kind).to_path_buf(), api_socket: self.api_socket.clone(), log }
+    }
+}
+
+/// The name of the netns alias of `state_dir` in `$XDG_RUNTIME_DIR/netns/`: a prefix and a
+/// 64-bit FNV-1a hash of the path, so one user's state directories never share one.
+pub fn alias_name(state_dir: &Path) -> String {
+    let hash = state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("cni-rootless-{hash:016x}")
 }
 
 fn not_available(msg: impl std::fmt::Display) -> CniError {
@@ -191,12 +228,30 @@ impl<'a> Session<'a> {
         let mut paths = Paths::new(&dir);
         // Beside the name the configuration gives, even when that name is a link.
         paths.lock = Paths::new(&conf.state_dir).lock;
+        paths.netns_alias = getenv("XDG_RUNTIME_DIR")
+            .filter(|x| x.starts_with('/'))
+            .map(|x| Path::new(&x).join("netns").join(alias_name(&conf.state_dir)));
         Ok(Session { conf, args, paths, _lock: lock })
     }
 
-    /// What a helper of this state directory must be (see [`slirp::Expect`]).
-    fn expect(&self) -> slirp::Expect {
-        slirp::Expect::new(slirp::find_helper(&self.conf.helper).as_deref(), &self.paths.netns, &self.paths.api_socket)
+    /// What a helper of `kind` of this state directory must be (see [`slirp::Expect`]).
+    fn expect_kind(&self, kind: HelperKind) -> slirp::Expect {
+        slirp::Expect::new(
+            kind,
+            slirp::find_helper(self.binary_of(kind)).as_deref(),
+            self.paths.helper_netns(kind),
+            &self.paths.api_socket,
+        )
+    }
+
+    /// The helper binary of `kind`: the configured one when it is of that kind (a netns made
+    /// with the other helper keeps it until it is recreated), else that kind's usual name.
+    fn binary_of(&self, kind: HelperKind) -> &str {
+        if self.conf.kind == kind {
+            self.conf.helper.as_str()
+        } else {
+            kind.name()
+        }
     }
 
     /// What a forwarder of this state directory must be (see [`forwarder::Expect`]).
@@ -342,7 +397,11 @@ impl<'a> Session<'a> {
         if st.netns != self.paths.netns {
             return Some(format!("it names {} as the netns, not {}", st.netns.display(), self.paths.netns.display()));
         }
-        let socket = st.helper.as_ref().map(|h| &h.api_socket).filter(|s| **s != self.paths.api_socket);
+        // pasta has no socket (an empty path in the record); only slirp4netns' is ever used.
+        let socket = st.helper.as_ref().map(|h| &h.api_socket).filter(|s| match st.params.helper {
+            HelperKind::Slirp4netns => **s != self.paths.api_socket,
+            HelperKind::Pasta => !s.as_os_str().is_empty(),
+        });
         socket.map(|s| {
             format!("it names {} as the helper's socket, not {}", s.display(), self.paths.api_socket.display())
         })
@@ -395,6 +454,7 @@ impl<'a> Session<'a> {
             mtu: self.conf.mtu,
             enable_ipv6: self.conf.enable_ipv6,
             allow_host_loopback: self.conf.allow_host_loopback,
+            helper: self.conf.kind,
         }
     }
 
@@ -419,6 +479,10 @@ impl<'a> Session<'a> {
         self.conf.mtu = st.params.mtu;
         self.conf.enable_ipv6 = st.params.enable_ipv6;
         self.conf.allow_host_loopback = st.params.allow_host_loopback;
+        if self.conf.kind != st.params.helper {
+            self.conf.kind = st.params.helper;
+            self.conf.helper = st.params.helper.name().to_string();
+        }
     }
 
     /// Why a recorded netns cannot be used any more, if it cannot.
@@ -489,7 +553,8 @@ impl<'a> Session<'a> {
     }
 
     fn helper_running(&self, st: &State) -> bool {
-        st.helper.as_ref().is_some_and(|h| slirp::is_ours(h, &self.expect()) && self.paths.api_socket.exists())
+        let socket_ok = st.params.helper != HelperKind::Slirp4netns || self.paths.api_socket.exists();
+        st.helper.as_ref().is_some_and(|h| slirp::is_ours(h, &self.expect_kind(st.params.helper)) && socket_ok)
     }
 
     /// Stops the helper (only if it is verifiably ours, plus any unrecorded one that is
@@ -497,13 +562,24 @@ impl<'a> Session<'a> {
     /// wrapper made in the directory. Only paths of the layout are touched, whatever `st` says.
     fn teardown(&self, st: Option<&State>) -> Vec<String> {
         let mut errors = Vec::new();
-        let expect = self.expect();
-        if let Some(h) = st.and_then(|s| s.helper.as_ref()) {
-            errors.extend(slirp::stop(h, &expect).err());
+        if let Some((h, kind)) = st.and_then(|s| s.helper.as_ref().map(|h| (h, s.params.helper))) {
+            errors.extend(slirp::stop(h, &self.expect_kind(kind)).err());
         }
-        for stray in host::helpers_serving(&expect) {
-            log::warn!("stopping unrecorded slirp4netns pid {} serving {}", stray.pid, self.paths.netns.display());
-            errors.extend(slirp::stop(&stray, &expect).err());
+        // Whatever the record says: either helper may have been left serving this netns.
+        for kind in [HelperKind::Slirp4netns, HelperKind::Pasta] {
+            let expect = self.expect_kind(kind);
+            for stray in host::helpers_serving(&expect) {
+                log::warn!(
+                    "stopping unrecorded {} pid {} serving {}",
+                    kind.name(),
+                    stray.pid,
+                    self.paths.netns.display()
+                );
+                errors.extend(slirp::stop(&stray, &expect).err());
+            }
+        }
+        if let Some(alias) = &self.paths.netns_alias {
+            errors.extend(host::remove_netns(alias).err());
         }
         errors.extend(self.stop_forwarders(st));
         errors.extend(host::remove_netns(&self.paths.netns).err());
@@ -515,9 +591,10 @@ impl<'a> Session<'a> {
     /// Starts the helper into `st.netns`, replays every recorded forward, and saves.
     fn start_helper(&self, st: &mut State) -> Result<(), CniError> {
         host::check_tun().map_err(internal)?;
-        let binary = slirp::find_helper(&self.conf.helper)
-            .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.conf.helper)))?;
-        let expect = self.expect();
+        let kind = st.params.helper;
+        let binary = slirp::find_helper(self.binary_of(kind))
+            .ok_or_else(|| internal(format!("helper {:?} not found on PATH", self.binary_of(kind))))?;
+        let expect = self.expect_kind(kind);
         // A new helper has none of the old one's forwards.
         st.stale_forwards.clear();
         if let Some(old) = st.helper.take() {
@@ -527,17 +604,23 @@ impl<'a> Session<'a> {
         for stray in host::helpers_serving(&expect) {
             let _ = slirp::stop(&stray, &expect);
         }
+        if let (HelperKind::Pasta, Some(alias)) = (kind, &self.paths.netns_alias) {
+            self.make_alias(&st.netns, alias)?;
+        }
         let started = Instant::now();
-        let helper =
-            self.with_tap_defaults(st, || slirp::start(&binary, &st.params, &self.paths.helper_paths(&st.netns)));
-        let helper = helper.ctx(|| "start slirp4netns")?;
+        let paths = self.paths.helper_paths(kind);
+        let helper = self.with_tap_defaults(st, || match kind {
+            HelperKind::Slirp4netns => slirp::start(&binary, &st.params, &paths),
+            HelperKind::Pasta => pasta::start(&binary, &st.params, &self.conf.net, &paths, &expect),
+        });
+        let helper = helper.ctx(|| format!("start {}", kind.name()))?;
         if st.params.enable_ipv6 {
             if let Err(e) = host::ipv6_uplink_in(&st.netns, slirp::TAP, host::GATEWAY6) {
                 let _ = slirp::stop(&helper, &expect);
                 return Err(internal(format!("IPv6 uplink: {e}")));
             }
         }
-        log::debug!("slirp4netns pid {} ready in {:?}", helper.pid, started.elapsed());
+        log::debug!("{} pid {} ready in {:?}", kind.name(), helper.pid, started.elapsed());
         let socket = helper.api_socket.clone();
         st.helper = Some(helper);
         let guest =
@@ -559,6 +642,15 @@ impl<'a> Session<'a> {
             }
         }
         self.save(st)
+    }
+
+    /// Mounts the netns on `alias` too, in a directory checked as the state directory is.
+    fn make_alias(&self, netns: &Path, alias: &Path) -> Result<(), CniError> {
+        let unsafe_dir = |e: String| internal(format!("rootless-wrapper: unsafe netns directory: {e}"));
+        if let Some(dir) = alias.parent() {
+            trust::secure_dir(dir, true).map_err(unsafe_dir)?;
+        }
+        host::alias_netns(netns, alias).map_err(|e| internal(format!("netns for pasta: {e}")))
     }
 
     /// Runs `work` (the helper's start) with the IPv6 defaults a new tap needs, then restores
@@ -609,7 +701,7 @@ impl<'a> Session<'a> {
             }
             return Err(e);
         }
-        log::info!("created rootless netns {} served by slirp4netns", st.netns.display());
+        log::info!("created rootless netns {} served by {}", st.netns.display(), self.conf.kind.name());
         Ok(st)
     }
 
@@ -646,7 +738,7 @@ impl<'a> Session<'a> {
             None => Ok(None),
             Some(mut s) => {
                 if !self.helper_running(&s) {
-                    log::warn!("slirp4netns for {} is not running; restarting it", s.netns.display());
+                    log::warn!("{} for {} is not running; restarting it", s.params.helper.name(), s.netns.display());
                     self.start_helper(&mut s)?;
                     self.ensure_forwarder(&mut s)?;
                     return Ok(Some(s));
@@ -692,9 +784,11 @@ impl<'a> Session<'a> {
 
     /// Adds the forwards `mappings` need: the helper's at once, the forwarder's as host sockets
     /// bound here (handed over once the container has its addresses). On any failure the ones
-    /// already added are removed and the sockets closed.
+    /// already added are removed and the sockets closed. pasta has no port API: with it the
+    /// forwarder carries both families.
     fn add_forwards(&self, st: &State) -> Result<(Vec<Forward>, Vec<Bound>), CniError> {
-        let wanted = host::forwards_for(&self.conf.port_mappings, self.conf.enable_ipv6, FORWARDER_CARRIES_IPV4)
+        let carry_ipv4 = FORWARDER_CARRIES_IPV4 || st.params.helper == HelperKind::Pasta;
+        let wanted = host::forwards_for(&self.conf.port_mappings, self.conf.enable_ipv6, carry_ipv4)
             .map_err(CniError::invalid_config)?;
         for fwd in &wanted {
             if let Some((m, _)) = st.forwards().find(|(_, f)| host::clashes(f, fwd)) {
@@ -921,7 +1015,8 @@ fn remove_carried(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<Stri
 
 /// Removes forwards from the helper (see [`remove_forwards`]).
 fn remove_helper_forwards(s: &Session<'_>, st: &State, forwards: &[Forward]) -> Vec<String> {
-    let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_ours(h, &s.expect())) else { return Vec::new() };
+    let expect = s.expect_kind(st.params.helper);
+    let Some(helper) = st.helper.as_ref().filter(|h| slirp::is_ours(h, &expect)) else { return Vec::new() };
     let ids: Vec<(i64, &Forward)> = forwards.iter().filter_map(|f| f.id.map(|id| (id, f))).collect();
     if ids.is_empty() {
         return Vec::new();
@@ -1263,6 +1358,19 @@ mod tests {
         for inside in [&p.state, &p.netns, &p.api_socket, &p.log, &p.resolv] {
             assert!(inside.starts_with(&p.dir));
         }
+    }
+
+    #[test]
+    fn netns_aliases_are_named_after_the_state_directory() {
+        let a = alias_name(Path::new("/run/user/1000/cni-rootless"));
+        assert!(a.starts_with("cni-rootless-") && a.len() == "cni-rootless-".len() + 16, "{a}");
+        assert_eq!(a, alias_name(Path::new("/run/user/1000/cni-rootless")));
+        assert_ne!(a, alias_name(Path::new("/run/user/1000/cni-rootless2")));
+        let mut p = Paths::new(Path::new("/s"));
+        assert_eq!(p.helper_netns(HelperKind::Pasta), Path::new("/s/netns"));
+        p.netns_alias = Some(PathBuf::from("/run/user/1000/netns/x"));
+        assert_eq!(p.helper_netns(HelperKind::Pasta), Path::new("/run/user/1000/netns/x"));
+        assert_eq!(p.helper_netns(HelperKind::Slirp4netns), Path::new("/s/netns"));
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! `return` wrapper; all three are accepted. Every step has a deadline: a stopped helper
 //! (SIGSTOP) accepts nothing, and `connect()` to its full backlog would otherwise block forever.
 
+use super::config::HelperKind;
 use super::state::{Forward, HelperId, NetParams};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -86,43 +87,78 @@ pub fn is_alive(helper: &HelperId) -> bool {
 /// What a process must be to count as the helper of one state directory (module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expect {
-    /// Device and inode of the helper binary; `None` when it cannot be found (nothing matches).
-    pub binary: Option<(u64, u64)>,
+    /// Which helper it must be.
+    pub kind: HelperKind,
+    /// Device and inode of each file the helper may run: the binary, and for pasta the
+    /// `.avx2` build it re-executes itself as. Empty when it cannot be found (nothing matches).
+    pub binaries: Vec<(u64, u64)>,
     /// The UID the helper runs as, as this process sees it (its own effective UID).
     pub uid: u32,
     /// The netns it must serve.
     pub netns: PathBuf,
-    /// The API socket it must listen on.
+    /// The API socket it must listen on (slirp4netns only).
     pub api_socket: PathBuf,
 }
 
 impl Expect {
     /// The helper of `netns` and `api_socket`, running `binary` as this process's user.
-    pub fn new(binary: Option<&Path>, netns: &Path, api_socket: &Path) -> Expect {
-        let binary = binary.and_then(|b| std::fs::metadata(b).ok()).map(|m| (m.dev(), m.ino()));
+    pub fn new(kind: HelperKind, binary: Option<&Path>, netns: &Path, api_socket: &Path) -> Expect {
+        let mut files: Vec<PathBuf> = binary.map(Path::to_path_buf).into_iter().collect();
+        if kind == HelperKind::Pasta {
+            // pasta execs `<its real file>.avx2` when the CPU has AVX2 (Debian's passt does).
+            if let Some(real) = binary.and_then(|b| std::fs::canonicalize(b).ok()) {
+                let mut avx2 = real.into_os_string();
+                avx2.push(".avx2");
+                files.push(PathBuf::from(avx2));
+            }
+        }
+        let binaries = files.iter().filter_map(|b| std::fs::metadata(b).ok()).map(|m| (m.dev(), m.ino())).collect();
         Expect {
-            binary,
+            kind,
+            binaries,
             uid: nix::unistd::geteuid().as_raw(),
             netns: netns.to_path_buf(),
             api_socket: api_socket.to_path_buf(),
         }
     }
 
-    /// Whether the command line serves exactly this netns through exactly this socket.
+    /// Whether the command line serves exactly this netns (through exactly this socket, for
+    /// slirp4netns).
     pub fn matches_args(&self, args: &[&[u8]]) -> bool {
         let want = |flag: &[u8], value: &Path| {
             args.windows(2).any(|w| w[0] == flag && w[1] == value.as_os_str().as_encoded_bytes())
         };
-        want(b"--api-socket", &self.api_socket) && want(b"--netns-type=path", &self.netns)
+        match self.kind {
+            HelperKind::Slirp4netns => {
+                want(b"--api-socket", &self.api_socket) && want(b"--netns-type=path", &self.netns)
+            }
+            HelperKind::Pasta => want(b"--netns", &self.netns) && args.contains(&b"--config-net".as_slice()),
+        }
     }
 
     /// Whether process `pid` is a helper serving this state directory.
     pub fn matches(&self, pid: i32) -> bool {
-        let Some(binary) = self.binary else { return false };
-        process_args(pid, self.uid, binary, "slirp4netns", None).is_some_and(|cmdline| {
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            self.matches_args(&args)
+        if pid <= 0 {
+            return false;
+        }
+        // The name a process of an earlier user namespace must have (see [`process_args`]).
+        let comm = proc_stat(pid).map(|s| s.comm).unwrap_or_default();
+        let names = comm_names(self.kind);
+        let name = names.iter().copied().find(|n| *n == comm).unwrap_or(names[0]);
+        self.binaries.iter().any(|binary| {
+            process_args(pid, self.uid, *binary, name, None).is_some_and(|cmdline| {
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                self.matches_args(&args)
+            })
         })
+    }
+}
+
+/// The process names (`comm`) a helper of `kind` runs under.
+pub fn comm_names(kind: HelperKind) -> &'static [&'static str] {
+    match kind {
+        HelperKind::Slirp4netns => &["slirp4netns"],
+        HelperKind::Pasta => &["pasta", "passt", "pasta.avx2", "passt.avx2"],
     }
 }
 
@@ -196,10 +232,13 @@ pub fn is_ours(helper: &HelperId, expect: &Expect) -> bool {
 pub fn unresponsive(helper: &HelperId) -> Option<String> {
     let st = proc_stat(helper.pid)?;
     matches!(st.state, 'T' | 't').then(|| {
+        let name = helper.binary.file_name().map(|n| n.to_string_lossy().into_owned());
         format!(
-            "slirp4netns (pid {}) is stopped and cannot answer; resume it (kill -CONT {}) or remove the last \
-             container to restart it",
-            helper.pid, helper.pid
+            "{} (pid {}) is stopped and cannot answer; resume it (kill -CONT {}) or remove the last container to \
+             restart it",
+            name.as_deref().unwrap_or("the helper"),
+            helper.pid,
+            helper.pid
         )
     })
 }
@@ -373,7 +412,8 @@ pub struct HelperPaths {
     pub log: PathBuf,
 }
 
-fn read_log(path: &Path) -> String {
+/// The end of a helper's log, for an error message.
+pub fn read_log(path: &Path) -> String {
     // Keep the end: that is where the failure is.
     let bytes = super::trust::read_tail(path, LOG_TAIL).unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
@@ -489,7 +529,7 @@ pub fn inherit_as_fd3(fd: std::os::fd::RawFd) -> std::io::Result<()> {
 }
 
 /// The nsfs mount points of this mount namespace other than `keep`, for the helper to drop.
-fn nsfs_copies_to_drop(keep: &Path) -> Vec<std::ffi::CString> {
+pub fn nsfs_copies_to_drop(keep: &Path) -> Vec<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     super::mounts::nsfs_mount_points(&info)
@@ -672,7 +712,8 @@ mod tests {
         // stop() refuses to signal a process that is not the recorded one, and one that is
         // recorded exactly but is not a helper of ours (this test binary serves no netns).
         let exe = std::env::current_exe().unwrap();
-        let expect = Expect::new(Some(&exe), Path::new("/s/netns"), Path::new("/s/slirp.sock"));
+        let expect =
+            Expect::new(HelperKind::Slirp4netns, Some(&exe), Path::new("/s/netns"), Path::new("/s/slirp.sock"));
         let impostor = HelperId { pid, start_time: me.start_time + 1, comm: me.comm.clone(), ..Default::default() };
         assert!(stop(&impostor, &expect).is_ok());
         let exact = HelperId { pid, start_time: me.start_time, comm: me.comm, ..Default::default() };
@@ -683,7 +724,7 @@ mod tests {
 
     #[test]
     fn identity_needs_our_paths_in_the_command_line() {
-        let expect = Expect::new(None, Path::new("/s/netns"), Path::new("/s/slirp.sock"));
+        let expect = Expect::new(HelperKind::Slirp4netns, None, Path::new("/s/netns"), Path::new("/s/slirp.sock"));
         let ours = helper_args(&NetParams::default(), Features::default(), &expect.netns, &expect.api_socket);
         let ours: Vec<&[u8]> = ours.iter().map(|a| a.as_bytes()).collect();
         assert!(expect.matches_args(&ours));
@@ -776,8 +817,7 @@ mod tests {
         assert_eq!(parse_features(&old).unwrap(), Features::default());
         assert!(parse_features(&help.replace("--api-socket", "")).unwrap_err().contains("--api-socket"));
 
-        let params =
-            NetParams { cidr: "10.0.2.0/24".into(), mtu: 65520, enable_ipv6: false, allow_host_loopback: false };
+        let params = NetParams { cidr: "10.0.2.0/24".into(), mtu: 65520, ..Default::default() };
         let args = helper_args(&params, f, Path::new("/s/netns"), Path::new("/s/slirp.sock"));
         assert_eq!(
             args.join(" "),

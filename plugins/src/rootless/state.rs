@@ -3,6 +3,7 @@
 //! memory between invocations; it is read and written under the state lock only, and always
 //! replaced atomically (write a temporary file, rename).
 
+use super::config::HelperKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,8 @@ pub struct NetParams {
     /// Not `--disable-host-loopback`.
     #[serde(rename = "allowHostLoopback")]
     pub allow_host_loopback: bool,
+    /// Which helper serves the netns (slirp4netns in records written before pasta existed).
+    pub helper: HelperKind,
 }
 
 /// Everything the wrapper remembers about one state directory.
@@ -203,7 +206,12 @@ mod tests {
             version: STATE_VERSION,
             netns: "/run/user/1000/cni-rootless/netns".into(),
             userns_inode: 4026532001,
-            params: NetParams { cidr: "10.0.2.0/24".into(), mtu: 65520, enable_ipv6: false, allow_host_loopback: true },
+            params: NetParams {
+                cidr: "10.0.2.0/24".into(),
+                mtu: 65520,
+                allow_host_loopback: true,
+                ..Default::default()
+            },
             helper: Some(HelperId {
                 pid: 4242,
                 start_time: 987654,
