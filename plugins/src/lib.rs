@@ -3,6 +3,7 @@
 pub mod bandwidth;
 pub mod bridge;
 pub mod firewall;
+pub mod firewall_plugin;
 pub mod fsutil;
 pub mod host_local;
 pub mod lock;

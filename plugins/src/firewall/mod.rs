@@ -15,6 +15,7 @@
 pub mod fastpath;
 pub mod firewalld;
 pub mod forward;
+pub mod forward_iptables;
 mod ipmasq;
 pub mod iptables;
 mod masq_nft;

@@ -1,0 +1,433 @@
+//! The iptables backend of the `firewall` plugin: the reference's filter-table rules byte for
+//! byte (wave2-anchors §1.4), written as one `iptables-restore --noflush -w` batch per family
+//! and operation, planned from one `iptables-save -t filter`.
+//!
+//! ```text
+//! -N CNI-FORWARD ; -N <admin>                                    (each only if absent, never flushed)
+//! -I FORWARD 1 -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD
+//! -I CNI-FORWARD 1 -m comment --comment "CNI firewall plugin admin overrides" -j <admin>
+//! -A CNI-FORWARD -d <ip>/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+//! -A CNI-FORWARD -s <ip>/32 -j ACCEPT
+//! ```
+//!
+//! and, for `ingressPolicy` `same-bridge`/`isolated`, the reference's `CNI-ISOLATION-STAGE-1/2`
+//! chains. Each command is emitted only when the rule it writes is absent (the reference's
+//! `-C` before `-I`/`-A`), in the reference's order, so the resulting table is the one the
+//! reference leaves. `-N` (not `:chain`) creates chains, so a batch planned from a stale dump
+//! fails whole instead of flushing a chain another writer just filled; it is then re-planned.
+
+use super::forward::{ForwardAccept, ForwardBackend, IngressPolicy};
+use super::iptables::{Batch, Rule, SavedTable};
+use super::restore::{self, apply_iptables, has_tool, iptables_save, restore_tool, save_tool};
+use super::{Family, FirewallError};
+use std::net::IpAddr;
+
+/// The plugin's chain, jumped to from `FORWARD`.
+pub const FORWARD_CHAIN: &str = "CNI-FORWARD";
+/// First isolation stage, jumped to from `FORWARD` ahead of [`FORWARD_CHAIN`].
+pub const STAGE1_CHAIN: &str = "CNI-ISOLATION-STAGE-1";
+/// Second isolation stage.
+pub const STAGE2_CHAIN: &str = "CNI-ISOLATION-STAGE-2";
+
+const TABLE: &str = "filter";
+const FORWARD_COMMENT: &str = "CNI firewall plugin rules";
+const ADMIN_COMMENT: &str = "CNI firewall plugin admin overrides";
+const ISOLATION_COMMENT: &str = "CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)";
+/// What v1.1.1 (before `isolated`) wrote where the newest reference writes [`ISOLATION_COMMENT`]:
+/// a rule with either comment is the same rule, so a host switched from v1.1.1 gets no second copy.
+const V1_1_ISOLATION_COMMENT: &str = "CNI firewall plugin rules (ingressPolicy: same-bridge)";
+
+/// The iptables backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IptablesForward;
+
+/// `<ip>/32` or `<ip>/128`, as `iptables-save` prints a host address.
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}/32"),
+        IpAddr::V6(v6) => format!("{v6}/128"),
+    }
+}
+
+fn comment(args: &[&str], text: &str, target: &str) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    out.extend(["-m", "comment", "--comment", text, "-j", target].map(String::from));
+    out
+}
+
+/// `FORWARD` → `CNI-FORWARD`.
+pub fn forward_jump() -> Rule {
+    Rule { chain: "FORWARD".into(), args: comment(&[], FORWARD_COMMENT, FORWARD_CHAIN) }
+}
+
+/// `CNI-FORWARD` → the admin chain.
+pub fn admin_jump(admin_chain: &str) -> Rule {
+    Rule { chain: FORWARD_CHAIN.into(), args: comment(&[], ADMIN_COMMENT, admin_chain) }
+}
+
+/// The two accept rules of one address, in the reference's order.
+pub fn accept_rules(ip: &IpAddr) -> [Rule; 2] {
+    let h = host(ip);
+    [
+        Rule::new(FORWARD_CHAIN, ["-d", &h, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
+        Rule::new(FORWARD_CHAIN, ["-s", &h, "-j", "ACCEPT"]),
+    ]
+}
+
+/// Where a rule goes when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Head,
+    Tail,
+}
+
+/// The isolation rules of `policy` for `bridge`, each with where the reference puts it, in the
+/// reference's order (`setupIsolationChains`).
+fn isolation_rules(bridge: &str, policy: IngressPolicy) -> Vec<(Rule, Place)> {
+    let own = format!("CNI firewall plugin rules (ingressPolicy: {})", policy.as_str());
+    let mut rules = vec![
+        (Rule { chain: "FORWARD".into(), args: comment(&[], ISOLATION_COMMENT, STAGE1_CHAIN) }, Place::Head),
+        (
+            Rule { chain: STAGE1_CHAIN.into(), args: comment(&["-i", bridge, "!", "-o", bridge], &own, STAGE2_CHAIN) },
+            Place::Head,
+        ),
+    ];
+    if policy == IngressPolicy::Isolated {
+        rules.push((
+            Rule { chain: STAGE1_CHAIN.into(), args: comment(&["-i", bridge, "-o", bridge], &own, "DROP") },
+            Place::Head,
+        ));
+    }
+    rules.push((Rule { chain: STAGE1_CHAIN.into(), args: comment(&[], ISOLATION_COMMENT, "RETURN") }, Place::Tail));
+    rules.push((
+        Rule { chain: STAGE2_CHAIN.into(), args: comment(&["-o", bridge], ISOLATION_COMMENT, "DROP") },
+        Place::Head,
+    ));
+    rules.push((Rule { chain: STAGE2_CHAIN.into(), args: comment(&[], ISOLATION_COMMENT, "RETURN") }, Place::Tail));
+    rules
+}
+
+/// The same rule as v1.1.1 wrote it, for a rule carrying [`ISOLATION_COMMENT`].
+fn v1_1_form(rule: &Rule) -> Option<Rule> {
+    (rule.comment() == Some(ISOLATION_COMMENT)).then(|| Rule {
+        chain: rule.chain.clone(),
+        args: rule
+            .args
+            .iter()
+            .map(|a| if a == ISOLATION_COMMENT { V1_1_ISOLATION_COMMENT.to_string() } else { a.clone() })
+            .collect(),
+    })
+}
+
+/// Whether `rule`, or its v1.1.1 form, is in the table.
+fn present(table: &SavedTable, rule: &Rule) -> bool {
+    table.contains(rule) || v1_1_form(rule).is_some_and(|old| table.contains(&old))
+}
+
+/// The addresses of one family, in order.
+fn of_family(addresses: &[IpAddr], family: Family) -> Vec<IpAddr> {
+    addresses.iter().copied().filter(|a| Family::of(a) == family).collect()
+}
+
+/// A batch being planned against a dump, with the dump updated as each command would change it,
+/// so that "only if absent" sees what earlier commands of the same batch add.
+struct Planner {
+    table: SavedTable,
+    batch: Batch,
+    /// What the batch adds, for undoing it (chains are left: empty ones are harmless, and the
+    /// reference leaves its chains too).
+    added: Vec<Rule>,
+}
+
+impl Planner {
+    fn new(saved: &SavedTable) -> Planner {
+        Planner { table: saved.clone(), batch: Batch::new(TABLE), added: Vec::new() }
+    }
+
+    fn ensure_chain(&mut self, chain: &str) {
+        if !self.table.has_chain(chain) {
+            self.batch.new_chain(chain);
+            self.table.chains.push(chain.to_string());
+        }
+    }
+
+    fn ensure_rule(&mut self, rule: &Rule, place: Place) {
+        if present(&self.table, rule) {
+            return;
+        }
+        match place {
+            Place::Head => self.batch.insert(rule, 1),
+            Place::Tail => self.batch.append(rule),
+        }
+        self.table.rules.push(rule.clone());
+        self.added.push(rule.clone());
+    }
+}
+
+/// Plans what ADD writes in one family; `None` when everything is in place.
+fn plan_add(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Option<(Batch, Vec<Rule>)> {
+    let addresses = of_family(&attachment.addresses, family);
+    if addresses.is_empty() {
+        return None;
+    }
+    let mut p = Planner::new(saved);
+    p.ensure_chain(FORWARD_CHAIN);
+    p.ensure_chain(&attachment.admin_chain);
+    p.ensure_rule(&forward_jump(), Place::Head);
+    p.ensure_rule(&admin_jump(&attachment.admin_chain), Place::Head);
+    for ip in &addresses {
+        for rule in accept_rules(ip) {
+            p.ensure_rule(&rule, Place::Tail);
+        }
+    }
+    if let (Some(bridge), true) = (&attachment.bridge, attachment.ingress != IngressPolicy::Open) {
+        p.ensure_chain(STAGE1_CHAIN);
+        p.ensure_chain(STAGE2_CHAIN);
+        for (rule, place) in isolation_rules(bridge, attachment.ingress) {
+            p.ensure_rule(&rule, place);
+        }
+    }
+    (!p.batch.is_empty()).then_some((p.batch, p.added))
+}
+
+/// Plans the removal of every copy of the accept rules of `addresses` (a racing reference can
+/// leave two); `None` when none is there.
+fn plan_remove(saved: &SavedTable, addresses: &[IpAddr]) -> Option<Batch> {
+    let mut batch = Batch::new(TABLE);
+    for ip in addresses {
+        for rule in accept_rules(ip) {
+            for _ in saved.rules.iter().filter(|r| **r == rule) {
+                batch.delete(&rule);
+            }
+        }
+    }
+    (!batch.is_empty()).then_some(batch)
+}
+
+/// Plans the removal of rules a failed ADD added.
+fn plan_undo(saved: &SavedTable, added: &[Rule]) -> Option<Batch> {
+    let mut batch = Batch::new(TABLE);
+    for rule in added.iter().filter(|r| saved.contains(r)) {
+        batch.delete(rule);
+    }
+    (!batch.is_empty()).then_some(batch)
+}
+
+fn tool_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    }
+}
+
+/// What CHECK finds missing in one family's dump, as the first missing chain or rule.
+fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Result<(), FirewallError> {
+    let addresses = of_family(&attachment.addresses, family);
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    let tool = tool_name(family);
+    let mut chains = vec![FORWARD_CHAIN, attachment.admin_chain.as_str()];
+    let mut rules = vec![forward_jump(), admin_jump(&attachment.admin_chain)];
+    rules.extend(addresses.iter().flat_map(accept_rules));
+    if let (Some(bridge), true) = (&attachment.bridge, attachment.ingress != IngressPolicy::Open) {
+        chains.extend([STAGE1_CHAIN, STAGE2_CHAIN]);
+        rules.extend(isolation_rules(bridge, attachment.ingress).into_iter().map(|(r, _)| r));
+    }
+    for chain in chains {
+        if !saved.has_chain(chain) {
+            return Err(FirewallError::Check(format!("{tool} filter table: expected chain {chain} not found")));
+        }
+    }
+    for rule in rules {
+        if !present(saved, &rule) {
+            return Err(FirewallError::Check(format!(
+                "{tool} filter table: expected rule \"-A {} {}\" not found",
+                rule.chain,
+                rule.render_args()
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ForwardBackend for IptablesForward {
+    /// Each family is one batch; when a later family fails, what the earlier ones added is
+    /// deleted again, so a failed ADD leaves the tables as they were (chains aside).
+    fn add(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
+        let mut done: Vec<(Family, Vec<Rule>)> = Vec::new();
+        for family in Family::ALL {
+            let added = std::cell::RefCell::new(Vec::new());
+            let result = apply_iptables(family, TABLE, false, |saved| {
+                let (batch, rules) = plan_add(saved, attachment, family)?;
+                *added.borrow_mut() = rules;
+                Some(batch)
+            });
+            match result {
+                Ok(()) => done.push((family, added.into_inner())),
+                Err(e) => {
+                    for (family, rules) in done {
+                        if let Err(undo) = apply_iptables(family, TABLE, true, |saved| plan_undo(saved, &rules)) {
+                            log::warn!("rolling back the {} rules: {undo}", tool_name(family));
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
+        for family in Family::ALL {
+            if of_family(&attachment.addresses, family).is_empty() {
+                continue;
+            }
+            verify(&iptables_save(family, TABLE)?, attachment, family)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, _attachment: &ForwardAccept, addresses: &[IpAddr]) -> Result<(), FirewallError> {
+        let mut errors = Vec::new();
+        for family in Family::ALL {
+            let mine = of_family(addresses, family);
+            if mine.is_empty() {
+                continue;
+            }
+            if let Err(e) = apply_iptables(family, TABLE, true, |saved| plan_remove(saved, &mine)) {
+                errors.push(e);
+            }
+        }
+        FirewallError::collect(errors)
+    }
+
+    /// IPv4 must work (tools installed, the filter table readable); IPv6 only needs to be
+    /// installed, as a host without IPv6 still serves IPv4 attachments.
+    fn usable(&self) -> Result<(), FirewallError> {
+        for family in Family::ALL {
+            for tool in [restore_tool(family), save_tool(family)] {
+                if !has_tool(tool) {
+                    return Err(FirewallError::ToolNotFound(tool.to_string()));
+                }
+            }
+        }
+        restore::iptables_save(Family::V4, TABLE).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment(addresses: &[&str], ingress: IngressPolicy) -> ForwardAccept {
+        ForwardAccept {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            admin_chain: "CNI-ADMIN".into(),
+            ingress,
+            bridge: Some("cni0".into()),
+        }
+    }
+
+    fn dump(lines: &str) -> SavedTable {
+        SavedTable::parse(&format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n{lines}COMMIT\n"), "filter")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_fresh_host_gets_the_reference_commands() {
+        let (batch, added) =
+            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V4).unwrap();
+        assert_eq!(
+            batch.render(),
+            "*filter\n-N CNI-FORWARD\n-N CNI-ADMIN\n\
+             -I FORWARD 1 -m comment --comment \"CNI firewall plugin rules\" -j CNI-FORWARD\n\
+             -I CNI-FORWARD 1 -m comment --comment \"CNI firewall plugin admin overrides\" -j CNI-ADMIN\n\
+             -A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+             -A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\nCOMMIT\n"
+        );
+        assert_eq!(added.len(), 4);
+        let (v6, _) =
+            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V6).unwrap();
+        assert!(v6.render().contains("-A CNI-FORWARD -s fd00::2/128 -j ACCEPT\n"), "{}", v6.render());
+        assert!(plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V6).is_none());
+    }
+
+    #[test]
+    fn present_rules_and_chains_are_left_alone() {
+        let saved = dump(
+            ":CNI-FORWARD - [0:0]\n:CNI-ADMIN - [0:0]\n\
+             -A FORWARD -m comment --comment \"CNI firewall plugin rules\" -j CNI-FORWARD\n\
+             -A CNI-FORWARD -m comment --comment \"CNI firewall plugin admin overrides\" -j CNI-ADMIN\n\
+             -A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+             -A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n-A CNI-ADMIN -j DROP\n",
+        );
+        assert!(plan_add(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4).is_none());
+        verify(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4).unwrap();
+        let e = verify(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4).unwrap_err();
+        assert!(e.to_string().contains("-A CNI-FORWARD -d 10.88.0.3/32"), "{e}");
+        let (batch, _) = plan_add(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4).unwrap();
+        assert_eq!(
+            batch.render(),
+            "*filter\n-A CNI-FORWARD -d 10.88.0.3/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+             -A CNI-FORWARD -s 10.88.0.3/32 -j ACCEPT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn isolation_follows_the_reference_order() {
+        let (batch, _) = plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Isolated), Family::V4).unwrap();
+        let text = batch.render();
+        let tail: Vec<&str> = text.lines().skip(7).collect();
+        assert_eq!(
+            tail,
+            [
+                "-N CNI-ISOLATION-STAGE-1",
+                "-N CNI-ISOLATION-STAGE-2",
+                "-I FORWARD 1 -m comment --comment \"CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)\" -j CNI-ISOLATION-STAGE-1",
+                "-I CNI-ISOLATION-STAGE-1 1 -i cni0 ! -o cni0 -m comment --comment \"CNI firewall plugin rules (ingressPolicy: isolated)\" -j CNI-ISOLATION-STAGE-2",
+                "-I CNI-ISOLATION-STAGE-1 1 -i cni0 -o cni0 -m comment --comment \"CNI firewall plugin rules (ingressPolicy: isolated)\" -j DROP",
+                "-A CNI-ISOLATION-STAGE-1 -m comment --comment \"CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)\" -j RETURN",
+                "-I CNI-ISOLATION-STAGE-2 1 -o cni0 -m comment --comment \"CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)\" -j DROP",
+                "-A CNI-ISOLATION-STAGE-2 -m comment --comment \"CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)\" -j RETURN",
+                "COMMIT",
+            ]
+        );
+    }
+
+    #[test]
+    fn isolation_rules_v1_1_wrote_count_as_present() {
+        let old = "CNI firewall plugin rules (ingressPolicy: same-bridge)";
+        let saved = dump(&format!(
+            ":CNI-FORWARD - [0:0]\n:CNI-ADMIN - [0:0]\n:CNI-ISOLATION-STAGE-1 - [0:0]\n:CNI-ISOLATION-STAGE-2 - [0:0]\n\
+             -A FORWARD -m comment --comment \"{old}\" -j CNI-ISOLATION-STAGE-1\n\
+             -A FORWARD -m comment --comment \"CNI firewall plugin rules\" -j CNI-FORWARD\n\
+             -A CNI-FORWARD -m comment --comment \"CNI firewall plugin admin overrides\" -j CNI-ADMIN\n\
+             -A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+             -A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n\
+             -A CNI-ISOLATION-STAGE-1 -i cni0 ! -o cni0 -m comment --comment \"{old}\" -j CNI-ISOLATION-STAGE-2\n\
+             -A CNI-ISOLATION-STAGE-1 -m comment --comment \"{old}\" -j RETURN\n\
+             -A CNI-ISOLATION-STAGE-2 -o cni0 -m comment --comment \"{old}\" -j DROP\n\
+             -A CNI-ISOLATION-STAGE-2 -m comment --comment \"{old}\" -j RETURN\n"
+        ));
+        let a = attachment(&["10.88.0.2"], IngressPolicy::SameBridge);
+        assert!(plan_add(&saved, &a, Family::V4).is_none());
+        verify(&saved, &a, Family::V4).unwrap();
+    }
+
+    #[test]
+    fn removal_takes_every_copy_and_nothing_else() {
+        let saved = dump(
+            ":CNI-FORWARD - [0:0]\n-A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n-A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n\
+             -A CNI-FORWARD -s 10.88.0.3/32 -j ACCEPT\n",
+        );
+        let batch = plan_remove(&saved, &["10.88.0.2".parse().unwrap()]).unwrap();
+        assert_eq!(
+            batch.render(),
+            "*filter\n-D CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n-D CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\nCOMMIT\n"
+        );
+        assert!(plan_remove(&saved, &["10.88.0.9".parse().unwrap()]).is_none());
+    }
+}
