@@ -1,11 +1,10 @@
 //! Which [`ForwardBackend`] serves a configuration: the one place the plugin names a backend.
 //!
-//! HOOK(15b): the firewalld backend plugs in at [`firewalld_running`] and in [`open`]'s
-//! `Backend::Firewalld` arm. HOOK(15c): the nftables backend plugs in at `Backend::Nftables`.
-//! Until then those arms answer with an error that says the backend is not built in, and the
-//! automatic choice never picks firewalld.
+//! HOOK(15c): the nftables backend plugs in at `Backend::Nftables`; until then that arm answers
+//! with an error that says the backend is not built in.
 
 use super::config::BackendChoice;
+use crate::firewall::firewalld::Firewalld;
 use crate::firewall::forward::ForwardBackend;
 use crate::firewall::forward_iptables::IptablesForward;
 use crate::firewall::{self, FirewallError};
@@ -43,10 +42,10 @@ impl Backend {
 }
 
 /// Whether firewalld owns `org.fedoraproject.FirewallD1` on the system bus (the reference's
-/// automatic choice). HOOK(15b): ask the system bus here; until then firewalld is never chosen
-/// automatically.
+/// automatic choice), asked once per process.
 pub fn firewalld_running() -> bool {
-    false
+    static RUNNING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RUNNING.get_or_init(firewall::firewalld::firewalld_running)
 }
 
 /// Resolves the configured choice: an explicit backend as named; unset, firewalld while it
@@ -67,13 +66,11 @@ pub fn resolve(choice: BackendChoice) -> Result<Backend, FirewallError> {
 
 /// The backend's implementation; `zone` is the firewalld zone in force.
 pub fn open(backend: Backend, zone: &str) -> Result<Box<dyn ForwardBackend>, FirewallError> {
-    let _ = zone;
     match backend {
         Backend::Iptables => Ok(Box::new(IptablesForward)),
         // HOOK(15c): `Ok(Box::new(NftForward::new()))`.
         Backend::Nftables => Err(not_built("nftables")),
-        // HOOK(15b): `Ok(Box::new(Firewalld::new(zone)?))`.
-        Backend::Firewalld => Err(not_built("firewalld")),
+        Backend::Firewalld => Ok(Box::new(Firewalld::new(zone)?)),
     }
 }
 

@@ -40,9 +40,6 @@ const RESERVED_CHAINS: &[&str] = &[
     "CNI-ISOLATION-STAGE-2",
 ];
 
-/// Longest `firewalldZone` accepted (firewalld's own names are short words).
-const MAX_ZONE_LEN: usize = 64;
-
 /// The backend the configuration asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -124,15 +121,9 @@ pub fn check_chain_name(name: &str) -> Result<(), CniError> {
     Ok(())
 }
 
+/// firewalld's own rule for zone names (`firewall::firewalld::check_zone`), as code 7.
 fn check_zone(zone: &str) -> Result<(), CniError> {
-    if zone.len() > MAX_ZONE_LEN
-        || !zone.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'))
-    {
-        return Err(CniError::invalid_config(format!(
-            "firewalldZone {zone:?}: a zone name is at most {MAX_ZONE_LEN} letters, digits, '_', '-', '.' or '+'"
-        )));
-    }
-    Ok(())
+    crate::firewall::firewalld::check_zone(zone).map_err(CniError::invalid_config)
 }
 
 fn data_dir_of(raw: &Raw) -> Result<PathBuf, CniError> {
