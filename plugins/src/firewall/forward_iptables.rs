@@ -15,11 +15,21 @@
 //! `-C` before `-I`/`-A`), in the reference's order, so the resulting table is the one the
 //! reference leaves. `-N` (not `:chain`) creates chains, so a batch planned from a stale dump
 //! fails whole instead of flushing a chain another writer just filled; it is then re-planned.
+//!
+//! Fast path (`CNI_FIREWALL_FAST_PATHS=0` turns it off, as every fast path): where iptables is
+//! the nf_tables variant and `CNI-FORWARD` already holds rules, the kernel is asked over netlink
+//! which of the attachment's addresses already have their two rules, and one batch `-C`hecks
+//! every shared jump and isolation rule and appends the missing accept rules: no dump, one
+//! process. A missing shared rule fails that batch whole, and the plain path runs instead.
+//! DEL likewise: the kernel says how many copies of each accept rule there are, and one batch
+//! `-D`eletes exactly those (iptables itself matches each `-D` against the rule, so a rule that
+//! only looked like ours fails the batch and the plain path decides); none there, no process.
 
 use super::forward::{ForwardAccept, ForwardBackend, IngressPolicy};
 use super::iptables::{Batch, Rule, SavedTable};
-use super::restore::{self, apply_iptables, has_tool, iptables_save, restore_tool, save_tool};
+use super::restore::{self, apply_iptables, has_tool, iptables_save, restore_tool, save_tool, PendingRestore};
 use super::{Family, FirewallError};
+use crate::netlink::{nft_rules, AddrField, CmpOp, Expr, NftFamily, NftRule};
 use std::net::IpAddr;
 
 /// The plugin's chain, jumped to from `FORWARD`.
@@ -213,6 +223,113 @@ fn plan_undo(saved: &SavedTable, added: &[Rule]) -> Option<Batch> {
     (!batch.is_empty()).then_some(batch)
 }
 
+/// Whether an nf_tables rule (as iptables-nft writes `-s|-d <ip>/32`) matches `ip` in `field`.
+fn matches_address(rule: &NftRule, field: AddrField, ip: &IpAddr) -> bool {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    let Ok(net) = ipnetwork::IpNetwork::new(*ip, prefix) else { return false };
+    let wanted = Expr::addr_match(field, CmpOp::Eq, &net);
+    rule.exprs.windows(wanted.len()).any(|w| w == wanted.as_slice())
+}
+
+/// The one-process ADD of the module doc: `None` when it does not apply (legacy iptables, fast
+/// paths off, an empty or unreadable `CNI-FORWARD`, an address with only one of its two rules).
+fn plan_fast(attachment: &ForwardAccept, family: Family) -> Option<(Batch, Vec<Rule>)> {
+    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) {
+        return None;
+    }
+    let nft_family = match family {
+        Family::V4 => NftFamily::Ip,
+        Family::V6 => NftFamily::Ip6,
+    };
+    let existing = nft_rules(nft_family, TABLE, FORWARD_CHAIN).ok()?;
+    if existing.is_empty() {
+        return None;
+    }
+    let mut batch = Batch::new(TABLE);
+    batch.check(&forward_jump());
+    batch.check(&admin_jump(&attachment.admin_chain));
+    if let (Some(bridge), true) = (&attachment.bridge, attachment.ingress != IngressPolicy::Open) {
+        for (rule, _) in isolation_rules(bridge, attachment.ingress) {
+            batch.check(&rule);
+        }
+    }
+    let mut added = Vec::new();
+    for ip in of_family(&attachment.addresses, family) {
+        let has = |field| existing.iter().any(|r| matches_address(r, field, &ip));
+        match (has(AddrField::Destination), has(AddrField::Source)) {
+            (true, true) => {}
+            (false, false) => {
+                for rule in accept_rules(&ip) {
+                    batch.append(&rule);
+                    added.push(rule);
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some((batch, added))
+}
+
+/// Whether an nf_tables rule has exactly the shape iptables-nft gives one of the two accept
+/// rules of `ip` (`destination`: the conntrack one): the address match, the conntrack match
+/// (destination only), a counter, `accept`, and no comment.
+fn is_accept_rule(rule: &NftRule, ip: &IpAddr, destination: bool) -> bool {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    let Ok(net) = ipnetwork::IpNetwork::new(*ip, prefix) else { return false };
+    let field = if destination { AddrField::Destination } else { AddrField::Source };
+    let mut wanted = Expr::addr_match(field, CmpOp::Eq, &net);
+    if destination {
+        wanted.push(Expr::Other("match".into()));
+    }
+    wanted.push(Expr::Verdict(crate::netlink::Verdict::Accept));
+    let shape: Vec<&Expr> = rule.exprs.iter().filter(|e| **e != Expr::Other("counter".into())).collect();
+    rule.comment.is_none() && shape.len() == wanted.len() && shape.iter().zip(&wanted).all(|(a, b)| *a == b)
+}
+
+/// The one-process DEL of the module doc: `Some(None)` when the kernel holds none of the
+/// rules, `None` when the fast path does not apply.
+fn plan_fast_remove(addresses: &[IpAddr], family: Family) -> Option<Option<Batch>> {
+    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) {
+        return None;
+    }
+    let nft_family = match family {
+        Family::V4 => NftFamily::Ip,
+        Family::V6 => NftFamily::Ip6,
+    };
+    let existing = nft_rules(nft_family, TABLE, FORWARD_CHAIN).ok()?;
+    let mut batch = Batch::new(TABLE);
+    for ip in addresses {
+        for (rule, destination) in accept_rules(ip).iter().zip([true, false]) {
+            for _ in existing.iter().filter(|r| is_accept_rule(r, ip, destination)) {
+                batch.delete(rule);
+            }
+        }
+    }
+    Some((!batch.is_empty()).then_some(batch))
+}
+
+/// ADD in one family: the fast path when it applies and its batch succeeds, else the plain
+/// path. Returns what it added.
+fn add_family(
+    attachment: &ForwardAccept,
+    family: Family,
+    pending: Option<PendingRestore>,
+) -> Result<Vec<Rule>, FirewallError> {
+    if let (Some(pending), Some((batch, added))) = (pending, plan_fast(attachment, family)) {
+        match pending.load(&batch.render()) {
+            Ok(()) => return Ok(added),
+            Err(e) => log::debug!("{} fast path not taken: {e}", tool_name(family)),
+        }
+    }
+    let added = std::cell::RefCell::new(Vec::new());
+    apply_iptables(family, TABLE, false, |saved| {
+        let (batch, rules) = plan_add(saved, attachment, family)?;
+        *added.borrow_mut() = rules;
+        Some(batch)
+    })?;
+    Ok(added.into_inner())
+}
+
 fn tool_name(family: Family) -> &'static str {
     match family {
         Family::V4 => "iptables",
@@ -255,16 +372,28 @@ impl ForwardBackend for IptablesForward {
     /// Each family is one batch; when a later family fails, what the earlier ones added is
     /// deleted again, so a failed ADD leaves the tables as they were (chains aside).
     fn add(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
+        let families: Vec<Family> =
+            Family::ALL.into_iter().filter(|f| !of_family(&attachment.addresses, *f).is_empty()).collect();
+        // Where the fast path may apply, every family's restore starts now, so its start-up
+        // overlaps the probes and the other family's work; one left unused gets no input and
+        // changes nothing. Only for iptables-nft: a legacy restore waiting for its input could
+        // hold the xtables lock the plain path then waits for.
+        let mut pending: Vec<Option<PendingRestore>> = families
+            .iter()
+            .map(|f| {
+                let fast = super::fastpath::enabled() && super::ipmasq::iptables_is_nft(*f);
+                if fast {
+                    PendingRestore::spawn(*f).ok()
+                } else {
+                    None
+                }
+            })
+            .collect();
         let mut done: Vec<(Family, Vec<Rule>)> = Vec::new();
-        for family in Family::ALL {
-            let added = std::cell::RefCell::new(Vec::new());
-            let result = apply_iptables(family, TABLE, false, |saved| {
-                let (batch, rules) = plan_add(saved, attachment, family)?;
-                *added.borrow_mut() = rules;
-                Some(batch)
-            });
+        for (i, family) in families.into_iter().enumerate() {
+            let result = add_family(attachment, family, pending.get_mut(i).and_then(Option::take));
             match result {
-                Ok(()) => done.push((family, added.into_inner())),
+                Ok(added) => done.push((family, added)),
                 Err(e) => {
                     for (family, rules) in done {
                         if let Err(undo) = apply_iptables(family, TABLE, true, |saved| plan_undo(saved, &rules)) {
@@ -294,6 +423,14 @@ impl ForwardBackend for IptablesForward {
             let mine = of_family(addresses, family);
             if mine.is_empty() {
                 continue;
+            }
+            match plan_fast_remove(&mine, family) {
+                Some(None) => continue,
+                Some(Some(batch)) => match restore::iptables_restore(family, &batch.render()) {
+                    Ok(()) => continue,
+                    Err(e) => log::debug!("{} fast path not taken: {e}", tool_name(family)),
+                },
+                None => {}
             }
             if let Err(e) = apply_iptables(family, TABLE, true, |saved| plan_remove(saved, &mine)) {
                 errors.push(e);
@@ -415,6 +552,34 @@ mod tests {
         let a = attachment(&["10.88.0.2"], IngressPolicy::SameBridge);
         assert!(plan_add(&saved, &a, Family::V4).is_none());
         verify(&saved, &a, Family::V4).unwrap();
+    }
+
+    #[test]
+    fn recognises_the_accept_rules_as_iptables_nft_stores_them() {
+        use crate::netlink::Verdict;
+        let ip: IpAddr = "10.88.0.2".parse().unwrap();
+        let rule = |exprs: Vec<Expr>, comment: Option<&str>| NftRule {
+            chain: FORWARD_CHAIN.into(),
+            handle: 7,
+            comment: comment.map(String::from),
+            jumps: Vec::new(),
+            exprs,
+        };
+        let addr = |field| Expr::addr_match(field, CmpOp::Eq, &"10.88.0.2/32".parse().unwrap());
+        let counter = Expr::Other("counter".into());
+        let mut src = addr(AddrField::Source);
+        src.extend([counter.clone(), Expr::Verdict(Verdict::Accept)]);
+        let mut dst = addr(AddrField::Destination);
+        dst.extend([Expr::Other("match".into()), counter, Expr::Verdict(Verdict::Accept)]);
+        assert!(is_accept_rule(&rule(src.clone(), None), &ip, false));
+        assert!(is_accept_rule(&rule(dst.clone(), None), &ip, true));
+        assert!(matches_address(&rule(dst.clone(), None), AddrField::Destination, &ip));
+        assert!(!matches_address(&rule(dst.clone(), None), AddrField::Source, &ip));
+        assert!(!is_accept_rule(&rule(dst, None), &ip, false));
+        assert!(!is_accept_rule(&rule(src.clone(), Some("admin")), &ip, false));
+        assert!(!is_accept_rule(&rule(src.clone(), None), &"10.88.0.3".parse().unwrap(), false));
+        src.insert(2, Expr::Other("match".into()));
+        assert!(!is_accept_rule(&rule(src, None), &ip, false), "a rule with more matches is not ours");
     }
 
     #[test]
