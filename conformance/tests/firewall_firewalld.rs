@@ -331,3 +331,33 @@ fn no_backend_means_firewalld_while_it_runs() {
         assert!(!h.cni_chains().contains("10.88.0.15/32"), "{}", suite.name);
     }
 }
+
+/// `ingressPolicy` with the firewalld backend: the sources go to the zone and the isolation rules
+/// are raw iptables, the same as the reference writes (v1.1.1 comments the shared rules
+/// `(ingressPolicy: same-bridge)` where the newest reference and ours write
+/// `(ingressPolicy: same-bridge|isolated)`).
+#[test]
+fn isolation_stays_raw_iptables_as_in_the_reference() {
+    require_root!();
+    let mut tables: Vec<(String, String)> = Vec::new();
+    for suite in suites_with_head("firewall") {
+        let Some(h) = Host::new() else { return };
+        let conf = h.conf(json!({"backend": "firewalld", "ingressPolicy": "same-bridge"}), Some(prev(16, true)));
+        h.ok(&suite, "ADD", "c1", &conf);
+        assert_eq!(h.sources("trusted"), ["10.88.0.16/32", "fd00::16/128"], "{}", suite.name);
+        let chains = h.cni_chains();
+        assert!(chains.contains("-A CNI-ISOLATION-STAGE-2 -o cnifwd0"), "{}: {chains}", suite.name);
+        assert!(!chains.contains("CNI-FORWARD"), "{}: {chains}", suite.name);
+        let chains = if suite.is_reference() {
+            chains
+        } else {
+            chains.replace("(ingressPolicy: same-bridge|isolated)", "(ingressPolicy: same-bridge)")
+        };
+        tables.push((suite.name.to_string(), chains));
+        h.ok(&suite, "DEL", "c1", &conf);
+        assert_eq!(h.sources("trusted"), Vec::<String>::new(), "{}", suite.name);
+    }
+    for (name, table) in &tables[1..] {
+        assert_eq!(&tables[0].1, table, "ours vs {name}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The `firewall` plugin's firewalld backend: each attachment address becomes a source
 //! (`<ip>/32` or `<ip>/128`, spelled as the reference spells it) of a firewalld zone, added and
-//! removed over D-Bus (`org.fedoraproject.FirewallD1.zone`). Unlike the reference, CHECK believes
+//! removed over D-Bus (`org.fedoraproject.FirewallD1.zone`); `ingressPolicy` isolation stays raw
+//! iptables, as in the reference. Unlike the reference, CHECK believes
 //! `querySource`'s answer, DEL reports the failures that matter, and every exchange with the bus
 //! (connect, authentication, each call) runs under one deadline, so an unanswering bus cannot hang
 //! the plugin.
@@ -150,28 +151,37 @@ impl Firewalld {
 }
 
 impl ForwardBackend for Firewalld {
-    /// Adds each address as a source of the zone; one already there is fine. A failure removes
+    /// Adds each address as a source of the zone (one already there is fine), then, as the
+    /// reference does, the `ingressPolicy` isolation rules with raw iptables. A failure removes
     /// the sources this call added, so a failed ADD leaves the zone as it was.
     fn add(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
         let bus = self.connect_running()?;
         let mut added: Vec<String> = Vec::new();
+        let mut failure = None;
         for ip in &attachment.addresses {
             let source = source_of(ip);
             match bus.zone_call("addSource", &self.zone, &source) {
                 Ok(_) => added.push(source),
                 Err(CallError::Firewalld(code, _)) if code == ZONE_ALREADY_SET => {}
                 Err(e) => {
-                    let err = e.into_error("addSource", &self.zone, &source, &bus);
-                    for source in added.iter().rev() {
-                        if let Err(undo) = bus.zone_call("removeSource", &self.zone, source) {
-                            log::warn!("rolling back: {}", undo.into_error("removeSource", &self.zone, source, &bus));
-                        }
-                    }
-                    return Err(err);
+                    failure = Some(e.into_error("addSource", &self.zone, &source, &bus));
+                    break;
                 }
             }
         }
-        Ok(())
+        let failure = match failure {
+            Some(e) => e,
+            None => match super::forward_iptables::add_isolation(attachment) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+        };
+        for source in added.iter().rev() {
+            if let Err(undo) = bus.zone_call("removeSource", &self.zone, source) {
+                log::warn!("rolling back: {}", undo.into_error("removeSource", &self.zone, source, &bus));
+            }
+        }
+        Err(failure)
     }
 
     /// Asks `querySource` for each address and believes the answer: a source missing from the
