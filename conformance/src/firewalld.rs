@@ -238,17 +238,30 @@ impl Firewalld {
 
     /// Freezes firewalld (SIGSTOP): it keeps its name but answers nothing, as a hung daemon.
     pub fn freeze_firewalld(&self) -> Result<()> {
-        let pid = self.daemon.as_ref().context("firewalld is not running")?.id();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP)?;
-        Ok(())
+        signal(self.daemon.as_ref(), nix::sys::signal::Signal::SIGSTOP)
     }
 
     /// Lets a frozen firewalld go on.
     pub fn thaw_firewalld(&self) -> Result<()> {
-        let pid = self.daemon.as_ref().context("firewalld is not running")?.id();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT)?;
-        Ok(())
+        signal(self.daemon.as_ref(), nix::sys::signal::Signal::SIGCONT)
     }
+
+    /// Freezes the bus itself: connections are accepted by the kernel, then nothing answers.
+    pub fn freeze_bus(&self) -> Result<()> {
+        signal(self.bus.as_ref(), nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a frozen bus go on.
+    pub fn thaw_bus(&self) -> Result<()> {
+        signal(self.bus.as_ref(), nix::sys::signal::Signal::SIGCONT)
+    }
+}
+
+fn signal(child: Option<&Child>, sig: nix::sys::signal::Signal) -> Result<()> {
+    let child = child.context("the process is not running")?;
+    let pid = i32::try_from(child.id())?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)?;
+    Ok(())
 }
 
 /// Ends one of the harness's children: SIGCONT (it may be frozen) and SIGTERM, SIGKILL after

@@ -361,3 +361,35 @@ fn isolation_stays_raw_iptables_as_in_the_reference() {
         assert_eq!(&tables[0].1, table, "ours vs {name}");
     }
 }
+
+/// A bus that accepts connections and answers nothing (its daemon frozen) holds ours up for the
+/// probe's 2 s at most: with no backend named it falls back to iptables; with `firewalld` named
+/// it fails after `CNI_FIREWALL_TIMEOUT`. (The references would wait forever: not run here.)
+#[test]
+fn a_hung_bus_does_not_hang_the_plugin() {
+    require_root!();
+    let ours = &suites_with_head("firewall")[0];
+    let Some(h) = Host::new() else { return };
+    h.fw.freeze_bus().unwrap();
+    let t0 = Instant::now();
+    let auto = h.call(ours, "ADD", "c1", &h.conf(json!({}), Some(prev(17, false))));
+    let auto_took = t0.elapsed();
+    let t0 = Instant::now();
+    let named = h.call_env(
+        ours,
+        "ADD",
+        "c2",
+        &h.conf(json!({"backend": "firewalld"}), Some(prev(18, false))),
+        &[("CNI_FIREWALL_TIMEOUT", "1.5")],
+    );
+    let named_took = t0.elapsed();
+    h.fw.thaw_bus().unwrap();
+    assert!(auto.ok(), "{} {}", auto.stdout, auto.stderr);
+    assert!(h.cni_chains().contains("-A CNI-FORWARD -s 10.88.0.17/32 -j ACCEPT"), "{}", h.cni_chains());
+    assert!(auto_took < Duration::from_secs(6), "ADD took {auto_took:?} on a hung bus");
+    let (_, msg, _) = named.error().unwrap();
+    assert!(msg.contains("no answer within"), "{msg}");
+    assert!(named_took < Duration::from_secs(5), "ADD took {named_took:?} with a 1.5 s deadline");
+    assert_eq!(h.sources("trusted"), Vec::<String>::new());
+    h.ok(ours, "DEL", "c1", &h.conf(json!({}), Some(prev(17, false))));
+}

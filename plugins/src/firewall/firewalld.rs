@@ -96,7 +96,15 @@ pub fn source_of(ip: &IpAddr) -> String {
 /// (no bus, no answer within [`PROBE_TIMEOUT`]) means no; this is the reference's rule for a
 /// configuration that names no backend.
 pub fn firewalld_running() -> bool {
-    match Bus::connect(&system_bus_address(), PROBE_TIMEOUT) {
+    let address = system_bus_address();
+    // The common host has no system bus socket at all: say so without starting a reactor.
+    if let Some(path) = unix_path(&address) {
+        if !std::path::Path::new(path).exists() {
+            log::debug!("firewalld probe: no system bus at {path}");
+            return false;
+        }
+    }
+    match Bus::connect(&address, PROBE_TIMEOUT) {
         Ok(bus) => bus.name_has_owner().unwrap_or_else(|e| {
             log::debug!("firewalld probe: {e}");
             false
@@ -106,6 +114,14 @@ pub fn firewalld_running() -> bool {
             false
         }
     }
+}
+
+/// The socket path of a single `unix:path=` address (its other keys, such as `guid`, dropped).
+fn unix_path(address: &str) -> Option<&str> {
+    if address.contains(';') {
+        return None;
+    }
+    address.strip_prefix("unix:path=").map(|rest| rest.split(',').next().unwrap_or(rest))
 }
 
 /// The firewalld backend for one zone.
@@ -422,6 +438,14 @@ mod tests {
     fn sources_are_spelled_like_the_reference() {
         assert_eq!(source_of(&"10.88.0.5".parse().unwrap()), "10.88.0.5/32");
         assert_eq!(source_of(&"fd00::a:5".parse().unwrap()), "fd00::a:5/128");
+    }
+
+    #[test]
+    fn reads_a_unix_path_address() {
+        assert_eq!(unix_path(DEFAULT_SYSTEM_BUS_ADDRESS), Some("/run/dbus/system_bus_socket"));
+        assert_eq!(unix_path("unix:path=/tmp/b,guid=0123"), Some("/tmp/b"));
+        assert_eq!(unix_path("unix:abstract=x"), None);
+        assert_eq!(unix_path("unix:path=/a;unix:path=/b"), None);
     }
 
     #[test]
