@@ -393,3 +393,31 @@ fn a_hung_bus_does_not_hang_the_plugin() {
     assert_eq!(h.sources("trusted"), Vec::<String>::new());
     h.ok(ours, "DEL", "c1", &h.conf(json!({}), Some(prev(17, false))));
 }
+
+/// Ours only (the references have no GC; their STATUS does not ask firewalld): GC removes the
+/// sources of attachments the runtime no longer lists, keeps a recycled address another live
+/// attachment holds, and STATUS passes while firewalld runs.
+#[test]
+fn gc_removes_stale_sources_and_status_asks_firewalld() {
+    require_root!();
+    let ours = &suites_with_head("firewall")[0];
+    let Some(h) = Host::new() else { return };
+    let v = |prev: Option<Value>| {
+        let mut c = h.conf(json!({"backend": "firewalld"}), prev);
+        c["cniVersion"] = "1.1.0".into();
+        if let Some(p) = c.get_mut("prevResult") {
+            p["cniVersion"] = "1.1.0".into();
+        }
+        c
+    };
+    h.ok(ours, "STATUS", "", &v(None));
+    h.ok(ours, "ADD", "g1", &v(Some(prev(20, true))));
+    h.ok(ours, "ADD", "g2", &v(Some(prev(21, false))));
+    // g3 holds g1's IPv4 address again (recycled): GC of g1 must keep that source.
+    h.ok(ours, "ADD", "g3", &v(Some(prev(20, false))));
+    let mut gc = v(None);
+    gc["cni.dev/valid-attachments"] =
+        json!([{"containerID": "g2", "ifname": "eth0"}, {"containerID": "g3", "ifname": "eth0"}]);
+    h.ok(ours, "GC", "", &gc);
+    assert_eq!(h.sources("trusted"), ["10.88.0.20/32", "10.88.0.21/32"]);
+}
