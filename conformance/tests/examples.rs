@@ -51,12 +51,15 @@ fn is_executable(p: &Path) -> bool {
     p.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
 }
 
-/// Moves host-local state into the scratch directory.
+/// Moves host-local's and firewall's state into the scratch directory.
 fn localise(list: &Value, host: &FakeHost) -> Value {
     let mut list = list.clone();
     for p in list["plugins"].as_array_mut().unwrap() {
         if p["ipam"]["type"] == "host-local" {
             p["ipam"]["dataDir"] = json!(host.dir.join("ipam").display().to_string());
+        }
+        if p["type"] == "firewall" {
+            p["dataDir"] = json!(host.dir.join("firewall").display().to_string());
         }
     }
     list

@@ -560,3 +560,27 @@ fn bad_input_is_refused_and_changes_nothing() {
         h.ok(reference, "DEL", "b1", &cases[5].0);
     }
 }
+
+/// With the `open` policy ours writes the accept rules of every ADD after the first over
+/// netlink (no iptables process): the references must read them as their own.
+#[test]
+fn rules_ours_writes_over_netlink_are_the_references_rules() {
+    require_root!();
+    let suites = suites_with_head("firewall");
+    let ours = &suites[0];
+    for reference in suites.iter().skip(1) {
+        let h = Host::new();
+        let conf = |n| h.conf(json!({}), Some(prev(n, None, true)));
+        h.ok(ours, "ADD", "n1", &conf(2));
+        h.ok(ours, "ADD", "n2", &conf(3));
+        h.ok(reference, "CHECK", "n2", &conf(3));
+        h.ok(reference, "DEL", "n2", &conf(3));
+        assert_eq!(h.rules_for("10.88.0.3") + h.rules_for("fd00::3"), 0, "{}: {}", reference.name, h.state());
+        assert_eq!(h.rules_for("10.88.0.2") + h.rules_for("fd00::2"), 4, "{}", h.state());
+        // And the other way: what the reference wrote, ours deletes over netlink.
+        h.ok(reference, "ADD", "r3", &conf(4));
+        h.ok(ours, "CHECK", "r3", &conf(4));
+        h.ok(ours, "DEL", "r3", &conf(4));
+        assert_eq!(h.rules_for("10.88.0.4") + h.rules_for("fd00::4"), 0, "{}: {}", reference.name, h.state());
+    }
+}

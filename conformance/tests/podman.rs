@@ -1,9 +1,8 @@
 //! podman (Debian's 4.3, CNI network backend) running busybox containers on our plugins.
 //!
-//! `cni_plugin_dirs` lists our plugins first and the reference directory second, so podman's
-//! chain (`bridge`, `portmap`, `firewall`, `tuning`) runs ours where we ship the plugin and the
-//! reference `firewall` and `tuning` on our results. The image is imported from a rootfs made of
-//! the host's static busybox: no registry is needed.
+//! `cni_plugin_dirs` names only our directory, so podman's whole chain (`bridge`, `portmap`,
+//! `firewall`, `tuning`, with `host-local`) runs on our binaries alone. The image is imported
+//! from a rootfs made of the host's static busybox: no registry is needed.
 //!
 //! Nothing of the machine's own state is used. podman runs inside the fake host's network
 //! namespace and inside a private mount namespace (held by one `sleep` process) where `/run`
@@ -16,7 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use conformance::{ours, reference, require_root, skip, unique, FakeHost, Netns, Output};
+use conformance::{ours, require_root, skip, unique, FakeHost, Netns, Output};
 use serde_json::Value;
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
@@ -66,12 +65,8 @@ impl Podman {
             skip(&format!("the image needs a static {BUSYBOX} ({PACKAGES})"));
             return None;
         }
-        let Some(reference) = reference() else {
-            skip("reference plugins are not installed: podman's chain needs their firewall and tuning");
-            return None;
-        };
         let ours = ours();
-        for plugin in ["bridge", "host-local"] {
+        for plugin in ["bridge", "host-local", "portmap", "firewall", "tuning"] {
             assert!(ours.has(plugin), "our {plugin} is missing from {}", ours.dir.display());
         }
 
@@ -87,7 +82,7 @@ default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]
 
 [network]
 network_backend = "cni"
-cni_plugin_dirs = ["{ours}", "{reference}"]
+cni_plugin_dirs = ["{ours}"]
 network_config_dir = "{d}/net.d"
 
 [engine]
@@ -100,7 +95,6 @@ runtime = "runc"
 tmp_dir = "{d}/tmp"
 "#,
             ours = ours.dir.display(),
-            reference = reference.dir.display(),
             d = d.display(),
         );
         std::fs::write(d.join("containers.conf"), conf).unwrap();
@@ -134,12 +128,7 @@ tmp_dir = "{d}/tmp"
         let types: Vec<&str> =
             conflist["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap_or("")).collect();
         assert_eq!(types, ["bridge", "portmap", "firewall", "tuning"], "{conflist}");
-        eprintln!(
-            "podman network {} (cniVersion {}): portmap from {}",
-            p.network,
-            conflist["cniVersion"],
-            if ours.has("portmap") { "ours" } else { "the reference directory (ours is not built)" }
-        );
+        eprintln!("podman network {} (cniVersion {}), every plugin ours", p.network, conflist["cniVersion"]);
         Some(p)
     }
 
@@ -254,12 +243,17 @@ tmp_dir = "{d}/tmp"
     /// Starts a detached web server container named `name` (it serves `served-by-<name>` on
     /// ports 80, 81 and 82); returns its ID.
     fn run_web(&self, name: &str, extra: &[&str]) -> String {
+        self.run_web_on(name, &self.network, extra)
+    }
+
+    /// [`Podman::run_web`] on another network of this podman.
+    fn run_web_on(&self, name: &str, network: &str, extra: &[&str]) -> String {
         let script = format!(
             "echo served-by-{name} > /www/index.html && httpd -p 81 -h /www && httpd -p 82 -h /www \
              && exec httpd -f -p 80 -h /www"
         );
         let mut args = vec!["run", "-d", "--name", name, "--cgroup-parent", &self.cgroup_parent];
-        args.extend(["--network", &self.network]);
+        args.extend(["--network", network]);
         args.extend_from_slice(extra);
         args.extend([IMAGE, "sh", "-c", &script]);
         self.ok(&args).trim().to_string()
@@ -267,8 +261,13 @@ tmp_dir = "{d}/tmp"
 
     /// The container's address on our network, as podman recorded it from the result.
     fn ip_of(&self, name: &str) -> String {
+        self.ip_on(name, &self.network)
+    }
+
+    /// The container's address on `network`.
+    fn ip_on(&self, name: &str, network: &str) -> String {
         let v: Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
-        v[0]["NetworkSettings"]["Networks"][&self.network]["IPAddress"].as_str().unwrap_or_default().to_string()
+        v[0]["NetworkSettings"]["Networks"][network]["IPAddress"].as_str().unwrap_or_default().to_string()
     }
 
     /// The bridge podman named for the network.
@@ -681,4 +680,40 @@ fn published_ports_reach_the_container_through_our_portmap() {
     p.ok(&["network", "rm", &p.network]);
     wait_for("every attachment to go", || p.veths().is_empty() && p.netns_files().is_empty());
     p.assert_nothing_left(&[&id, &peer_id], &[&ip, &peer_ip], &bridge);
+}
+
+#[test]
+fn isolated_networks_do_not_reach_each_other() {
+    require_root!();
+    let Some(p) = Podman::new("10.89.73.0/24") else { return };
+    let (iso1, iso2) = (unique("iso"), unique("iso"));
+    for (net, subnet) in [(&iso1, "10.89.74.0/24"), (&iso2, "10.89.75.0/24")] {
+        p.ok(&["network", "create", "--disable-dns", "--opt", "isolate=true", "--subnet", subnet, net]);
+    }
+    // podman turns `isolate` into the firewall's ingressPolicy.
+    let conflist: Value =
+        serde_json::from_slice(&std::fs::read(p.dir().join("net.d").join(format!("{iso1}.conflist"))).unwrap())
+            .unwrap();
+    let firewall = conflist["plugins"].as_array().unwrap().iter().find(|p| p["type"] == "firewall").unwrap();
+    assert_eq!(firewall["ingressPolicy"], "same-bridge", "{conflist}");
+
+    p.run_web_on("a1", &iso1, &[]);
+    p.run_web_on("a2", &iso1, &[]);
+    p.run_web_on("b1", &iso2, &[]);
+    let (a1, b1) = (p.ip_on("a1", &iso1), p.ip_on("b1", &iso2));
+    assert_served("a2 -> a1 on one isolated network", "a1", || p.exec_get("a2", &a1, 80));
+    assert_served("host -> b1", "b1", || ns_get(&p.host.ns, &b1, 80));
+    assert!(p.exec_get("b1", &a1, 80).is_err(), "b1 reached a1 across isolated networks");
+    assert!(p.exec_get("a1", &b1, 80).is_err(), "a1 reached b1 across isolated networks");
+    let rules = p.firewall();
+    assert!(rules.contains("-j CNI-ISOLATION-STAGE-1"), "{rules}");
+
+    p.ok(&["rm", "-f", "-t", "0", "a1", "a2", "b1"]);
+    p.ok(&["network", "rm", &iso1, &iso2]);
+    wait_for("every attachment to go", || p.veths().is_empty() && p.netns_files().is_empty());
+    let rules = p.firewall();
+    assert!(
+        !rules.contains(&format!("{a1}/32")) && !rules.contains(&format!("{b1}/32")),
+        "accept rules left:\n{rules}"
+    );
 }

@@ -81,6 +81,18 @@ fn k3s_list(dir: &Path) -> Value {
     l
 }
 
+/// podman's CNI chain (`containers/common` `libnetwork/cni`): bridge with masquerading, portmap,
+/// firewall and an empty tuning, as `podman network create` writes it. The firewall keeps its
+/// store in the host's scratch directory (the reference ignores the key).
+fn podman_list(dir: &Path) -> Value {
+    let mut l = portmap_list(dir);
+    if let Some(plugins) = l["plugins"].as_array_mut() {
+        plugins.push(json!({"type": "firewall", "dataDir": dir.join("firewall").display().to_string()}));
+        plugins.push(json!({"type": "tuning"}));
+    }
+    l
+}
+
 /// One port and the limits a pod's `kubernetes.io/{ingress,egress}-bandwidth: 10M` annotations
 /// become (containerd: rate in bit/s, burst the largest the kubelet allows for that rate).
 fn k3s_caps(i: usize) -> Map<String, Value> {
@@ -216,6 +228,16 @@ pub const NETS: &[Net] = &[
         floor: None,
         list: k3s_list,
         caps: k3s_caps,
+        reference_check_broken: PORTMAP_CHECK_BUG,
+    },
+    Net {
+        key: "podman",
+        title: "podman chain: bridge + host-local + portmap (1 port) + firewall + tuning",
+        note: "",
+        plugins: &["bridge", "host-local", "portmap", "firewall", "tuning"],
+        floor: None,
+        list: podman_list,
+        caps: |i| port_caps(i, 1),
         reference_check_broken: PORTMAP_CHECK_BUG,
     },
 ];

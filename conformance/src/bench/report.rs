@@ -150,8 +150,8 @@ fn last_window(t: &LaneTimes, w: usize) -> Option<f64> {
 /// are about portmap's ADD, not the chain's).
 pub const TIMED_PLUGIN: &str = "portmap";
 /// Further plugins of a chain whose own ADD p50 and p90 get rows (bandwidth, which k3s chains
-/// after portmap).
-const ALSO_TIMED: &[&str] = &["bandwidth"];
+/// after portmap; firewall, in podman's chain).
+const ALSO_TIMED: &[&str] = &["bandwidth", "firewall"];
 
 fn round3(v: &[f64]) -> Value {
     Value::Array(v.iter().map(|x| json!((x * 1000.0).round() / 1000.0)).collect())

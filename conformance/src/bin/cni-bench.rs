@@ -28,7 +28,7 @@ use std::time::Instant;
 
 /// Every plugin either suite may ship; absent ones are skipped with a note.
 const PLUGINS: &[&str] =
-    &["bridge", "host-local", "loopback", "portmap", "ptp", "bandwidth", "tuning", "rootless-wrapper"];
+    &["bridge", "host-local", "loopback", "portmap", "ptp", "bandwidth", "tuning", "firewall", "rootless-wrapper"];
 /// Networks of the sequential scenario, by key (see `bench::nets::NETS`).
 const SEQUENTIAL: &[&str] = &["bridge-masq", "bridge-masq-nft", "bridge", "ptp-masq", "loopback"];
 /// Networks of the concurrent scenario.
@@ -43,6 +43,8 @@ const PORTMAP_CAPPED: &str = "portmap-100";
 const PORTMAP_GROWTH: &str = "portmap-10";
 /// Network of the k3s chain scenario (sequential, every plugin of one suite).
 const K3S: &str = "k3s";
+/// Network of the podman chain scenario (sequential, every plugin of one suite).
+const PODMAN: &str = "podman";
 /// Network whose operations are measured for peak memory.
 const MEMORY: &str = "bridge-masq";
 /// Scenario names `--only` accepts.
@@ -55,6 +57,7 @@ const SCENARIOS: &[&str] = &[
     "concurrent",
     "portmap",
     "k3s",
+    "podman",
     "tuning",
     "nftables",
     "rootless",
@@ -313,6 +316,9 @@ fn real_main() -> Result<()> {
     }
     if wants("k3s") {
         sequential(&setup, &mut report, K3S, c.portmap, c.portmap, c.portmap_window)?;
+    }
+    if wants("podman") {
+        sequential(&setup, &mut report, PODMAN, c.portmap, c.portmap, c.portmap_window)?;
     }
     if wants("tuning") {
         // Beside the suites of the run, the newest reference builds when they are at hand.

@@ -24,12 +24,18 @@
 //! DEL likewise: the kernel says how many copies of each accept rule there are, and one batch
 //! `-D`eletes exactly those (iptables itself matches each `-D` against the rule, so a rule that
 //! only looked like ours fails the batch and the plain path decides); none there, no process.
+//!
+//! Netlink path, before the fast path: with the `open` policy and both jumps in place (read
+//! over netlink, comment included), ADD writes the accept rules as one nf_tables batch of
+//! exactly the expressions iptables-nft writes for them (address match, the `conntrack` xtables
+//! match, counter, accept), so `iptables-save` prints and `iptables -C` finds the reference's
+//! rules; DEL deletes, by handle, the rules whose expressions are exactly those. No process.
 
 use super::forward::{ForwardAccept, ForwardBackend, IngressPolicy};
 use super::iptables::{Batch, Rule, SavedTable};
 use super::restore::{self, apply_iptables, has_tool, iptables_save, restore_tool, save_tool, PendingRestore};
 use super::{Family, FirewallError};
-use crate::netlink::{nft_rules, AddrField, CmpOp, Expr, NftFamily, NftRule};
+use crate::netlink::{nft_rules, AddrField, CmpOp, Expr, NftBatch, NftFamily, NftOp, NftRule, Verdict};
 use std::net::IpAddr;
 
 /// The plugin's chain, jumped to from `FORWARD`.
@@ -82,6 +88,16 @@ pub fn accept_rules(ip: &IpAddr) -> [Rule; 2] {
         Rule::new(FORWARD_CHAIN, ["-d", &h, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
         Rule::new(FORWARD_CHAIN, ["-s", &h, "-j", "ACCEPT"]),
     ]
+}
+
+/// Which of the backend's rules an operation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Chains, jumps, accept rules and isolation rules.
+    All,
+    /// Only the `ingressPolicy` rules, which the reference writes with iptables whatever the
+    /// backend.
+    Isolation,
 }
 
 /// Where a rule goes when it is missing.
@@ -175,19 +191,26 @@ impl Planner {
 }
 
 /// Plans what ADD writes in one family; `None` when everything is in place.
-fn plan_add(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Option<(Batch, Vec<Rule>)> {
+fn plan_add(
+    saved: &SavedTable,
+    attachment: &ForwardAccept,
+    family: Family,
+    scope: Scope,
+) -> Option<(Batch, Vec<Rule>)> {
     let addresses = of_family(&attachment.addresses, family);
     if addresses.is_empty() {
         return None;
     }
     let mut p = Planner::new(saved);
-    p.ensure_chain(FORWARD_CHAIN);
-    p.ensure_chain(&attachment.admin_chain);
-    p.ensure_rule(&forward_jump(), Place::Head);
-    p.ensure_rule(&admin_jump(&attachment.admin_chain), Place::Head);
-    for ip in &addresses {
-        for rule in accept_rules(ip) {
-            p.ensure_rule(&rule, Place::Tail);
+    if scope == Scope::All {
+        p.ensure_chain(FORWARD_CHAIN);
+        p.ensure_chain(&attachment.admin_chain);
+        p.ensure_rule(&forward_jump(), Place::Head);
+        p.ensure_rule(&admin_jump(&attachment.admin_chain), Place::Head);
+        for ip in &addresses {
+            for rule in accept_rules(ip) {
+                p.ensure_rule(&rule, Place::Tail);
+            }
         }
     }
     ensure_isolation(&mut p, attachment);
@@ -291,20 +314,132 @@ fn plan_fast(attachment: &ForwardAccept, family: Family) -> Option<(Batch, Vec<R
     Some((batch, added))
 }
 
-/// Whether an nf_tables rule has exactly the shape iptables-nft gives one of the two accept
-/// rules of `ip` (`destination`: the conntrack one): the address match, the conntrack match
-/// (destination only), a counter, `accept`, and no comment.
-fn is_accept_rule(rule: &NftRule, ip: &IpAddr, destination: bool) -> bool {
+/// `-m conntrack --ctstate RELATED,ESTABLISHED` as iptables-nft stores it: xtables match
+/// `conntrack` revision 3 with its `struct xt_conntrack_mtinfo3` (162 bytes, `XT_ALIGN`ed to
+/// 168): `match_flags` = `XT_CONNTRACK_STATE` at byte 146, `state_mask` = the ESTABLISHED (2)
+/// and RELATED (4) bits at byte 150, native-endian `__u16`s; everything else zero.
+fn conntrack_related_established() -> Expr {
+    let mut info = vec![0u8; 168];
+    info[146..148].copy_from_slice(&1u16.to_ne_bytes());
+    info[150..152].copy_from_slice(&6u16.to_ne_bytes());
+    Expr::Match { name: "conntrack".into(), rev: 3, info }
+}
+
+/// The expressions iptables-nft writes for one of the two accept rules of `ip`
+/// (`destination`: the conntrack one), counter included.
+fn accept_rule_exprs(ip: &IpAddr, destination: bool) -> Option<Vec<Expr>> {
     let prefix = if ip.is_ipv4() { 32 } else { 128 };
-    let Ok(net) = ipnetwork::IpNetwork::new(*ip, prefix) else { return false };
+    let net = ipnetwork::IpNetwork::new(*ip, prefix).ok()?;
     let field = if destination { AddrField::Destination } else { AddrField::Source };
-    let mut wanted = Expr::addr_match(field, CmpOp::Eq, &net);
+    let mut exprs = Expr::addr_match(field, CmpOp::Eq, &net);
     if destination {
-        wanted.push(Expr::Other("match".into()));
+        exprs.push(conntrack_related_established());
     }
-    wanted.push(Expr::Verdict(crate::netlink::Verdict::Accept));
-    let shape: Vec<&Expr> = rule.exprs.iter().filter(|e| **e != Expr::Other("counter".into())).collect();
-    rule.comment.is_none() && shape.len() == wanted.len() && shape.iter().zip(&wanted).all(|(a, b)| *a == b)
+    exprs.push(Expr::Other("counter".into()));
+    exprs.push(Expr::Verdict(Verdict::Accept));
+    Some(exprs)
+}
+
+/// Whether an nf_tables rule is exactly one of the two accept rules of `ip` as iptables-nft
+/// writes it (a counter or not), with no comment.
+fn is_accept_rule(rule: &NftRule, ip: &IpAddr, destination: bool) -> bool {
+    let counter = Expr::Other("counter".into());
+    let Some(wanted) = accept_rule_exprs(ip, destination) else { return false };
+    let wanted: Vec<&Expr> = wanted.iter().filter(|e| **e != counter).collect();
+    let shape: Vec<&Expr> = rule.exprs.iter().filter(|e| **e != counter).collect();
+    rule.comment.is_none() && shape == wanted
+}
+
+/// Whether `rules` hold the plugin's jump to `target` with `comment` as iptables-nft writes it:
+/// the comment match, a counter or not, the jump, nothing else.
+fn has_jump(rules: &[NftRule], comment: &str, target: &str) -> bool {
+    rules.iter().any(|r| {
+        let shape: Vec<&Expr> = r.exprs.iter().filter(|e| **e != Expr::Other("counter".into())).collect();
+        r.comment.as_deref() == Some(comment)
+            && matches!(shape.as_slice(), [Expr::Match { name, .. }, Expr::Verdict(Verdict::Jump(to))]
+                if name == "comment" && to == target)
+    })
+}
+
+/// ADD without any process, where iptables is the nf_tables variant and the policy is `open`:
+/// the kernel shows the `FORWARD` and admin jumps in place, and the accept rules go in as one
+/// nf_tables batch of exactly the expressions iptables-nft writes (so `iptables-save` prints,
+/// and `iptables -C` finds, the reference's rules). `None` when this does not apply.
+fn add_netlink(attachment: &ForwardAccept, family: Family) -> Option<Vec<Rule>> {
+    if !super::fastpath::enabled()
+        || !super::ipmasq::iptables_is_nft(family)
+        || (attachment.ingress != IngressPolicy::Open && attachment.bridge.is_some())
+    {
+        return None;
+    }
+    let nft_family = super::ipmasq::nft_family(family);
+    let existing = nft_rules(nft_family, TABLE, FORWARD_CHAIN).ok()?;
+    let forward = nft_rules(nft_family, TABLE, "FORWARD").ok()?;
+    if !has_jump(&forward, FORWARD_COMMENT, FORWARD_CHAIN)
+        || !has_jump(&existing, ADMIN_COMMENT, &attachment.admin_chain)
+    {
+        return None;
+    }
+    let mut batch = NftBatch::new(nft_family);
+    let mut added = Vec::new();
+    for ip in of_family(&attachment.addresses, family) {
+        let has = |destination| existing.iter().any(|r| is_accept_rule(r, &ip, destination));
+        match (has(true), has(false)) {
+            (true, true) => {}
+            (false, false) => {
+                for (rule, destination) in accept_rules(&ip).into_iter().zip([true, false]) {
+                    let exprs = accept_rule_exprs(&ip, destination)?;
+                    batch.ops.push(NftOp::AddRule {
+                        table: TABLE.into(),
+                        chain: FORWARD_CHAIN.into(),
+                        exprs,
+                        comment: None,
+                    });
+                    added.push(rule);
+                }
+            }
+            _ => return None,
+        }
+    }
+    match batch.commit() {
+        Ok(()) => Some(added),
+        Err(e) => {
+            log::debug!("{} netlink path not taken: {e}", tool_name(family));
+            None
+        }
+    }
+}
+
+/// DEL without any process where iptables is the nf_tables variant: the rules that are exactly
+/// the accept rules of `addresses` (every copy) are deleted by handle in one nf_tables batch.
+/// `false` when this does not apply or the kernel refused the batch.
+fn remove_netlink(addresses: &[IpAddr], family: Family) -> bool {
+    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) {
+        return false;
+    }
+    let nft_family = super::ipmasq::nft_family(family);
+    let Ok(existing) = nft_rules(nft_family, TABLE, FORWARD_CHAIN) else { return false };
+    let mut batch = NftBatch::new(nft_family);
+    for rule in &existing {
+        let ours = addresses.iter().any(|ip| is_accept_rule(rule, ip, true) || is_accept_rule(rule, ip, false));
+        let mentions = addresses.iter().any(|ip| {
+            matches_address(rule, AddrField::Source, ip) || matches_address(rule, AddrField::Destination, ip)
+        });
+        // A rule naming the address that is not exactly ours: let iptables itself decide.
+        if mentions && !ours {
+            return false;
+        }
+        if ours {
+            batch.ops.push(NftOp::DeleteRule { table: TABLE.into(), chain: FORWARD_CHAIN.into(), handle: rule.handle });
+        }
+    }
+    match batch.commit() {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("{} netlink path not taken: {e}", tool_name(family));
+            false
+        }
+    }
 }
 
 /// The one-process DEL of the module doc: `Some(None)` when the kernel holds none of the
@@ -329,26 +464,51 @@ fn plan_fast_remove(addresses: &[IpAddr], family: Family) -> Option<Option<Batch
     Some((!batch.is_empty()).then_some(batch))
 }
 
-/// ADD in one family: the fast path when it applies and its batch succeeds, else the plain
-/// path. Returns what it added.
-fn add_family(
-    attachment: &ForwardAccept,
-    family: Family,
-    pending: Option<PendingRestore>,
-) -> Result<Vec<Rule>, FirewallError> {
-    if let (Some(pending), Some((batch, added))) = (pending, plan_fast(attachment, family)) {
-        match pending.load(&batch.render()) {
-            Ok(()) => return Ok(added),
-            Err(e) => log::debug!("{} fast path not taken: {e}", tool_name(family)),
-        }
-    }
+/// ADD in one family by the plain path: dump, plan, one batch. Returns what it added.
+fn add_plain(attachment: &ForwardAccept, family: Family) -> Result<Vec<Rule>, FirewallError> {
     let added = std::cell::RefCell::new(Vec::new());
     apply_iptables(family, TABLE, false, |saved| {
-        let (batch, rules) = plan_add(saved, attachment, family)?;
+        let (batch, rules) = plan_add(saved, attachment, family, Scope::All)?;
         *added.borrow_mut() = rules;
         Some(batch)
     })?;
     Ok(added.into_inner())
+}
+
+/// ADD in every family of `attachment`, recording in `done` what each added: the fast batches
+/// first, all started before any is waited for (so the families' restores run side by side),
+/// then the plain path for every family the fast path did not serve.
+fn add_families(attachment: &ForwardAccept, done: &mut Vec<(Family, Vec<Rule>)>) -> Result<(), FirewallError> {
+    let mut fed = Vec::new();
+    let mut plain = Vec::new();
+    for family in Family::ALL.into_iter().filter(|f| !of_family(&attachment.addresses, *f).is_empty()) {
+        if let Some(added) = add_netlink(attachment, family) {
+            done.push((family, added));
+            continue;
+        }
+        let started = plan_fast(attachment, family).and_then(|(batch, added)| {
+            let mut restore = PendingRestore::spawn(family).ok()?;
+            restore.feed(&batch.render());
+            Some((restore, added))
+        });
+        match started {
+            Some((restore, added)) => fed.push((family, restore, added)),
+            None => plain.push(family),
+        }
+    }
+    for (family, restore, added) in fed {
+        match restore.finish() {
+            Ok(()) => done.push((family, added)),
+            Err(e) => {
+                log::debug!("{} fast path not taken: {e}", tool_name(family));
+                plain.push(family);
+            }
+        }
+    }
+    for family in plain {
+        done.push((family, add_plain(attachment, family)?));
+    }
+    Ok(())
 }
 
 fn tool_name(family: Family) -> &'static str {
@@ -359,15 +519,18 @@ fn tool_name(family: Family) -> &'static str {
 }
 
 /// What CHECK finds missing in one family's dump, as the first missing chain or rule.
-fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Result<(), FirewallError> {
+fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family, scope: Scope) -> Result<(), FirewallError> {
     let addresses = of_family(&attachment.addresses, family);
     if addresses.is_empty() {
         return Ok(());
     }
     let tool = tool_name(family);
-    let mut chains = vec![FORWARD_CHAIN, attachment.admin_chain.as_str()];
-    let mut rules = vec![forward_jump(), admin_jump(&attachment.admin_chain)];
-    rules.extend(addresses.iter().flat_map(accept_rules));
+    let (mut chains, mut rules) = (Vec::new(), Vec::new());
+    if scope == Scope::All {
+        chains.extend([FORWARD_CHAIN, attachment.admin_chain.as_str()]);
+        rules.extend([forward_jump(), admin_jump(&attachment.admin_chain)]);
+        rules.extend(addresses.iter().flat_map(accept_rules));
+    }
     if let (Some(bridge), true) = (&attachment.bridge, attachment.ingress != IngressPolicy::Open) {
         chains.extend([STAGE1_CHAIN, STAGE2_CHAIN]);
         rules.extend(isolation_rules(bridge, attachment.ingress).into_iter().map(|(r, _)| r));
@@ -389,43 +552,51 @@ fn verify(saved: &SavedTable, attachment: &ForwardAccept, family: Family) -> Res
     Ok(())
 }
 
+impl IptablesForward {
+    /// Only the `ingressPolicy` rules of `attachment` (nothing for `open`), in the families of
+    /// its addresses: the reference writes them with iptables whatever the backend, so the
+    /// firewalld backend calls this after its own work. One batch per family; idempotent.
+    pub fn add_isolation(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
+        if attachment.ingress == IngressPolicy::Open || attachment.bridge.is_none() {
+            return Ok(());
+        }
+        for family in Family::ALL {
+            if of_family(&attachment.addresses, family).is_empty() {
+                continue;
+            }
+            apply_iptables(family, TABLE, false, |saved| {
+                plan_add(saved, attachment, family, Scope::Isolation).map(|(batch, _)| batch)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Verifies what [`IptablesForward::add_isolation`] writes; changes nothing.
+    pub fn check_isolation(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
+        for family in Family::ALL {
+            if attachment.ingress == IngressPolicy::Open || of_family(&attachment.addresses, family).is_empty() {
+                continue;
+            }
+            verify(&iptables_save(family, TABLE)?, attachment, family, Scope::Isolation)?;
+        }
+        Ok(())
+    }
+}
+
 impl ForwardBackend for IptablesForward {
     /// Each family is one batch; when a later family fails, what the earlier ones added is
     /// deleted again, so a failed ADD leaves the tables as they were (chains aside).
     fn add(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
-        let families: Vec<Family> =
-            Family::ALL.into_iter().filter(|f| !of_family(&attachment.addresses, *f).is_empty()).collect();
-        // Where the fast path may apply, every family's restore starts now, so its start-up
-        // overlaps the probes and the other family's work; one left unused gets no input and
-        // changes nothing. Only for iptables-nft: a legacy restore waiting for its input could
-        // hold the xtables lock the plain path then waits for.
-        let mut pending: Vec<Option<PendingRestore>> = families
-            .iter()
-            .map(|f| {
-                let fast = super::fastpath::enabled() && super::ipmasq::iptables_is_nft(*f);
-                if fast {
-                    PendingRestore::spawn(*f).ok()
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let mut done: Vec<(Family, Vec<Rule>)> = Vec::new();
-        for (i, family) in families.into_iter().enumerate() {
-            let result = add_family(attachment, family, pending.get_mut(i).and_then(Option::take));
-            match result {
-                Ok(added) => done.push((family, added)),
-                Err(e) => {
-                    for (family, rules) in done {
-                        if let Err(undo) = apply_iptables(family, TABLE, true, |saved| plan_undo(saved, &rules)) {
-                            log::warn!("rolling back the {} rules: {undo}", tool_name(family));
-                        }
-                    }
-                    return Err(e);
+        let mut done = Vec::new();
+        let result = add_families(attachment, &mut done);
+        if result.is_err() {
+            for (family, rules) in done {
+                if let Err(undo) = apply_iptables(family, TABLE, true, |saved| plan_undo(saved, &rules)) {
+                    log::warn!("rolling back the {} rules: {undo}", tool_name(family));
                 }
             }
         }
-        Ok(())
+        result
     }
 
     fn check(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
@@ -433,7 +604,7 @@ impl ForwardBackend for IptablesForward {
             if of_family(&attachment.addresses, family).is_empty() {
                 continue;
             }
-            verify(&iptables_save(family, TABLE)?, attachment, family)?;
+            verify(&iptables_save(family, TABLE)?, attachment, family, Scope::All)?;
         }
         Ok(())
     }
@@ -443,6 +614,9 @@ impl ForwardBackend for IptablesForward {
         for family in Family::ALL {
             let mine = of_family(addresses, family);
             if mine.is_empty() {
+                continue;
+            }
+            if remove_netlink(&mine, family) {
                 continue;
             }
             match plan_fast_remove(&mine, family) {
@@ -497,7 +671,8 @@ mod tests {
     #[test]
     fn a_fresh_host_gets_the_reference_commands() {
         let (batch, added) =
-            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V4).unwrap();
+            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V4, Scope::All)
+                .unwrap();
         assert_eq!(
             batch.render(),
             "*filter\n-N CNI-FORWARD\n-N CNI-ADMIN\n\
@@ -508,9 +683,10 @@ mod tests {
         );
         assert_eq!(added.len(), 4);
         let (v6, _) =
-            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V6).unwrap();
+            plan_add(&dump(""), &attachment(&["10.88.0.2", "fd00::2"], IngressPolicy::Open), Family::V6, Scope::All)
+                .unwrap();
         assert!(v6.render().contains("-A CNI-FORWARD -s fd00::2/128 -j ACCEPT\n"), "{}", v6.render());
-        assert!(plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V6).is_none());
+        assert!(plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V6, Scope::All).is_none());
     }
 
     #[test]
@@ -522,11 +698,12 @@ mod tests {
              -A CNI-FORWARD -d 10.88.0.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
              -A CNI-FORWARD -s 10.88.0.2/32 -j ACCEPT\n-A CNI-ADMIN -j DROP\n",
         );
-        assert!(plan_add(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4).is_none());
-        verify(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4).unwrap();
-        let e = verify(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4).unwrap_err();
+        assert!(plan_add(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4, Scope::All).is_none());
+        verify(&saved, &attachment(&["10.88.0.2"], IngressPolicy::Open), Family::V4, Scope::All).unwrap();
+        let e = verify(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4, Scope::All).unwrap_err();
         assert!(e.to_string().contains("-A CNI-FORWARD -d 10.88.0.3/32"), "{e}");
-        let (batch, _) = plan_add(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4).unwrap();
+        let (batch, _) =
+            plan_add(&saved, &attachment(&["10.88.0.3"], IngressPolicy::Open), Family::V4, Scope::All).unwrap();
         assert_eq!(
             batch.render(),
             "*filter\n-A CNI-FORWARD -d 10.88.0.3/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
@@ -536,7 +713,8 @@ mod tests {
 
     #[test]
     fn isolation_follows_the_reference_order() {
-        let (batch, _) = plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Isolated), Family::V4).unwrap();
+        let (batch, _) =
+            plan_add(&dump(""), &attachment(&["10.88.0.2"], IngressPolicy::Isolated), Family::V4, Scope::All).unwrap();
         let text = batch.render();
         let tail: Vec<&str> = text.lines().skip(7).collect();
         assert_eq!(
@@ -556,6 +734,18 @@ mod tests {
     }
 
     #[test]
+    fn isolation_alone_touches_no_accept_rule() {
+        let a = attachment(&["10.88.0.2"], IngressPolicy::SameBridge);
+        let (batch, _) = plan_add(&dump(""), &a, Family::V4, Scope::Isolation).unwrap();
+        let text = batch.render();
+        assert!(text.starts_with("*filter\n-N CNI-ISOLATION-STAGE-1\n-N CNI-ISOLATION-STAGE-2\n"), "{text}");
+        assert!(!text.contains("CNI-FORWARD") && !text.contains("CNI-ADMIN"), "{text}");
+        let e = verify(&dump(""), &a, Family::V4, Scope::Isolation).unwrap_err();
+        assert!(e.to_string().contains("CNI-ISOLATION-STAGE-1"), "{e}");
+        assert!(plan_add(&dump(""), &a, Family::V6, Scope::Isolation).is_none());
+    }
+
+    #[test]
     fn isolation_rules_v1_1_wrote_count_as_present() {
         let old = "CNI firewall plugin rules (ingressPolicy: same-bridge)";
         let saved = dump(&format!(
@@ -571,13 +761,12 @@ mod tests {
              -A CNI-ISOLATION-STAGE-2 -m comment --comment \"{old}\" -j RETURN\n"
         ));
         let a = attachment(&["10.88.0.2"], IngressPolicy::SameBridge);
-        assert!(plan_add(&saved, &a, Family::V4).is_none());
-        verify(&saved, &a, Family::V4).unwrap();
+        assert!(plan_add(&saved, &a, Family::V4, Scope::All).is_none());
+        verify(&saved, &a, Family::V4, Scope::All).unwrap();
     }
 
     #[test]
     fn recognises_the_accept_rules_as_iptables_nft_stores_them() {
-        use crate::netlink::Verdict;
         let ip: IpAddr = "10.88.0.2".parse().unwrap();
         let rule = |exprs: Vec<Expr>, comment: Option<&str>| NftRule {
             chain: FORWARD_CHAIN.into(),
@@ -586,21 +775,35 @@ mod tests {
             jumps: Vec::new(),
             exprs,
         };
-        let addr = |field| Expr::addr_match(field, CmpOp::Eq, &"10.88.0.2/32".parse().unwrap());
-        let counter = Expr::Other("counter".into());
-        let mut src = addr(AddrField::Source);
-        src.extend([counter.clone(), Expr::Verdict(Verdict::Accept)]);
-        let mut dst = addr(AddrField::Destination);
-        dst.extend([Expr::Other("match".into()), counter, Expr::Verdict(Verdict::Accept)]);
+        let src = accept_rule_exprs(&ip, false).unwrap();
+        let dst = accept_rule_exprs(&ip, true).unwrap();
+        assert_eq!(dst.len(), 5, "{dst:?}");
+        let Expr::Match { info, .. } = &dst[2] else { panic!("{dst:?}") };
+        assert_eq!(info.len(), 168);
         assert!(is_accept_rule(&rule(src.clone(), None), &ip, false));
         assert!(is_accept_rule(&rule(dst.clone(), None), &ip, true));
+        // Read back without its counter it is the same rule.
+        let no_counter: Vec<Expr> = src.iter().filter(|e| **e != Expr::Other("counter".into())).cloned().collect();
+        assert!(is_accept_rule(&rule(no_counter, None), &ip, false));
         assert!(matches_address(&rule(dst.clone(), None), AddrField::Destination, &ip));
         assert!(!matches_address(&rule(dst.clone(), None), AddrField::Source, &ip));
-        assert!(!is_accept_rule(&rule(dst, None), &ip, false));
+        assert!(!is_accept_rule(&rule(dst.clone(), None), &ip, false));
         assert!(!is_accept_rule(&rule(src.clone(), Some("admin")), &ip, false));
         assert!(!is_accept_rule(&rule(src.clone(), None), &"10.88.0.3".parse().unwrap(), false));
-        src.insert(2, Expr::Other("match".into()));
-        assert!(!is_accept_rule(&rule(src, None), &ip, false), "a rule with more matches is not ours");
+        // Another state match (`--ctstate NEW`) is not ours.
+        let mut other = dst;
+        other[2] = Expr::Match { name: "conntrack".into(), rev: 3, info: vec![0; 168] };
+        assert!(!is_accept_rule(&rule(other, None), &ip, true));
+        let jump = rule(
+            vec![
+                Expr::Match { name: "comment".into(), rev: 0, info: Vec::new() },
+                Expr::Other("counter".into()),
+                Expr::Verdict(Verdict::Jump("CNI-ADMIN".into())),
+            ],
+            Some(ADMIN_COMMENT),
+        );
+        assert!(has_jump(std::slice::from_ref(&jump), ADMIN_COMMENT, "CNI-ADMIN"));
+        assert!(!has_jump(&[jump], ADMIN_COMMENT, "NOMAD-ADMIN"));
     }
 
     #[test]

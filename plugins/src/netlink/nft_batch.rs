@@ -175,7 +175,18 @@ pub enum Expr {
         /// `NFTA_FIB_F_*`.
         flags: u32,
     },
-    /// An expression this model does not decode, by name (read back only).
+    /// `match name <name> rev <rev>`: an xtables match as iptables-nft stores it (nft_compat),
+    /// `info` being the match's kernel struct, `XT_ALIGN`ed.
+    Match {
+        /// The xtables match (`conntrack`, `comment`, …).
+        name: String,
+        /// Its revision.
+        rev: u32,
+        /// Its info struct.
+        info: Vec<u8>,
+    },
+    /// An expression this model does not decode, by name (read back only, or an expression
+    /// without attributes such as `counter`).
     Other(String),
 }
 
@@ -293,6 +304,7 @@ impl Expr {
             Expr::Load { .. } => "immediate",
             Expr::Dnat { .. } => "nat",
             Expr::Fib { .. } => "fib",
+            Expr::Match { .. } => "match",
             Expr::Other(name) => name.as_str(),
         };
         out.put_str(NFTA_EXPR_NAME, name);
@@ -347,6 +359,11 @@ impl Expr {
                 data.put_u32(2, *result);
                 data.put_u32(3, *flags);
             }
+            Expr::Match { name, rev, info } => {
+                data.put_str(1, name);
+                data.put_u32(2, *rev);
+                data.put_bytes(3, info);
+            }
             Expr::Masquerade | Expr::Other(_) => {}
         }
         if !data.0.is_empty() {
@@ -382,6 +399,10 @@ impl Expr {
         };
         let other = || Expr::Other(String::from_utf8_lossy(name).into_owned());
         let decoded = match name {
+            b"match" => (|| {
+                let name = String::from_utf8_lossy(strip_nul(blobs[1].as_deref()?)).into_owned();
+                Some(Expr::Match { name, rev: u32s[2]?, info: blobs[3].clone()? })
+            })(),
             b"meta" => (|| Some(Expr::Meta { key: u32s[2]?, dreg: u32s[1]? }))(),
             b"payload" => (|| {
                 let base = match u32s[2]? {
@@ -756,6 +777,8 @@ mod tests {
         exprs.extend(Expr::dport(6, 8080));
         exprs.extend(Expr::dnat_to("fd00::5".parse().unwrap(), 80));
         exprs.extend(Expr::fib_daddr_local());
+        exprs.push(Expr::Match { name: "conntrack".into(), rev: 3, info: vec![1, 2, 3, 4, 0, 0, 0, 0] });
+        exprs.push(Expr::Other("counter".into()));
         let mut list = Attrs::default();
         for e in &exprs {
             list.nest(NFTA_LIST_ELEM, |elem| e.encode(elem));
