@@ -354,6 +354,19 @@ fn isolation_stays_raw_iptables_as_in_the_reference() {
             chains.replace("(ingressPolicy: same-bridge|isolated)", "(ingressPolicy: same-bridge)")
         };
         tables.push((suite.name.to_string(), chains));
+        h.ok(&suite, "CHECK", "c1", &conf);
+        // An isolation rule removed behind the plugin's back: ours fails CHECK (the references
+        // ask firewalld only), and ADD puts it back.
+        h.host.ns.run("iptables", &["-F", "CNI-ISOLATION-STAGE-2"]).unwrap();
+        let out = h.call(&suite, "CHECK", "c1", &conf);
+        if suite.is_ours() {
+            let (_, msg, _) = out.error().unwrap();
+            assert!(msg.contains("CNI-ISOLATION-STAGE-2"), "{msg}");
+        } else {
+            assert!(out.ok(), "{}: {}", suite.name, out.stdout);
+        }
+        h.ok(&suite, "ADD", "c1", &conf);
+        h.ok(&suite, "CHECK", "c1", &conf);
         h.ok(&suite, "DEL", "c1", &conf);
         assert_eq!(h.sources("trusted"), Vec::<String>::new(), "{}", suite.name);
     }

@@ -12,6 +12,7 @@
 //! namespace switch.
 
 use super::forward::{ForwardAccept, ForwardBackend, DEFAULT_FIREWALLD_ZONE};
+use super::forward_iptables::IptablesForward;
 use super::FirewallError;
 use futures_lite::future;
 use std::future::Future;
@@ -96,15 +97,18 @@ pub fn source_of(ip: &IpAddr) -> String {
 /// (no bus, no answer within [`PROBE_TIMEOUT`]) means no; this is the reference's rule for a
 /// configuration that names no backend.
 pub fn firewalld_running() -> bool {
-    let address = system_bus_address();
+    firewalld_running_on(&system_bus_address())
+}
+
+fn firewalld_running_on(address: &str) -> bool {
     // The common host has no system bus socket at all: say so without starting a reactor.
-    if let Some(path) = unix_path(&address) {
+    if let Some(path) = unix_path(address) {
         if !std::path::Path::new(path).exists() {
             log::debug!("firewalld probe: no system bus at {path}");
             return false;
         }
     }
-    match Bus::connect(&address, PROBE_TIMEOUT) {
+    match Bus::connect(address, PROBE_TIMEOUT) {
         Ok(bus) => bus.name_has_owner().unwrap_or_else(|e| {
             log::debug!("firewalld probe: {e}");
             false
@@ -187,7 +191,7 @@ impl ForwardBackend for Firewalld {
         }
         let failure = match failure {
             Some(e) => e,
-            None => match super::forward_iptables::add_isolation(attachment) {
+            None => match IptablesForward.add_isolation(attachment) {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             },
@@ -201,7 +205,7 @@ impl ForwardBackend for Firewalld {
     }
 
     /// Asks `querySource` for each address and believes the answer: a source missing from the
-    /// zone fails, naming the address and the zone.
+    /// zone fails, naming the address and the zone. Then verifies the isolation rules ADD wrote.
     fn check(&self, attachment: &ForwardAccept) -> Result<(), FirewallError> {
         let bus = self.connect_running()?;
         for ip in &attachment.addresses {
@@ -216,7 +220,7 @@ impl ForwardBackend for Firewalld {
                 )));
             }
         }
-        Ok(())
+        IptablesForward.check_isolation(attachment)
     }
 
     /// Removes each address from the zone. A source that is not there (not set, in another
@@ -308,6 +312,11 @@ impl Bus {
             reason,
             absent,
         };
+        // The system bus is a local socket; a tcp: address would also make zbus resolve host
+        // names through glibc's NSS, which a static build must never reach.
+        if !address.starts_with("unix:") {
+            return Err(fail(format!("only unix: addresses are supported (from ${SYSTEM_BUS_ENV})"), false));
+        }
         let builder = zbus::connection::Builder::address(address)
             .map_err(|e| fail(format!("bad address (from ${SYSTEM_BUS_ENV} or the default): {e}"), false))?
             .internal_executor(false);
@@ -446,6 +455,13 @@ mod tests {
         assert_eq!(unix_path("unix:path=/tmp/b,guid=0123"), Some("/tmp/b"));
         assert_eq!(unix_path("unix:abstract=x"), None);
         assert_eq!(unix_path("unix:path=/a;unix:path=/b"), None);
+    }
+
+    #[test]
+    fn only_local_buses_are_used() {
+        let err = Bus::connect("tcp:host=localhost,port=1", Duration::from_secs(1)).err().unwrap().to_string();
+        assert!(err.contains("only unix: addresses"), "{err}");
+        assert!(!firewalld_running_on("tcp:host=localhost,port=1"));
     }
 
     #[test]

@@ -213,12 +213,6 @@ fn plan_add(
             }
         }
     }
-    ensure_isolation(&mut p, attachment);
-    (!p.batch.is_empty()).then_some((p.batch, p.added))
-}
-
-/// Plans the isolation chains and rules of `attachment`'s policy, if it has one and a bridge.
-fn ensure_isolation(p: &mut Planner, attachment: &ForwardAccept) {
     if let (Some(bridge), true) = (&attachment.bridge, attachment.ingress != IngressPolicy::Open) {
         p.ensure_chain(STAGE1_CHAIN);
         p.ensure_chain(STAGE2_CHAIN);
@@ -226,22 +220,7 @@ fn ensure_isolation(p: &mut Planner, attachment: &ForwardAccept) {
             p.ensure_rule(&rule, place);
         }
     }
-}
-
-/// Only the isolation rules of `attachment`'s `ingressPolicy`, in the families of its addresses:
-/// what the reference writes with raw iptables even when firewalld holds the accept rules.
-pub fn add_isolation(attachment: &ForwardAccept) -> Result<(), FirewallError> {
-    for family in Family::ALL {
-        if of_family(&attachment.addresses, family).is_empty() {
-            continue;
-        }
-        apply_iptables(family, TABLE, false, |saved| {
-            let mut p = Planner::new(saved);
-            ensure_isolation(&mut p, attachment);
-            (!p.batch.is_empty()).then_some(p.batch)
-        })?;
-    }
-    Ok(())
+    (!p.batch.is_empty()).then_some((p.batch, p.added))
 }
 
 /// Plans the removal of every copy of the accept rules of `addresses` (a racing reference can
