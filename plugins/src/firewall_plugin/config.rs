@@ -157,10 +157,20 @@ pub fn parse(args: &CmdArgs) -> Result<FirewallConf, CniError> {
     Ok(FirewallConf { network: raw.name, backend, admin_chain, firewalld_zone, ingress, data_dir })
 }
 
+/// The keys that locate the store, decoded alone.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Location {
+    name: String,
+    #[serde(rename = "dataDir")]
+    data_dir: String,
+}
+
 /// Only the network name and `dataDir`: what DEL and GC need to find the store, so they work
 /// whatever else the configuration holds.
 pub fn store_location(args: &CmdArgs) -> Result<(String, PathBuf), CniError> {
-    let raw: Raw = args.decode()?;
+    let loc: Location = args.decode()?;
+    let raw = Raw { name: loc.name, data_dir: loc.data_dir, ..Raw::default() };
     Ok((raw.name.clone(), data_dir_of(&raw)?))
 }
 
@@ -223,7 +233,8 @@ mod tests {
 
     #[test]
     fn store_location_ignores_the_rest() {
-        let (net, dir) = store_location(&args(json!({"name": "n", "ingressPolicy": "bogus"}))).unwrap();
+        let (net, dir) =
+            store_location(&args(json!({"name": "n", "ingressPolicy": "bogus", "iptablesAdminChainName": 5}))).unwrap();
         assert_eq!((net.as_str(), dir), ("n", PathBuf::from(DEFAULT_DATA_DIR)));
     }
 }
