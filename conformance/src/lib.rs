@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 pub mod driver;
+pub mod firewalld;
 pub mod rootless_user;
 pub mod trace;
 pub use driver::{Attachment, Runtime};

@@ -107,7 +107,8 @@ fn chains_with_reference_firewall_tuning_and_bandwidth() {
         &host,
         "1.0.0",
         &[
-            json!({"type": "firewall"}),
+            // The store in the scratch directory, not the machine's /run/cni/firewall.
+            json!({"type": "firewall", "dataDir": host.dir.join("firewall").display().to_string()}),
             json!({"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}, "capabilities": {"mac": true}}),
             json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
         ],

@@ -14,6 +14,7 @@
 //!   no GC; v1.1.1 does not speak 1.1.0 at all);
 //! - CHECK on a host without the rules fails and changes nothing (the references create the
 //!   chains, then fail);
+//! - DEL never fails on a configuration ADD would refuse (nothing of ours can exist under it);
 //! - every bad input is refused before anything changes: an unknown `backend` (the references
 //!   silently use iptables), an admin chain name iptables cannot take (the references create
 //!   what they can, then fail), an ingress policy without a bridge in `prevResult` (the
@@ -534,6 +535,9 @@ fn bad_input_is_refused_and_changes_nothing() {
         let (got, msg, details) = out.error().unwrap();
         assert_eq!(got, *code, "{conf}: {msg}");
         assert!(msg.contains(names), "{conf}: {msg} {details}");
+        assert_eq!(h.state(), before, "{conf}");
+        // The runtime's DEL after the failed ADD: nothing was installed, so nothing blocks it.
+        h.ok(ours, "DEL", "b1", conf);
         assert_eq!(h.state(), before, "{conf}");
     }
     // Spec versions before 0.4.0 are refused, as the reference refuses them.

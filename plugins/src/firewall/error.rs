@@ -67,6 +67,16 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
+    /// An exchange with firewalld over D-Bus failed, was refused or was not answered in time.
+    #[error("firewalld {call}: {reason}")]
+    Firewalld {
+        /// The call, with its zone and source, or the connection attempt.
+        call: String,
+        /// What went wrong.
+        reason: String,
+        /// Whether there is no bus or no firewalld at all (nothing to undo on DEL).
+        absent: bool,
+    },
     /// CHECK found the installed rules differ from what ADD installs.
     #[error("{0}")]
     Check(String),

@@ -40,6 +40,7 @@
 mod dispatch;
 mod error;
 pub mod fastpath;
+pub mod firewalld;
 pub mod forward;
 pub mod iptables;
 pub mod model;

@@ -1,10 +1,7 @@
 //! Which [`ForwardBackend`] serves a configuration: the one place the plugin names a backend.
-//!
-//! HOOK(15b): the firewalld backend plugs in at [`firewalld_running`] and in [`open`]'s
-//! `Backend::Firewalld` arm. Until then that arm answers with an error that says the backend is
-//! not built in, and the automatic choice never picks firewalld.
 
 use super::config::BackendChoice;
+use crate::firewall::firewalld::Firewalld;
 use crate::firewall::forward::ForwardBackend;
 use crate::firewall::iptables::forward::IptablesForward;
 use crate::firewall::nftables::forward::NftForward;
@@ -43,10 +40,10 @@ impl Backend {
 }
 
 /// Whether firewalld owns `org.fedoraproject.FirewallD1` on the system bus (the reference's
-/// automatic choice). HOOK(15b): ask the system bus here; until then firewalld is never chosen
-/// automatically.
+/// automatic choice), asked once per process.
 pub fn firewalld_running() -> bool {
-    false
+    static RUNNING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RUNNING.get_or_init(firewall::firewalld::firewalld_running)
 }
 
 /// Resolves the configured choice: an explicit backend as named; unset, firewalld while it
@@ -68,19 +65,9 @@ pub fn resolve(choice: BackendChoice) -> Result<Backend, FirewallError> {
 /// The backend's implementation for the network named `network`; `zone` is the firewalld zone in
 /// force.
 pub fn open(backend: Backend, zone: &str, network: &str) -> Result<Box<dyn ForwardBackend>, FirewallError> {
-    let _ = zone;
     match backend {
         Backend::Iptables => Ok(Box::new(IptablesForward)),
         Backend::Nftables => Ok(Box::new(NftForward::new(network))),
-        // HOOK(15b): `Ok(Box::new(Firewalld::new(zone)?))`.
-        Backend::Firewalld => Err(not_built("firewalld")),
-    }
-}
-
-fn not_built(name: &'static str) -> FirewallError {
-    FirewallError::Invalid {
-        what: "backend",
-        value: name.to_string(),
-        reason: "this backend is not built into this plugin yet",
+        Backend::Firewalld => Ok(Box::new(Firewalld::new(zone)?)),
     }
 }

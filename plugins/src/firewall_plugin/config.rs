@@ -40,9 +40,6 @@ const RESERVED_CHAINS: &[&str] = &[
     "CNI-ISOLATION-STAGE-2",
 ];
 
-/// Longest `firewalldZone` accepted (firewalld's own names are short words).
-const MAX_ZONE_LEN: usize = 64;
-
 /// The backend the configuration asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -124,15 +121,9 @@ pub fn check_chain_name(name: &str) -> Result<(), CniError> {
     Ok(())
 }
 
+/// firewalld's own rule for zone names (`firewall::firewalld::check_zone`), as code 7.
 fn check_zone(zone: &str) -> Result<(), CniError> {
-    if zone.len() > MAX_ZONE_LEN
-        || !zone.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'))
-    {
-        return Err(CniError::invalid_config(format!(
-            "firewalldZone {zone:?}: a zone name is at most {MAX_ZONE_LEN} letters, digits, '_', '-', '.' or '+'"
-        )));
-    }
-    Ok(())
+    crate::firewall::firewalld::check_zone(zone).map_err(CniError::invalid_config)
 }
 
 fn data_dir_of(raw: &Raw) -> Result<PathBuf, CniError> {
@@ -166,10 +157,20 @@ pub fn parse(args: &CmdArgs) -> Result<FirewallConf, CniError> {
     Ok(FirewallConf { network: raw.name, backend, admin_chain, firewalld_zone, ingress, data_dir })
 }
 
+/// The keys that locate the store, decoded alone.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Location {
+    name: String,
+    #[serde(rename = "dataDir")]
+    data_dir: String,
+}
+
 /// Only the network name and `dataDir`: what DEL and GC need to find the store, so they work
 /// whatever else the configuration holds.
 pub fn store_location(args: &CmdArgs) -> Result<(String, PathBuf), CniError> {
-    let raw: Raw = args.decode()?;
+    let loc: Location = args.decode()?;
+    let raw = Raw { name: loc.name, data_dir: loc.data_dir, ..Raw::default() };
     Ok((raw.name.clone(), data_dir_of(&raw)?))
 }
 
@@ -232,7 +233,8 @@ mod tests {
 
     #[test]
     fn store_location_ignores_the_rest() {
-        let (net, dir) = store_location(&args(json!({"name": "n", "ingressPolicy": "bogus"}))).unwrap();
+        let (net, dir) =
+            store_location(&args(json!({"name": "n", "ingressPolicy": "bogus", "iptablesAdminChainName": 5}))).unwrap();
         assert_eq!((net.as_str(), dir), ("n", PathBuf::from(DEFAULT_DATA_DIR)));
     }
 }

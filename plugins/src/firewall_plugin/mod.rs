@@ -193,7 +193,12 @@ impl Plugin for FirewallPlugin {
                     .ok_or_else(|| internal(format!("the store names an unknown backend {:?}", r.backend)))?;
                 (attachment_from_record(r), backend, r.firewalld_zone.clone())
             }
-            (None, Err(e)) => return Err(e.clone()),
+            // ADD refuses such a configuration, so nothing of ours can be installed under it:
+            // a DEL that failed here would only keep the runtime from ever finishing.
+            (None, Err(e)) => {
+                log::warn!("DEL with an invalid configuration and no record: nothing to remove ({e})");
+                return Ok(());
+            }
             // Added by another suite, or never: what prevResult names, as the reference removes.
             (None, Ok(conf)) => {
                 let Some(prev) = &prev else { return Ok(()) };
