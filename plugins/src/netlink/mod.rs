@@ -11,6 +11,7 @@ mod netconf;
 mod nft_batch;
 mod nftables;
 mod route;
+mod settle;
 mod tc;
 
 pub use addr::Address;
@@ -19,6 +20,7 @@ pub use netconf::all_forwarding;
 pub use nft_batch::{AddrField, CmpOp, Expr, NftBatch, NftOp, PayloadBase, Verdict};
 pub use nftables::{nft_chain_exists, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule};
 pub use route::RouteSpec;
+pub use settle::NftSettle;
 pub use tc::{Filter, Qdisc, Redirect, Tbf, ETH_P_ALL, INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT};
 
 use netlink_packet_core::{

@@ -14,7 +14,6 @@ use ipnetwork::IpNetwork;
 use std::io;
 use std::net::IpAddr;
 
-const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -660,7 +659,7 @@ impl NftBatch {
         if self.ops.is_empty() {
             return Ok(());
         }
-        let socket = super::open(NETLINK_NETFILTER)?;
+        let socket = super::settle::open_netfilter()?;
         let seq = 1;
         socket.send(&self.encode(seq), 0)?;
         let mut pending: Vec<u32> = (0..self.ops.len() as u32).map(|i| seq + 1 + i).collect();

@@ -4,7 +4,6 @@
 
 use std::io;
 
-const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETCHAIN: u16 = 4;
@@ -91,7 +90,7 @@ fn request_flags(msg: u16, family: NftFamily, attrs: &[(u16, &str)], seq: u32, f
 /// Sends `req` and hands each reply payload (after the netlink header) to `each`, until the ACK
 /// or `Done`; ENOENT comes back as `Ok(false)`, anything else as the error.
 fn exchange(req: &[u8], seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
-    let socket = super::open(NETLINK_NETFILTER)?;
+    let socket = super::settle::open_netfilter()?;
     socket.send(req, 0)?;
     loop {
         let data = super::receive(&socket)?;
