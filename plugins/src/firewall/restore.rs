@@ -320,18 +320,18 @@ pub fn nft_list(what: &[&str]) -> Result<Option<serde_json::Value>, FirewallErro
 
 /// Removes iptables chains of `table` and every rule elsewhere that jumps to them, when
 /// iptables is the nf_tables variant: the kernel lists the rules over netlink (those of the
-/// `sources` chains that exist, or of the whole table) and one `nft` transaction deletes the jumps by handle
-/// and the chains. Reading the table through `iptables-save` instead grows with every container
-/// on the host. `Ok(false)` when this way does not apply (legacy iptables, no `nft`); any error
-/// leaves the table as it was, for the caller to fall back on `apply_iptables`.
+/// `sources` chains that exist, or of the whole table) and one nf_tables batch over netlink deletes
+/// the jumps by handle and the chains, with no process. Reading the table through `iptables-save`
+/// instead grows with every container on the host. `Ok(false)` when this way does not apply (legacy
+/// iptables); any error leaves the table as it was, for the caller to fall back on `apply_iptables`.
 pub fn remove_chains_nft(
     family: Family,
     table: &str,
     chains: &[String],
     sources: Option<&[&str]>,
 ) -> Result<bool, FirewallError> {
-    use crate::netlink::{nft_chain_exists, nft_rules, nft_table_rules, NftFamily};
-    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) || !has_tool("nft") {
+    use crate::netlink::{nft_chain_exists, nft_rules, nft_table_rules, NftBatch, NftFamily, NftOp};
+    if !super::fastpath::enabled() || !super::ipmasq::iptables_is_nft(family) {
         return Ok(false);
     }
     let (nft_fam, fam_name) = match family {
@@ -367,15 +367,20 @@ pub fn remove_chains_nft(
         }
         None => nft_table_rules(nft_fam, table).map_err(netlink(format!("list table {fam_name} {table}")))?,
     };
-    let mut script = Script::new();
+    let mut batch = NftBatch::new(nft_fam);
+    let (table, chain) = (table.to_string(), |c: &str| c.to_string());
     for r in rules.iter().filter(|r| !existing.contains(&r.chain.as_str())) {
         if r.jumps.iter().any(|j| existing.contains(&j.as_str())) {
-            script.delete_rule_handle(fam_name, table, &r.chain, r.handle);
+            batch.ops.push(NftOp::DeleteRule { table: table.clone(), chain: r.chain.clone(), handle: r.handle });
         }
     }
-    existing.iter().for_each(|c| script.flush_chain(fam_name, table, c));
-    existing.iter().for_each(|c| script.delete_chain(fam_name, table, c));
-    nft_apply(&script.render()).map(|()| true)
+    existing.iter().for_each(|c| batch.ops.push(NftOp::FlushChain { table: table.clone(), chain: chain(c) }));
+    existing.iter().for_each(|c| batch.ops.push(NftOp::DeleteChain { table: table.clone(), chain: chain(c) }));
+    batch.commit().map_err(|source| FirewallError::Netlink {
+        what: format!("delete chains {} from {fam_name} {table}", existing.join(", ")),
+        source,
+    })?;
+    Ok(true)
 }
 
 /// Dumps `table`, plans a batch from the dump and loads it; `plan` returns `None` when nothing is to
