@@ -15,8 +15,8 @@ use crate::netlink::{self, Handle, Link};
 use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    all_or_errors, configure_container, container_without, create_veth_pair, ctx, del_container_end, gc_ipam_and_masq,
-    handle_in, internal, is_eexist, masq_backend, rollback, Started, Undo,
+    all_or_errors, configure_container, container_without, create_veth_pair, ctx, gc_ipam_and_masq, handle_in,
+    internal, is_eexist, masq_backend, rollback, ContainerEnd, Started, Undo,
 };
 use cni_types::skel::Command;
 use cni_types::version::Version;
@@ -395,42 +395,57 @@ impl Plugin for Bridge {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
         let mut errors: Vec<String> = Vec::new();
-        let (container_gone, mut addrs) = del_container_end(args, &mut errors);
+        // The IPAM plugin releases the address while the interfaces go (the reference releases it
+        // before deleting anything): its process start and work overlap the kernel's waits below.
+        let ipam = if conf.is_layer3() {
+            invoke::start(&conf.ipam_type, Command::Del, args, &args.stdin).map_err(|e| errors.push(e.to_string())).ok()
+        } else {
+            None
+        };
+        let mut end = ContainerEnd::find(args, &mut errors);
         // With the namespace gone its veth end went with it, and with it the host end; but a
-        // namespace file that was unmounted while still alive keeps the pair, so remove the
-        // host end named in prevResult if it is still ours.
-        if container_gone {
+        // namespace file that was unmounted while still alive keeps the pair, so the host end
+        // named in prevResult goes too if it is still ours.
+        let mut host_end = None;
+        if end.gone {
             if let Ok(Some(prev)) = args.prev_result() {
                 if let (Some(hv), Ok(mut host)) = (prev.interfaces.get(1), Handle::new()) {
                     if let (Ok(Some(l)), Ok(Some(br))) = (host.link_by_name(&hv.name), host.link_by_name(&conf.bridge))
                     {
                         if l.kind == "veth" && l.master == Some(br.index) {
-                            if let Err(e) = host.del_link(l.index) {
-                                errors.push(format!("failed to delete {}: {e}", hv.name));
-                            }
+                            host_end = Some((host, l));
                         }
                     }
                 }
-                if addrs.is_empty() {
-                    addrs = prev.ips.iter().map(|i| i.address).collect();
+                if end.addrs.is_empty() {
+                    end.addrs = prev.ips.iter().map(|i| i.address).collect();
                 }
             }
         }
-        if conf.is_layer3() {
-            if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Del, args) {
-                errors.push(e.to_string());
-            }
-        }
+        // The rules go before the veth, and the sockets of their nf_tables batches stay open until
+        // it is deleted: the kernel's cleanup of the deleted rules (an RCU grace period, waited for
+        // when such a socket closes) then runs during the veth deletion's own wait, not after it.
+        let settle = netlink::NftSettle::begin();
         if conf.mac_spoof_check {
             if let Err(e) = firewall::teardown_spoofcheck(&args.container_id, &args.ifname) {
                 log::warn!("MAC spoof check teardown: {e}");
             }
         }
         if conf.is_layer3() && conf.ip_masq {
-            let target = masq_target(&conf, args, &addrs);
+            let target = masq_target(&conf, args, &end.addrs);
             if let Err(e) = firewall::teardown_ipmasq(&target) {
                 errors.push(format!("failed to tear down IP masquerading: {e}"));
             }
+        }
+        end.delete(&args.ifname, &mut errors);
+        if let Some((mut host, l)) = host_end {
+            if let Err(e) = host.del_link(l.index) {
+                errors.push(format!("failed to delete {}: {e}", l.name));
+            }
+        }
+        drop(settle);
+        if let Some(Err(e)) = ipam.map(invoke::Running::finish) {
+            errors.push(e.to_string());
         }
         all_or_errors(errors)
     }
