@@ -212,6 +212,90 @@ fn wait_port_up(host: &mut Handle, index: u32) -> Result<Link, CniError> {
     Err(internal(format!("bridge port in error state: {:?}", last.unwrap_or(State::Unknown))))
 }
 
+/// CHECK of everything but IPAM: the bridge, the veth pair, the container's addresses and routes
+/// and the masquerade rules are as prevResult and the configuration say.
+fn check_attachment(conf: &BridgeConf, args: &CmdArgs, prev: &CniResult, ns: &NetNs) -> Result<(), CniError> {
+    let mut host = Handle::new().map_err(internal)?;
+    let mut cont = handle_in(ns)?;
+
+    let bridge = ctx(host.link_by_name(&conf.bridge), || format!("look up {}", conf.bridge))?
+        .filter(|l| l.kind == "bridge")
+        .ok_or_else(|| internal(format!("bridge {:?} not found", conf.bridge)))?;
+    // Only a pinned bridge MAC is stable (ours always are; one created by another tool may
+    // follow its lowest port), so a gateway bridge, which ADD pins, is where it is checked.
+    let pinned = conf.is_gateway;
+    if let Some(pb) = prev.interfaces.iter().find(|i| i.name == conf.bridge).filter(|_| pinned) {
+        if !pb.mac.is_empty() && !pb.mac.eq_ignore_ascii_case(&bridge.mac_string()) {
+            return Err(internal(format!(
+                "bridge {} MAC {} differs from {} in prevResult",
+                bridge.name,
+                bridge.mac_string(),
+                pb.mac
+            )));
+        }
+    }
+    if bridge.promisc != conf.promisc_mode {
+        return Err(internal(format!(
+            "bridge {} promiscuous mode is {}, config wants {}",
+            bridge.name, bridge.promisc, conf.promisc_mode
+        )));
+    }
+
+    let pc = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == args.ifname && i.sandbox == args.netns)
+        .ok_or_else(|| internal(format!("interface {} in {} is not in prevResult", args.ifname, args.netns)))?;
+    let cl = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
+        .ok_or_else(|| internal(format!("Link not found: {} in {}", args.ifname, args.netns)))?;
+    if cl.kind != "veth" {
+        return Err(internal(format!("{} is a {:?}, not a veth", args.ifname, cl.kind)));
+    }
+    let want_mac = &prev.interfaces[pc].mac;
+    if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&cl.mac_string()) {
+        return Err(internal(format!(
+            "interface {} MAC {} differs from {} in prevResult",
+            args.ifname,
+            cl.mac_string(),
+            want_mac
+        )));
+    }
+    let veth_found = prev.interfaces.iter().filter(|i| i.sandbox.is_empty() && i.name != conf.bridge).any(|i| {
+        matches!(host.link_by_name(&i.name), Ok(Some(h)) if h.kind == "veth"
+            && h.peer_index == Some(cl.index)
+            && cl.peer_index == Some(h.index)
+            && h.master == Some(bridge.index)
+            && (i.mac.is_empty() || i.mac.eq_ignore_ascii_case(&h.mac_string())))
+    });
+    if !veth_found {
+        return Err(internal(format!("CNI veth created for bridge {} was not found", conf.bridge)));
+    }
+
+    let have = ctx(cont.addresses(Some(cl.index)), || "list container addresses".into())?;
+    for ip in prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == pc)) {
+        if !have.iter().any(|a| a.net == ip.address) {
+            return Err(internal(format!("{} has no address {}", args.ifname, ip.address)));
+        }
+    }
+    let mut routes = ctx(cont.routes(true), || "list routes".into())?;
+    routes.extend(ctx(cont.routes(false), || "list routes".into())?);
+    for r in &prev.routes {
+        let found =
+            routes.iter().any(|k| k.dst == cni_types::net::network_of(&r.dst) && (r.gw.is_none() || k.gw == r.gw));
+        if !found {
+            return Err(internal(format!("route {} via {:?} not found in {}", r.dst, r.gw, args.netns)));
+        }
+    }
+    if conf.is_layer3() && conf.ip_masq {
+        let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
+        let target = masq_target(conf, args, &addrs);
+        ctx(firewall::check_ipmasq(masq_backend(conf.ip_masq_backend.as_deref())?, &target), || {
+            "IP masquerading".into()
+        })?;
+    }
+    Ok(())
+}
+
 impl Bridge {
     fn add_steps(
         &self,
@@ -454,88 +538,18 @@ impl Plugin for Bridge {
         let conf = BridgeConf::load(args)?;
         let prev = args.prev_result()?.ok_or_else(|| internal("Required prevResult missing"))?;
         let ns = NetNs::open(&args.netns).map_err(internal)?;
-        if conf.is_layer3() {
-            invoke::delegate(&conf.ipam_type, Command::Check, args)?;
+        // The IPAM plugin checks its store while the interfaces are read; its verdict still
+        // comes first, as the reference asks it first.
+        let ipam = if conf.is_layer3() {
+            Some(invoke::start(&conf.ipam_type, Command::Check, args, &args.stdin)?)
+        } else {
+            None
+        };
+        let attachment = check_attachment(&conf, args, &prev, &ns);
+        if let Some(ipam) = ipam {
+            ipam.finish()?;
         }
-        let mut host = Handle::new().map_err(internal)?;
-        let mut cont = handle_in(&ns)?;
-
-        let bridge = ctx(host.link_by_name(&conf.bridge), || format!("look up {}", conf.bridge))?
-            .filter(|l| l.kind == "bridge")
-            .ok_or_else(|| internal(format!("bridge {:?} not found", conf.bridge)))?;
-        // Only a pinned bridge MAC is stable (ours always are; one created by another tool may
-        // follow its lowest port), so a gateway bridge, which ADD pins, is where it is checked.
-        let pinned = conf.is_gateway;
-        if let Some(pb) = prev.interfaces.iter().find(|i| i.name == conf.bridge).filter(|_| pinned) {
-            if !pb.mac.is_empty() && !pb.mac.eq_ignore_ascii_case(&bridge.mac_string()) {
-                return Err(internal(format!(
-                    "bridge {} MAC {} differs from {} in prevResult",
-                    bridge.name,
-                    bridge.mac_string(),
-                    pb.mac
-                )));
-            }
-        }
-        if bridge.promisc != conf.promisc_mode {
-            return Err(internal(format!(
-                "bridge {} promiscuous mode is {}, config wants {}",
-                bridge.name, bridge.promisc, conf.promisc_mode
-            )));
-        }
-
-        let pc = prev
-            .interfaces
-            .iter()
-            .position(|i| i.name == args.ifname && i.sandbox == args.netns)
-            .ok_or_else(|| internal(format!("interface {} in {} is not in prevResult", args.ifname, args.netns)))?;
-        let cl = ctx(cont.link_by_name(&args.ifname), || format!("look up {}", args.ifname))?
-            .ok_or_else(|| internal(format!("Link not found: {} in {}", args.ifname, args.netns)))?;
-        if cl.kind != "veth" {
-            return Err(internal(format!("{} is a {:?}, not a veth", args.ifname, cl.kind)));
-        }
-        let want_mac = &prev.interfaces[pc].mac;
-        if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&cl.mac_string()) {
-            return Err(internal(format!(
-                "interface {} MAC {} differs from {} in prevResult",
-                args.ifname,
-                cl.mac_string(),
-                want_mac
-            )));
-        }
-        let veth_found = prev.interfaces.iter().filter(|i| i.sandbox.is_empty() && i.name != conf.bridge).any(|i| {
-            matches!(host.link_by_name(&i.name), Ok(Some(h)) if h.kind == "veth"
-                && h.peer_index == Some(cl.index)
-                && cl.peer_index == Some(h.index)
-                && h.master == Some(bridge.index)
-                && (i.mac.is_empty() || i.mac.eq_ignore_ascii_case(&h.mac_string())))
-        });
-        if !veth_found {
-            return Err(internal(format!("CNI veth created for bridge {} was not found", conf.bridge)));
-        }
-
-        let have = ctx(cont.addresses(Some(cl.index)), || "list container addresses".into())?;
-        for ip in prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == pc)) {
-            if !have.iter().any(|a| a.net == ip.address) {
-                return Err(internal(format!("{} has no address {}", args.ifname, ip.address)));
-            }
-        }
-        let mut routes = ctx(cont.routes(true), || "list routes".into())?;
-        routes.extend(ctx(cont.routes(false), || "list routes".into())?);
-        for r in &prev.routes {
-            let found =
-                routes.iter().any(|k| k.dst == cni_types::net::network_of(&r.dst) && (r.gw.is_none() || k.gw == r.gw));
-            if !found {
-                return Err(internal(format!("route {} via {:?} not found in {}", r.dst, r.gw, args.netns)));
-            }
-        }
-        if conf.is_layer3() && conf.ip_masq {
-            let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
-            let target = masq_target(&conf, args, &addrs);
-            ctx(firewall::check_ipmasq(masq_backend(conf.ip_masq_backend.as_deref())?, &target), || {
-                "IP masquerading".into()
-            })?;
-        }
-        Ok(())
+        attachment
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
