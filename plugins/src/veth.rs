@@ -354,16 +354,6 @@ impl ContainerEnd {
     }
 }
 
-/// DEL's container side: deletes `CNI_IFNAME` in `CNI_NETNS` (its veth peer goes with it) and
-/// returns whether the container is gone (no netns given, or its file no longer exists) and
-/// the addresses the interface had. Errors are collected: DEL goes on with the rest.
-pub(crate) fn del_container_end(args: &CmdArgs, errors: &mut Collector) -> (bool, Vec<IpNetwork>) {
-    let end = ContainerEnd::find(args, errors);
-    let (gone, addrs) = (end.gone, end.addrs.clone());
-    end.delete(&args.ifname, errors);
-    (gone, addrs)
-}
-
 /// GC: forwarded to the IPAM plugin (when there is one), then the masquerade rules of
 /// `network` whose attachment the runtime no longer lists are removed. Both run; all errors
 /// are reported.
