@@ -724,11 +724,31 @@ fn a_host_moves_between_the_newest_reference_and_ours_with_containers_attached()
     assert!(reservations(&host).is_empty());
 }
 
+/// Whether the run turned the rule layer's fast paths off (`CNI_FIREWALL_FAST_PATHS=0`, which the
+/// driver passes on): the plain paths read the nat table through `iptables-save`, so the tests
+/// that count programs hold only with the fast paths on.
+fn fast_paths_off() -> bool {
+    std::env::var("CNI_FIREWALL_FAST_PATHS")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"))
+}
+
+/// Whether programs can be counted here: strace is installed and the fast paths are on.
+fn can_count_programs() -> bool {
+    if !conformance::trace::have_strace() {
+        conformance::skip("strace is not installed");
+        return false;
+    }
+    if fast_paths_off() {
+        conformance::skip("fast paths are off: the plain paths run iptables-save by design");
+        return false;
+    }
+    true
+}
+
 #[test]
 fn nftables_masquerade_runs_no_program_but_ipam() {
     require_root!();
-    if !conformance::trace::have_strace() {
-        conformance::skip("strace is not installed");
+    if !can_count_programs() {
         return;
     }
     let host = FakeHost::new().unwrap();
@@ -752,4 +772,49 @@ fn nftables_masquerade_runs_no_program_but_ipam() {
     assert_eq!(execs.iter().filter(|e| **e == bridge).count(), 5, "{execs:?}");
     assert_eq!(execs.iter().filter(|e| **e == ipam).count(), 5, "{execs:?}");
     assert!(execs.iter().all(|e| *e == bridge || *e == ipam), "{execs:?}");
+}
+
+/// DEL on an iptables-nft host deletes the container's masquerade chain and its jump by handle in
+/// one nf_tables batch over netlink: no `iptables-save`, `iptables-restore` or `nft` process, only
+/// the IPAM plugin. The chain and the jump are really gone afterwards, and a neighbour's stay.
+#[test]
+fn iptables_nft_del_runs_no_program_but_ipam() {
+    require_root!();
+    if !can_count_programs() {
+        return;
+    }
+    let nft_variant = std::fs::canonicalize("/usr/sbin/iptables-restore")
+        .is_ok_and(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("nft")));
+    if !nft_variant {
+        conformance::skip("iptables is not the nf_tables variant here");
+        return;
+    }
+    let host = FakeHost::new().unwrap();
+    // ADD runs iptables-restore by design; only DEL is traced.
+    let ours = conformance::ours();
+    let plain = Runtime::new(&ours, &host.ns, host.dir.clone());
+    let suite = conformance::trace::traced_suite(&host.dir.join("traced"), &["bridge"]).unwrap();
+    let traced = Runtime::new(&suite, &host.ns, host.dir.clone());
+    let l = list(&host, "1.1.0", json!({}));
+    let (c1, c2) = (host.container().unwrap(), host.container().unwrap());
+    let (a1, a2) = (Attachment::new("ctr-d1", &c1), Attachment::new("ctr-d2", &c2));
+    plain.add_list(&l, &a1).unwrap();
+    plain.add_list(&l, &a2).unwrap();
+    let before = nat_rules(&host);
+    let per_container = before.matches("ctr-d1").count();
+    assert!(per_container >= 2 && before.matches("ctr-d2").count() == per_container, "{before}");
+    traced.del_list(&l, &a1).unwrap();
+    let after = nat_rules(&host);
+    assert!(!after.contains("ctr-d1"), "{after}");
+    assert_eq!(after.matches("ctr-d2").count(), per_container, "{after}");
+    assert_eq!(reservations(&host), BTreeSet::from(["10.77.0.3".to_string()]));
+    assert_eq!(veths(&host), 1);
+    let execs = conformance::trace::traced_execs(&suite.dir).unwrap();
+    let bridge = ours.plugin("bridge").display().to_string();
+    let ipam = suite.plugin("host-local").display().to_string();
+    assert_eq!(execs.iter().filter(|e| **e == bridge).count(), 1, "{execs:?}");
+    assert_eq!(execs.iter().filter(|e| **e == ipam).count(), 1, "{execs:?}");
+    assert!(execs.iter().all(|e| *e == bridge || *e == ipam), "{execs:?}");
+    plain.del_list(&l, &a2).unwrap();
+    assert!(!nat_rules(&host).contains("ctr-d"), "{}", nat_rules(&host));
 }

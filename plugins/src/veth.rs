@@ -305,34 +305,53 @@ fn bridge_in_use(host: &mut Handle, bridge: u32, except: Option<u32>) -> io::Res
     Ok(host.links()?.iter().any(|l| l.master == Some(bridge) && Some(l.index) != except))
 }
 
-/// DEL's container side: deletes `CNI_IFNAME` in `CNI_NETNS` (its veth peer goes with it) and
-/// returns whether the container is gone (no netns given, or its file no longer exists) and
-/// the addresses the interface had. Errors are collected: DEL goes on with the rest.
-pub(crate) fn del_container_end(args: &CmdArgs, errors: &mut Collector) -> (bool, Vec<IpNetwork>) {
-    let mut addrs = Vec::new();
-    if args.netns.is_empty() {
-        return (true, addrs);
-    }
-    match NetNs::open(&args.netns) {
-        Ok(ns) => match handle_in(&ns) {
-            Ok(mut cont) => match cont.link_by_name(&args.ifname) {
-                Ok(Some(link)) => {
-                    if let Ok(a) = cont.addresses(Some(link.index)) {
-                        addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
+/// What DEL found on the container's side before deleting anything.
+pub(crate) struct ContainerEnd {
+    /// No netns was given, or its file no longer exists: the container's interfaces went with it.
+    pub(crate) gone: bool,
+    /// The addresses `CNI_IFNAME` has (loopback excluded; empty when it is not there).
+    pub(crate) addrs: Vec<IpNetwork>,
+    /// A socket in the container's namespace and the index of `CNI_IFNAME` there, when it exists.
+    found: Option<(Handle, u32)>,
+}
+
+impl ContainerEnd {
+    /// Looks up `CNI_IFNAME` in `CNI_NETNS` and reads its addresses; errors are collected, so DEL
+    /// goes on with the rest.
+    pub(crate) fn find(args: &CmdArgs, errors: &mut Collector) -> ContainerEnd {
+        let mut end = ContainerEnd { gone: args.netns.is_empty(), addrs: Vec::new(), found: None };
+        if end.gone {
+            return end;
+        }
+        match NetNs::open(&args.netns) {
+            Ok(ns) => match handle_in(&ns) {
+                Ok(mut cont) => match cont.link_by_name(&args.ifname) {
+                    Ok(Some(link)) => {
+                        if let Ok(a) = cont.addresses(Some(link.index)) {
+                            end.addrs = a.into_iter().map(|a| a.net).filter(|n| !n.ip().is_loopback()).collect();
+                        }
+                        end.found = Some((cont, link.index));
                     }
-                    if let Err(e) = cont.del_link(link.index) {
-                        errors.push(format!("failed to delete {}: {e}", args.ifname));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
+                    Ok(None) => {}
+                    Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
+                },
+                Err(e) => errors.push(e.msg),
             },
-            Err(e) => errors.push(e.msg),
-        },
-        Err(NsError::NotExist(_)) => return (true, addrs),
-        Err(e) => errors.push(e.to_string()),
+            Err(NsError::NotExist(_)) => end.gone = true,
+            Err(e) => errors.push(e.to_string()),
+        }
+        end
     }
-    (false, addrs)
+
+    /// Deletes `ifname` where [`ContainerEnd::find`] found it, from inside the container's
+    /// namespace (its veth peer goes with it); a failure is collected.
+    pub(crate) fn delete(self, ifname: &str, errors: &mut Collector) {
+        if let Some((mut cont, index)) = self.found {
+            if let Err(e) = cont.del_link(index) {
+                errors.push(format!("failed to delete {ifname}: {e}"));
+            }
+        }
+    }
 }
 
 /// GC: forwarded to the IPAM plugin (when there is one), then the masquerade rules of

@@ -16,8 +16,8 @@ use crate::netlink::{self, Handle, Link};
 use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    configure_container, container_without, create_veth_pair, del_container_end, gc_ipam_and_masq, handle_in,
-    is_eexist, masq_backend, rollback, Started, Undo,
+    configure_container, container_without, create_veth_pair, gc_ipam_and_masq, handle_in, is_eexist, masq_backend,
+    rollback, ContainerEnd, Started, Undo,
 };
 use cni_types::skel::Command;
 use cni_types::version::Version;
@@ -213,6 +213,92 @@ fn wait_port_up(host: &mut Handle, index: u32) -> Result<Link, CniError> {
     Err(internal(format!("bridge port in error state: {:?}", last.unwrap_or(State::Unknown))))
 }
 
+/// CHECK of everything but IPAM: the bridge, the veth pair, the container's addresses and routes
+/// and the masquerade rules are as prevResult and the configuration say.
+fn check_attachment(conf: &BridgeConf, args: &CmdArgs, prev: &CniResult, ns: &NetNs) -> Result<(), CniError> {
+    let mut host = Handle::new().map_err(internal)?;
+    let mut cont = handle_in(ns)?;
+
+    let bridge = host
+        .link_by_name(&conf.bridge)
+        .ctx(|| format!("look up {}", conf.bridge))?
+        .filter(|l| l.kind == "bridge")
+        .ok_or_else(|| internal(format!("bridge {:?} not found", conf.bridge)))?;
+    // Only a pinned bridge MAC is stable (ours always are; one created by another tool may
+    // follow its lowest port), so a gateway bridge, which ADD pins, is where it is checked.
+    let pinned = conf.is_gateway;
+    if let Some(pb) = prev.interfaces.iter().find(|i| i.name == conf.bridge).filter(|_| pinned) {
+        if !pb.mac.is_empty() && !pb.mac.eq_ignore_ascii_case(&bridge.mac_string()) {
+            return Err(internal(format!(
+                "bridge {} MAC {} differs from {} in prevResult",
+                bridge.name,
+                bridge.mac_string(),
+                pb.mac
+            )));
+        }
+    }
+    if bridge.promisc != conf.promisc_mode {
+        return Err(internal(format!(
+            "bridge {} promiscuous mode is {}, config wants {}",
+            bridge.name, bridge.promisc, conf.promisc_mode
+        )));
+    }
+
+    let pc = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == args.ifname && i.sandbox == args.netns)
+        .ok_or_else(|| internal(format!("interface {} in {} is not in prevResult", args.ifname, args.netns)))?;
+    let cl = cont
+        .link_by_name(&args.ifname)
+        .ctx(|| format!("look up {}", args.ifname))?
+        .ok_or_else(|| internal(format!("Link not found: {} in {}", args.ifname, args.netns)))?;
+    if cl.kind != "veth" {
+        return Err(internal(format!("{} is a {:?}, not a veth", args.ifname, cl.kind)));
+    }
+    let want_mac = &prev.interfaces[pc].mac;
+    if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&cl.mac_string()) {
+        return Err(internal(format!(
+            "interface {} MAC {} differs from {} in prevResult",
+            args.ifname,
+            cl.mac_string(),
+            want_mac
+        )));
+    }
+    let veth_found = prev.interfaces.iter().filter(|i| i.sandbox.is_empty() && i.name != conf.bridge).any(|i| {
+        matches!(host.link_by_name(&i.name), Ok(Some(h)) if h.kind == "veth"
+            && h.peer_index == Some(cl.index)
+            && cl.peer_index == Some(h.index)
+            && h.master == Some(bridge.index)
+            && (i.mac.is_empty() || i.mac.eq_ignore_ascii_case(&h.mac_string())))
+    });
+    if !veth_found {
+        return Err(internal(format!("CNI veth created for bridge {} was not found", conf.bridge)));
+    }
+
+    let have = cont.addresses(Some(cl.index)).ctx(|| "list container addresses")?;
+    for ip in prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == pc)) {
+        if !have.iter().any(|a| a.net == ip.address) {
+            return Err(internal(format!("{} has no address {}", args.ifname, ip.address)));
+        }
+    }
+    let mut routes = cont.routes(true).ctx(|| "list routes")?;
+    routes.extend(cont.routes(false).ctx(|| "list routes")?);
+    for r in &prev.routes {
+        let found =
+            routes.iter().any(|k| k.dst == cni_types::net::network_of(&r.dst) && (r.gw.is_none() || k.gw == r.gw));
+        if !found {
+            return Err(internal(format!("route {} via {:?} not found in {}", r.dst, r.gw, args.netns)));
+        }
+    }
+    if conf.is_layer3() && conf.ip_masq {
+        let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
+        let target = masq_target(conf, args, &addrs);
+        firewall::check_ipmasq(masq_backend(conf.ip_masq_backend.as_deref())?, &target).ctx(|| "IP masquerading")?;
+    }
+    Ok(())
+}
+
 impl Bridge {
     fn add_steps(
         &self,
@@ -395,40 +481,53 @@ impl Plugin for Bridge {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::load(args)?;
         let mut errors = Collector::new();
-        let (container_gone, mut addrs) = del_container_end(args, &mut errors);
+        // The IPAM plugin releases the address while the interfaces go (the reference releases it
+        // before deleting anything): its process start and work overlap the kernel's waits below.
+        let ipam = if conf.is_layer3() {
+            errors.keep(invoke::start(&conf.ipam_type, Command::Del, args, &args.stdin).map_err(|e| e.to_string()))
+        } else {
+            None
+        };
+        let mut end = ContainerEnd::find(args, &mut errors);
         // With the namespace gone its veth end went with it, and with it the host end; but a
-        // namespace file that was unmounted while still alive keeps the pair, so remove the
-        // host end named in prevResult if it is still ours.
-        if container_gone {
+        // namespace file that was unmounted while still alive keeps the pair, so the host end
+        // named in prevResult goes too if it is still ours.
+        let mut host_end = None;
+        if end.gone {
             if let Ok(Some(prev)) = args.prev_result() {
                 if let (Some(hv), Ok(mut host)) = (prev.interfaces.get(1), Handle::new()) {
                     if let (Ok(Some(l)), Ok(Some(br))) = (host.link_by_name(&hv.name), host.link_by_name(&conf.bridge))
                     {
                         if l.kind == "veth" && l.master == Some(br.index) {
-                            if let Err(e) = host.del_link(l.index) {
-                                errors.push(format!("failed to delete {}: {e}", hv.name));
-                            }
+                            host_end = Some((host, l));
                         }
                     }
                 }
-                if addrs.is_empty() {
-                    addrs = prev.ips.iter().map(|i| i.address).collect();
+                if end.addrs.is_empty() {
+                    end.addrs = prev.ips.iter().map(|i| i.address).collect();
                 }
             }
         }
-        if conf.is_layer3() {
-            if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Del, args) {
-                errors.push(e.to_string());
-            }
-        }
+        // The rules go before the veth, and the sockets of their nf_tables batches stay open until
+        // it is deleted: the kernel's cleanup of the deleted rules (an RCU grace period, waited for
+        // when such a socket closes) then runs during the veth deletion's own wait, not after it.
+        let settle = netlink::NftSettle::begin();
         if conf.mac_spoof_check {
             if let Err(e) = firewall::teardown_spoofcheck(&args.container_id, &args.ifname) {
                 log::warn!("MAC spoof check teardown: {e}");
             }
         }
         if conf.is_layer3() && conf.ip_masq {
-            let target = masq_target(&conf, args, &addrs);
+            let target = masq_target(&conf, args, &end.addrs);
             errors.step(|| "failed to tear down IP masquerading", firewall::teardown_ipmasq(&target));
+        }
+        end.delete(&args.ifname, &mut errors);
+        if let Some((mut host, l)) = host_end {
+            errors.step(|| format!("failed to delete {}", l.name), host.del_link(l.index));
+        }
+        drop(settle);
+        if let Some(ipam) = ipam {
+            errors.keep(ipam.finish().map_err(|e| e.to_string()));
         }
         errors.into_cni()
     }
@@ -437,91 +536,18 @@ impl Plugin for Bridge {
         let conf = BridgeConf::load(args)?;
         let prev = args.prev_result()?.ok_or_else(|| internal("Required prevResult missing"))?;
         let ns = NetNs::open(&args.netns)?;
-        if conf.is_layer3() {
-            invoke::delegate(&conf.ipam_type, Command::Check, args)?;
+        // The IPAM plugin checks its store while the interfaces are read; its verdict still
+        // comes first, as the reference asks it first.
+        let ipam = if conf.is_layer3() {
+            Some(invoke::start(&conf.ipam_type, Command::Check, args, &args.stdin)?)
+        } else {
+            None
+        };
+        let attachment = check_attachment(&conf, args, &prev, &ns);
+        if let Some(ipam) = ipam {
+            ipam.finish()?;
         }
-        let mut host = Handle::new().map_err(internal)?;
-        let mut cont = handle_in(&ns)?;
-
-        let bridge = host
-            .link_by_name(&conf.bridge)
-            .ctx(|| format!("look up {}", conf.bridge))?
-            .filter(|l| l.kind == "bridge")
-            .ok_or_else(|| internal(format!("bridge {:?} not found", conf.bridge)))?;
-        // Only a pinned bridge MAC is stable (ours always are; one created by another tool may
-        // follow its lowest port), so a gateway bridge, which ADD pins, is where it is checked.
-        let pinned = conf.is_gateway;
-        if let Some(pb) = prev.interfaces.iter().find(|i| i.name == conf.bridge).filter(|_| pinned) {
-            if !pb.mac.is_empty() && !pb.mac.eq_ignore_ascii_case(&bridge.mac_string()) {
-                return Err(internal(format!(
-                    "bridge {} MAC {} differs from {} in prevResult",
-                    bridge.name,
-                    bridge.mac_string(),
-                    pb.mac
-                )));
-            }
-        }
-        if bridge.promisc != conf.promisc_mode {
-            return Err(internal(format!(
-                "bridge {} promiscuous mode is {}, config wants {}",
-                bridge.name, bridge.promisc, conf.promisc_mode
-            )));
-        }
-
-        let pc = prev
-            .interfaces
-            .iter()
-            .position(|i| i.name == args.ifname && i.sandbox == args.netns)
-            .ok_or_else(|| internal(format!("interface {} in {} is not in prevResult", args.ifname, args.netns)))?;
-        let cl = cont
-            .link_by_name(&args.ifname)
-            .ctx(|| format!("look up {}", args.ifname))?
-            .ok_or_else(|| internal(format!("Link not found: {} in {}", args.ifname, args.netns)))?;
-        if cl.kind != "veth" {
-            return Err(internal(format!("{} is a {:?}, not a veth", args.ifname, cl.kind)));
-        }
-        let want_mac = &prev.interfaces[pc].mac;
-        if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&cl.mac_string()) {
-            return Err(internal(format!(
-                "interface {} MAC {} differs from {} in prevResult",
-                args.ifname,
-                cl.mac_string(),
-                want_mac
-            )));
-        }
-        let veth_found = prev.interfaces.iter().filter(|i| i.sandbox.is_empty() && i.name != conf.bridge).any(|i| {
-            matches!(host.link_by_name(&i.name), Ok(Some(h)) if h.kind == "veth"
-                && h.peer_index == Some(cl.index)
-                && cl.peer_index == Some(h.index)
-                && h.master == Some(bridge.index)
-                && (i.mac.is_empty() || i.mac.eq_ignore_ascii_case(&h.mac_string())))
-        });
-        if !veth_found {
-            return Err(internal(format!("CNI veth created for bridge {} was not found", conf.bridge)));
-        }
-
-        let have = cont.addresses(Some(cl.index)).ctx(|| "list container addresses")?;
-        for ip in prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == pc)) {
-            if !have.iter().any(|a| a.net == ip.address) {
-                return Err(internal(format!("{} has no address {}", args.ifname, ip.address)));
-            }
-        }
-        let mut routes = cont.routes(true).ctx(|| "list routes")?;
-        routes.extend(cont.routes(false).ctx(|| "list routes")?);
-        for r in &prev.routes {
-            let found =
-                routes.iter().any(|k| k.dst == cni_types::net::network_of(&r.dst) && (r.gw.is_none() || k.gw == r.gw));
-            if !found {
-                return Err(internal(format!("route {} via {:?} not found in {}", r.dst, r.gw, args.netns)));
-            }
-        }
-        if conf.is_layer3() && conf.ip_masq {
-            let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
-            let target = masq_target(&conf, args, &addrs);
-            firewall::check_ipmasq(masq_backend(conf.ip_masq_backend.as_deref())?, &target)
-                .ctx(|| "IP masquerading")?;
-        }
-        Ok(())
+        attachment
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {

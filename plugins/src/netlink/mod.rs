@@ -26,6 +26,7 @@ mod nfnl;
 mod nft_batch;
 mod nftables;
 mod route;
+mod settle;
 mod socket;
 mod tc;
 mod wire;
@@ -39,6 +40,7 @@ pub use nftables::{
     nft_chain_exists, nft_generation, nft_rules, nft_table_exists, nft_table_rules, NftFamily, NftRule,
 };
 pub use route::RouteSpec;
+pub use settle::NftSettle;
 use socket::DUMP_RETRIES;
 pub use socket::{Flow, Protocol, Reply, Socket, REPLY_DEADLINE};
 pub use tc::{Filter, Qdisc, Redirect, Tbf, ETH_P_ALL, INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT};

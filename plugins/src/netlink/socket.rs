@@ -61,6 +61,16 @@ pub enum Flow {
 pub struct Socket {
     inner: netlink_sys::Socket,
     seq: u32,
+    protocol: Protocol,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.protocol == Protocol::Netfilter {
+            // A netfilter socket may be kept open a while longer (see `settle`).
+            super::settle::release(std::os::fd::AsFd::as_fd(&self.inner));
+        }
+    }
 }
 
 impl Socket {
@@ -97,7 +107,7 @@ impl Socket {
             // addresses), so a lookup costs the same with one container or a thousand.
             let _ = inner.set_netlink_get_strict_chk(true);
         }
-        Ok(Socket { inner, seq: 0 })
+        Ok(Socket { inner, seq: 0, protocol })
     }
 
     /// A fresh sequence number for the next request.

@@ -24,8 +24,8 @@ use crate::netlink::{self, Handle, Link, RouteSpec};
 use crate::ns::NetNs;
 use crate::sysctl;
 use crate::veth::{
-    configure_container, container_without, create_veth_pair, del_container_end, gc_ipam_and_masq, handle_in,
-    is_eexist, masq_backend, rollback, wait_for_dad, Started, Undo,
+    configure_container, container_without, create_veth_pair, gc_ipam_and_masq, handle_in, is_eexist, masq_backend,
+    rollback, wait_for_dad, ContainerEnd, Started, Undo,
 };
 use cni_types::net::network_of;
 use cni_types::skel::Command;
@@ -279,25 +279,21 @@ impl Ptp {
 
 /// DEL without the container's namespace: the host end named in prevResult, if it is still a
 /// veth routing one of prevResult's addresses (a namespace file unmounted while still alive
-/// keeps the pair). Returns prevResult's addresses.
-fn del_host_end_from_prev(args: &CmdArgs, errors: &mut Collector) -> Vec<IpNetwork> {
-    let Ok(Some(prev)) = args.prev_result() else { return Vec::new() };
+/// keeps the pair), for the caller to delete with the socket that found it. Returns prevResult's
+/// addresses too.
+fn host_end_from_prev(args: &CmdArgs) -> (Vec<IpNetwork>, Option<(Handle, Link)>) {
+    let Ok(Some(prev)) = args.prev_result() else { return (Vec::new(), None) };
     let addrs: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
-    let Some(hv) = prev.interfaces.iter().find(|i| i.sandbox.is_empty()) else { return addrs };
-    let Ok(mut host) = Handle::new() else { return addrs };
-    let Ok(Some(link)) = host.link_by_name(&hv.name) else { return addrs };
+    let Some(hv) = prev.interfaces.iter().find(|i| i.sandbox.is_empty()) else { return (addrs, None) };
+    let Ok(mut host) = Handle::new() else { return (addrs, None) };
+    let Ok(Some(link)) = host.link_by_name(&hv.name) else { return (addrs, None) };
     if link.kind != "veth" {
-        return addrs;
+        return (addrs, None);
     }
     let mut routes = host.routes(true).unwrap_or_default();
     routes.extend(host.routes(false).unwrap_or_default());
     let ours = routes.iter().any(|r| r.oif == Some(link.index) && addrs.iter().any(|a| r.dst == host_net(a.ip())));
-    if ours {
-        if let Err(e) = host.del_link(link.index) {
-            errors.push(format!("failed to delete {}: {e}", hv.name));
-        }
-    }
-    addrs
+    (addrs, ours.then_some((host, link)))
 }
 
 impl Plugin for Ptp {
@@ -327,21 +323,36 @@ impl Plugin for Ptp {
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = PtpConf::load(args)?;
         let mut errors = Collector::new();
-        let (container_gone, mut addrs) = del_container_end(args, &mut errors);
-        if container_gone {
-            let prev_addrs = del_host_end_from_prev(args, &mut errors);
-            if addrs.is_empty() {
-                addrs = prev_addrs;
+        // The IPAM plugin releases the address while the interfaces go (the reference releases it
+        // before deleting anything): its process start and work overlap the kernel's waits below.
+        let ipam =
+            errors.keep(invoke::start(&conf.ipam_type, Command::Del, args, &args.stdin).map_err(|e| e.to_string()));
+        let mut end = ContainerEnd::find(args, &mut errors);
+        let mut host_end = None;
+        if end.gone {
+            let (prev_addrs, found) = host_end_from_prev(args);
+            host_end = found;
+            if end.addrs.is_empty() {
+                end.addrs = prev_addrs;
             }
         }
-        if let Err(e) = invoke::delegate(&conf.ipam_type, Command::Del, args) {
-            errors.push(e.to_string());
-        }
+        // The rules go before the veth, and the sockets of their nf_tables batches stay open until
+        // it is deleted, so the kernel's cleanup of the deleted rules overlaps the veth deletion's
+        // own wait (see `netlink::NftSettle`).
+        let settle = netlink::NftSettle::begin();
         if conf.ip_masq {
             errors.step(
                 || "failed to tear down IP masquerading",
-                firewall::teardown_ipmasq(&masq_target(&conf, args, &addrs)),
+                firewall::teardown_ipmasq(&masq_target(&conf, args, &end.addrs)),
             );
+        }
+        end.delete(&args.ifname, &mut errors);
+        if let Some((mut host, l)) = host_end {
+            errors.step(|| format!("failed to delete {}", l.name), host.del_link(l.index));
+        }
+        drop(settle);
+        if let Some(ipam) = ipam {
+            errors.keep(ipam.finish().map_err(|e| e.to_string()));
         }
         errors.into_cni()
     }

@@ -14,9 +14,8 @@ pub use rules::*;
 use crate::firewall::error::FirewallError;
 use crate::firewall::fastpath;
 use crate::firewall::model::Family;
-use crate::firewall::tools::nft::{self, Script};
 use crate::firewall::tools::{self, run, save_tool};
-use crate::netlink::{nft_chain_exists, nft_rules, nft_table_rules};
+use crate::netlink::{nft_chain_exists, nft_rules, nft_table_rules, NftBatch, NftOp};
 use std::collections::HashSet;
 
 /// The table every rule of this backend lives in.
@@ -71,17 +70,17 @@ pub fn apply(
 
 /// Removes iptables chains of `table` and every rule elsewhere that jumps to them, when
 /// iptables is the nf_tables variant: the kernel lists the rules over netlink (those of the
-/// `sources` chains that exist, or of the whole table) and one `nft` transaction deletes the jumps by handle
-/// and the chains. Reading the table through `iptables-save` instead grows with every container
-/// on the host. `Ok(false)` when this way does not apply (legacy iptables, no `nft`); any error
-/// leaves the table as it was, for the caller to fall back on [`apply`].
+/// `sources` chains that exist, or of the whole table) and one nf_tables batch over netlink deletes
+/// the jumps by handle and the chains, with no process. Reading the table through `iptables-save`
+/// instead grows with every container on the host. `Ok(false)` when this way does not apply (legacy
+/// iptables); any error leaves the table as it was, for the caller to fall back on [`apply`].
 pub fn remove_chains_by_handle(
     family: Family,
     table: &str,
     chains: &[String],
     sources: Option<&[&str]>,
 ) -> Result<bool, FirewallError> {
-    if !fastpath::enabled() || !is_nft(family) || !tools::has_tool("nft") {
+    if !fastpath::enabled() || !is_nft(family) {
         return Ok(false);
     }
     let (nft_fam, fam_name) = (family.nft_family(), family.nft_keyword());
@@ -114,15 +113,23 @@ pub fn remove_chains_by_handle(
         }
         None => nft_table_rules(nft_fam, table).map_err(netlink(format!("list table {fam_name} {table}")))?,
     };
-    let mut script = Script::new();
+    let mut batch = NftBatch::new(nft_fam);
     for r in rules.iter().filter(|r| !existing.contains(&r.chain.as_str())) {
         if r.jumps.iter().any(|j| existing.contains(&j.as_str())) {
-            script.delete_rule_handle(fam_name, table, &r.chain, r.handle);
+            batch.ops.push(NftOp::DeleteRule { table: table.to_string(), chain: r.chain.clone(), handle: r.handle });
         }
     }
-    existing.iter().for_each(|c| script.flush_chain(fam_name, table, c));
-    existing.iter().for_each(|c| script.delete_chain(fam_name, table, c));
-    nft::nft_apply(&script.render()).map(|()| true)
+    for c in &existing {
+        batch.ops.push(NftOp::FlushChain { table: table.to_string(), chain: c.to_string() });
+    }
+    for c in &existing {
+        batch.ops.push(NftOp::DeleteChain { table: table.to_string(), chain: c.to_string() });
+    }
+    batch.commit().map_err(|source| FirewallError::Netlink {
+        what: format!("delete chains {} from {fam_name} {table}", existing.join(", ")),
+        source,
+    })?;
+    Ok(true)
 }
 
 /// Whether the kernel shows (iptables-nft, over netlink) that no rule of the family's nat table has

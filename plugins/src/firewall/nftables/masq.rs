@@ -224,12 +224,17 @@ fn netlink_error(what: &str, source: io::Error) -> FirewallError {
     FirewallError::Netlink { what: format!("{what} of table inet {TABLE}"), source }
 }
 
-/// Reads the table, plans with `plan` and commits; a batch the kernel refuses (another ADD changed
-/// the table in between) is planned once more from a fresh read.
-fn read_plan_commit(what: &str, plan: impl Fn(&TableState) -> NftBatch) -> Result<(), FirewallError> {
+/// Reads the table with `read`, plans with `plan` and commits (an empty plan commits nothing); a
+/// batch the kernel refuses (another ADD changed the table in between) is planned once more from a
+/// fresh read.
+fn read_plan_commit(
+    what: &str,
+    read: impl Fn() -> io::Result<TableState>,
+    plan: impl Fn(&TableState) -> NftBatch,
+) -> Result<(), FirewallError> {
     let mut last = None;
     for _ in 0..2 {
-        let state = TableState::read().map_err(|e| netlink_error("reading", e))?;
+        let state = read().map_err(|e| netlink_error("reading", e))?;
         let batch = plan(&state);
         match batch.commit() {
             Ok(()) => return Ok(()),
@@ -244,7 +249,9 @@ fn read_plan_commit(what: &str, plan: impl Fn(&TableState) -> NftBatch) -> Resul
 
 /// ADD.
 pub fn setup(t: &MasqTarget) -> Result<(), FirewallError> {
-    read_plan_commit("masquerade setup", |state| plan_setup(state, t.network, t.ifname, t.container_id, t.addresses))
+    read_plan_commit("masquerade setup", TableState::read, |state| {
+        plan_setup(state, t.network, t.ifname, t.container_id, t.addresses)
+    })
 }
 
 /// CHECK.
@@ -264,14 +271,17 @@ fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(nix::libc::EPROTONOSUPPORT | nix::libc::EOPNOTSUPP | nix::libc::EAFNOSUPPORT))
 }
 
-/// Deletes the `masq_checks` rules `doomed` selects; a host without nf_tables has none.
+/// Deletes the `masq_checks` rules `doomed` selects. Deleting needs only the rules, so each read is
+/// one dump with no chain probes; a host without nf_tables has none.
 fn delete_where(what: &str, doomed: impl Fn(&str) -> bool) -> Result<(), FirewallError> {
-    match TableState::read() {
-        Err(e) if unsupported(&e) => Ok(()),
-        Err(e) => Err(netlink_error("reading", e)),
-        Ok(state) if plan_delete(&state, &doomed).is_empty() => Ok(()),
-        Ok(_) => read_plan_commit(what, |state| plan_delete(state, &doomed)),
-    }
+    let read = || {
+        let rules = match nft_table_rules(NftFamily::Inet, TABLE) {
+            Err(e) if unsupported(&e) => Ok(Vec::new()),
+            r => r,
+        }?;
+        Ok(TableState { checks: true, postrouting: true, rules })
+    };
+    read_plan_commit(what, read, |state| plan_delete(state, &doomed))
 }
 
 /// DEL: this attachment's rules, found by comment, so it works without addresses.
