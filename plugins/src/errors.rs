@@ -11,7 +11,9 @@
 //! DEL and GC go on after a failure and report every one at the end: [`Collector`].
 
 use crate::firewall::FirewallError;
+use crate::lock::LockError;
 use crate::ns::NsError;
+use crate::sysctl::SysctlError;
 use cni_types::error::{INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE};
 use cni_types::CniError;
 use std::fmt::Display;
@@ -50,6 +52,22 @@ impl From<FirewallError> for CniError {
 impl From<NsError> for CniError {
     /// A namespace that cannot be opened is an operational failure (999), as in the reference.
     fn from(e: NsError) -> CniError {
+        CniError::internal(e)
+    }
+}
+
+impl From<SysctlError> for CniError {
+    /// A sysctl that cannot be read or written is an operational failure (999), as in the
+    /// reference; the message names the file and the value.
+    fn from(e: SysctlError) -> CniError {
+        CniError::internal(e)
+    }
+}
+
+impl From<LockError> for CniError {
+    /// A lock that cannot be taken (or was held past the deadline) is an operational failure
+    /// (999), as in the reference; the message names the lock file.
+    fn from(e: LockError) -> CniError {
         CniError::internal(e)
     }
 }

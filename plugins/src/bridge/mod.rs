@@ -298,10 +298,10 @@ impl Bridge {
                 let v4 = result.ips.iter().any(|i| i.address.is_ipv4());
                 let v6 = result.ips.iter().any(|i| !i.address.is_ipv4());
                 if v4 && !matches!(netlink::all_forwarding(false), Ok(Some(true))) {
-                    sysctl::ensure("net/ipv4/ip_forward", "1").ctx(|| "enable IPv4 forwarding")?;
+                    sysctl::ensure("net/ipv4/ip_forward", "1")?;
                 }
                 if v6 && !matches!(netlink::all_forwarding(true), Ok(Some(true))) {
-                    sysctl::ensure("net/ipv6/conf/all/forwarding", "1").ctx(|| "enable IPv6 forwarding")?;
+                    sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
                 }
             }
             configure_container(ns, cont, &cont_link, &args.ifname, conf.enable_dad, &result)?;

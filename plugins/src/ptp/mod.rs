@@ -100,10 +100,10 @@ fn container_routes(ip: &IpConfig, gw: IpAddr, index: u32) -> [RouteSpec; 2] {
 /// Turns on forwarding for each family the container has.
 fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
     if ips.iter().any(|i| i.address.is_ipv4()) && !matches!(netlink::all_forwarding(false), Ok(Some(true))) {
-        sysctl::ensure("net/ipv4/ip_forward", "1").ctx(|| "enable IPv4 forwarding")?;
+        sysctl::ensure("net/ipv4/ip_forward", "1")?;
     }
     if ips.iter().any(|i| !i.address.is_ipv4()) && !matches!(netlink::all_forwarding(true), Ok(Some(true))) {
-        sysctl::ensure("net/ipv6/conf/all/forwarding", "1").ctx(|| "enable IPv6 forwarding")?;
+        sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
 }
