@@ -12,6 +12,7 @@
 
 use crate::firewall::FirewallError;
 use crate::lock::LockError;
+use crate::netlink::NetlinkError;
 use crate::ns::NsError;
 use crate::sysctl::SysctlError;
 use cni_types::error::{INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE};
@@ -52,6 +53,15 @@ impl From<FirewallError> for CniError {
 impl From<NsError> for CniError {
     /// A namespace that cannot be opened is an operational failure (999), as in the reference.
     fn from(e: NsError) -> CniError {
+        CniError::internal(e)
+    }
+}
+
+impl From<NetlinkError> for CniError {
+    /// Every kernel refusal over netlink is an operational failure (999), as in the reference
+    /// (its netlink library's errors reach skel as plain errors): EEXIST on a link name, ENODEV,
+    /// EPERM without CAP_NET_ADMIN, a timeout. The message names the operation and its object.
+    fn from(e: NetlinkError) -> CniError {
         CniError::internal(e)
     }
 }

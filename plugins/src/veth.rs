@@ -4,7 +4,7 @@
 
 use crate::errors::{internal, Collector, Ctx};
 use crate::firewall::{self, Backend, MasqTarget};
-use crate::netlink::{Handle, Ipv4Conf, Link, RouteSpec, VethSpec};
+use crate::netlink::{Handle, Ipv4Conf, Link, NetlinkError, RouteSpec, VethSpec};
 use crate::ns::{NetNs, NsError};
 use crate::sysctl;
 use cni_types::skel::Command;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub(crate) const VETH_NAME_TRIES: usize = 10;
 
 /// Whether `e` is EEXIST.
-pub(crate) fn is_eexist(e: &io::Error) -> bool {
+pub(crate) fn is_eexist(e: &NetlinkError) -> bool {
     e.raw_os_error() == Some(nix::libc::EEXIST)
 }
 

@@ -337,7 +337,7 @@ impl Plugin for BandwidthPlugin {
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
         args.net_conf()?;
-        let unavailable = |e: io::Error| {
+        let unavailable = |e: crate::netlink::NetlinkError| {
             CniError::new(PLUGIN_NOT_AVAILABLE, format!("bandwidth: traffic control over rtnetlink: {e}"))
         };
         let mut host = Handle::new().map_err(unavailable)?;
