@@ -56,6 +56,12 @@ impl NetlinkError {
         self
     }
 
+    /// The bare cause, for a message that already names the operation and object in the
+    /// reference's words (`failed to add route '…': <cause>`).
+    pub fn cause(&self) -> &io::Error {
+        &self.source
+    }
+
     /// The kernel's errno, if the kernel refused (rather than a decode error or a timeout).
     pub fn raw_os_error(&self) -> Option<i32> {
         self.source.raw_os_error()
@@ -111,6 +117,7 @@ mod tests {
         let e = r.map_err(op("create veth", "eth0")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(nix::libc::EEXIST));
         assert_eq!(e.to_string(), format!("create veth eth0: {}", io::Error::from_raw_os_error(nix::libc::EEXIST)));
+        assert_eq!(e.cause().raw_os_error(), Some(nix::libc::EEXIST));
         assert_eq!(io::Error::from(e).kind(), io::ErrorKind::AlreadyExists);
         let e = op("set up", LinkIndex(7))(io::Error::other("x"));
         assert_eq!(e.to_string(), "set up link 7: x");

@@ -342,8 +342,7 @@ impl Plugin for Tuning {
         }
         let Some(h) = opened.handle.as_mut() else { return Err(internal("no netlink socket")) };
         let link = h
-            .link_by_name(&args.ifname)
-            .ctx(|| format!("look up {}", args.ifname))?
+            .link_by_name(&args.ifname)?
             .ok_or_else(|| internal(format!("Cannot find container link {}", args.ifname)))?;
         let name = &args.ifname;
         if let Some(mac) = &conf.mac {
