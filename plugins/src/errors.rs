@@ -1,17 +1,34 @@
 //! Errors in one style across the plugins' library.
 //!
-//! Each layer has one error type that names the object it failed on: [`FirewallError`] (the
-//! command, table or chain), [`NsError`] (the namespace path), and [`std::io::Error`] from
-//! [`crate::netlink`], [`crate::sysctl`], [`crate::veth`] and [`crate::lock`]. A plugin turns them
-//! into the [`CniError`] it reports in one way per layer, at its boundary:
-//! * [`FirewallError`] and [`NsError`] by `?` (the `From` impls here pick the code);
-//! * any other error by [`Ctx::ctx`], which says what was being done (`look up eth0: <error>`) and
-//!   reports an operational failure (code 999), or [`internal`] when the error already names it.
+//! Each layer has one error type that names the object it failed on and keeps the cause (for
+//! the system layers, the errno as an `io::Error` source, so callers still test
+//! `raw_os_error()` or `kind()`). A plugin turns each into the [`CniError`] it reports by `?`,
+//! through the one `From` impl below, which picks the code: the errno → CNI code mapping lives
+//! here and nowhere else.
 //!
-//! DEL and GC go on after a failure and report every one at the end: [`Collector`].
+//! | Layer | Error type | Names | CNI code |
+//! |---|---|---|---|
+//! | [`crate::netlink`] (link, address, route, tc) | [`NetlinkError`] | the operation and its object: link name (or `link <index>` until [`NetlinkError::on`] names it), address, route | 999 for every errno (EEXIST, ENODEV, EPERM, a timeout), as the reference reports them |
+//! | [`crate::sysctl`] | [`SysctlError`] | the file under `/proc/sys` and the value | 999 |
+//! | [`crate::lock`] | [`LockError`] | the lock file | 999 (also a lock held past [`crate::lock::LOCK_WAIT`]) |
+//! | [`crate::ns`] | [`NsError`] | the namespace path | 999, as the reference's "failed to open netns" |
+//! | [`crate::firewall`] | [`FirewallError`] | the command, table or chain | 7 for an unknown backend name, 50 when neither backend works on the host, 999 otherwise |
+//! | [`crate::veth`] | [`CniError`] directly | composes the layers above; its reference texts (`failed to add route '…': <cause>`) use [`NetlinkError::cause`] so the object is not said twice | 999 |
+//!
+//! Two more ways into a [`CniError`], for what no layer names:
+//! * [`Ctx::ctx`] says what was being done (`open netlink socket in /run/netns/x: <error>`) and
+//!   reports an operational failure (999) — for context the error cannot know (the namespace,
+//!   the step's purpose), never to restate an object the error already names;
+//! * [`internal`] when the error's own text says everything.
+//!
+//! DEL and GC go on after a failure and report every one at the end: [`Collector`] (joined by
+//! `; `; host-local's DEL keeps the reference's `;` without a space).
 
 use crate::firewall::FirewallError;
+use crate::lock::LockError;
+use crate::netlink::NetlinkError;
 use crate::ns::NsError;
+use crate::sysctl::SysctlError;
 use cni_types::error::{INVALID_NETWORK_CONFIG, PLUGIN_NOT_AVAILABLE};
 use cni_types::CniError;
 use std::fmt::Display;
@@ -35,11 +52,13 @@ impl<T, E: Display> Ctx<T> for Result<T, E> {
 }
 
 impl From<FirewallError> for CniError {
-    /// A backend name that is not one is the configuration's fault (7); a host where neither
-    /// backend works cannot serve the plugin (50); anything else is an operational failure (999).
+    /// A backend name that is not one, or a configured value the backend cannot write (an admin
+    /// chain named like one of its own, a zone name, rule text), is the configuration's fault (7);
+    /// a host where neither backend works cannot serve the plugin (50); anything else is an
+    /// operational failure (999).
     fn from(e: FirewallError) -> CniError {
         let code = match e {
-            FirewallError::UnknownBackend(_) => INVALID_NETWORK_CONFIG,
+            FirewallError::UnknownBackend(_) | FirewallError::Invalid { .. } => INVALID_NETWORK_CONFIG,
             FirewallError::NoBackend { .. } => PLUGIN_NOT_AVAILABLE,
             _ => cni_types::error::INTERNAL,
         };
@@ -50,6 +69,31 @@ impl From<FirewallError> for CniError {
 impl From<NsError> for CniError {
     /// A namespace that cannot be opened is an operational failure (999), as in the reference.
     fn from(e: NsError) -> CniError {
+        CniError::internal(e)
+    }
+}
+
+impl From<NetlinkError> for CniError {
+    /// Every kernel refusal over netlink is an operational failure (999), as in the reference
+    /// (its netlink library's errors reach skel as plain errors): EEXIST on a link name, ENODEV,
+    /// EPERM without CAP_NET_ADMIN, a timeout. The message names the operation and its object.
+    fn from(e: NetlinkError) -> CniError {
+        CniError::internal(e)
+    }
+}
+
+impl From<SysctlError> for CniError {
+    /// A sysctl that cannot be read or written is an operational failure (999), as in the
+    /// reference; the message names the file and the value.
+    fn from(e: SysctlError) -> CniError {
+        CniError::internal(e)
+    }
+}
+
+impl From<LockError> for CniError {
+    /// A lock that cannot be taken (or was held past the deadline) is an operational failure
+    /// (999), as in the reference; the message names the lock file.
+    fn from(e: LockError) -> CniError {
         CniError::internal(e)
     }
 }
@@ -161,5 +205,19 @@ mod tests {
         };
         assert_eq!(CniError::from(none).code, 50);
         assert_eq!(CniError::from(FirewallError::Check("rule missing".into())), CniError::internal("rule missing"));
+    }
+
+    #[test]
+    fn system_layers_name_their_object_and_report_999() {
+        let eexist = || std::io::Error::from_raw_os_error(nix::libc::EEXIST);
+        let e = CniError::from(NetlinkError::new("create bridge", "cni0", eexist()));
+        assert_eq!((e.code, e.msg), (999, format!("create bridge cni0: {}", eexist())));
+        let e = CniError::from(crate::sysctl::ensure("net.ipv4.conf.cnit-none-such.arp_notify", "1").unwrap_err());
+        assert_eq!(e.code, 999);
+        assert!(e.msg.starts_with("write 1 to /proc/sys/net/ipv4/conf/cnit-none-such/arp_notify: "), "{}", e.msg);
+        let path = std::path::PathBuf::from("/nonexistent-cnit/lock");
+        let e = CniError::from(crate::lock::FileLock::acquire(&path).unwrap_err());
+        assert_eq!(e.code, 999);
+        assert!(e.msg.starts_with("lock /nonexistent-cnit/lock: "), "{}", e.msg);
     }
 }

@@ -5,13 +5,39 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long [`FileLock::acquire`] waits for another holder. Real holders keep a lock for
 /// milliseconds; only one that hangs (stopped, stuck on a dead disk) makes a caller wait this
 /// long, and the caller then fails with an error instead of hanging with it.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// A lock that could not be taken: the lock file and the errno (`TimedOut` when another holder
+/// kept it past the deadline), kept as the `io::Error` source.
+#[derive(Debug, thiserror::Error)]
+#[error("lock {}: {source}", .path.display())]
+pub struct LockError {
+    /// The lock file.
+    pub path: PathBuf,
+    /// The errno.
+    #[source]
+    pub source: io::Error,
+}
+
+impl LockError {
+    /// The kind of the underlying `io::Error`.
+    pub fn kind(&self) -> ErrorKind {
+        self.source.kind()
+    }
+}
+
+impl From<LockError> for io::Error {
+    /// Keeps the kind, so `io::Result` callers can still tell `NotFound`.
+    fn from(e: LockError) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}
 
 /// An exclusive `flock` on a file, released when dropped.
 #[derive(Debug)]
@@ -25,14 +51,15 @@ impl FileLock {
     /// exclusive lock is held. The file must be a regular file and not a symlink; on a
     /// read-only file system an existing one is locked read-only (`flock` needs no write
     /// access), see [`FileLock::writable`].
-    pub fn acquire(path: &Path) -> io::Result<FileLock> {
+    pub fn acquire(path: &Path) -> Result<FileLock, LockError> {
         Self::acquire_within(path, LOCK_WAIT)
     }
 
     /// [`FileLock::acquire`] with another deadline (whole seconds, at least one).
-    pub fn acquire_within(path: &Path, wait: Duration) -> io::Result<FileLock> {
-        let (file, writable) = fsutil::open_lock(path, 0o600)?;
-        lock_within(&file, wait)?;
+    pub fn acquire_within(path: &Path, wait: Duration) -> Result<FileLock, LockError> {
+        let named = |source| LockError { path: path.to_path_buf(), source };
+        let (file, writable) = fsutil::open_lock(path, 0o600).map_err(named)?;
+        lock_within(&file, wait).map_err(named)?;
         Ok(FileLock { file, writable })
     }
 
@@ -116,7 +143,7 @@ mod tests {
                 let start = Instant::now();
                 let r = FileLock::acquire_within(&path, Duration::from_secs(1));
                 let ok = matches!(&r, Err(e) if e.kind() == ErrorKind::TimedOut
-                    && e.to_string().contains("held the lock for more than 1 s"))
+                    && e.to_string() == format!("lock {}: another process has held the lock for more than 1 s", path.display()))
                     && start.elapsed() < Duration::from_secs(3);
                 // SAFETY: ends the forked child without running the parent's destructors.
                 unsafe { nix::libc::_exit(if ok { 0 } else { 1 }) }

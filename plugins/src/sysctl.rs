@@ -12,6 +12,57 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+/// A sysctl that could not be read or written: its file (which names the key) and the errno,
+/// kept as the `io::Error` source so [`SysctlError::kind`] tells a missing key from a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum SysctlError {
+    /// Reading the file failed.
+    #[error("read {}: {source}", .path.display())]
+    Read {
+        /// The sysctl's file under `/proc/sys`.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// Opening or writing the file failed.
+    #[error("write {value} to {}: {source}", .path.display())]
+    Write {
+        /// The sysctl's file under `/proc/sys`.
+        path: PathBuf,
+        /// The value that was to be written.
+        value: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SysctlError {
+    /// The kind of the underlying `io::Error` (`NotFound` for a key the kernel does not have).
+    pub fn kind(&self) -> io::ErrorKind {
+        self.io().kind()
+    }
+
+    /// The underlying `io::Error`.
+    pub fn io(&self) -> &io::Error {
+        match self {
+            SysctlError::Read { source, .. } | SysctlError::Write { source, .. } => source,
+        }
+    }
+
+    fn write(key: &str, value: &str, source: io::Error) -> SysctlError {
+        SysctlError::Write { path: path_of(key), value: value.to_string(), source }
+    }
+}
+
+impl From<SysctlError> for io::Error {
+    /// Keeps the kind, so `io::Result` callers can still tell `NotFound`.
+    fn from(e: SysctlError) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}
+
 /// The file behind a key given as `net/ipv4/ip_forward` or `net.ipv4.ip_forward`. Dots turn
 /// into slashes only in the dotted form, so interface names with dots (`br0.100`) survive in
 /// the slash form.
@@ -122,47 +173,47 @@ pub fn release() {
 }
 
 /// Reads a sysctl, trimmed.
-pub fn read(key: &str) -> io::Result<String> {
-    Ok(std::fs::read_to_string(path_of(key))?.trim().to_string())
+pub fn read(key: &str) -> Result<String, SysctlError> {
+    let path = path_of(key);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.trim().to_string()),
+        Err(source) => Err(SysctlError::Read { path, source }),
+    }
 }
 
 /// Writes a sysctl.
-pub fn write(key: &str, value: &str) -> io::Result<()> {
-    std::fs::write(path_of(key), value)
-        .map_err(|e| io::Error::new(e.kind(), format!("write {value} to {}: {e}", path_of(key).display())))
+pub fn write(key: &str, value: &str) -> Result<(), SysctlError> {
+    std::fs::write(path_of(key), value).map_err(|e| SysctlError::write(key, value, e))
 }
 
 /// Writes a sysctl only when it differs, so an unchanged host value is never touched (and a
 /// read-only `/proc/sys` that already has the value is no error). One open serves both the read
 /// and the write: each path lookup under `/proc/sys/net` costs more with every network
 /// namespace on the machine.
-pub fn ensure(key: &str, value: &str) -> io::Result<()> {
+pub fn ensure(key: &str, value: &str) -> Result<(), SysctlError> {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
-    let path = path_of(key);
     let mut file = match open_rw(key) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SysctlError::write(key, value, e)),
         // Not writable (read-only /proc/sys, no permission): fine if it already holds the value.
         Err(e) => {
             return match read(key) {
                 Ok(current) if current == value => Ok(()),
-                _ => Err(io::Error::new(e.kind(), format!("write {value} to {}: {e}", path.display()))),
+                _ => Err(SysctlError::write(key, value, e)),
             }
         }
     };
     let mut current = String::new();
-    file.read_to_string(&mut current)?;
+    file.read_to_string(&mut current).map_err(|source| SysctlError::Read { path: path_of(key), source })?;
     if current.trim() == value {
         return Ok(());
     }
-    file.write_at(value.as_bytes(), 0)
-        .map(|_| ())
-        .map_err(|e| io::Error::new(e.kind(), format!("write {value} to {}: {e}", path.display())))
+    file.write_at(value.as_bytes(), 0).map(|_| ()).map_err(|e| SysctlError::write(key, value, e))
 }
 
 /// Like [`ensure`], but a key that does not exist (IPv6 disabled, an old kernel) is no error.
-pub fn ensure_if_present(key: &str, value: &str) -> io::Result<()> {
+pub fn ensure_if_present(key: &str, value: &str) -> Result<(), SysctlError> {
     match ensure(key, value) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
@@ -180,5 +231,16 @@ mod tests {
             path_of("net/ipv4/conf/br0.100/arp_notify"),
             PathBuf::from("/proc/sys/net/ipv4/conf/br0.100/arp_notify")
         );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_keep_the_errno() {
+        let e = read("net/ipv4/conf/cnit-none-such/arp_notify").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().starts_with("read /proc/sys/net/ipv4/conf/cnit-none-such/arp_notify: "), "{e}");
+        assert!(ensure_if_present("net.ipv4.conf.cnit-none-such.arp_notify", "1").is_ok());
+        let e = ensure("net.ipv4.conf.cnit-none-such.arp_notify", "1").unwrap_err();
+        assert!(e.to_string().starts_with("write 1 to /proc/sys/net/ipv4/conf/cnit-none-such/arp_notify: "), "{e}");
+        assert_eq!(io::Error::from(e).kind(), io::ErrorKind::NotFound);
     }
 }

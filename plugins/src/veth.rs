@@ -4,7 +4,7 @@
 
 use crate::errors::{internal, Collector, Ctx};
 use crate::firewall::{self, Backend, MasqTarget};
-use crate::netlink::{Handle, Ipv4Conf, Link, RouteSpec, VethSpec};
+use crate::netlink::{Handle, Ipv4Conf, Link, NetlinkError, RouteSpec, VethSpec};
 use crate::ns::{NetNs, NsError};
 use crate::sysctl;
 use cni_types::skel::Command;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub(crate) const VETH_NAME_TRIES: usize = 10;
 
 /// Whether `e` is EEXIST.
-pub(crate) fn is_eexist(e: &io::Error) -> bool {
+pub(crate) fn is_eexist(e: &NetlinkError) -> bool {
     e.raw_os_error() == Some(nix::libc::EEXIST)
 }
 
@@ -41,7 +41,7 @@ pub(crate) fn handle_in(ns: &NetNs) -> Result<Handle, CniError> {
 /// that exists is refused and leaves it (and its address) as it was.
 pub(crate) fn container_without(ns: &NetNs, ifname: &str) -> Result<Handle, CniError> {
     let mut cont = handle_in(ns)?;
-    if cont.link_by_name(ifname).ctx(|| format!("look up {ifname}"))?.is_some() {
+    if cont.link_by_name(ifname)?.is_some() {
         return Err(internal(format!("container veth name provided ({ifname}) already exists")));
     }
     Ok(cont)
@@ -100,12 +100,11 @@ pub(crate) fn create_veth_pair(
         match host.create_veth(&spec, ns.file().as_fd()) {
             Ok(()) => {
                 return host
-                    .link_by_name(&name)
-                    .ctx(|| format!("look up {name}"))?
+                    .link_by_name(&name)?
                     .ok_or_else(|| internal(format!("veth {name} vanished after creation")));
             }
             Err(e) if is_eexist(&e) => {
-                if cont.link_by_name(ifname).ctx(|| format!("look up {}", ifname))?.is_some() {
+                if cont.link_by_name(ifname)?.is_some() {
                     return Err(internal(format!("container veth name provided ({}) already exists", ifname)));
                 }
                 // The random host name collided; try another.
@@ -185,7 +184,7 @@ pub(crate) fn configure_container(
     for ip in &result.ips {
         match cont.add_address(index, &ip.address) {
             Err(e) if !is_eexist(&e) => {
-                return Err(internal(format!("failed to add IP addr {} to {ifname}: {e}", ip.address)))
+                return Err(internal(format!("failed to add IP addr {} to {ifname}: {}", ip.address, e.cause())))
             }
             _ => {}
         }
@@ -210,7 +209,7 @@ pub(crate) fn configure_container(
         match cont.add_route(&spec) {
             Err(e) if !is_eexist(&e) => {
                 let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(internal(format!("failed to add route '{}{via} dev {ifname}': {e}", r.dst)));
+                return Err(internal(format!("failed to add route '{}{via} dev {ifname}': {}", r.dst, e.cause())));
             }
             _ => {}
         }
@@ -333,7 +332,7 @@ impl ContainerEnd {
                         end.found = Some((cont, link.index));
                     }
                     Ok(None) => {}
-                    Err(e) => errors.push(format!("look up {}: {e}", args.ifname)),
+                    Err(e) => errors.push(e.to_string()),
                 },
                 Err(e) => errors.push(e.msg),
             },
@@ -348,7 +347,7 @@ impl ContainerEnd {
     pub(crate) fn delete(self, ifname: &str, errors: &mut Collector) {
         if let Some((mut cont, index)) = self.found {
             if let Err(e) = cont.del_link(index) {
-                errors.push(format!("failed to delete {ifname}: {e}"));
+                errors.push(format!("failed to delete {ifname}: {}", e.cause()));
             }
         }
     }

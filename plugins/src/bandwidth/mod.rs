@@ -149,7 +149,7 @@ fn setup_egress(
     }
     // A retried ADD finds its own filter and keeps it; anything else at that priority is
     // replaced, so there is never a second one.
-    let filters = host.filters(veth.index, INGRESS_HANDLE).ctx(|| "list filters")?;
+    let filters = host.filters(veth.index, INGRESS_HANDLE).map_err(|e| e.on(&veth.name))?;
     let redirecting: Vec<_> = filters.iter().filter(|f| !f.redirects.is_empty()).collect();
     let in_place = matches!(redirecting.as_slice(), [f] if f.priority == FILTER_PRIORITY
         && f.protocol == ETH_P_ALL
@@ -173,12 +173,12 @@ fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
         return Ok(prev.unwrap_or_else(|| CniResult { cni_version: args.cni_version.clone(), ..Default::default() }));
     }
     let mut result = prev.ok_or_else(|| internal("must be called as chained plugin"))?;
-    let mut host = Handle::new().ctx(|| "netlink socket")?;
+    let mut host = Handle::new()?;
     let veth = host_interface(&result, args, &mut host)?;
     let mut created = Vec::new();
     let mut shape = || -> Result<Option<Link>, CniError> {
         // What an earlier ADD left, so a retry neither fails nor undoes it.
-        let qdiscs = host.qdiscs(veth.index).ctx(|| format!("list qdiscs of {}", veth.name))?;
+        let qdiscs = host.qdiscs(veth.index).map_err(|e| e.on(&veth.name))?;
         let had_tbf = qdiscs.iter().any(|q| q.parent == TC_H_ROOT && q.kind == "tbf");
         let has_ingress =
             qdiscs.iter().any(|q| q.parent == TC_H_INGRESS && q.handle == INGRESS_HANDLE && q.kind == "ingress");
@@ -220,7 +220,7 @@ fn add(args: &CmdArgs) -> Result<CniResult, CniError> {
 
 /// Compares the root tbf of `link` with what `limit` asks for.
 fn check_tbf(host: &mut Handle, link: &Link, limit: Limit, tick: f64) -> Result<(), CniError> {
-    let qdiscs = host.qdiscs(link.index).ctx(|| format!("list qdiscs of {}", link.name))?;
+    let qdiscs = host.qdiscs(link.index).map_err(|e| e.on(&link.name))?;
     let root = qdiscs.iter().find(|q| q.parent == TC_H_ROOT);
     let Some(tbf) = root.and_then(|q| q.tbf) else {
         return Err(internal(format!("Failed to find qdisc: no root tbf on {}", link.name)));
@@ -242,7 +242,7 @@ fn check(args: &CmdArgs) -> Result<(), CniError> {
     let tick = tick_in_usec()?;
     let conf = BandwidthConf::load(args)?;
     let prev = args.prev_result()?.ok_or_else(|| internal("must be called as a chained plugin"))?;
-    let mut host = Handle::new().ctx(|| "netlink socket")?;
+    let mut host = Handle::new()?;
     let veth = host_interface(&prev, args, &mut host)?;
     if let Some(limit) = conf.ingress {
         check_tbf(&mut host, &veth, limit, tick)?;
@@ -255,7 +255,7 @@ fn check(args: &CmdArgs) -> Result<(), CniError> {
             .filter(|l| l.kind == "ifb")
             .ok_or_else(|| internal(format!("get ifb device: no ifb named {name}")))?;
         check_tbf(&mut host, &ifb, limit, tick)?;
-        let filters = host.filters(veth.index, INGRESS_HANDLE).ctx(|| "list filters")?;
+        let filters = host.filters(veth.index, INGRESS_HANDLE).map_err(|e| e.on(&veth.name))?;
         let redirected = filters.iter().any(|f| {
             f.priority == FILTER_PRIORITY
                 && f.protocol == ETH_P_ALL
@@ -271,7 +271,7 @@ fn check(args: &CmdArgs) -> Result<(), CniError> {
 fn del(args: &CmdArgs) -> Result<(), CniError> {
     let net = args.net_conf()?;
     let name = ifb_name(&net.name, &args.container_id);
-    let mut host = Handle::new().ctx(|| "netlink socket")?;
+    let mut host = Handle::new()?;
     match host.link_by_name(&name).map_err(internal)? {
         Some(link) if link.kind == "ifb" => host.del_link(link.index).ctx(|| format!("failed to delete {name}")),
         Some(link) => {
@@ -293,8 +293,8 @@ fn gc(args: &CmdArgs) -> Result<(), CniError> {
     let net = args.net_conf()?;
     let Some(valid) = net.gc_valid_attachments() else { return Ok(()) };
     let keep: HashSet<String> = valid.iter().map(|a| ifb_name(&net.name, &a.container_id)).collect();
-    let mut host = Handle::new().ctx(|| "netlink socket")?;
-    let links = host.links().ctx(|| "list links")?;
+    let mut host = Handle::new()?;
+    let links = host.links()?;
     let mut errors = Collector::new();
     for link in links.iter().filter(|l| l.kind == "ifb" && is_ifb_name(&l.name) && !keep.contains(&l.name)) {
         // Only an ifb whose alias names this network, and whose name is the hash of that
@@ -337,7 +337,7 @@ impl Plugin for BandwidthPlugin {
 
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
         args.net_conf()?;
-        let unavailable = |e: io::Error| {
+        let unavailable = |e: crate::netlink::NetlinkError| {
             CniError::new(PLUGIN_NOT_AVAILABLE, format!("bandwidth: traffic control over rtnetlink: {e}"))
         };
         let mut host = Handle::new().map_err(unavailable)?;

@@ -37,7 +37,7 @@ fn masq_target<'a>(conf: &'a BridgeConf, args: &'a CmdArgs, addresses: &'a [IpNe
 /// Looks up the bridge; one of that name that is not a bridge refuses the ADD.
 fn find_bridge(host: &mut Handle, conf: &BridgeConf) -> Result<Option<Link>, CniError> {
     let name = &conf.bridge;
-    let found = host.link_by_name(name).ctx(|| format!("look up bridge {name:?}"))?;
+    let found = host.link_by_name(name)?;
     if let Some(link) = found.as_ref().filter(|l| l.kind != "bridge") {
         return Err(internal(format!(
             "failed to create bridge {name:?}: {:?} already exists but is not a bridge",
@@ -73,14 +73,14 @@ fn ensure_bridge(
     undo: &mut Vec<Undo>,
 ) -> Result<Link, CniError> {
     let name = &conf.bridge;
-    let lookup = |h: &mut Handle| h.link_by_name(name).ctx(|| format!("look up bridge {name:?}"));
+    let lookup = |h: &mut Handle| h.link_by_name(name).map_err(CniError::from);
     let link = match found {
         Some(l) => l,
         None => {
             let created = match host.create_bridge(name, conf.mtu, conf.uses_vlans()) {
                 Ok(()) => true,
                 Err(e) if is_eexist(&e) => false,
-                Err(e) => return Err(internal(format!("failed to create bridge {name:?}: {e}"))),
+                Err(e) => return Err(internal(format!("failed to create bridge {name:?}: {}", e.cause()))),
             };
             let link = lookup(host)?.ok_or_else(|| internal(format!("bridge {name:?} vanished after creation")))?;
             if created {
@@ -89,7 +89,7 @@ fn ensure_bridge(
             // A bridge whose address was never set takes its lowest port's MAC and changes it as
             // ports come and go, which breaks neighbours' ARP caches and CHECK; pin it at birth.
             if !link.mac.is_empty() {
-                host.set_link_mac(link.index, &link.mac).ctx(|| format!("pin the MAC of {name}"))?;
+                host.set_link_mac(link.index, &link.mac).map_err(|e| e.on(name))?;
             }
             link
         }
@@ -98,14 +98,14 @@ fn ensure_bridge(
         return Err(internal(format!("failed to create bridge {name:?}: {name:?} already exists but is not a bridge")));
     }
     if conf.promisc_mode && !link.promisc {
-        host.set_link_promisc(link.index, true).ctx(|| format!("set {name} promisc"))?;
+        host.set_link_promisc(link.index, true).map_err(|e| e.on(name))?;
     }
     // A bridge must not autoconfigure from router advertisements of its own containers.
     if link.ipv6_accept_ra != Some(0) {
         let _ = sysctl::ensure_if_present(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
     }
     if !link.up {
-        host.set_link_up(link.index, true).ctx(|| format!("set {name} up"))?;
+        host.set_link_up(link.index, true).map_err(|e| e.on(name))?;
     }
     Ok(link)
 }
@@ -172,7 +172,7 @@ fn ensure_bridge_addr(
     force: bool,
     undo: &mut Vec<Undo>,
 ) -> Result<bool, CniError> {
-    let existing = host.addresses(Some(bridge.index)).ctx(|| format!("list addresses of {}", bridge.name))?;
+    let existing = host.addresses(Some(bridge.index)).map_err(|e| e.on(&bridge.name))?;
     for a in existing.iter().filter(|a| a.net.is_ipv4() == want.is_ipv4()) {
         if a.net == *want {
             return Ok(false);
@@ -184,7 +184,7 @@ fn ensure_bridge_addr(
         if !force {
             return Err(internal(format!("{:?} already has an IP address different from {want}", bridge.name)));
         }
-        host.del_address(bridge.index, &a.net).ctx(|| format!("remove {} from {}", a.net, bridge.name))?;
+        host.del_address(bridge.index, &a.net).map_err(|e| e.on(&bridge.name))?;
         undo.push(Undo::BridgeAddrRemoved(bridge.index, a.net));
     }
     match host.add_address(bridge.index, want) {
@@ -193,7 +193,7 @@ fn ensure_bridge_addr(
             Ok(true)
         }
         Err(e) if is_eexist(&e) => Ok(false),
-        Err(e) => Err(internal(format!("failed to set bridge addr {want} on {}: {e}", bridge.name))),
+        Err(e) => Err(internal(format!("failed to set bridge addr {want} on {}: {}", bridge.name, e.cause()))),
     }
 }
 
@@ -318,8 +318,7 @@ impl Bridge {
         let veth = create_veth_pair(host, cont, ns, &args.ifname, conf.mtu, conf.mac, Some(&bridge))?;
         undo.push(Undo::Veth(veth.index));
         let cont_link = cont
-            .link_by_name(&args.ifname)
-            .ctx(|| format!("look up {}", args.ifname))?
+            .link_by_name(&args.ifname)?
             .ok_or_else(|| internal(format!("{} vanished from {}", args.ifname, ns.path().display())))?;
 
         if veth.ipv6_accept_ra != Some(0) {
@@ -384,10 +383,10 @@ impl Bridge {
                 let v4 = result.ips.iter().any(|i| i.address.is_ipv4());
                 let v6 = result.ips.iter().any(|i| !i.address.is_ipv4());
                 if v4 && !matches!(netlink::all_forwarding(false), Ok(Some(true))) {
-                    sysctl::ensure("net/ipv4/ip_forward", "1").ctx(|| "enable IPv4 forwarding")?;
+                    sysctl::ensure("net/ipv4/ip_forward", "1")?;
                 }
                 if v6 && !matches!(netlink::all_forwarding(true), Ok(Some(true))) {
-                    sysctl::ensure("net/ipv6/conf/all/forwarding", "1").ctx(|| "enable IPv6 forwarding")?;
+                    sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
                 }
             }
             configure_container(ns, cont, &cont_link, &args.ifname, conf.enable_dad, &result)?;
@@ -459,7 +458,7 @@ impl Plugin for Bridge {
             ));
         }
         let ns = NetNs::open(&args.netns)?;
-        let mut host = Handle::new().ctx(|| "netlink socket")?;
+        let mut host = Handle::new()?;
         let mut checked = check_add(&mut host, &ns, &conf, args)?;
         let mut undo = Vec::new();
         let mut started = if conf.is_layer3() {
@@ -523,7 +522,10 @@ impl Plugin for Bridge {
         }
         end.delete(&args.ifname, &mut errors);
         if let Some((mut host, l)) = host_end {
-            errors.step(|| format!("failed to delete {}", l.name), host.del_link(l.index));
+            errors.step(
+                || format!("failed to delete {}", l.name),
+                host.del_link(l.index).map_err(|e| e.cause().to_string()),
+            );
         }
         drop(settle);
         if let Some(ipam) = ipam {

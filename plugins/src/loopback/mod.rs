@@ -36,8 +36,8 @@ impl Plugin for Loopback {
         let ns = NetNs::open(&args.netns)?;
         let mut h = handle_in(&ns)?;
         let lo = lo_link(&mut h, &ns)?;
-        h.set_link_up(lo.index, true).ctx(|| format!("set {LO} up"))?;
-        let addrs = h.addresses(Some(lo.index)).ctx(|| format!("list {LO} addresses"))?;
+        h.set_link_up(lo.index, true).map_err(|e| e.on(LO))?;
+        let addrs = h.addresses(Some(lo.index)).map_err(|e| e.on(LO))?;
         if let Some(bad) = addrs.iter().find(|a| !a.net.ip().is_loopback()) {
             return Err(CniError::internal(format!(
                 "loopback interface found with non-loopback address {:?}",
@@ -79,7 +79,7 @@ impl Plugin for Loopback {
         };
         let mut h = handle_in(&ns)?;
         let lo = lo_link(&mut h, &ns)?;
-        h.set_link_up(lo.index, false).ctx(|| format!("set {LO} down"))
+        Ok(h.set_link_up(lo.index, false).map_err(|e| e.on(LO))?)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {

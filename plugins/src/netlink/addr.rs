@@ -1,11 +1,10 @@
 //! Addresses: list, add, delete.
 
-use super::Handle;
+use super::{op, Handle, LinkIndex, NetlinkError};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use std::io;
 use std::net::IpAddr;
 
 /// An address on a link.
@@ -36,10 +35,13 @@ fn address_message(index: u32, net: &IpNetwork) -> AddressMessage {
 
 impl Handle {
     /// `ip addr show`, optionally only for one interface index.
-    pub fn addresses(&mut self, index: Option<u32>) -> io::Result<Vec<Address>> {
+    pub fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>, NetlinkError> {
         let mut req = AddressMessage::default();
         req.header.index = index.unwrap_or(0);
-        let replies = self.dump(RouteNetlinkMessage::GetAddress(req))?;
+        let replies = self.dump(RouteNetlinkMessage::GetAddress(req)).map_err(|e| match index {
+            Some(i) => op("list the addresses of", LinkIndex(i))(e),
+            None => op("list", "addresses")(e),
+        })?;
         let mut out = Vec::new();
         for reply in replies {
             let RouteNetlinkMessage::NewAddress(msg) = reply else {
@@ -70,23 +72,25 @@ impl Handle {
     }
 
     /// `ip addr add <net> dev <index>`; EEXIST is returned as is.
-    pub fn add_address(&mut self, index: u32, net: &IpNetwork) -> io::Result<()> {
+    pub fn add_address(&mut self, index: u32, net: &IpNetwork) -> Result<(), NetlinkError> {
         self.request(RouteNetlinkMessage::NewAddress(address_message(index, net)), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(op(format_args!("add address {net} to"), LinkIndex(index)))
     }
 
     /// `ip addr add <net> dev <index> nodad`: an IPv6 address usable at once (no duplicate address
     /// detection); EEXIST is returned as is.
-    pub fn add_address_nodad(&mut self, index: u32, net: &IpNetwork) -> io::Result<()> {
+    pub fn add_address_nodad(&mut self, index: u32, net: &IpNetwork) -> Result<(), NetlinkError> {
         let mut msg = address_message(index, net);
         msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(op(format_args!("add address {net} to"), LinkIndex(index)))
     }
 
     /// `ip addr del <net> dev <index>`; an address that is already gone is not an error.
-    pub fn del_address(&mut self, index: u32, net: &IpNetwork) -> io::Result<()> {
+    pub fn del_address(&mut self, index: u32, net: &IpNetwork) -> Result<(), NetlinkError> {
         match self.request(RouteNetlinkMessage::DelAddress(address_message(index, net)), 0) {
             Err(e) if e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL) => Ok(()),
-            other => other,
+            other => other.map_err(op(format_args!("delete address {net} from"), LinkIndex(index))),
         }
     }
 }

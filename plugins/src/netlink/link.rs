@@ -1,6 +1,6 @@
 //! Links: look up, create bridges and veth pairs, enslave, set flags, MAC, MTU, port options.
 
-use super::Handle;
+use super::{op, Handle, LinkIndex, NetlinkError};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags};
 use netlink_packet_route::link::{AfSpecInet, AfSpecInet6, AfSpecUnspec, InetDevConf};
@@ -164,17 +164,17 @@ pub(super) fn is_absent(e: &io::Error) -> bool {
 
 impl Handle {
     /// `ip link show <name>`; `None` when there is no such link.
-    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.get_link(msg)
+        self.get_link(msg).map_err(op("look up link", name))
     }
 
     /// `ip link show` by index; `None` when there is no such link.
-    pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        self.get_link(msg)
+        self.get_link(msg).map_err(op("look up", LinkIndex(index)))
     }
 
     fn get_link(&mut self, msg: LinkMessage) -> io::Result<Option<Link>> {
@@ -189,8 +189,8 @@ impl Handle {
     }
 
     /// `ip link` dump: every link in the namespace.
-    pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let replies = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+    pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let replies = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).map_err(op("list", "links"))?;
         Ok(replies
             .iter()
             .filter_map(|r| match r {
@@ -202,7 +202,7 @@ impl Handle {
 
     /// `ip link add <name> type bridge [mtu M] [vlan_filtering 1]`; EEXIST is returned as is
     /// so a caller racing another creator can treat it as "already there".
-    pub fn create_bridge(&mut self, name: &str, mtu: u32, vlan_filtering: bool) -> io::Result<()> {
+    pub fn create_bridge(&mut self, name: &str, mtu: u32, vlan_filtering: bool) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         if mtu > 0 {
@@ -214,12 +214,12 @@ impl Handle {
             info.push(LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)])));
         }
         msg.attributes.push(LinkAttribute::LinkInfo(info));
-        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL).map_err(op("create bridge", name))
     }
 
     /// `ip link add <host> [master B] type veth peer name <peer> netns <fd>`: one request, the
     /// peer is born in the container namespace (never visible on the host).
-    pub fn create_veth(&mut self, spec: &VethSpec<'_>, peer_netns: BorrowedFd<'_>) -> io::Result<()> {
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>, peer_netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
         let mut peer = LinkMessage::default();
         peer.attributes.push(LinkAttribute::IfName(spec.peer_name.to_string()));
         peer.attributes.push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
@@ -242,11 +242,12 @@ impl Handle {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(op("create veth", format_args!("{} (peer {})", spec.host_name, spec.peer_name)))
     }
 
     /// `ip link add <name> mtu <mtu> txqueuelen 0 up type ifb` and `ip link set <name> alias
     /// <alias>`; returns the new link. EEXIST passes through.
-    pub fn create_ifb(&mut self, name: &str, mtu: u32, alias: Option<&str>) -> io::Result<Link> {
+    pub fn create_ifb(&mut self, name: &str, mtu: u32, alias: Option<&str>) -> Result<Link, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
@@ -254,10 +255,10 @@ impl Handle {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes.push(LinkAttribute::TxQueueLen(0));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
-        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)?;
-        let mut link = self
-            .link_by_name(name)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} vanished after creation")))?;
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL).map_err(op("create ifb", name))?;
+        let mut link = self.link_by_name(name)?.ok_or_else(|| {
+            NetlinkError::new("look up link", name, io::Error::new(io::ErrorKind::NotFound, "vanished after creation"))
+        })?;
         if let Some(alias) = alias {
             // The kernel takes an alias only in RTM_SETLINK, not at creation.
             self.set_link_alias(link.index, alias)?;
@@ -267,77 +268,78 @@ impl Handle {
     }
 
     /// `ip link set <index> alias <alias>`.
-    pub fn set_link_alias(&mut self, index: u32, alias: &str) -> io::Result<()> {
+    pub fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map_err(op("set the alias of", LinkIndex(index)))
     }
 
     /// `ip link set <index> mtu <mtu> txqueuelen <txqlen>`.
-    pub fn set_link_mtu_txqlen(&mut self, index: u32, mtu: u32, txqlen: u32) -> io::Result<()> {
+    pub fn set_link_mtu_txqlen(&mut self, index: u32, mtu: u32, txqlen: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes.push(LinkAttribute::TxQueueLen(txqlen));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(op("set the MTU and txqueuelen of", LinkIndex(index)))
     }
 
     /// `ip link del <index>`; a link that is already gone is not an error.
-    pub fn del_link(&mut self, index: u32) -> io::Result<()> {
+    pub fn del_link(&mut self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         match self.request(RouteNetlinkMessage::DelLink(msg), 0) {
             Err(e) if is_absent(&e) => Ok(()),
-            other => other,
+            other => other.map_err(op("delete", LinkIndex(index))),
         }
     }
 
     /// `ip link set <index> address <mac>`.
-    pub fn set_link_mac(&mut self, index: u32, mac: &[u8]) -> io::Result<()> {
+    pub fn set_link_mac(&mut self, index: u32, mac: &[u8]) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map_err(op("set the MAC of", LinkIndex(index)))
     }
 
     /// `ip link set <index> promisc on|off`.
-    pub fn set_link_promisc(&mut self, index: u32, on: bool) -> io::Result<()> {
+    pub fn set_link_promisc(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
         msg.header.change_mask = LinkFlags::Promisc;
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map_err(op("set promisc on", LinkIndex(index)))
     }
 
     /// `ip link set <index> allmulticast on|off`.
-    pub fn set_link_allmulti(&mut self, index: u32, on: bool) -> io::Result<()> {
+    pub fn set_link_allmulti(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = if on { LinkFlags::Allmulti } else { LinkFlags::empty() };
         msg.header.change_mask = LinkFlags::Allmulti;
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map_err(op("set allmulticast on", LinkIndex(index)))
     }
 
     /// `ip link set <index> mtu <mtu>`.
-    pub fn set_link_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+    pub fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map_err(op("set the MTU of", LinkIndex(index)))
     }
 
     /// `ip link set <index> txqueuelen <len>`.
-    pub fn set_link_txqlen(&mut self, index: u32, len: u32) -> io::Result<()> {
+    pub fn set_link_txqlen(&mut self, index: u32, len: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::TxQueueLen(len));
-        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map_err(op("set the txqueuelen of", LinkIndex(index)))
     }
 
     /// `net.ipv4.conf.<link>.<switch>=1` through rtnetlink (`IFLA_INET_CONF`), which costs no
     /// `/proc/sys` path lookup.
-    pub fn enable_ipv4_conf(&mut self, index: u32, switch: Ipv4Conf) -> io::Result<()> {
+    pub fn enable_ipv4_conf(&mut self, index: u32, switch: Ipv4Conf) -> Result<(), NetlinkError> {
         let mut conf = InetDevConf::default();
         match switch {
             Ipv4Conf::ArpNotify => conf.arp_notify = 1,
@@ -348,11 +350,12 @@ impl Handle {
         msg.attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)])]));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(op("set an IPv4 devconf switch of", LinkIndex(index)))
     }
 
     /// `ip link set <index> type bridge_slave hairpin on|off [isolated on]`. Isolation is only
     /// sent when wanted, so kernels without it (before 4.18) work for everyone else.
-    pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> io::Result<()> {
+    pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> Result<(), NetlinkError> {
         let mut port = vec![InfoBridgePort::HairpinMode(hairpin)];
         if isolated {
             port.push(InfoBridgePort::Isolated(true));
@@ -363,11 +366,17 @@ impl Handle {
             LinkInfo::PortKind(InfoPortKind::Bridge),
             LinkInfo::PortData(InfoPortData::BridgePort(port)),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(msg), 0)
+        self.request(RouteNetlinkMessage::NewLink(msg), 0).map_err(op("set hairpin/isolation on", LinkIndex(index)))
     }
 
     /// `bridge vlan add|del dev <index> vid <vid> [pvid untagged]` on a bridge port.
-    pub fn bridge_port_vlan(&mut self, index: u32, vid: u16, pvid_untagged: bool, add: bool) -> io::Result<()> {
+    pub fn bridge_port_vlan(
+        &mut self,
+        index: u32,
+        vid: u16,
+        pvid_untagged: bool,
+        add: bool,
+    ) -> Result<(), NetlinkError> {
         let mut flags = BridgeVlanInfoFlags::empty();
         if pvid_untagged {
             flags |= BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged;
@@ -377,15 +386,16 @@ impl Handle {
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::AfSpecBridge(vec![AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid })]));
         let req = if add { RouteNetlinkMessage::SetLink(msg) } else { RouteNetlinkMessage::DelLink(msg) };
-        self.request(req, 0)
+        self.request(req, 0).map_err(op(if add { "add a VLAN to" } else { "remove a VLAN from" }, LinkIndex(index)))
     }
 
     /// `ip link set <index> up|down`.
-    pub fn set_link_up(&mut self, index: u32, up: bool) -> io::Result<()> {
+    pub fn set_link_up(&mut self, index: u32, up: bool) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
         msg.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(op(if up { "set up" } else { "set down" }, LinkIndex(index)))
     }
 }

@@ -20,6 +20,7 @@
 
 mod addr;
 mod conntrack;
+mod error;
 mod link;
 mod netconf;
 mod nfnl;
@@ -33,6 +34,8 @@ mod wire;
 
 pub use addr::Address;
 pub use conntrack::delete_udp_conntrack;
+pub use error::NetlinkError;
+use error::{op, LinkIndex};
 pub use link::{parse_mac, Ipv4Conf, Link, VethSpec};
 pub use netconf::all_forwarding;
 pub use nft_batch::{AddrField, CmpOp, Expr, NftBatch, NftOp, PayloadBase, Verdict};
@@ -57,8 +60,8 @@ pub struct Handle {
 
 impl Handle {
     /// Opens a socket in the calling thread's current network namespace.
-    pub fn new() -> io::Result<Handle> {
-        Ok(Handle { socket: Socket::open(Protocol::Route)? })
+    pub fn new() -> Result<Handle, NetlinkError> {
+        Ok(Handle { socket: Socket::open(Protocol::Route).map_err(op("open", "a route netlink socket"))? })
     }
 
     fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {

@@ -1,6 +1,6 @@
 //! Routes: add, delete, list and look up.
 
-use super::Handle;
+use super::{op, Handle, NetlinkError};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{
@@ -33,6 +33,23 @@ pub struct RouteSpec {
 }
 
 const RT_TABLE_MAIN: u32 = 254;
+
+impl std::fmt::Display for RouteSpec {
+    /// In `ip route`'s words: `10.0.0.0/24 via 10.0.0.1 dev 7 table 100`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gw {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev {oif}")?;
+        }
+        match self.table {
+            Some(t) if t != RT_TABLE_MAIN => write!(f, " table {t}"),
+            _ => Ok(()),
+        }
+    }
+}
 
 fn to_route_address(ip: IpAddr) -> RouteAddress {
     match ip {
@@ -89,48 +106,48 @@ fn route_message(r: &RouteSpec, protocol: RouteProtocol) -> RouteMessage {
 impl Handle {
     /// `ip route add <dst> [via gw] [dev oif] [metric] [table] [scope] [mtu] [advmss]`; EEXIST is
     /// returned as is so callers can treat an identical route as present.
-    pub fn add_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+    pub fn add_route(&mut self, r: &RouteSpec) -> Result<(), NetlinkError> {
         self.add_route_src(r, None)
     }
 
     /// [`Handle::add_route`] with a preferred source address (`src <ip>`).
-    pub fn add_route_src(&mut self, r: &RouteSpec, src: Option<IpAddr>) -> io::Result<()> {
+    pub fn add_route_src(&mut self, r: &RouteSpec, src: Option<IpAddr>) -> Result<(), NetlinkError> {
         let mut msg = route_message(r, RouteProtocol::Boot);
         if let Some(src) = src {
             msg.attributes.push(RouteAttribute::PrefSource(to_route_address(src)));
         }
-        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
+        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL).map_err(op("add route", r))
     }
 
     /// [`Handle::add_route`] with route flags (`onlink`: the gateway is on the link whether or
     /// not a route says so).
-    pub fn add_route_flagged(&mut self, r: &RouteSpec, flags: RouteFlags) -> io::Result<()> {
+    pub fn add_route_flagged(&mut self, r: &RouteSpec, flags: RouteFlags) -> Result<(), NetlinkError> {
         let mut msg = route_message(r, RouteProtocol::Boot);
         msg.header.flags = flags;
-        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
+        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL).map_err(op("add route", r))
     }
 
     /// `ip route del <dst> [via gw] [dev oif] [table]` whatever its protocol and scope (unless
     /// `r.scope` names one); a route that is already gone is not an error.
-    pub fn del_route(&mut self, r: &RouteSpec) -> io::Result<()> {
+    pub fn del_route(&mut self, r: &RouteSpec) -> Result<(), NetlinkError> {
         let mut msg = route_message(r, RouteProtocol::Unspec);
         if r.scope.is_none() {
             msg.header.scope = RouteScope::NoWhere;
         }
         match self.request(RouteNetlinkMessage::DelRoute(msg), 0) {
             Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(()),
-            other => other,
+            other => other.map_err(op("delete route", r)),
         }
     }
 
     /// `ip route get <dst>`: the interface index the kernel would send a packet for `dst` out of,
     /// `None` when the answer names none (an unreachable or blackhole destination).
-    pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<u32>> {
+    pub fn route_get(&mut self, dst: IpAddr) -> Result<Option<u32>, NetlinkError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
         msg.attributes.push(RouteAttribute::Destination(to_route_address(dst)));
-        let replies = self.get(RouteNetlinkMessage::GetRoute(msg))?;
+        let replies = self.get(RouteNetlinkMessage::GetRoute(msg)).map_err(op("look up the route to", dst))?;
         Ok(replies.iter().find_map(|reply| match reply {
             RouteNetlinkMessage::NewRoute(m) => m.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Oif(index) => Some(*index),
@@ -141,10 +158,11 @@ impl Handle {
     }
 
     /// `ip route show table all` for one family (v4 when `v4`), unicast routes only.
-    pub fn routes(&mut self, v4: bool) -> io::Result<Vec<RouteSpec>> {
+    pub fn routes(&mut self, v4: bool) -> Result<Vec<RouteSpec>, NetlinkError> {
         let mut req = RouteMessage::default();
         req.header.address_family = if v4 { AddressFamily::Inet } else { AddressFamily::Inet6 };
-        let replies = self.dump(RouteNetlinkMessage::GetRoute(req))?;
+        let what = if v4 { "IPv4 routes" } else { "IPv6 routes" };
+        let replies = self.dump(RouteNetlinkMessage::GetRoute(req)).map_err(op("list", what))?;
         let mut out = Vec::new();
         for reply in replies {
             let RouteNetlinkMessage::NewRoute(msg) = reply else { continue };
@@ -156,7 +174,7 @@ impl Handle {
                     if v4 { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) },
                     msg.header.destination_prefix_length,
                 )
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+                .map_err(|e| op("list", what)(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?,
                 gw: None,
                 oif: None,
                 priority: None,

@@ -5,7 +5,7 @@
 //! (`struct tc_tbf_qopt`) and `TCA_TBF_RATE64` here.
 
 use super::wire::attrs;
-use super::Handle;
+use super::{op, Handle, LinkIndex, NetlinkError};
 use netlink_packet_core::{DefaultNla, Nla, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute, TcFilterU32Option,
@@ -168,8 +168,10 @@ fn redirects_of(options: &[TcOption]) -> Vec<Redirect> {
 
 impl Handle {
     /// `tc qdisc show dev <index>`.
-    pub fn qdiscs(&mut self, index: u32) -> io::Result<Vec<Qdisc>> {
-        let replies = self.dump(RouteNetlinkMessage::GetQueueDiscipline(tc_message(index, 0, 0)?))?;
+    pub fn qdiscs(&mut self, index: u32) -> Result<Vec<Qdisc>, NetlinkError> {
+        let replies = tc_message(index, 0, 0)
+            .and_then(|msg| self.dump(RouteNetlinkMessage::GetQueueDiscipline(msg)))
+            .map_err(op("list the qdiscs of", LinkIndex(index)))?;
         Ok(replies
             .iter()
             .filter_map(|r| match r {
@@ -200,35 +202,45 @@ impl Handle {
 
     /// `tc qdisc replace dev <index> root handle 1: tbf rate … burst … limit …`: creates the
     /// root tbf, replaces another root qdisc, or changes a tbf `1:` in place.
-    pub fn replace_root_tbf(&mut self, index: u32, tbf: &Tbf) -> io::Result<()> {
-        let mut msg = tc_message(index, 0x0001_0000, TC_H_ROOT)?;
+    pub fn replace_root_tbf(&mut self, index: u32, tbf: &Tbf) -> Result<(), NetlinkError> {
+        let named = op("replace the root tbf qdisc of", LinkIndex(index));
+        let mut msg = match tc_message(index, 0x0001_0000, TC_H_ROOT) {
+            Ok(msg) => msg,
+            Err(e) => return Err(named(e)),
+        };
         msg.attributes.push(TcAttribute::Kind("tbf".into()));
         msg.attributes.push(TcAttribute::Options(tbf.options()));
-        self.request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE)
+        self.request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE).map_err(named)
     }
 
     /// `tc qdisc add dev <index> handle ffff: ingress`; EEXIST passes through.
-    pub fn add_ingress_qdisc(&mut self, index: u32) -> io::Result<()> {
-        let mut msg = tc_message(index, INGRESS_HANDLE, TC_H_INGRESS)?;
-        msg.attributes.push(TcAttribute::Kind("ingress".into()));
-        self.request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_EXCL)
+    pub fn add_ingress_qdisc(&mut self, index: u32) -> Result<(), NetlinkError> {
+        tc_message(index, INGRESS_HANDLE, TC_H_INGRESS)
+            .and_then(|mut msg| {
+                msg.attributes.push(TcAttribute::Kind("ingress".into()));
+                self.request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_EXCL)
+            })
+            .map_err(op("add the ingress qdisc to", LinkIndex(index)))
     }
 
     /// `tc qdisc del dev <index> parent <parent>`; a qdisc or device already gone is not an
     /// error.
-    pub fn del_qdisc(&mut self, index: u32, parent: u32) -> io::Result<()> {
-        let msg = tc_message(index, 0, parent)?;
-        match self.request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0) {
+    pub fn del_qdisc(&mut self, index: u32, parent: u32) -> Result<(), NetlinkError> {
+        let result =
+            tc_message(index, 0, parent).and_then(|msg| self.request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0));
+        match result {
             Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::ENODEV | nix::libc::EINVAL)) => {
                 Ok(())
             }
-            other => other,
+            other => other.map_err(op("delete the qdisc of", LinkIndex(index))),
         }
     }
 
     /// `tc filter show dev <index> parent <parent>`.
-    pub fn filters(&mut self, index: u32, parent: u32) -> io::Result<Vec<Filter>> {
-        let replies = self.dump(RouteNetlinkMessage::GetTrafficFilter(tc_message(index, 0, parent)?))?;
+    pub fn filters(&mut self, index: u32, parent: u32) -> Result<Vec<Filter>, NetlinkError> {
+        let replies = tc_message(index, 0, parent)
+            .and_then(|msg| self.dump(RouteNetlinkMessage::GetTrafficFilter(msg)))
+            .map_err(op("list the filters of", LinkIndex(index)))?;
         Ok(replies
             .iter()
             .filter_map(|r| match r {
@@ -254,12 +266,14 @@ impl Handle {
 
     /// `tc filter del dev <index> parent <parent> prio <prio> protocol <protocol>`: the whole
     /// classifier at that priority; nothing there is not an error.
-    pub fn del_filters(&mut self, index: u32, parent: u32, priority: u16, protocol: u16) -> io::Result<()> {
-        let mut msg = tc_message(index, 0, parent)?;
-        msg.header.info = (u32::from(priority) << 16) | u32::from(protocol.to_be());
-        match self.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0) {
+    pub fn del_filters(&mut self, index: u32, parent: u32, priority: u16, protocol: u16) -> Result<(), NetlinkError> {
+        let result = tc_message(index, 0, parent).and_then(|mut msg| {
+            msg.header.info = (u32::from(priority) << 16) | u32::from(protocol.to_be());
+            self.request(RouteNetlinkMessage::DelTrafficFilter(msg), 0)
+        });
+        match result {
             Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ENOENT | nix::libc::EINVAL)) => Ok(()),
-            other => other,
+            other => other.map_err(op("delete the filters of", LinkIndex(index))),
         }
     }
 
@@ -267,8 +281,18 @@ impl Handle {
     /// flowid 1:1 action mirred egress redirect dev <target> action mirred egress redirect dev
     /// <target> pipe`: the reference's match-all redirect, including the second mirred action
     /// its netlink library appends (kept so the kernel state is the same).
-    pub fn add_redirect_filter(&mut self, index: u32, parent: u32, priority: u16, target: u32) -> io::Result<()> {
-        let mut msg = tc_message(index, 0, parent)?;
+    pub fn add_redirect_filter(
+        &mut self,
+        index: u32,
+        parent: u32,
+        priority: u16,
+        target: u32,
+    ) -> Result<(), NetlinkError> {
+        let named = op("add a redirect filter to", LinkIndex(index));
+        let mut msg = match tc_message(index, 0, parent) {
+            Ok(msg) => msg,
+            Err(e) => return Err(named(e)),
+        };
         msg.header.info = (u32::from(priority) << 16) | u32::from(ETH_P_ALL.to_be());
         let mut selector = TcU32Selector::default();
         selector.flags = TcU32SelectorFlags::Terminal;
@@ -283,7 +307,7 @@ impl Handle {
                 mirred_redirect(2, target, TcActionType::Ok),
             ])),
         ]));
-        self.request(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_CREATE | NLM_F_EXCL)
+        self.request(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_CREATE | NLM_F_EXCL).map_err(named)
     }
 }
 

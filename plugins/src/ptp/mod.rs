@@ -100,10 +100,10 @@ fn container_routes(ip: &IpConfig, gw: IpAddr, index: u32) -> [RouteSpec; 2] {
 /// Turns on forwarding for each family the container has.
 fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
     if ips.iter().any(|i| i.address.is_ipv4()) && !matches!(netlink::all_forwarding(false), Ok(Some(true))) {
-        sysctl::ensure("net/ipv4/ip_forward", "1").ctx(|| "enable IPv4 forwarding")?;
+        sysctl::ensure("net/ipv4/ip_forward", "1")?;
     }
     if ips.iter().any(|i| !i.address.is_ipv4()) && !matches!(netlink::all_forwarding(true), Ok(Some(true))) {
-        sysctl::ensure("net/ipv6/conf/all/forwarding", "1").ctx(|| "enable IPv6 forwarding")?;
+        sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
     }
     Ok(())
 }
@@ -120,13 +120,18 @@ fn configure_host_veth(host: &mut Handle, veth: &Link, ips: &[IpConfig], gws: &[
         };
         match added {
             Err(e) if !is_eexist(&e) => {
-                return Err(internal(format!("failed to add IP addr {gw} to {}: {e}", veth.name)));
+                return Err(internal(format!("failed to add IP addr {gw} to {}: {}", veth.name, e.cause())));
             }
             _ => {}
         }
         match host.add_route(&host_route(ip, veth.index)) {
             Err(e) if !is_eexist(&e) => {
-                return Err(internal(format!("failed to add route {} dev {}: {e}", ip.address.ip(), veth.name)));
+                return Err(internal(format!(
+                    "failed to add route {} dev {}: {}",
+                    ip.address.ip(),
+                    veth.name,
+                    e.cause()
+                )));
             }
             _ => {}
         }
@@ -154,12 +159,13 @@ fn route_through_gateways(
             mtu: None,
             advmss: None,
         };
-        cont.del_route(&kernel_route).ctx(|| format!("failed to delete route {subnet} dev {ifname}"))?;
+        cont.del_route(&kernel_route)
+            .map_err(|e| internal(format!("failed to delete route {subnet} dev {ifname}: {}", e.cause())))?;
         for r in container_routes(ip, *gw, link.index) {
             match cont.add_route_src(&r, Some(ip.address.ip())) {
                 Err(e) if !is_eexist(&e) => {
                     let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                    return Err(internal(format!("failed to add route {}{via} dev {ifname}: {e}", r.dst)));
+                    return Err(internal(format!("failed to add route {}{via} dev {ifname}: {}", r.dst, e.cause())));
                 }
                 _ => {}
             }
@@ -175,7 +181,7 @@ fn wait_carrier(cont: &mut Handle, index: u32, ifname: &str) -> Result<(), CniEr
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut last = None;
     loop {
-        let link = cont.link_by_index(index).ctx(|| format!("look up {ifname}"))?;
+        let link = cont.link_by_index(index).map_err(|e| e.on(ifname))?;
         last = link.and_then(|l| l.oper_state).or(last);
         if last == Some(State::Up) {
             return Ok(());
@@ -205,8 +211,7 @@ impl Ptp {
         let veth = create_veth_pair(host, &mut cont, ns, &args.ifname, conf.mtu, None, None)?;
         undo.push(Undo::Veth(veth.index));
         let cont_link = cont
-            .link_by_name(&args.ifname)
-            .ctx(|| format!("look up {}", args.ifname))?
+            .link_by_name(&args.ifname)?
             .ok_or_else(|| internal(format!("{} vanished from {}", args.ifname, ns.path().display())))?;
         // The host owns the routes of this link.
         if veth.ipv6_accept_ra != Some(0) {
@@ -305,7 +310,7 @@ impl Plugin for Ptp {
         let conf = PtpConf::load(args)?;
         let backend = if conf.ip_masq { Some(masq_backend(conf.ip_masq_backend.as_deref())?) } else { None };
         let ns = NetNs::open(&args.netns)?;
-        let mut host = Handle::new().ctx(|| "netlink socket")?;
+        let mut host = Handle::new()?;
         // Refused before IPAM starts: a second ADD of an existing attachment keeps its address.
         let cont = container_without(&ns, &args.ifname)?;
         let mut undo = Vec::new();
@@ -348,7 +353,10 @@ impl Plugin for Ptp {
         }
         end.delete(&args.ifname, &mut errors);
         if let Some((mut host, l)) = host_end {
-            errors.step(|| format!("failed to delete {}", l.name), host.del_link(l.index));
+            errors.step(
+                || format!("failed to delete {}", l.name),
+                host.del_link(l.index).map_err(|e| e.cause().to_string()),
+            );
         }
         drop(settle);
         if let Some(ipam) = ipam {
@@ -370,7 +378,7 @@ impl Plugin for Ptp {
             .iter()
             .position(|i| i.name == args.ifname && i.sandbox == args.netns)
             .ok_or_else(|| internal(format!("interface {} in {} is not in prevResult", args.ifname, args.netns)))?;
-        let cl = cont.link_by_name(&args.ifname).ctx(|| format!("look up {}", args.ifname))?.ok_or_else(|| {
+        let cl = cont.link_by_name(&args.ifname)?.ok_or_else(|| {
             internal(format!("ptp: Container Interface name in prevResult: {} not found", args.ifname))
         })?;
         if cl.kind != "veth" {
@@ -406,9 +414,9 @@ impl Plugin for Ptp {
             prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == pc)).cloned().collect::<Vec<_>>();
         let gws = gateways(&ips)?;
         let have = cont.addresses(Some(cl.index)).ctx(|| "list container addresses")?;
-        let host_addrs = host.addresses(Some(host_end.index)).ctx(|| format!("list addresses of {}", host_end.name))?;
-        let mut cont_routes = cont.routes(true).ctx(|| "list routes")?;
-        cont_routes.extend(cont.routes(false).ctx(|| "list routes")?);
+        let host_addrs = host.addresses(Some(host_end.index)).map_err(|e| e.on(&host_end.name))?;
+        let mut cont_routes = cont.routes(true)?;
+        cont_routes.extend(cont.routes(false)?);
         let has_route = |routes: &[RouteSpec], want: &RouteSpec| {
             routes.iter().any(|k| k.dst == want.dst && k.oif == want.oif && (want.gw.is_none() || k.gw == want.gw))
         };
@@ -420,7 +428,7 @@ impl Plugin for Ptp {
                 return Err(internal(format!("{} has no gateway address {gw}", host_end.name)));
             }
             // Asked of the kernel rather than found in a dump of every container's routes.
-            let via = host.route_get(ip.address.ip()).ctx(|| format!("look up the host route to {}", ip.address))?;
+            let via = host.route_get(ip.address.ip())?;
             if via != Some(host_end.index) {
                 return Err(internal(format!("host route {} dev {} not found", ip.address.ip(), host_end.name)));
             }

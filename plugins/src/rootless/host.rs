@@ -222,7 +222,7 @@ pub fn swap_sysctl_in(netns: &Path, key: &str, value: &str) -> Result<String, St
     let ns = File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
     let old = in_child(|| {
         setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("enter {}: {e}", netns.display()))?;
-        let old = crate::sysctl::read(key).map_err(|e| format!("read {key}: {e}"))?;
+        let old = crate::sysctl::read(key).map_err(|e| e.to_string())?;
         crate::sysctl::write(key, value).map_err(|e| e.to_string())?;
         Ok(old.into_bytes())
     })?;

@@ -10,7 +10,7 @@ mod backup;
 pub mod config;
 
 use crate::errors::{internal, Collector, Ctx};
-use crate::netlink::{Handle, Link};
+use crate::netlink::{Handle, Link, NetlinkError};
 use crate::ns::{NetNs, NsError};
 use backup::Backup;
 use cni_types::{CmdArgs, CniError, CniResult, Plugin};
@@ -232,29 +232,29 @@ fn apply(conf: &TuningConf, args: &CmdArgs, opened: &mut Opened, undo: &mut Undo
 
     let mut changed = Backup::default();
     let index = link.index;
-    let step = |r: std::io::Result<()>, what: &str| r.ctx(|| format!("set {what} of {}", link.name));
+    let step = |r: Result<(), NetlinkError>| r.map_err(|e| CniError::from(e.on(&link.name)));
     if let Some(mac) = &conf.mac {
-        step(h.set_link_mac(index, &mac.bytes), "MAC address")?;
+        step(h.set_link_mac(index, &mac.bytes))?;
         changed.mac.clone_from(&original.mac);
         undo.link = Some((index, changed.clone()));
     }
     if conf.promisc {
-        step(h.set_link_promisc(index, true), "promiscuous mode")?;
+        step(h.set_link_promisc(index, true))?;
         changed.promisc = original.promisc;
         undo.link = Some((index, changed.clone()));
     }
     if let Some(mtu) = conf.mtu {
-        step(h.set_link_mtu(index, mtu), "MTU")?;
+        step(h.set_link_mtu(index, mtu))?;
         changed.mtu = original.mtu;
         undo.link = Some((index, changed.clone()));
     }
     if let Some(on) = conf.allmulti {
-        step(h.set_link_allmulti(index, on), "all-multicast mode")?;
+        step(h.set_link_allmulti(index, on))?;
         changed.allmulti = original.allmulti;
         undo.link = Some((index, changed.clone()));
     }
     if let Some(q) = conf.txqlen {
-        step(h.set_link_txqlen(index, q), "transmit queue length")?;
+        step(h.set_link_txqlen(index, q))?;
         changed.txqlen = original.txqlen;
         undo.link = Some((index, changed));
     }
@@ -342,8 +342,7 @@ impl Plugin for Tuning {
         }
         let Some(h) = opened.handle.as_mut() else { return Err(internal("no netlink socket")) };
         let link = h
-            .link_by_name(&args.ifname)
-            .ctx(|| format!("look up {}", args.ifname))?
+            .link_by_name(&args.ifname)?
             .ok_or_else(|| internal(format!("Cannot find container link {}", args.ifname)))?;
         let name = &args.ifname;
         if let Some(mac) = &conf.mac {
