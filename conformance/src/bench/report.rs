@@ -152,6 +152,10 @@ pub const TIMED_PLUGIN: &str = "portmap";
 /// Further plugins of a chain whose own ADD p50 and p90 get rows (bandwidth, which k3s chains
 /// after portmap; firewall and tuning, which podman chains after it).
 const ALSO_TIMED: &[&str] = &["bandwidth", "firewall", "tuning"];
+/// The first step of the k3s chain (bridge, with its host-local child): its own ADD rows appear
+/// only in chains that also run bandwidth, so that each of k3s's three steps has a figure
+/// without adding rows to every bridge scenario.
+const K3S_FIRST_STEP: &str = "bridge";
 
 fn round3(v: &[f64]) -> Value {
     Value::Array(v.iter().map(|x| json!((x * 1000.0).round() / 1000.0)).collect())
@@ -230,12 +234,18 @@ impl Report {
         self.lane_notes(scenario, t);
     }
 
-    /// Rows of [`ALSO_TIMED`]'s own ADD time (p50, p90) and of [`TIMED_PLUGIN`]'s, when the
+    /// Rows of [`K3S_FIRST_STEP`]'s and [`ALSO_TIMED`]'s own ADD time (p50, p90) and of [`TIMED_PLUGIN`]'s, when the
     /// chain has them: p50 and p90, and for the latter with a
     /// growth window `w` also the first and last window medians and the slope. No floor: the
     /// floor makes the chain's kernel objects in one batch and has no portmap part of its own.
     fn plugin_rows(&mut self, scenario: &str, t: &[LaneTimes], w: Option<usize>) {
-        for ty in ALSO_TIMED.iter().filter(|ty| t.iter().any(|l| l.plugin_series.contains_key(**ty))) {
+        let has = |ty: &str| t.iter().any(|l| l.plugin_series.contains_key(ty));
+        if has(K3S_FIRST_STEP) && ALSO_TIMED.iter().any(|ty| has(ty)) {
+            let ty = K3S_FIRST_STEP;
+            self.row(scenario, &format!("{ty} alone: ADD p50"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 50.0));
+            self.row(scenario, &format!("{ty} alone: ADD p90"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 90.0));
+        }
+        for ty in ALSO_TIMED.iter().filter(|ty| has(ty)) {
             self.row(scenario, &format!("{ty} alone: ADD p50"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 50.0));
             self.row(scenario, &format!("{ty} alone: ADD p90"), Unit::Ms, t, |l| percentile(&l.plugin_add(ty), 90.0));
         }

@@ -87,7 +87,9 @@ fn undo(host: &mut Handle, steps: Vec<Undo>) {
 }
 
 /// The ifb for this attachment: created, or a leftover of an earlier ADD brought back to the
-/// state a fresh one has (MTU, no transmit queue, up, alias).
+/// state a fresh one has (MTU, no transmit queue, up, alias). Creation comes first (it fails
+/// with EEXIST when a link has the name), so a fresh ADD pays no lookup for a link that cannot
+/// be there yet.
 fn ensure_ifb(
     host: &mut Handle,
     name: &str,
@@ -95,8 +97,15 @@ fn ensure_ifb(
     alias: Option<&str>,
     created: &mut Vec<Undo>,
 ) -> io::Result<Link> {
-    let existing = host.link_by_name(name)?;
-    let link = match existing {
+    match host.create_ifb(name, mtu, alias) {
+        Ok(link) => {
+            created.push(Undo::Link(link.index));
+            return Ok(link);
+        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match host.link_by_name(name)? {
         Some(l) if l.kind == "ifb" => {
             if l.mtu != mtu || l.tx_queue_len != 0 {
                 host.set_link_mtu_txqlen(l.index, mtu, 0)?;
@@ -107,27 +116,14 @@ fn ensure_ifb(
             if let Some(alias) = alias.filter(|a| *a != l.alias) {
                 host.set_link_alias(l.index, alias)?;
             }
-            l
+            Ok(l)
         }
-        Some(l) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "a {} link named {name} exists and is not an ifb",
-                    if l.kind.is_empty() { "" } else { &l.kind }
-                ),
-            ))
-        }
-        None => {
-            host.create_ifb(name, mtu, alias)?;
-            let link = host.link_by_name(name)?.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, format!("ifb {name} vanished after creation"))
-            })?;
-            created.push(Undo::Link(link.index));
-            link
-        }
-    };
-    Ok(link)
+        Some(l) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("a {} link named {name} exists and is not an ifb", l.kind),
+        )),
+        None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{name} exists and vanished at once"))),
+    }
 }
 
 /// The egress path: ifb, ingress qdisc (unless `has_ingress`) and redirect filter on the host
@@ -148,8 +144,10 @@ fn setup_egress(
         created.push(Undo::IngressQdisc(veth.index));
     }
     // A retried ADD finds its own filter and keeps it; anything else at that priority is
-    // replaced, so there is never a second one.
-    let filters = host.filters(veth.index, INGRESS_HANDLE).map_err(|e| e.on(&veth.name))?;
+    // replaced, so there is never a second one. An ingress qdisc made just now has no filters,
+    // so a fresh ADD neither lists nor deletes any.
+    let filters =
+        if has_ingress { host.filters(veth.index, INGRESS_HANDLE).map_err(|e| e.on(&veth.name))? } else { Vec::new() };
     let redirecting: Vec<_> = filters.iter().filter(|f| !f.redirects.is_empty()).collect();
     let in_place = matches!(redirecting.as_slice(), [f] if f.priority == FILTER_PRIORITY
         && f.protocol == ETH_P_ALL
@@ -157,9 +155,10 @@ fn setup_egress(
         && f.redirects.len() == 2
         && f.redirects.iter().all(|r| r.egress_redirect && r.ifindex == ifb.index));
     if !in_place {
-        host.del_filters(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ETH_P_ALL)
-            .and_then(|()| host.add_redirect_filter(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ifb.index))
-            .ctx(|| "add filter")?;
+        if filters.iter().any(|f| f.priority == FILTER_PRIORITY && f.protocol == ETH_P_ALL) {
+            host.del_filters(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ETH_P_ALL).ctx(|| "add filter")?;
+        }
+        host.add_redirect_filter(veth.index, INGRESS_HANDLE, FILTER_PRIORITY, ifb.index).ctx(|| "add filter")?;
     }
     host.replace_root_tbf(ifb.index, &limit.tbf(tick)).ctx(|| "create ifb qdisc")?;
     Ok(ifb)
