@@ -4,8 +4,8 @@
 //! always correct on its own (it reads the table, plans, and writes one batch), and every fast
 //! path falls back to it when its condition does not hold or the kernel refuses its batch.
 //! `CNI_FIREWALL_FAST_PATHS=0` (also `false`, `off`, `no`) in the plugin's environment makes every
-//! call site below take the plain path; the conformance suite runs the bridge and portmap tests
-//! both ways.
+//! call site below take the plain path; the conformance suite runs the bridge, portmap and firewall
+//! tests both ways.
 //!
 //! | Fast path | Where | Taken when | Plain path otherwise |
 //! |---|---|---|---|
@@ -17,6 +17,8 @@
 //! | One-batch portmap ADD (iptables) | `iptables::portmap::setup` | the shared chains are in place (or cannot be asked about): the container's rules only, shared rules checked inside the batch | `iptables-save -t nat`, plan all, `iptables-restore` |
 //! | Rules-only portmap ADD (nftables) | `nftables::portmap::setup`, `nftables::portmap_conditions::setup` | the table's `prerouting` chain is exactly what ADD writes, so the layout is complete | read the whole table, plan the layout and rules, one batch |
 //! | CHECK in one dump (nftables) | `nftables::masq::check`, `nftables::portmap::check` | always: only rules are compared, so the chains are not asked for one by one | read the table with its chains, then compare |
+//! | Accept rules over netlink (firewall, iptables) | `iptables::forward` ADD and DEL | iptables-nft, `ingressPolicy` open, both jumps in place (read over netlink): the accept rules are written, or deleted by handle, as exactly the expressions iptables-nft writes | the one-process batch below, else dump, plan, `iptables-restore` |
+//! | One-process batch (firewall, iptables) | `iptables::forward` ADD and DEL | iptables-nft and `CNI-FORWARD` holds rules: the kernel says which accept rules exist; one batch `-C`hecks the shared rules and appends or `-D`eletes exactly the attachment's | `iptables-save -t filter`, plan, `iptables-restore` |
 
 use std::sync::OnceLock;
 
