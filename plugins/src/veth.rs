@@ -351,6 +351,31 @@ impl ContainerEnd {
             }
         }
     }
+
+    /// DEL's last steps, the same for bridge and ptp: deletes `ifname` here and the host end
+    /// DEL found apart from it (a veth whose peer is already gone), then lets `settle` close the
+    /// netfilter sockets the rule teardown used and collects IPAM's DEL, started first.
+    pub(crate) fn finish_del(
+        self,
+        ifname: &str,
+        host_end: Option<(Handle, Link)>,
+        settle: crate::netlink::NftSettle,
+        ipam: Option<invoke::Running>,
+        mut errors: Collector,
+    ) -> Result<(), CniError> {
+        self.delete(ifname, &mut errors);
+        if let Some((mut host, l)) = host_end {
+            errors.step(
+                || format!("failed to delete {}", l.name),
+                host.del_link(l.index).map_err(|e| e.cause().to_string()),
+            );
+        }
+        drop(settle);
+        if let Some(ipam) = ipam {
+            errors.keep(ipam.finish().map_err(|e| e.to_string()));
+        }
+        errors.into_cni()
+    }
 }
 
 /// GC: forwarded to the IPAM plugin (when there is one), then the masquerade rules of

@@ -520,18 +520,7 @@ impl Plugin for Bridge {
             let target = masq_target(&conf, args, &end.addrs);
             errors.step(|| "failed to tear down IP masquerading", firewall::teardown_ipmasq(&target));
         }
-        end.delete(&args.ifname, &mut errors);
-        if let Some((mut host, l)) = host_end {
-            errors.step(
-                || format!("failed to delete {}", l.name),
-                host.del_link(l.index).map_err(|e| e.cause().to_string()),
-            );
-        }
-        drop(settle);
-        if let Some(ipam) = ipam {
-            errors.keep(ipam.finish().map_err(|e| e.to_string()));
-        }
-        errors.into_cni()
+        end.finish_del(&args.ifname, host_end, settle, ipam, errors)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {

@@ -351,18 +351,7 @@ impl Plugin for Ptp {
                 firewall::teardown_ipmasq(&masq_target(&conf, args, &end.addrs)),
             );
         }
-        end.delete(&args.ifname, &mut errors);
-        if let Some((mut host, l)) = host_end {
-            errors.step(
-                || format!("failed to delete {}", l.name),
-                host.del_link(l.index).map_err(|e| e.cause().to_string()),
-            );
-        }
-        drop(settle);
-        if let Some(ipam) = ipam {
-            errors.keep(ipam.finish().map_err(|e| e.to_string()));
-        }
-        errors.into_cni()
+        end.finish_del(&args.ifname, host_end, settle, ipam, errors)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
