@@ -97,16 +97,25 @@ fn record_of(a: &ForwardAccept, backend: Backend, conf: &FirewallConf) -> Record
     }
 }
 
-/// The attachment a record describes.
-fn attachment_from_record(r: &Record) -> ForwardAccept {
-    ForwardAccept {
+/// The attachment a record describes. A record is read back from disk, so the names that become
+/// rule text are checked again as ADD checked them before writing it.
+fn attachment_from_record(r: &Record) -> Result<ForwardAccept, CniError> {
+    if r.admin_chain != crate::firewall::forward::DEFAULT_ADMIN_CHAIN {
+        config::check_chain_name(&r.admin_chain)
+            .map_err(|e| internal(format!("the store's record of {}/{}: {}", r.container_id, r.ifname, e.msg)))?;
+    }
+    if let Some(bridge) = &r.bridge {
+        check_bridge(bridge)
+            .map_err(|e| internal(format!("the store's record of {}/{}: {}", r.container_id, r.ifname, e.msg)))?;
+    }
+    Ok(ForwardAccept {
         container_id: r.container_id.clone(),
         ifname: r.ifname.clone(),
         addresses: r.addresses.clone(),
         admin_chain: r.admin_chain.clone(),
         ingress: IngressPolicy::parse(&r.ingress_policy).unwrap_or_default(),
         bridge: r.bridge.clone(),
-    }
+    })
 }
 
 fn open_store(conf_dir: &std::path::Path) -> Result<Store, CniError> {
@@ -191,7 +200,7 @@ impl Plugin for FirewallPlugin {
             (Some(r), _) => {
                 let backend = Backend::parse(&r.backend)
                     .ok_or_else(|| internal(format!("the store names an unknown backend {:?}", r.backend)))?;
-                (attachment_from_record(r), backend, r.firewalld_zone.clone())
+                (attachment_from_record(r)?, backend, r.firewalld_zone.clone())
             }
             // ADD refuses such a configuration, so nothing of ours can be installed under it:
             // a DEL that failed here would only keep the runtime from ever finishing.
@@ -208,7 +217,8 @@ impl Plugin for FirewallPlugin {
                     addresses: Vec::new(),
                     admin_chain: conf.admin_chain.clone(),
                     ingress: conf.ingress,
-                    bridge: prev.interfaces.first().map(|i| i.name.clone()),
+                    // Only a name ADD would have accepted can name rules of ours.
+                    bridge: prev.interfaces.first().map(|i| i.name.clone()).filter(|b| check_bridge(b).is_ok()),
                 };
                 (a, backends::resolve(conf.backend).map_err(internal)?, conf.firewalld_zone.clone())
             }
@@ -253,7 +263,8 @@ impl Plugin for FirewallPlugin {
                 errors.push(format!("{}/{}: unknown backend {:?}", r.container_id, r.ifname, r.backend));
                 continue;
             };
-            let removed = remove_rules(&store, backend, &r.firewalld_zone, &network, &attachment_from_record(r), &skip)
+            let removed = attachment_from_record(r)
+                .and_then(|a| remove_rules(&store, backend, &r.firewalld_zone, &network, &a, &skip))
                 .and_then(|()| store.remove(&network, &r.container_id, &r.ifname).map_err(internal));
             if let Err(e) = removed {
                 errors.push(format!("{}/{}: {e}", r.container_id, r.ifname));
@@ -337,6 +348,6 @@ mod tests {
         let a = args(json!({"name": "n", "ingressPolicy": "isolated"}));
         let conf = config::parse(&a).unwrap();
         let att = attachment_of(&a, &conf, &prev(json!([{"name": "cni0"}]))).unwrap();
-        assert_eq!(attachment_from_record(&record_of(&att, Backend::Iptables, &conf)), att);
+        assert_eq!(attachment_from_record(&record_of(&att, Backend::Iptables, &conf)).unwrap(), att);
     }
 }
